@@ -1,0 +1,188 @@
+//! The JWT check: HS256 verification, expiry with leeway, and the role the
+//! request runs as. The database refuses roles the authenticator is not a
+//! member of; this check answers 401 before anything runs.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Who a request runs as.
+#[derive(Debug)]
+pub struct Identity {
+    pub role: String,
+    /// The claims as JSON text, for `request.jwt.claims`.
+    pub claims: String,
+    pub anon: bool,
+}
+
+pub struct Auth {
+    key: Option<DecodingKey>,
+    validation: Validation,
+    anon_role: String,
+}
+
+impl Auth {
+    pub fn new(secret: Option<&str>, leeway_secs: u64, anon_role: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // exp is checked when present, as PostgREST does; aud is not configured.
+        validation.required_spec_claims = HashSet::new();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.leeway = leeway_secs;
+        Auth {
+            key: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            validation,
+            anon_role: anon_role.to_string(),
+        }
+    }
+
+    pub fn anon_role(&self) -> &str {
+        &self.anon_role
+    }
+
+    /// Resolves the `Authorization` header. `assumable` is the set of roles
+    /// the authenticator may switch to.
+    pub fn identify(
+        &self,
+        authorization: Option<&[u8]>,
+        assumable: &HashSet<String>,
+    ) -> Result<Identity, ApiError> {
+        let Some(raw) = authorization else {
+            return Ok(Identity {
+                role: self.anon_role.clone(),
+                claims: format!("{{\"role\":{}}}", Value::String(self.anon_role.clone())),
+                anon: true,
+            });
+        };
+        let header = std::str::from_utf8(raw)
+            .map_err(|_| ApiError::unauthorized("PGRST301", "Authorization header is not valid UTF-8"))?;
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "PGRST301",
+                    "Authorization header must be 'Bearer <token>'",
+                ))
+            }
+        };
+        if token.is_empty() {
+            return Err(ApiError::unauthorized("PGRST301", "Empty JWT in the Authorization header"));
+        }
+        let Some(key) = &self.key else {
+            return Err(ApiError::unauthorized(
+                "PGRST300",
+                "Server lacks JWT secret: tokens cannot be verified",
+            ));
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => ApiError::unauthorized("PGRST303", "JWT expired"),
+                    K::ImmatureSignature => {
+                        ApiError::unauthorized("PGRST303", "JWT not yet valid (nbf)")
+                    }
+                    K::InvalidSignature => {
+                        ApiError::unauthorized("PGRST301", "JWT signature does not match")
+                    }
+                    K::InvalidAlgorithm => {
+                        ApiError::unauthorized("PGRST301", "JWT algorithm must be HS256")
+                    }
+                    _ => ApiError::unauthorized("PGRST301", "JWT cannot be decoded"),
+                }
+            })?;
+        let claims = data.claims;
+        let role = match claims.get("role") {
+            None | Some(Value::Null) => self.anon_role.clone(),
+            Some(Value::String(r)) => r.clone(),
+            Some(_) => {
+                return Err(ApiError::unauthorized("PGRST303", "JWT role claim must be a string"))
+            }
+        };
+        if role != self.anon_role && !assumable.contains(&role) {
+            return Err(ApiError::unauthorized(
+                "PGRST303",
+                "JWT role claim names a role this server may not assume",
+            )
+            .details(format!("role {role:?} is not a request role of the authenticator")));
+        }
+        let anon = role == self.anon_role;
+        Ok(Identity {
+            role,
+            claims: Value::Object(claims).to_string(),
+            anon,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "unit-test-secret-that-is-long-enough-0123";
+
+    fn roles() -> HashSet<String> {
+        ["pgrpc_user".to_string(), "pgrpc_anon".to_string()].into_iter().collect()
+    }
+
+    fn sign(claims: Value, secret: &str) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("sign")
+    }
+
+    #[test]
+    fn no_header_is_anonymous() {
+        let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
+        let id = auth.identify(None, &roles()).expect("anon");
+        assert_eq!(id.role, "pgrpc_anon");
+        assert!(id.anon);
+    }
+
+    #[test]
+    fn valid_token_selects_its_role() {
+        let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
+        let t = format!("Bearer {}", sign(json!({"role": "pgrpc_user", "sub": "u"}), SECRET));
+        let id = auth.identify(Some(t.as_bytes()), &roles()).expect("user");
+        assert_eq!(id.role, "pgrpc_user");
+        assert!(id.claims.contains("\"sub\":\"u\""));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
+        let wrong = format!("Bearer {}", sign(json!({"role": "pgrpc_user"}), "another-secret-another-secret-0000"));
+        let expired = format!(
+            "Bearer {}",
+            sign(json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 120}), SECRET)
+        );
+        let foreign = format!("Bearer {}", sign(json!({"role": "postgres"}), SECRET));
+        for (header, code) in [
+            (wrong.as_str(), "PGRST301"),
+            (expired.as_str(), "PGRST303"),
+            (foreign.as_str(), "PGRST303"),
+            ("Bearer not.a.jwt", "PGRST301"),
+            ("Basic abc", "PGRST301"),
+            ("Bearer ", "PGRST301"),
+        ] {
+            let err = auth.identify(Some(header.as_bytes()), &roles()).expect_err(header);
+            assert_eq!(err.status.as_u16(), 401, "{header}");
+            assert_eq!(err.code, code, "{header}");
+        }
+    }
+
+    #[test]
+    fn expiry_allows_leeway() {
+        let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
+        let t = format!(
+            "Bearer {}",
+            sign(json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 10}), SECRET)
+        );
+        assert!(auth.identify(Some(t.as_bytes()), &roles()).is_ok());
+    }
+}

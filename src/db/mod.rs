@@ -1,0 +1,181 @@
+//! The database side: the connection pool, the function cache and its
+//! reload listener, and the call itself.
+
+pub mod call;
+pub mod schema;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+use tracing::{info, warn};
+
+use schema::SchemaCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database url: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+}
+
+/// Builds the pool. Connections are made lazily, so a server can start
+/// while its database is still down and recover once it is up.
+pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbError> {
+    let mut pg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
+    if pg.get_application_name().is_none() {
+        pg.application_name("pgrpc");
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+/// The shared, swappable function cache and the health flags `/ready` reads.
+#[derive(Default)]
+pub struct Catalog {
+    cache: RwLock<Option<Arc<SchemaCache>>>,
+    db_up: AtomicBool,
+}
+
+impl Catalog {
+    pub fn get(&self) -> Option<Arc<SchemaCache>> {
+        self.cache.read().ok().and_then(|c| c.clone())
+    }
+
+    fn set(&self, cache: SchemaCache) {
+        if let Ok(mut slot) = self.cache.write() {
+            *slot = Some(Arc::new(cache));
+        }
+    }
+
+    /// Ready: the database answers and the cache is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.db_up.load(Ordering::Relaxed) && self.get().is_some()
+    }
+
+    pub fn mark_down(&self) {
+        self.db_up.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Keeps the cache loaded: connects, LISTENs on `pgrst`, loads the catalog,
+/// and reloads it on `NOTIFY pgrst, 'reload schema'`. On connection loss it
+/// marks the database down and reconnects with backoff, until `stop` fires.
+pub async fn maintain_catalog(
+    url: String,
+    schemas: Vec<String>,
+    catalog: Arc<Catalog>,
+    pool: Pool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match listen_once(&url, &schemas, &catalog, &pool, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                catalog.mark_down();
+                warn!(cause = %e, "schema listener lost the database; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Why a listener session ended without being stopped.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+    #[error("notification stream ended")]
+    Ended,
+}
+
+async fn listen_once(
+    url: &str,
+    schemas: &[String],
+    catalog: &Catalog,
+    pool: &Pool,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), ListenError> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // Drives the connection; dropping `tx` when it ends wakes the loop below.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(msg)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = msg {
+                if tx.send(n.payload().to_string()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute("LISTEN pgrst").await?;
+        reload(&client, schemas, catalog, pool).await?;
+        catalog.db_up.store(true, Ordering::Relaxed);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(payload) => {
+                        if payload.is_empty() || payload == "reload schema" {
+                            reload(&client, schemas, catalog, pool).await?;
+                        }
+                    }
+                    None => return Err(ListenError::Ended),
+                },
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+async fn reload(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+    catalog: &Catalog,
+    pool: &Pool,
+) -> Result<(), tokio_postgres::Error> {
+    let cache = SchemaCache::load(client, schemas).await?;
+    info!(
+        routines = cache.routine_count(),
+        roles = cache.roles.len(),
+        "function cache loaded"
+    );
+    catalog.set(cache);
+    // Statements prepared against the old catalog may no longer be valid.
+    pool.manager().statement_caches.clear();
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Reading a request: the body and query string become the JSON argument
+//! object, the Accept header picks the response form, the profile headers
+//! pick the schema.
+
+use std::collections::HashMap;
+
+use hyper::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
+use hyper::StatusCode;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// The arguments of one call.
+#[derive(Debug)]
+pub struct Args {
+    /// The whole body as sent (for a single unnamed json parameter).
+    pub whole: String,
+    /// Keys and JSON text of the argument object, when the body is an object
+    /// (or an array whose first element is one).
+    pub object: Option<(Vec<String>, String)>,
+}
+
+impl Args {
+    fn from_object(keys: Vec<String>, json: String) -> Args {
+        Args {
+            whole: json.clone(),
+            object: Some((keys, json)),
+        }
+    }
+
+    pub fn empty() -> Args {
+        Args::from_object(Vec::new(), "{}".to_string())
+    }
+}
+
+fn invalid_json(details: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json").details(details)
+}
+
+/// A JSON body: `{}` when empty; an array uses its first element.
+pub fn parse_json_body(bytes: &[u8]) -> Result<Args, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| invalid_json("the body is not UTF-8"))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(Args::empty());
+    }
+    match trimmed.as_bytes()[0] {
+        b'{' => {
+            let keys = object_keys(trimmed)?;
+            Ok(Args::from_object(keys, trimmed.to_string()))
+        }
+        b'[' => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(trimmed).map_err(|e| invalid_json(e.to_string()))?;
+            match items.first() {
+                None => Ok(Args {
+                    whole: trimmed.to_string(),
+                    object: Some((Vec::new(), "{}".to_string())),
+                }),
+                Some(first) if first.get().trim_start().starts_with('{') => {
+                    let keys = object_keys(first.get())?;
+                    Ok(Args {
+                        whole: trimmed.to_string(),
+                        object: Some((keys, first.get().to_string())),
+                    })
+                }
+                Some(_) => Ok(Args {
+                    whole: trimmed.to_string(),
+                    object: None,
+                }),
+            }
+        }
+        _ => {
+            serde_json::from_str::<IgnoredAny>(trimmed).map_err(|e| invalid_json(e.to_string()))?;
+            Ok(Args {
+                whole: trimmed.to_string(),
+                object: None,
+            })
+        }
+    }
+}
+
+fn object_keys(json: &str) -> Result<Vec<String>, ApiError> {
+    let map: HashMap<String, IgnoredAny> =
+        serde_json::from_str(json).map_err(|e| invalid_json(e.to_string()))?;
+    Ok(map.into_keys().collect())
+}
+
+/// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
+pub fn parse_pairs(query: &[u8]) -> Args {
+    let mut map = Map::new();
+    for (k, v) in form_urlencoded::parse(query) {
+        map.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
+    let keys = map.keys().cloned().collect();
+    Args::from_object(keys, Value::Object(map).to_string())
+}
+
+/// How the body is to be read, from Content-Type (missing means JSON).
+pub enum BodyKind {
+    Json,
+    Form,
+}
+
+pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let Some(ct) = headers.get(CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let ct = ct.to_str().unwrap_or("");
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media.as_str() {
+        "" | "application/json" | "*/*" => Ok(BodyKind::Json),
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "PGRST107",
+            format!("Content-Type not acceptable: {media}"),
+        )
+        .hint("Send application/json or application/x-www-form-urlencoded")),
+    }
+}
+
+/// Whether the client asked for a single object
+/// (`application/vnd.pgrst.object+json`) or JSON in general.
+pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(accept) = headers.get(ACCEPT) else {
+        return Ok(false);
+    };
+    let accept = accept.to_str().unwrap_or("");
+    if accept.trim().is_empty() {
+        return Ok(false);
+    }
+    for range in accept.split(',') {
+        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match media.as_str() {
+            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => return Ok(true),
+            "application/json" | "application/*" | "*/*" | "" => return Ok(false),
+            _ => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "PGRST107",
+        format!("None of these media types are available: {accept}"),
+    ))
+}
+
+/// The schema a request addresses: `Accept-Profile` for reads,
+/// `Content-Profile` for writes, else the first exposed schema.
+pub fn profile<'a>(headers: &HeaderMap, write: bool, schemas: &'a [String]) -> Result<&'a str, ApiError> {
+    let name = if write { "content-profile" } else { "accept-profile" };
+    let Some(value) = headers.get(name) else {
+        return Ok(schemas[0].as_str());
+    };
+    let wanted = value.to_str().unwrap_or("").trim();
+    schemas
+        .iter()
+        .find(|s| s.as_str() == wanted)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "PGRST106",
+                format!("The schema must be one of the following: {}", schemas.join(", ")),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_body_is_an_empty_object() {
+        let a = parse_json_body(b"  ").expect("empty");
+        assert_eq!(a.object.expect("object").1, "{}");
+    }
+
+    #[test]
+    fn array_body_uses_its_first_element() {
+        let a = parse_json_body(br#"[{"a":1},{"b":2}]"#).expect("array");
+        let (keys, json) = a.object.expect("object");
+        assert_eq!(keys, vec!["a".to_string()]);
+        assert_eq!(json, r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn malformed_json_is_pgrst102() {
+        let e = parse_json_body(b"{\"a\":").expect_err("malformed");
+        assert_eq!(e.code, "PGRST102");
+        assert_eq!(e.status.as_u16(), 400);
+    }
+
+    #[test]
+    fn repeated_query_parameter_keeps_the_last_value() {
+        let a = parse_pairs(b"a=1&a=2&b=x%20y");
+        let (_, json) = a.object.expect("object");
+        let v: Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(v["a"], "2");
+        assert_eq!(v["b"], "x y");
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics: requests by function and status, a latency
+//! histogram, and pool gauges, rendered in the text exposition format.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+/// Distinct function labels kept; past this, requests count as "other"
+/// so hostile paths cannot grow the map without bound.
+const MAX_LABELS: usize = 1000;
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(Arc<str>, u16), u64>>,
+    labels: Mutex<HashMap<String, Arc<str>>>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// An interned label for a function name or path.
+    pub fn label_for(&self, name: &str) -> Arc<str> {
+        let Ok(mut labels) = self.labels.lock() else {
+            return Arc::from("other");
+        };
+        if let Some(l) = labels.get(name) {
+            return l.clone();
+        }
+        if labels.len() >= MAX_LABELS {
+            return Arc::from("other");
+        }
+        let clean: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '/' { c } else { '_' })
+            .take(64)
+            .collect();
+        let l: Arc<str> = Arc::from(clean);
+        labels.insert(name.to_string(), l.clone());
+        l
+    }
+
+    pub fn observe(&self, label: &Arc<str>, status: u16, elapsed: Duration) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((label.clone(), status)).or_insert(0) += 1;
+        }
+        let secs = elapsed.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, pool: &Pool) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n");
+        out.push_str("# TYPE pgrpc_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            let mut rows: Vec<_> = m.iter().collect();
+            rows.sort();
+            for ((label, status), n) in rows {
+                let _ = writeln!(
+                    out,
+                    "pgrpc_requests_total{{function=\"{label}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP pgrpc_request_duration_seconds Request latency.\n");
+        out.push_str("# TYPE pgrpc_request_duration_seconds histogram\n");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "pgrpc_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "pgrpc_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "pgrpc_request_duration_seconds_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "pgrpc_request_duration_seconds_count {count}");
+        let status = pool.status();
+        out.push_str("# HELP pgrpc_pool_connections Pooled database connections.\n");
+        out.push_str("# TYPE pgrpc_pool_connections gauge\n");
+        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"open\"}} {}", status.size);
+        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"idle\"}} {}", status.available);
+        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"max\"}} {}", status.max_size);
+        out.push_str("# HELP pgrpc_pool_waiting Requests waiting for a pooled connection.\n");
+        out.push_str("# TYPE pgrpc_pool_waiting gauge\n");
+        let _ = writeln!(out, "pgrpc_pool_waiting {}", status.waiting);
+        out
+    }
+}

@@ -1,0 +1,669 @@
+//! The outbox relay (`pgrpc relay`): delivers `private.outbox` events to one
+//! HTTP endpoint.
+//!
+//! It LISTENs on `pgrpc_outbox` and polls as well, so a lost notification
+//! only delays an event. It leases batches with `api.outbox_claim`, POSTs
+//! each event as JSON signed with HMAC-SHA256, and acknowledges on 2xx or
+//! reports the failure with `api.outbox_nack` (the database then schedules
+//! the retry with backoff). Delivery is at-least-once: a relay that dies
+//! between the POST and the acknowledgement leaves its lease to expire, and
+//! the event is delivered again with the same id, which receivers dedupe on.
+//!
+//! Several relays may run at once: a lease belongs to one of them, and a
+//! relay never starts a request that could outlive its lease, so no event is
+//! delivered twice within one lease. A claim holds at most one event per
+//! aggregate, so the events of a batch are delivered concurrently without
+//! breaking per-aggregate order.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::FutureExt;
+use futures_util::stream::{self, StreamExt};
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+/// The channel the outbox's statement trigger notifies.
+pub const CHANNEL: &str = "pgrpc_outbox";
+/// The outbox event id: the same on every redelivery, the receiver's dedupe key.
+pub const EVENT_ID_HEADER: &str = "x-pgrpc-event-id";
+pub const EVENT_TYPE_HEADER: &str = "x-pgrpc-event-type";
+/// Which delivery attempt this is (1 on the first).
+pub const ATTEMPT_HEADER: &str = "x-pgrpc-attempt";
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub const SIGNATURE_HEADER: &str = "x-pgrpc-signature";
+
+/// Longest response body kept for the error message of a failed delivery.
+const ERROR_SNIPPET_CHARS: usize = 300;
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Everything `pgrpc relay` needs; `new` fills in the defaults.
+#[derive(Clone)]
+pub struct RelayConfig {
+    /// A connection that may become `db_role` (for example as
+    /// `pgrpc_authenticator`, or a login role granted `pgrpc_service`).
+    pub database_url: String,
+    /// Role taken with `SET ROLE` after connecting; needs EXECUTE on
+    /// `api.outbox_claim/ack/nack`.
+    pub db_role: String,
+    /// `http://` URL the events are POSTed to.
+    pub webhook_url: String,
+    /// HMAC-SHA256 key for the signature header; at least 32 bytes.
+    pub signing_secret: String,
+    /// Name recorded on each lease (`private.outbox.leased_by`).
+    pub consumer: String,
+    /// Deliver only these event types; `None` delivers all.
+    pub event_types: Option<Vec<String>>,
+    /// Events leased per claim (1..=1000).
+    pub batch_size: u32,
+    /// Lease length; must exceed `request_timeout`.
+    pub lease_seconds: u32,
+    /// Requests in flight at once within a batch.
+    pub concurrency: usize,
+    /// How often to claim when no notification arrives.
+    pub poll_interval: Duration,
+    /// Limit for one POST, connection included.
+    pub request_timeout: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(
+        database_url: impl Into<String>,
+        webhook_url: impl Into<String>,
+        signing_secret: impl Into<String>,
+    ) -> RelayConfig {
+        RelayConfig {
+            database_url: database_url.into(),
+            db_role: "pgrpc_service".to_string(),
+            webhook_url: webhook_url.into(),
+            signing_secret: signing_secret.into(),
+            consumer: format!("pgrpc-relay-{}", std::process::id()),
+            event_types: None,
+            batch_size: 100,
+            lease_seconds: 60,
+            concurrency: 8,
+            poll_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks every setting and returns the parsed webhook URL; the error
+    /// names the setting to fix.
+    fn validate(&self) -> Result<Uri, RelayError> {
+        let uri: Uri = self
+            .webhook_url
+            .parse()
+            .map_err(|e| RelayError::config("webhook_url", format!("not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(RelayError::config(
+                    "webhook_url",
+                    "https is not supported by this build; point the relay at a local \
+                     TLS-terminating proxy over http",
+                ))
+            }
+            _ => return Err(RelayError::config("webhook_url", "must start with http://")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(RelayError::config("webhook_url", "has no host"));
+        }
+        if self.signing_secret.len() < 32 {
+            return Err(RelayError::config("signing_secret", "must be at least 32 bytes"));
+        }
+        if self.consumer.trim().is_empty() || self.consumer.len() > 200 {
+            return Err(RelayError::config("consumer", "must be 1 to 200 characters"));
+        }
+        if self.db_role.trim().is_empty() {
+            return Err(RelayError::config("db_role", "must name a role"));
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(RelayError::config("batch_size", "must be between 1 and 1000"));
+        }
+        if self.concurrency == 0 {
+            return Err(RelayError::config("concurrency", "must be at least 1"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(RelayError::config("poll_interval", "must be positive"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(RelayError::config("request_timeout", "must be positive"));
+        }
+        if !(1..=86_400).contains(&self.lease_seconds)
+            || Duration::from_secs(self.lease_seconds.into()) <= self.request_timeout
+        {
+            return Err(RelayError::config(
+                "lease_seconds",
+                "must be at most 86400 and longer than request_timeout",
+            ));
+        }
+        if let Some(types) = &self.event_types {
+            if types.iter().any(|t| t.trim().is_empty()) {
+                return Err(RelayError::config("event_types", "contains an empty type"));
+            }
+        }
+        Ok(uri)
+    }
+
+    /// An empty filter would match nothing; treat it as "all types".
+    fn event_filter(&self) -> Option<Vec<String>> {
+        self.event_types.clone().filter(|types| !types.is_empty())
+    }
+}
+
+impl fmt::Debug for RelayConfig {
+    // The secret and the database password stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("database_url", &"<redacted>")
+            .field("db_role", &self.db_role)
+            .field("webhook_url", &self.webhook_url)
+            .field("signing_secret", &"<redacted>")
+            .field("consumer", &self.consumer)
+            .field("event_types", &self.event_types)
+            .field("batch_size", &self.batch_size)
+            .field("lease_seconds", &self.lease_seconds)
+            .field("concurrency", &self.concurrency)
+            .field("poll_interval", &self.poll_interval)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("invalid relay setting {setting}: {reason}")]
+    Config { setting: &'static str, reason: String },
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("malformed claim from the database: {0}")]
+    Claim(#[from] serde_json::Error),
+}
+
+impl RelayError {
+    fn config(setting: &'static str, reason: impl Into<String>) -> RelayError {
+        RelayError::Config {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One event as `api.outbox_claim` hands it out, and as the body of the POST.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub payload: serde_json::Value,
+    pub attempts: i32,
+    pub created_at: String,
+}
+
+/// The value of the signature header for `body` sent at `timestamp`:
+/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+/// Signing the timestamp lets a receiver refuse old replays.
+pub fn signature_header(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+}
+
+/// Checks a signature header against `body`; returns its timestamp when the
+/// signature is valid (the receiver then decides how old is too old).
+pub fn verify_signature(secret: &[u8], header: &str, body: &[u8]) -> Option<i64> {
+    let mut timestamp = None;
+    let mut signature = None;
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => timestamp = v.parse::<i64>().ok(),
+            Some(("v1", v)) => signature = hex::decode(v).ok(),
+            _ => {}
+        }
+    }
+    let (timestamp, signature) = (timestamp?, signature?);
+    mac(secret, timestamp, body)
+        .verify_slice(&signature)
+        .ok()
+        .map(|()| timestamp)
+}
+
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// Runs the relay until `shutdown` completes. A batch in flight is finished
+/// (its requests end within the lease) and acknowledged before returning.
+/// Returns an error only for a bad setting or when the first connection to
+/// the database fails; later database outages are waited out.
+pub async fn run(
+    config: RelayConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RelayError> {
+    let webhook = config.validate()?;
+    let relay = Relay::new(config, webhook);
+    let shutdown = shutdown.fuse();
+    tokio::pin!(shutdown);
+
+    let mut db = Db::connect(&relay.config).await?;
+    info!(
+        consumer = %relay.config.consumer,
+        webhook = %relay.webhook,
+        event_types = ?relay.event_types,
+        "relay started"
+    );
+
+    'relay: loop {
+        // Claim and deliver until nothing is due, checking for shutdown
+        // between batches only.
+        loop {
+            if shutdown.as_mut().now_or_never().is_some() {
+                break 'relay;
+            }
+            match relay.batch(&db).await {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    error!(cause = %e, "claim failed");
+                    if db.client.is_closed() {
+                        match relay.reconnect(shutdown.as_mut()).await {
+                            Some(fresh) => db = fresh,
+                            None => break 'relay,
+                        }
+                        continue;
+                    }
+                    // A SQL error (privileges, migrations): wait a poll
+                    // interval rather than spin.
+                    break;
+                }
+            }
+        }
+
+        let poll = tokio::time::sleep(relay.config.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                () = shutdown.as_mut() => break 'relay,
+                () = poll.as_mut() => break,
+                note = db.notifications.recv() => match note {
+                    Some(types) if relay.wants(&types) => {
+                        // One claim serves every notification queued so far.
+                        while db.notifications.try_recv().is_ok() {}
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => {
+                        warn!("database connection lost");
+                        match relay.reconnect(shutdown.as_mut()).await {
+                            Some(fresh) => db = fresh,
+                            None => break 'relay,
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+    }
+    info!(consumer = %relay.config.consumer, "relay stopped");
+    Ok(())
+}
+
+/// The relay's database session: one connection, used for claims and acks
+/// and for LISTEN, whose notifications arrive on `notifications`.
+struct Db {
+    client: Client,
+    notifications: mpsc::UnboundedReceiver<String>,
+    claim: Statement,
+    ack: Statement,
+    nack: Statement,
+}
+
+impl Db {
+    async fn connect(config: &RelayConfig) -> Result<Db, RelayError> {
+        let (client, mut connection) = tokio_postgres::connect(&config.database_url, NoTls).await?;
+        let (tx, notifications) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => debug!(notice = %notice, "database notice"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(cause = %e, "database connection error");
+                        break;
+                    }
+                }
+            }
+            // Dropping tx tells the relay that the connection is gone.
+        });
+        client
+            .batch_execute(&format!(
+                "SET ROLE {}; LISTEN {CHANNEL}",
+                quote_ident(&config.db_role)
+            ))
+            .await?;
+        client
+            .execute(
+                "SELECT pg_catalog.set_config('application_name', $1, false)",
+                &[&format!("pgrpc-relay {}", config.consumer)],
+            )
+            .await?;
+        let claim = client
+            .prepare(
+                "SELECT lease_token, events \
+                 FROM api.outbox_claim($1::text, $2::integer, $3::integer, $4::text[])",
+            )
+            .await?;
+        let ack = client.prepare("SELECT api.outbox_ack($1::uuid, $2::bigint[])").await?;
+        let nack = client
+            .prepare("SELECT status FROM api.outbox_nack($1::uuid, $2::bigint, $3::text, $4::integer)")
+            .await?;
+        Ok(Db {
+            client,
+            notifications,
+            claim,
+            ack,
+            nack,
+        })
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// What became of one event.
+enum Outcome {
+    Delivered(StatusCode),
+    Failed {
+        error: String,
+        retry_in_seconds: Option<i32>,
+    },
+    /// Not sent: the request could have outlived the lease.
+    LeaseTooShort,
+}
+
+struct Relay {
+    config: RelayConfig,
+    webhook: Uri,
+    event_types: Option<Vec<String>>,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Relay {
+    fn new(config: RelayConfig, webhook: Uri) -> Relay {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.request_timeout));
+        connector.set_nodelay(true);
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        let event_types = config.event_filter();
+        Relay {
+            config,
+            webhook,
+            event_types,
+            http,
+        }
+    }
+
+    /// Whether a notification (comma-separated event types) concerns us.
+    fn wants(&self, types: &str) -> bool {
+        match &self.event_types {
+            None => true,
+            Some(ours) => types.split(',').any(|t| ours.iter().any(|o| o == t)),
+        }
+    }
+
+    /// Waits for the database to come back, with capped exponential backoff;
+    /// `None` if shutdown came first.
+    async fn reconnect<S: Future<Output = ()>>(
+        &self,
+        mut shutdown: std::pin::Pin<&mut S>,
+    ) -> Option<Db> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::select! {
+                () = shutdown.as_mut() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match Db::connect(&self.config).await {
+                Ok(db) => {
+                    info!("database connection restored");
+                    return Some(db);
+                }
+                Err(e) => {
+                    warn!(cause = %e, retry_in_ms = delay.as_millis() as u64, "reconnect failed");
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
+            }
+        }
+    }
+
+    /// Claims one batch and settles every event in it; returns the number
+    /// of events claimed.
+    async fn batch(&self, db: &Db) -> Result<usize, RelayError> {
+        // Measured before the claim, so the relay's view of the lease ends
+        // no later than the database's.
+        let lease_ends = Instant::now() + Duration::from_secs(self.config.lease_seconds.into());
+        let row = db
+            .client
+            .query_one(
+                &db.claim,
+                &[
+                    &self.config.consumer,
+                    &(self.config.batch_size as i32),
+                    &(self.config.lease_seconds as i32),
+                    &self.event_types,
+                ],
+            )
+            .await?;
+        let lease_token: Uuid = row.try_get(0)?;
+        let events: Vec<OutboxEvent> = serde_json::from_value(row.try_get(1)?)?;
+        let claimed = events.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        debug!(%lease_token, claimed, "claimed batch");
+        stream::iter(events)
+            .for_each_concurrent(self.config.concurrency, |event| async move {
+                let outcome = self.deliver(&event, lease_ends).await;
+                self.settle(db, lease_token, &event, outcome).await;
+            })
+            .await;
+        Ok(claimed)
+    }
+
+    async fn deliver(&self, event: &OutboxEvent, lease_ends: Instant) -> Outcome {
+        if Instant::now() + self.config.request_timeout >= lease_ends {
+            return Outcome::LeaseTooShort;
+        }
+        let body = match serde_json::to_vec(event) {
+            Ok(body) => body,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot encode the event: {e}"),
+                    retry_in_seconds: None,
+                }
+            }
+        };
+        let signature = signature_header(
+            self.config.signing_secret.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            &body,
+        );
+        let request = Request::post(self.webhook.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, concat!("pgrpc-relay/", env!("CARGO_PKG_VERSION")))
+            .header(EVENT_ID_HEADER, event.id)
+            .header(EVENT_TYPE_HEADER, event.event_type.as_str())
+            .header(ATTEMPT_HEADER, event.attempts)
+            .header(SIGNATURE_HEADER, signature)
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: format!("cannot build the request: {e}"),
+                    retry_in_seconds: None,
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.request_timeout, self.send(request)).await {
+            Err(_) => Outcome::Failed {
+                error: format!("no response within {:?}", self.config.request_timeout),
+                retry_in_seconds: None,
+            },
+            Ok(Err(error)) => Outcome::Failed {
+                error,
+                retry_in_seconds: None,
+            },
+            Ok(Ok((status, _, _))) if status.is_success() => Outcome::Delivered(status),
+            Ok(Ok((status, retry_after, snippet))) => Outcome::Failed {
+                error: format!("HTTP {status}: {snippet}"),
+                retry_in_seconds: retry_after,
+            },
+        }
+    }
+
+    /// Sends one request; returns the status, a Retry-After in seconds and
+    /// the start of the response body.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Option<i32>, String), String> {
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .map(|s| s.min(i32::MAX as u32) as i32);
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let snippet: String = String::from_utf8_lossy(&body).chars().take(ERROR_SNIPPET_CHARS).collect();
+        Ok((status, retry_after, snippet))
+    }
+
+    /// Acknowledges or nacks one event and logs the outcome.
+    async fn settle(&self, db: &Db, lease_token: Uuid, event: &OutboxEvent, outcome: Outcome) {
+        let (error, retry_in_seconds) = match outcome {
+            Outcome::Delivered(status) => {
+                match db.client.query_one(&db.ack, &[&lease_token, &vec![event.id]]).await {
+                    Ok(row) if row.try_get::<_, i32>(0).unwrap_or(0) == 1 => info!(
+                        event_id = event.id,
+                        event_type = %event.event_type,
+                        attempt = event.attempts,
+                        status = status.as_u16(),
+                        "event delivered"
+                    ),
+                    Ok(_) => warn!(
+                        event_id = event.id,
+                        event_type = %event.event_type,
+                        "event delivered but its lease was lost; it will be delivered again"
+                    ),
+                    Err(e) => warn!(
+                        event_id = event.id,
+                        cause = %e,
+                        "event delivered but not acknowledged; it will be delivered again"
+                    ),
+                }
+                return;
+            }
+            Outcome::Failed {
+                error,
+                retry_in_seconds,
+            } => (error, retry_in_seconds),
+            Outcome::LeaseTooShort => (
+                "not sent: the request could outlive the lease (raise lease_seconds)".to_string(),
+                Some(0),
+            ),
+        };
+        match db
+            .client
+            .query_one(&db.nack, &[&lease_token, &event.id, &error, &retry_in_seconds])
+            .await
+        {
+            Ok(row) => {
+                let status: String = row.try_get(0).unwrap_or_default();
+                warn!(
+                    event_id = event.id,
+                    event_type = %event.event_type,
+                    attempt = event.attempts,
+                    cause = %error,
+                    now = %status,
+                    "event delivery failed"
+                );
+            }
+            Err(e) => warn!(
+                event_id = event.id,
+                event_type = %event.event_type,
+                delivery_error = %error,
+                cause = %e,
+                "event delivery failed and the nack was refused"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_for_its_body_and_secret() {
+        let header = signature_header(b"secret-secret-secret-secret-1234", 1_700_000_000, b"{\"id\":1}");
+        assert_eq!(
+            verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":1}"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":2}"), None);
+        assert_eq!(verify_signature(b"another-secret-another-secret-12", &header, b"{\"id\":1}"), None);
+        assert_eq!(verify_signature(b"k", "garbage", b""), None);
+    }
+
+    #[test]
+    fn settings_are_validated_with_the_setting_named() {
+        let ok = RelayConfig::new("postgres://x", "http://127.0.0.1:9/hook", "s".repeat(32));
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.webhook_url = "ftp://x".into();
+        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "webhook_url", .. })));
+        let mut bad = ok.clone();
+        bad.signing_secret = "short".into();
+        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "signing_secret", .. })));
+        let mut bad = ok;
+        bad.lease_seconds = 5;
+        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "lease_seconds", .. })));
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests for the embedded module; see SPEC.md.

@@ -1,0 +1,829 @@
+//! Idempotency keys (SPEC 4.4) and the `Idempotency-Key` header (SPEC 2.3).
+//!
+//! The SQL protocol is driven through HTTP, as a service would call it;
+//! the table rules are checked in SQL as each privileged role.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use tokio_postgres::Client;
+
+use crate::support::{send, service_token, token, Resp, TestDb, TestServer};
+
+/// The SQLSTATE of a failed statement, or None when it succeeded.
+async fn sqlstate(client: &Client, sql: &str) -> Option<String> {
+    match client.batch_execute(sql).await {
+        Ok(()) => None,
+        Err(e) => Some(
+            e.as_db_error()
+                .map(|d| d.code().code().to_string())
+                .unwrap_or_else(|| format!("not a database error: {e}")),
+        ),
+    }
+}
+
+async fn create_org(server: &TestServer) -> String {
+    let r = server
+        .rpc(
+            "create_organization",
+            Some(&service_token()),
+            json!({"name": "Idempotent Inc", "plan": "free"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["id"].as_str().expect("organization id").to_string()
+}
+
+async fn begin(server: &TestServer, body: Value) -> Resp {
+    server.rpc("idempotency_begin", Some(&service_token()), body).await
+}
+
+fn begin_args(org: &str, key: &str, hash: &str) -> Value {
+    json!({"organization_id": org, "key": key, "endpoint": "/charges", "request_hash": hash})
+}
+
+/// A POST with an Idempotency-Key header.
+async fn post_with_key(server: &TestServer, function: &str, bearer: &str, key: &str, body: Value) -> Resp {
+    send(
+        server
+            .http
+            .post(server.url(&format!("/rpc/{function}")))
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string()),
+    )
+    .await
+}
+
+/// Creates, in this test's database only, a function with a visible effect
+/// (one row per run in public.idem_effects), an optional pause that keeps
+/// its transaction open, and a switch that makes it fail with 503 after
+/// its effect.
+async fn install_effect_function(server: &TestServer) {
+    let su = server.db.superuser().await;
+    su.batch_execute(
+        r#"
+        CREATE TABLE public.idem_effects (id serial PRIMARY KEY, label text NOT NULL);
+        CREATE TABLE public.idem_switch (fail boolean NOT NULL);
+        INSERT INTO public.idem_switch VALUES (false);
+        CREATE FUNCTION api.idem_record(label text, pause double precision DEFAULT 0)
+        RETURNS json
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        DECLARE
+            v_id integer;
+        BEGIN
+            INSERT INTO public.idem_effects (label) VALUES (idem_record.label) RETURNING id INTO v_id;
+            PERFORM pg_sleep(idem_record.pause);
+            IF (SELECT s.fail FROM public.idem_switch s) THEN
+                RAISE SQLSTATE 'PT503' USING MESSAGE = 'injected_failure', DETAIL = 'The test switch is on.';
+            END IF;
+            RETURN json_build_object('id', v_id, 'label', idem_record.label, 'at', clock_timestamp());
+        END
+        $$;
+        REVOKE ALL ON FUNCTION api.idem_record(text, double precision) FROM PUBLIC;
+        GRANT EXECUTE ON FUNCTION api.idem_record(text, double precision) TO pgrpc_service;
+        "#,
+    )
+    .await
+    .expect("install test function");
+    server.reload_and_wait("idem_record").await;
+}
+
+async fn effects(db: &TestDb, label: &str) -> i64 {
+    db.superuser()
+        .await
+        .query_one("SELECT count(*) FROM public.idem_effects WHERE label = $1", &[&label])
+        .await
+        .expect("count effects")
+        .get(0)
+}
+
+// --- The SQL protocol ---------------------------------------------------------
+
+/// Of ten concurrent begins with one key, exactly one starts and nine get 409 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_begins_start_once_and_refuse_nine_with_retry_after() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let args = begin_args(&org, "charge-1", "h1");
+    let responses = join_all((0..10).map(|_| begin(&server, args.clone()))).await;
+
+    let started: Vec<&Resp> = responses.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(started.len(), 1, "{responses:#?}");
+    assert_eq!(started[0].body["state"], "started");
+    assert!(started[0].body["lease_token"].is_string());
+
+    let refused: Vec<&Resp> = responses.iter().filter(|r| r.status == 409).collect();
+    assert_eq!(refused.len(), 9, "{responses:#?}");
+    for r in refused {
+        assert_eq!(r.error_code(), "idempotency_key_in_use", "{}", r.text);
+        let retry: u64 = r
+            .header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After: {r:?}"))
+            .parse()
+            .expect("Retry-After is whole seconds");
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+}
+
+/// A completed key replays its stored status and body, and the row reads back as completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_key_replays_its_stored_response() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let started = begin(&server, begin_args(&org, "charge-2", "h1")).await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    let lease = started.body["lease_token"].clone();
+
+    let done = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-2", "lease_token": lease,
+                   "response_status": 201, "response_body": {"charge": "ch_1"}}),
+        )
+        .await;
+    assert_eq!(done.status, 204, "{}", done.text);
+
+    let replay = begin(&server, begin_args(&org, "charge-2", "h1")).await;
+    assert_eq!(replay.status, 200, "{}", replay.text);
+    assert_eq!(replay.body["state"], "replay");
+    assert_eq!(replay.body["response_status"], 201);
+    assert_eq!(replay.body["response_body"], json!({"charge": "ch_1"}));
+    assert!(replay.body["lease_token"].is_null());
+
+    let found = server
+        .rpc_get(
+            "find_active_idempotency_key",
+            Some(&service_token()),
+            &[("organization_id", org.as_str()), ("key", "charge-2")],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert_eq!(found.body["status"], "completed");
+    assert_eq!(found.body["response_status"], 201);
+
+    // Completing again, even with the right token, cannot rewrite the response.
+    let again = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-2", "lease_token": lease,
+                   "response_status": 500, "response_body": null}),
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(again.error_key(), "lease_lost");
+}
+
+/// The same key with another request hash or endpoint is 422 idempotency_key_reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_for_another_request_is_refused_with_422() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let first = begin(&server, begin_args(&org, "charge-3", "h1")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+
+    let other_hash = begin(&server, begin_args(&org, "charge-3", "h2")).await;
+    assert_eq!(other_hash.status, 422, "{}", other_hash.text);
+    assert_eq!(other_hash.error_key(), "idempotency_key_reused");
+
+    let mut other_endpoint = begin_args(&org, "charge-3", "h1");
+    other_endpoint["endpoint"] = json!("/refunds");
+    let r = begin(&server, other_endpoint).await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.error_key(), "idempotency_key_reused");
+
+    // The same key in another organization is another key.
+    let org2 = create_org(&server).await;
+    let elsewhere = begin(&server, begin_args(&org2, "charge-3", "h2")).await;
+    assert_eq!(elsewhere.status, 200, "{}", elsewhere.text);
+    assert_eq!(elsewhere.body["state"], "started");
+}
+
+/// An expired lease is taken over by the next caller, and the old holder then gets lease_lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_taken_over_and_the_old_holder_loses_it() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let mut args = begin_args(&org, "charge-4", "h1");
+    args["lease_seconds"] = json!(1);
+    let first = begin(&server, args.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let old_lease = first.body["lease_token"].clone();
+
+    // While the lease lives, a duplicate is refused.
+    let busy = begin(&server, args.clone()).await;
+    assert_eq!(busy.status, 409, "{}", busy.text);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the lease expire
+
+    let second = begin(&server, begin_args(&org, "charge-4", "h1")).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.body["state"], "started");
+    let new_lease = second.body["lease_token"].clone();
+    assert_ne!(new_lease, old_lease);
+
+    let late = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-4", "lease_token": old_lease,
+                   "response_status": 200, "response_body": {"from": "old"}}),
+        )
+        .await;
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert_eq!(late.error_key(), "lease_lost");
+
+    let done = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-4", "lease_token": new_lease,
+                   "response_status": 200, "response_body": {"from": "new"}}),
+        )
+        .await;
+    assert_eq!(done.status, 204, "{}", done.text);
+    let replay = begin(&server, begin_args(&org, "charge-4", "h1")).await;
+    assert_eq!(replay.body["response_body"], json!({"from": "new"}));
+}
+
+/// A lease token that never held the key gets 409 lease_lost, for complete and for fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_lease_token_gets_lease_lost() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let started = begin(&server, begin_args(&org, "charge-5", "h1")).await;
+    assert_eq!(started.status, 200, "{}", started.text);
+    let wrong = uuid::Uuid::new_v4().to_string();
+
+    let complete = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-5", "lease_token": wrong,
+                   "response_status": 200, "response_body": {}}),
+        )
+        .await;
+    assert_eq!(complete.status, 409, "{}", complete.text);
+    assert_eq!(complete.error_key(), "lease_lost");
+
+    let fail = server
+        .rpc(
+            "idempotency_fail",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-5", "lease_token": wrong,
+                   "response_status": 500, "response_body": null, "retryable": true}),
+        )
+        .await;
+    assert_eq!(fail.status, 409, "{}", fail.text);
+    assert_eq!(fail.error_key(), "lease_lost");
+
+    // The real holder is unaffected.
+    let found = server
+        .rpc_get(
+            "find_active_idempotency_key",
+            Some(&service_token()),
+            &[("organization_id", org.as_str()), ("key", "charge-5")],
+        )
+        .await;
+    assert_eq!(found.body["status"], "processing");
+    assert_eq!(found.body["lease_token"], started.body["lease_token"]);
+}
+
+/// A retryable failure releases the key for a fresh start; a final failure is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_releases_the_key_and_a_final_failure_is_replayed() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let first = begin(&server, begin_args(&org, "charge-6", "h1")).await;
+    let fail = server
+        .rpc(
+            "idempotency_fail",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-6", "lease_token": first.body["lease_token"],
+                   "response_status": 503, "response_body": null, "retryable": true}),
+        )
+        .await;
+    assert_eq!(fail.status, 204, "{}", fail.text);
+
+    let retry = begin(&server, begin_args(&org, "charge-6", "h1")).await;
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(retry.body["state"], "started", "a released key starts afresh");
+
+    let final_fail = server
+        .rpc(
+            "idempotency_fail",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "charge-6", "lease_token": retry.body["lease_token"],
+                   "response_status": 402, "response_body": {"error": "card_declined"}}),
+        )
+        .await;
+    assert_eq!(final_fail.status, 204, "{}", final_fail.text);
+
+    let replay = begin(&server, begin_args(&org, "charge-6", "h1")).await;
+    assert_eq!(replay.body["state"], "replay");
+    assert_eq!(replay.body["response_status"], 402);
+    assert_eq!(replay.body["response_body"], json!({"error": "card_declined"}));
+}
+
+/// An expired key reads as absent, is replaced by the next begin, and the sweep deletes expired keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_counts_as_absent_and_is_swept() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    for key in ["old-a", "old-b"] {
+        let mut args = begin_args(&org, key, "h1");
+        args["ttl_seconds"] = json!(1);
+        args["lease_seconds"] = json!(1);
+        let r = begin(&server, args).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let live = begin(&server, begin_args(&org, "live", "h1")).await;
+    assert_eq!(live.status, 200, "{}", live.text);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the keys expire
+
+    let found = server
+        .rpc_get(
+            "find_active_idempotency_key",
+            Some(&service_token()),
+            &[("organization_id", org.as_str()), ("key", "old-a")],
+        )
+        .await;
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert!(found.body.is_null(), "expired key still visible: {}", found.text);
+
+    // Another request may now use the expired key.
+    let reuse = begin(&server, begin_args(&org, "old-a", "other")).await;
+    assert_eq!(reuse.status, 200, "{}", reuse.text);
+    assert_eq!(reuse.body["state"], "started");
+
+    let admin = server.db.as_role("pgrpc_admin").await;
+    let swept: i32 = admin
+        .query_one("SELECT admin.sweep_idempotency_keys()", &[])
+        .await
+        .expect("sweep")
+        .get(0);
+    assert_eq!(swept, 1, "only old-b was still expired");
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM private.idempotency_keys WHERE organization_id = $1::text::uuid",
+            &[&org],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 2);
+}
+
+/// Keys outside 1..255 characters, blank hashes and out-of-range TTLs are 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_begin_arguments_are_400() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let too_long = "k".repeat(256);
+    for key in ["", too_long.as_str()] {
+        let r = begin(&server, begin_args(&org, key, "h1")).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.error_key(), "invalid_idempotency_key");
+    }
+    let ok = begin(&server, begin_args(&org, &"k".repeat(255), "h1")).await;
+    assert_eq!(ok.status, 200, "a 255-character key is valid: {}", ok.text);
+
+    let blank = begin(&server, begin_args(&org, "k", " ")).await;
+    assert_eq!(blank.status, 400, "{}", blank.text);
+    assert_eq!(blank.error_key(), "invalid_argument");
+    for (field, value) in [("ttl_seconds", 0), ("ttl_seconds", 100_000_000), ("lease_seconds", 0)] {
+        let mut args = begin_args(&org, "k", "h1");
+        args[field] = json!(value);
+        let r = begin(&server, args).await;
+        assert_eq!(r.status, 400, "{field}={value}: {}", r.text);
+        assert_eq!(r.error_key(), "invalid_argument");
+    }
+}
+
+/// The status machine and write-once columns hold for pgrpc_api, pgrpc_admin and the owner; only the sanctioned functions delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rows_keep_their_rules_for_every_role() {
+    let server = TestServer::start().await;
+    let org = create_org(&server).await;
+    let started = begin(&server, begin_args(&org, "done", "h1")).await;
+    let done = server
+        .rpc(
+            "idempotency_complete",
+            Some(&service_token()),
+            json!({"organization_id": org, "key": "done", "lease_token": started.body["lease_token"],
+                   "response_status": 200, "response_body": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(done.status, 204, "{}", done.text);
+    let processing = begin(&server, begin_args(&org, "busy", "h1")).await;
+    assert_eq!(processing.status, 200, "{}", processing.text);
+
+    let done_row = "(SELECT id FROM private.idempotency_keys WHERE key = 'done')";
+    let busy_row = "(SELECT id FROM private.idempotency_keys WHERE key = 'busy')";
+    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
+        let c = server.db.as_role(role).await;
+        for set in ["key = 'x'", "endpoint = '/x'", "request_hash = 'x'", "expires_at = expires_at + interval '1 day'"] {
+            for row in [done_row, busy_row] {
+                let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {row}");
+                assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+            }
+        }
+        for set in ["response_status = 500", "response_body = '{\"ok\": false}'", "lease_token = gen_random_uuid()"] {
+            let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {done_row}");
+            assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+        }
+        // Going back to processing is refused: by privilege for the admin,
+        // by the status machine (check_violation) for the others.
+        let back = format!("UPDATE private.idempotency_keys SET status = 'processing' WHERE id = {done_row}");
+        let expected = if role == "pgrpc_admin" { "42501" } else { "23514" };
+        assert_eq!(sqlstate(&c, &back).await.as_deref(), Some(expected), "{role}: {back}");
+        let born_done = format!(
+            "INSERT INTO private.idempotency_keys (organization_id, key, endpoint, request_hash, status, response_status, expires_at) \
+             VALUES ('{org}', 'forged', '/x', 'h', 'completed', 200, clock_timestamp() + interval '1 hour')"
+        );
+        let expected = if role == "pgrpc_admin" { "42501" } else { "23514" };
+        assert_eq!(sqlstate(&c, &born_done).await.as_deref(), Some(expected), "{role}: {born_done}");
+        assert_eq!(
+            sqlstate(&c, "TRUNCATE private.idempotency_keys").await.as_deref(),
+            Some("42501"),
+            "{role}: TRUNCATE"
+        );
+        if role != "pgrpc_api" {
+            let del = format!("DELETE FROM private.idempotency_keys WHERE id = {done_row}");
+            assert_eq!(sqlstate(&c, &del).await.as_deref(), Some("42501"), "{role}: {del}");
+        }
+    }
+
+    let su = server.db.superuser().await;
+    let row = su
+        .query_one(
+            "SELECT status, response_status, response_body FROM private.idempotency_keys WHERE key = 'done'",
+            &[],
+        )
+        .await
+        .expect("row survives");
+    assert_eq!(row.get::<_, String>(0), "completed");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(200));
+    assert_eq!(row.get::<_, Option<Value>>(2), Some(json!({"ok": true})));
+
+    // Deleting the organization cascades to its keys.
+    su.execute("DELETE FROM private.organizations WHERE id = $1::text::uuid", &[&org])
+        .await
+        .expect("the cascade may delete keys");
+    let left: i64 = su
+        .query_one("SELECT count(*) FROM private.idempotency_keys", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+// --- The Idempotency-Key header ------------------------------------------------
+
+/// Eight concurrent POSTs with one Idempotency-Key run the function once and all answer the same body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_concurrent_posts_with_one_key_take_effect_once() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let bearer = service_token();
+    let body = json!({"label": "concurrent", "pause": 0.3});
+    let responses = join_all(
+        (0..8).map(|_| post_with_key(&server, "idem_record", &bearer, "same-key", body.clone())),
+    )
+    .await;
+
+    assert_eq!(effects(&server.db, "concurrent").await, 1, "the function ran more than once");
+    for r in &responses {
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let bodies: HashSet<&str> = responses.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(bodies.len(), 1, "responses differ: {bodies:#?}");
+    let replayed = responses
+        .iter()
+        .filter(|r| r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert!(replayed >= 1, "no response was marked replayed");
+    assert_eq!(replayed, 7, "every duplicate waits for the first and replays it");
+}
+
+/// A retry replays the stored response; the same key with another body is 422; nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_replays_and_a_changed_request_is_refused() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let bearer = service_token();
+
+    let first = post_with_key(&server, "idem_record", &bearer, "k-1", json!({"label": "retry"})).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("idempotent-replayed"), None);
+
+    // Same request, keys reordered and reformatted: the canonical body matches.
+    let again = send(
+        server
+            .http
+            .post(server.url("/rpc/idem_record"))
+            .bearer_auth(&bearer)
+            .header("idempotency-key", "k-1")
+            .body(r#"{ "label" : "retry" }"#),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.text, first.text);
+
+    let changed = post_with_key(&server, "idem_record", &bearer, "k-1", json!({"label": "other"})).await;
+    assert_eq!(changed.status, 422, "{}", changed.text);
+    assert_eq!(changed.error_key(), "idempotency_key_reused");
+
+    let other_function = post_with_key(
+        &server,
+        "create_organization",
+        &bearer,
+        "k-1",
+        json!({"name": "x", "plan": "free"}),
+    )
+    .await;
+    assert_eq!(other_function.status, 422, "{}", other_function.text);
+
+    assert_eq!(effects(&server.db, "retry").await, 1);
+    assert_eq!(effects(&server.db, "other").await, 0);
+}
+
+/// A call that fails stores nothing and leaves no effect, so the retry with the same key runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_stores_nothing_so_the_retry_runs() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let bearer = service_token();
+    let su = server.db.superuser().await;
+
+    su.batch_execute("UPDATE public.idem_switch SET fail = true").await.expect("switch on");
+    let failed = post_with_key(&server, "idem_record", &bearer, "k-2", json!({"label": "flaky"})).await;
+    assert_eq!(failed.status, 503, "{}", failed.text);
+    assert_eq!(failed.error_key(), "injected_failure");
+    assert_eq!(effects(&server.db, "flaky").await, 0, "the failed call's effect was rolled back");
+    let stored: i64 = su
+        .query_one("SELECT count(*) FROM private.http_idempotency_keys", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 0, "a failed call stores no key");
+
+    su.batch_execute("UPDATE public.idem_switch SET fail = false").await.expect("switch off");
+    let retry = post_with_key(&server, "idem_record", &bearer, "k-2", json!({"label": "flaky"})).await;
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), None, "the retry ran, it was not replayed");
+    assert_eq!(effects(&server.db, "flaky").await, 1);
+}
+
+/// The same key from two callers (different sub) is two keys: each call runs once for its caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_scoped_to_the_caller() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let alice = token(json!({"role": "pgrpc_service", "sub": "alice"}));
+    let bob = token(json!({"role": "pgrpc_service", "sub": "bob"}));
+    let body = json!({"label": "scoped"});
+
+    let a1 = post_with_key(&server, "idem_record", &alice, "shared", body.clone()).await;
+    let b1 = post_with_key(&server, "idem_record", &bob, "shared", body.clone()).await;
+    let a2 = post_with_key(&server, "idem_record", &alice, "shared", body.clone()).await;
+    for r in [&a1, &b1, &a2] {
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(b1.header("idempotent-replayed"), None, "bob must not see alice's response");
+    assert_ne!(a1.body["id"], b1.body["id"]);
+    assert_eq!(a2.header("idempotent-replayed"), Some("true"));
+    assert_eq!(a2.text, a1.text);
+    assert_eq!(effects(&server.db, "scoped").await, 2);
+
+    let scopes: Vec<String> = server
+        .db
+        .superuser()
+        .await
+        .query("SELECT scope FROM private.http_idempotency_keys ORDER BY scope", &[])
+        .await
+        .expect("scopes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(scopes, ["pgrpc_service:sub:alice", "pgrpc_service:sub:bob"]);
+}
+
+/// Once the idempotency_ttl has passed, the key is forgotten and the same request runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_header_key_runs_the_call_again() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let su = server.db.superuser().await;
+    su.batch_execute("SELECT admin.set_setting('idempotency_ttl', '1 second')")
+        .await
+        .expect("shorten ttl");
+    let bearer = service_token();
+
+    let first = post_with_key(&server, "idem_record", &bearer, "k-ttl", json!({"label": "ttl"})).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let extra = post_with_key(&server, "idem_record", &bearer, "k-other", json!({"label": "ttl"})).await;
+    assert_eq!(extra.status, 200, "{}", extra.text);
+    // Keys stored from now on live long again, so the sweep below counts exactly.
+    su.batch_execute("SELECT admin.set_setting('idempotency_ttl', '24 hours')")
+        .await
+        .expect("restore ttl");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the keys expire
+
+    let second = post_with_key(&server, "idem_record", &bearer, "k-ttl", json!({"label": "ttl"})).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.header("idempotent-replayed"), None);
+    assert_ne!(second.body["id"], first.body["id"]);
+    assert_eq!(effects(&server.db, "ttl").await, 3);
+
+    // The sweep removes the one key still expired (k-ttl was replaced).
+    let admin = server.db.as_role("pgrpc_admin").await;
+    let swept: i32 = admin
+        .query_one("SELECT admin.sweep_idempotency_keys()", &[])
+        .await
+        .expect("sweep")
+        .get(0);
+    assert_eq!(swept, 1);
+}
+
+/// The header is ignored on GET, and a key over 255 characters is 400 on POST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_is_ignored_on_get_and_validated_on_post() {
+    let server = TestServer::start().await;
+    let bearer = service_token();
+    for _ in 0..2 {
+        let r = send(
+            server
+                .http
+                .get(server.url("/rpc/version"))
+                .bearer_auth(&bearer)
+                .header("idempotency-key", "get-key"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("idempotent-replayed"), None);
+    }
+    let stored: i64 = server
+        .db
+        .superuser()
+        .await
+        .query_one("SELECT count(*) FROM private.http_idempotency_keys", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 0, "GET must not record keys");
+
+    let long = "k".repeat(256);
+    let r = post_with_key(
+        &server,
+        "create_organization",
+        &bearer,
+        &long,
+        json!({"name": "long key", "plan": "free"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_key(), "invalid_idempotency_key");
+    let created: i64 = server
+        .db
+        .superuser()
+        .await
+        .query_one("SELECT count(*) FROM private.organizations WHERE name = 'long key'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(created, 0, "a refused key runs nothing");
+}
+
+/// Stored header responses never change and leave only through the sweep, for every role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_header_responses_are_write_once_for_every_role() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let r = post_with_key(&server, "idem_record", &service_token(), "k-w", json!({"label": "w"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
+        let c = server.db.as_role(role).await;
+        for set in [
+            "response_body = 'forged'",
+            "response_status = 500",
+            "response_headers = '{}'",
+            "request_hash = 'x'",
+            "expires_at = expires_at + interval '1 day'",
+        ] {
+            let sql = format!("UPDATE private.http_idempotency_keys SET {set}");
+            assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+        }
+        assert_eq!(
+            sqlstate(&c, "TRUNCATE private.http_idempotency_keys").await.as_deref(),
+            Some("42501"),
+            "{role}: TRUNCATE"
+        );
+        if role != "pgrpc_api" {
+            assert_eq!(
+                sqlstate(&c, "DELETE FROM private.http_idempotency_keys").await.as_deref(),
+                Some("42501"),
+                "{role}: DELETE"
+            );
+        }
+    }
+    // Request roles cannot read or write the table directly, only call the functions.
+    let service = server.db.as_request("pgrpc_service", &json!({"sub": "x"})).await;
+    assert_eq!(
+        sqlstate(&service, "SELECT * FROM private.http_idempotency_keys").await.as_deref(),
+        Some("42501")
+    );
+
+    let replay = post_with_key(&server, "idem_record", &service_token(), "k-w", json!({"label": "w"})).await;
+    assert_eq!(replay.text, r.text, "the stored response is unchanged");
+}
+
+/// Waits until `n` backends of this database are blocked on a lock.
+async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
+    let su = db.superuser().await;
+    for _ in 0..400 {
+        let waiting: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no backend ever waited on the claim");
+}
+
+type ClaimRow = (String, Option<i32>, Option<String>);
+
+fn spawn_claim(client: Client, key: &'static str) -> tokio::task::JoinHandle<(Client, ClaimRow)> {
+    tokio::spawn(async move {
+        let row = client
+            .query_one(
+                "SELECT state, response_status, response_body FROM private.http_idempotency_claim($1, 'h')",
+                &[&key],
+            )
+            .await
+            .expect("duplicate claim");
+        let out = (row.get(0), row.get(1), row.get(2));
+        (client, out)
+    })
+}
+
+/// In SQL, a duplicate claim waits on the uncommitted first claim, then replays its commit or claims after its rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
+    let db = TestDb::new().await;
+    let claims = json!({"role": "pgrpc_user", "sub": "u1"});
+    let first = db.as_request("pgrpc_user", &claims).await;
+    let second = db.as_request("pgrpc_user", &claims).await;
+
+    // The first commits: the duplicate replays what it stored.
+    first.batch_execute("BEGIN").await.expect("begin");
+    let state: String = first
+        .query_one("SELECT state FROM private.http_idempotency_claim('k', 'h')", &[])
+        .await
+        .expect("claim")
+        .get(0);
+    assert_eq!(state, "claimed");
+    let waiter = spawn_claim(second, "k");
+    wait_for_lock_waiters(&db, 1).await;
+    assert!(!waiter.is_finished(), "the duplicate did not wait for the first claim");
+    first
+        .batch_execute("SELECT private.http_idempotency_store('k', 201, '[]', '{\"done\":true}'); COMMIT")
+        .await
+        .expect("store and commit");
+    let (second, (state, status, body)) = waiter.await.expect("join");
+    assert_eq!(state, "replay");
+    assert_eq!(status, Some(201));
+    assert_eq!(body.as_deref(), Some("{\"done\":true}"));
+
+    // The first rolls back: the duplicate's own insert goes through.
+    first.batch_execute("BEGIN").await.expect("begin");
+    first
+        .query_one("SELECT state FROM private.http_idempotency_claim('k2', 'h')", &[])
+        .await
+        .expect("claim");
+    let waiter = spawn_claim(second, "k2");
+    wait_for_lock_waiters(&db, 1).await;
+    assert!(!waiter.is_finished(), "the duplicate did not wait for the first claim");
+    first.batch_execute("ROLLBACK").await.expect("rollback");
+    let (_, (state, status, _)) = waiter.await.expect("join");
+    assert_eq!(state, "claimed");
+    assert_eq!(status, None);
+}

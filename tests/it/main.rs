@@ -1,0 +1,18 @@
+//! Integration tests: one binary, one PostgreSQL container, one database per test.
+//!
+//! `support` owns the container, the migrated template database, the
+//! per-test clones and the in-process proxy. Each other module proves one
+//! area of SPEC.md against the real database.
+
+mod support;
+
+mod contracts;
+mod embedded;
+mod feed;
+mod idempotency;
+mod nonces;
+mod outbox;
+mod proxy;
+mod relay;
+mod tasks;
+mod tokens;

@@ -1,0 +1,1 @@
+//! Tests for the proxy module; see SPEC.md.
