@@ -49,6 +49,13 @@ GRANT USAGE, CREATE ON SCHEMA api, admin TO pgrpc_api;
 GRANT USAGE ON SCHEMA private TO pgrpc_api;
 GRANT USAGE ON SCHEMA api TO pgrpc_anon, pgrpc_user, pgrpc_service, pgrpc_admin;
 GRANT USAGE ON SCHEMA admin, private TO pgrpc_admin;
+-- The proxy prepares its statements as pgrpc_authenticator before switching
+-- role, and PostgreSQL may re-plan them later as the request role; name
+-- lookup needs USAGE on the schemas they mention (api, and private for the
+-- Idempotency-Key functions). USAGE grants no access to any table or
+-- function: EXECUTE is still checked per role when the call runs.
+GRANT USAGE ON SCHEMA api, private TO pgrpc_authenticator;
+GRANT USAGE ON SCHEMA private TO pgrpc_anon, pgrpc_user, pgrpc_service;
 
 SET LOCAL ROLE pgrpc_owner;
 

@@ -308,7 +308,7 @@ BEGIN
         (reservation_id, owner_email, file_count, total_bytes, sender_label, sender_ip)
     VALUES (finalize_receive.reservation_id, v_owner, finalize_receive.file_count,
             finalize_receive.total_bytes, finalize_receive.sender_label, finalize_receive.sender_ip)
-    ON CONFLICT ON CONSTRAINT receive_feed_entries_pkey DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING e.created_at INTO v_created_at;
 
     IF FOUND THEN
@@ -557,7 +557,7 @@ BEGIN
             SELECT s.reservation_id, v_row.owner_email, s.created_at, s.file_count, s.total_bytes, s.sender_label,
                    CASE WHEN s.created_at >= v_ip_cutoff THEN s.sender_ip END
             FROM source AS s
-            ON CONFLICT ON CONSTRAINT receive_feed_entries_pkey DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING e.reservation_id
         ),
         markers AS (

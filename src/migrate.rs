@@ -12,7 +12,7 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("cannot take the migration lock: {0}")]
     Lock(#[source] tokio_postgres::Error),
-    #[error("migration failed: {0}")]
+    #[error("migration failed: {}", chain(.0))]
     Apply(#[from] refinery::Error),
 }
 
@@ -20,6 +20,33 @@ pub enum MigrateError {
 #[derive(Debug, Default)]
 pub struct Report {
     pub applied: Vec<String>,
+}
+
+/// The error and its causes, so the PostgreSQL message is not lost.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// The embedded migrations, each followed by `RESET ROLE`: the files switch
+/// roles with `SET LOCAL ROLE`, and refinery records the migration in its
+/// history table inside the same transaction, as the connecting role.
+fn runner() -> Result<refinery::Runner, refinery::Error> {
+    let mut list = Vec::new();
+    for m in migrations::runner().get_migrations() {
+        let sql = format!("{}\n;RESET ROLE;\n", m.sql().unwrap_or_default());
+        list.push(refinery::Migration::unapplied(
+            &format!("V{}__{}", m.version(), m.name()),
+            &sql,
+        )?);
+    }
+    Ok(refinery::Runner::new(&list))
 }
 
 const LOCK_KEY: i64 = 0x7067_7270_63; // "pgrpc"
@@ -33,10 +60,10 @@ pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await
         .map_err(MigrateError::Lock)?;
-    let result = migrations::runner()
-        .set_abort_divergent(true)
-        .run_async(&mut client)
-        .await;
+    let result = match runner() {
+        Ok(runner) => runner.set_abort_divergent(true).run_async(&mut client).await,
+        Err(e) => Err(e),
+    };
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;

@@ -43,6 +43,19 @@ fn image() -> (String, String) {
     }
 }
 
+/// `host:pid:nanos`, the run label `scripts/test` uses to tell live runs'
+/// containers from leftovers; set here when tests run without the script.
+fn run_label() -> String {
+    std::env::var("PGRPC_TEST_RUN").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{}:{}:{nanos}", host.trim(), std::process::id())
+    })
+}
+
 fn superuser_url(host: &str, port: u16, db: &str) -> String {
     format!("postgresql://postgres:postgres@{host}:{port}/{db}")
 }
@@ -65,6 +78,7 @@ fn start_cluster() -> Cluster {
             "database system is ready to accept connections",
         ))
         .with_label("pgrpc.test", "1")
+        .with_label("pgrpc.test.run", run_label())
         .with_startup_timeout(Duration::from_secs(120))
         .start()
         .unwrap_or_else(|e| {
@@ -237,7 +251,25 @@ impl TestServer {
 
     /// Starts a server on an existing database.
     pub async fn start_on(db: TestDb, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
-        let mut config = ServeConfig::new(db.authenticator_url());
+        let url = db.authenticator_url();
+        Self::start_on_url(db, url, tune).await
+    }
+
+    /// Starts a server for `db` that connects through `url` (a gate, say).
+    pub async fn start_on_url(db: TestDb, url: String, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let server = Self::spawn(db, url, tune).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts a server on a URL that may not answer, without waiting for `/ready`.
+    pub async fn start_on_unready(url: &str) -> TestServer {
+        let db = TestDb::new().await;
+        Self::spawn(db, url.to_string(), |c| c.pool_timeout = Duration::from_secs(2)).await
+    }
+
+    async fn spawn(db: TestDb, url: String, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let mut config = ServeConfig::new(url);
         config.jwt_secret = Some(JWT_SECRET.to_string());
         tune(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -262,7 +294,6 @@ impl TestServer {
             shutdown: Some(tx),
             task: Some(task),
         };
-        server.wait_ready().await;
         server
     }
 
@@ -416,4 +447,66 @@ pub fn service_token() -> String {
 /// An end user's token, scoped to one organization and mailbox.
 pub fn user_token(org_id: &str, email: &str) -> String {
     token(json!({"role": "pgrpc_user", "sub": format!("user:{email}"), "org_id": org_id, "email": email}))
+}
+
+/// A TCP forwarder in front of the database that a test can close (cutting
+/// every connection and refusing new ones) and open again, to simulate an
+/// outage without stopping the shared container.
+pub struct Gate {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<tokio::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start(db: &TestDb) -> Gate {
+        let target = format!("{}:{}", db.host, db.port);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        let port = listener.local_addr().expect("gate addr").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: std::sync::Arc<tokio::sync::Mutex<Vec<JoinHandle<()>>>> = Default::default();
+        let (o, c) = (open.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                c.lock().await.push(h);
+            }
+        });
+        Gate { port, open, conns, accept }
+    }
+
+    /// The authenticator URL of `db`, through the gate.
+    pub fn authenticator_url(&self, db: &TestDb) -> String {
+        format!(
+            "postgresql://pgrpc_authenticator:{AUTHENTICATOR_PASSWORD}@127.0.0.1:{}/{}",
+            self.port, db.name
+        )
+    }
+
+    pub async fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for h in self.conns.lock().await.drain(..) {
+            h.abort();
+        }
+    }
+
+    pub async fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
