@@ -124,18 +124,8 @@ fn chown(path: &Path, account: Option<(u32, u32)>) -> Result<(), EmbeddedError> 
 
 fn as_account(cmd: &mut Command, account: Option<(u32, u32)>) {
     if let Some((uid, gid)) = account {
+        // std drops root's supplementary groups before switching uid.
         cmd.uid(uid).gid(gid);
-        // The server must not inherit root's supplementary groups.
-        // SAFETY: setgroups is async-signal-safe and runs in the child
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
     }
 }
 

@@ -387,23 +387,19 @@ async fn signed_players_equal_contract_signed_events_under_concurrent_load_with_
     // Every token is attacked by several callers at once: HTTP signings,
     // SQL transactions that sign and roll back, and connections dropped
     // mid-transaction.
-    // Direct connections are capped so that the cluster's connection limit
-    // is not what the test measures.
-    let sql_slots = Arc::new(tokio::sync::Semaphore::new(12));
+    // At most 16 callers at once (the four attacks on one token run
+    // together), so that the proxy's pool and the cluster's connection limit
+    // are not what the test measures.
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
         for attempt in 0..4 {
             let server = server.clone();
             let token = token.clone();
-            let sql_slots = sql_slots.clone();
+            let slots = slots.clone();
             tasks.push(tokio::spawn(async move {
-                let kind = (i + attempt) % 4;
-                let _slot = if kind >= 2 {
-                    Some(sql_slots.acquire_owned().await.expect("semaphore"))
-                } else {
-                    None
-                };
-                match kind {
+                let _slot = slots.acquire_owned().await.expect("semaphore");
+                match (i + attempt) % 4 {
                     0 | 1 => {
                         let r = server
                             .rpc("sign_contract", None, json!({"contract_token": token, "signature_ref": "sig"}))

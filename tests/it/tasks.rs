@@ -16,7 +16,13 @@ use uuid::Uuid;
 use crate::support::{self, Resp, TestDb, TestServer};
 
 const CLOUD_ID: &str = "6f1d2c3a-1111-4222-8333-123456789abc";
-const STATUSES: [&str; 5] = ["active", "disabled", "requires_reauth", "error", "disconnected"];
+const STATUSES: [&str; 5] = [
+    "active",
+    "disabled",
+    "requires_reauth",
+    "error",
+    "disconnected",
+];
 const STATUS_EVENT: &str = "task_management.connection_status_changed";
 
 // Helpers -------------------------------------------------------------------
@@ -114,7 +120,12 @@ fn connect_body(org: &str, instance: &str) -> Value {
 
 /// Connects `org` to the Jira instance `instance` as the service; returns the connection.
 async fn connect(server: &TestServer, org: &str, instance: &str) -> Value {
-    service_ok(server, "connect_task_management", connect_body(org, instance)).await
+    service_ok(
+        server,
+        "connect_task_management",
+        connect_body(org, instance),
+    )
+    .await
 }
 
 const NO_SUGGESTIONS: [&str; 0] = [];
@@ -204,24 +215,36 @@ async fn sql_fixture(c: &Client) -> SqlFixture {
         .await
         .expect("claims");
     let org: Uuid = c
-        .query_one("SELECT id FROM api.create_organization('SQL org', 'paid')", &[])
+        .query_one(
+            "SELECT id FROM api.create_organization('SQL org', 'paid')",
+            &[],
+        )
         .await
         .expect("organization")
         .get(0);
     let site: Uuid = c
-        .query_one("SELECT id FROM api.create_site($1, 'https://sql.test')", &[&org])
+        .query_one(
+            "SELECT id FROM api.create_site($1, 'https://sql.test')",
+            &[&org],
+        )
         .await
         .expect("site")
         .get(0);
     let opportunity: Uuid = c
-        .query_one("SELECT id FROM api.create_opportunity($1, 'broken-backlinks')", &[&site])
+        .query_one(
+            "SELECT id FROM api.create_opportunity($1, 'broken-backlinks')",
+            &[&site],
+        )
         .await
         .expect("opportunity")
         .get(0);
     let mut suggestions = Vec::new();
     for _ in 0..2 {
         let s: Uuid = c
-            .query_one("SELECT id FROM api.create_suggestion($1, '{}')", &[&opportunity])
+            .query_one(
+                "SELECT id FROM api.create_suggestion($1, '{}')",
+                &[&opportunity],
+            )
             .await
             .expect("suggestion")
             .get(0);
@@ -281,31 +304,77 @@ async fn invalid_metadata_shapes_are_refused_with_a_400_naming_the_field() {
     let too_long = "s".repeat(257);
     let cases: Vec<(Value, &str)> = vec![
         (json!([]), "metadata must be a JSON object, got array"),
-        (json!([{"cloudId": CLOUD_ID}]), "metadata must be a JSON object, got array"),
+        (
+            json!([{"cloudId": CLOUD_ID}]),
+            "metadata must be a JSON object, got array",
+        ),
         (json!("cloud"), "metadata must be a JSON object, got string"),
         (json!(42), "metadata must be a JSON object, got number"),
         (json!(true), "metadata must be a JSON object, got boolean"),
         (json!({}), "metadata.cloudId is required"),
         (json!({"scopes": []}), "metadata.cloudId is required"),
-        (json!({"cloudId": null}), "metadata.cloudId must be a string holding a UUID, got null"),
-        (json!({"cloudId": 7}), "metadata.cloudId must be a string holding a UUID, got number"),
-        (json!({"cloudId": "not-a-uuid"}), "metadata.cloudId must be a UUID, got 'not-a-uuid'"),
-        (json!({"cloudId": format!("{CLOUD_ID}0")}), "metadata.cloudId must be a UUID"),
-        (json!({"cloudId": CLOUD_ID, "extra": 1}), "unknown key(s) 'extra'"),
-        (json!({"cloudId": CLOUD_ID, "CloudId": CLOUD_ID}), "unknown key(s) 'CloudId'"),
-        (json!({"cloudId": CLOUD_ID, "scopes": "read"}), "metadata.scopes must be an array of strings, got string"),
-        (json!({"cloudId": CLOUD_ID, "scopes": null}), "metadata.scopes must be an array of strings, got null"),
-        (json!({"cloudId": CLOUD_ID, "scopes": {"a": 1}}), "metadata.scopes must be an array of strings, got object"),
-        (json!({"cloudId": CLOUD_ID, "scopes": too_many}), "metadata.scopes has 101 items; at most 100 are allowed"),
-        (json!({"cloudId": CLOUD_ID, "scopes": ["ok", 3]}), "metadata.scopes[1] must be a string, got number"),
-        (json!({"cloudId": CLOUD_ID, "scopes": [["nested"]]}), "metadata.scopes[0] must be a string, got array"),
-        (json!({"cloudId": CLOUD_ID, "scopes": ["ok", too_long]}), "metadata.scopes[1] is 257 characters long"),
+        (
+            json!({"cloudId": null}),
+            "metadata.cloudId must be a string holding a UUID, got null",
+        ),
+        (
+            json!({"cloudId": 7}),
+            "metadata.cloudId must be a string holding a UUID, got number",
+        ),
+        (
+            json!({"cloudId": "not-a-uuid"}),
+            "metadata.cloudId must be a UUID, got 'not-a-uuid'",
+        ),
+        (
+            json!({"cloudId": format!("{CLOUD_ID}0")}),
+            "metadata.cloudId must be a UUID",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "extra": 1}),
+            "unknown key(s) 'extra'",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "CloudId": CLOUD_ID}),
+            "unknown key(s) 'CloudId'",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": "read"}),
+            "metadata.scopes must be an array of strings, got string",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": null}),
+            "metadata.scopes must be an array of strings, got null",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": {"a": 1}}),
+            "metadata.scopes must be an array of strings, got object",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": too_many}),
+            "metadata.scopes has 101 items; at most 100 are allowed",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": ["ok", 3]}),
+            "metadata.scopes[1] must be a string, got number",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": [["nested"]]}),
+            "metadata.scopes[0] must be a string, got array",
+        ),
+        (
+            json!({"cloudId": CLOUD_ID, "scopes": ["ok", too_long]}),
+            "metadata.scopes[1] is 257 characters long",
+        ),
     ];
     for (metadata, expected) in &cases {
         let mut body = connect_body(&org.id, "acme");
         body["metadata"] = metadata.clone();
         let r = server
-            .rpc("connect_task_management", Some(&support::service_token()), body)
+            .rpc(
+                "connect_task_management",
+                Some(&support::service_token()),
+                body,
+            )
             .await;
         assert_error(&r, 400, "invalid_metadata");
         assert_eq!(r.error_code(), "PT400", "{}", r.text);
@@ -320,7 +389,11 @@ async fn invalid_metadata_shapes_are_refused_with_a_400_naming_the_field() {
     let mut body = connect_body(&org.id, "acme");
     body["metadata"] = Value::Null;
     let r = server
-        .rpc("connect_task_management", Some(&support::service_token()), body)
+        .rpc(
+            "connect_task_management",
+            Some(&support::service_token()),
+            body,
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.error_code(), "23502", "{}", r.text);
@@ -329,20 +402,34 @@ async fn invalid_metadata_shapes_are_refused_with_a_400_naming_the_field() {
     let mut body = connect_body(&org.id, "acme");
     body.as_object_mut().expect("object").remove("metadata");
     let r = server
-        .rpc("connect_task_management", Some(&support::service_token()), body)
+        .rpc(
+            "connect_task_management",
+            Some(&support::service_token()),
+            body,
+        )
         .await;
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(r.error_code(), "PGRST202", "{}", r.text);
 
     let su = server.db.superuser().await;
-    assert_eq!(count(&su, "SELECT count(*) FROM private.task_management_connections").await, 0);
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.task_management_connections"
+        )
+        .await,
+        0
+    );
 
     // The limits are inclusive: 100 scopes of 256 characters, any UUID case.
     let mut body = connect_body(&org.id, "acme");
     let at_limit: Vec<String> = (0..100).map(|_| "s".repeat(256)).collect();
     body["metadata"] = json!({"cloudId": CLOUD_ID.to_uppercase(), "scopes": at_limit});
     let conn = service_ok(&server, "connect_task_management", body).await;
-    assert_eq!(conn["metadata"]["scopes"].as_array().map(Vec::len), Some(100));
+    assert_eq!(
+        conn["metadata"]["scopes"].as_array().map(Vec::len),
+        Some(100)
+    );
 }
 
 /// An unknown provider is refused by its CHECK with a 400, before metadata is looked at.
@@ -353,11 +440,20 @@ async fn an_unknown_provider_is_a_400() {
     let mut body = connect_body(&org.id, "acme");
     body["provider"] = json!("github");
     let r = server
-        .rpc("connect_task_management", Some(&support::service_token()), body)
+        .rpc(
+            "connect_task_management",
+            Some(&support::service_token()),
+            body,
+        )
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.error_code(), "23514", "{}", r.text);
-    assert!(r.text.contains("task_management_connections_provider_known"), "{}", r.text);
+    assert!(
+        r.text
+            .contains("task_management_connections_provider_known"),
+        "{}",
+        r.text
+    );
 }
 
 /// instance_url must be an absolute https URL with a host, and ticket_url an
@@ -367,9 +463,18 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
     let server = TestServer::start().await;
     let org = org_with_suggestions(&server, 0).await;
     let bad_instance_urls: &[(&str, &str)] = &[
-        ("http://acme.atlassian.net", "must use the https scheme, not http"),
-        ("ftp://acme.atlassian.net", "must use the https scheme, not ftp"),
-        ("javascript:alert(1)", "must use the https scheme, not javascript"),
+        (
+            "http://acme.atlassian.net",
+            "must use the https scheme, not http",
+        ),
+        (
+            "ftp://acme.atlassian.net",
+            "must use the https scheme, not ftp",
+        ),
+        (
+            "javascript:alert(1)",
+            "must use the https scheme, not javascript",
+        ),
         ("acme.atlassian.net", "has no scheme"),
         ("//acme.atlassian.net", "has no scheme"),
         ("", "has no scheme"),
@@ -377,10 +482,19 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
         ("https:///browse", "has no host"),
         ("https://:443/", "has no host"),
         ("https:acme.atlassian.net", "has no //host part"),
-        ("https://acme.atlassian.net@evil.example", "must not carry credentials"),
-        ("https://user:secret@acme.atlassian.net", "must not carry credentials"),
+        (
+            "https://acme.atlassian.net@evil.example",
+            "must not carry credentials",
+        ),
+        (
+            "https://user:secret@acme.atlassian.net",
+            "must not carry credentials",
+        ),
         ("https://acme .atlassian.net", "characters not allowed"),
-        ("https://acme.atlassian.net\\@evil.example", "characters not allowed"),
+        (
+            "https://acme.atlassian.net\\@evil.example",
+            "characters not allowed",
+        ),
         ("https://acmé.atlassian.net", "characters not allowed"),
         ("https://-acme.atlassian.net", "has an invalid host"),
         ("https://acme..atlassian.net", "has an invalid host"),
@@ -390,7 +504,11 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
         let mut body = connect_body(&org.id, "acme");
         body["instance_url"] = json!(url);
         let r = server
-            .rpc("connect_task_management", Some(&support::service_token()), body)
+            .rpc(
+                "connect_task_management",
+                Some(&support::service_token()),
+                body,
+            )
             .await;
         assert_error(&r, 400, "invalid_url");
         assert!(
@@ -400,7 +518,14 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
         );
     }
     let su = server.db.superuser().await;
-    assert_eq!(count(&su, "SELECT count(*) FROM private.task_management_connections").await, 0);
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.task_management_connections"
+        )
+        .await,
+        0
+    );
 
     // Valid forms are accepted (each call re-authorizes the same instance).
     for url in [
@@ -488,7 +613,10 @@ async fn every_status_transition_follows_the_state_machine() {
         } else {
             assert_error(&r, 409, "invalid_transition");
             let d = details(&r);
-            assert!(d.contains(&format!("from {from} to {to}")), "{from} -> {to}: {d}");
+            assert!(
+                d.contains(&format!("from {from} to {to}")),
+                "{from} -> {to}: {d}"
+            );
             assert_eq!(status, from, "a refused transition leaves the status");
         }
         let expected_events =
@@ -546,7 +674,10 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
         .iter()
         .map(|p| {
             (
-                p["previous_status"].as_str().unwrap_or_default().to_string(),
+                p["previous_status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 p["status"].as_str().unwrap_or_default().to_string(),
                 p["error_message"].clone(),
             )
@@ -555,7 +686,11 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
     assert_eq!(
         moves,
         vec![
-            ("active".into(), "requires_reauth".into(), json!("refresh token revoked")),
+            (
+                "active".into(),
+                "requires_reauth".into(),
+                json!("refresh token revoked")
+            ),
             ("active".into(), "error".into(), json!("HTTP 500 from Jira")),
             ("active".into(), "disabled".into(), Value::Null),
         ]
@@ -570,7 +705,10 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
         "SELECT count(*) FROM private.outbox WHERE event_type = 'task_management.connection_status_changed'",
     )
     .await;
-    assert_eq!(all_status_events, 3, "{STATUS_EVENT} emitted once per entry");
+    assert_eq!(
+        all_status_events, 3,
+        "{STATUS_EVENT} emitted once per entry"
+    );
 }
 
 /// Connecting the same instance again re-authorizes the same row: display
@@ -584,7 +722,11 @@ async fn connecting_the_same_instance_again_reauthorizes_and_restores_active() {
     let first = connect(&server, &org.id, "acme").await;
     let conn = id_of(&first);
     assert_eq!(first["status"], json!("active"));
-    assert_eq!(first["connected_by"], json!("service-test"), "defaults to the JWT sub");
+    assert_eq!(
+        first["connected_by"],
+        json!("service-test"),
+        "defaults to the JWT sub"
+    );
 
     let r = server
         .rpc(
@@ -613,11 +755,24 @@ async fn connecting_the_same_instance_again_reauthorizes_and_restores_active() {
     assert_eq!(again["status"], json!("active"));
     assert_eq!(again["error_message"], Value::Null);
     assert_eq!(again["display_name"], json!("Acme Jira (renamed)"));
-    assert_eq!(again["instance_url"], json!("https://acme-new.atlassian.net"));
-    assert_eq!(again["metadata"], json!({"cloudId": CLOUD_ID, "scopes": ["read:jira-work"]}));
-    assert_eq!(again["connected_by"], json!("service-test"), "connected_by is write-once");
+    assert_eq!(
+        again["instance_url"],
+        json!("https://acme-new.atlassian.net")
+    );
+    assert_eq!(
+        again["metadata"],
+        json!({"cloudId": CLOUD_ID, "scopes": ["read:jira-work"]})
+    );
+    assert_eq!(
+        again["connected_by"],
+        json!("service-test"),
+        "connected_by is write-once"
+    );
     assert_eq!(again["created_at"], first["created_at"]);
-    assert_ne!(again["updated_at"], first["updated_at"], "updated_at is kept by its trigger");
+    assert_ne!(
+        again["updated_at"], first["updated_at"],
+        "updated_at is kept by its trigger"
+    );
 
     let ticket = service_ok(
         &server,
@@ -724,9 +879,16 @@ async fn ten_concurrent_tickets_for_one_suggestion_make_exactly_one() {
 
     let su = server.db.superuser().await;
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.ticket_suggestions").await, 1);
     assert_eq!(
-        count(&su, "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'").await,
+        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
+        )
+        .await,
         1
     );
     let linked: Uuid = su
@@ -779,7 +941,11 @@ async fn create_ticket_links_every_suggestion_or_none() {
     assert_eq!(event["connection_id"], json!(conn_id));
     let mut expected = vec![a, b];
     expected.sort();
-    assert_eq!(event["suggestion_ids"], json!(expected), "duplicates are linked once");
+    assert_eq!(
+        event["suggestion_ids"],
+        json!(expected),
+        "duplicates are linked once"
+    );
 
     // c is free but b is taken: nothing at all happens.
     let r = server
@@ -790,11 +956,22 @@ async fn create_ticket_links_every_suggestion_or_none() {
         )
         .await;
     assert_error(&r, 409, "suggestion_already_ticketed");
-    assert!(details(&r).contains(b) && details(&r).contains(&id_of(&first)), "{}", r.text);
+    assert!(
+        details(&r).contains(b) && details(&r).contains(&id_of(&first)),
+        "{}",
+        r.text
+    );
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.ticket_suggestions").await, 2);
     assert_eq!(
-        count(&su, "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'").await,
+        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
+        )
+        .await,
         1
     );
     assert_eq!(
@@ -804,7 +981,12 @@ async fn create_ticket_links_every_suggestion_or_none() {
     );
 
     // c alone still works, and an unknown suggestion is 404.
-    service_ok(&server, "create_ticket", ticket_body(&conn_id, "ACME-3", &[c])).await;
+    service_ok(
+        &server,
+        "create_ticket",
+        ticket_body(&conn_id, "ACME-3", &[c]),
+    )
+    .await;
     let ghost = Uuid::new_v4().to_string();
     let r = server
         .rpc(
@@ -838,7 +1020,10 @@ async fn create_ticket_requires_an_active_connection() {
     }
     let su = server.db.superuser().await;
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 0);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.ticket_suggestions").await, 0);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
+        0
+    );
 }
 
 /// A user of the organization works within it: created_by defaults to its
@@ -878,18 +1063,34 @@ async fn users_create_and_find_tickets_within_their_organization() {
     let ticket = id_of(&r.body);
 
     let r = server
-        .rpc_get("ticket_for_suggestion", Some(&user), &[("suggestion_id", &org.suggestions[0])])
+        .rpc_get(
+            "ticket_for_suggestion",
+            Some(&user),
+            &[("suggestion_id", &org.suggestions[0])],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(id_of(&r.body), ticket);
     let r = server
-        .rpc_get("ticket_for_suggestion", Some(&user), &[("suggestion_id", &org.suggestions[1])])
+        .rpc_get(
+            "ticket_for_suggestion",
+            Some(&user),
+            &[("suggestion_id", &org.suggestions[1])],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.body, Value::Null, "an unticketed suggestion has no ticket");
+    assert_eq!(
+        r.body,
+        Value::Null,
+        "an unticketed suggestion has no ticket"
+    );
 
     let r = server
-        .rpc_get("tickets_for_opportunity", Some(&user), &[("opportunity_id", &org.opportunity)])
+        .rpc_get(
+            "tickets_for_opportunity",
+            Some(&user),
+            &[("opportunity_id", &org.opportunity)],
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let keys: Vec<&str> = r
@@ -919,7 +1120,11 @@ async fn users_create_and_find_tickets_within_their_organization() {
     assert_error(&r, 404, "not_found");
 
     let r = server
-        .rpc("disconnect_task_management", Some(&user), json!({"connection_id": conn}))
+        .rpc(
+            "disconnect_task_management",
+            Some(&user),
+            json!({"connection_id": conn}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let r = server
@@ -965,15 +1170,27 @@ async fn a_user_of_another_organization_gets_403() {
         .await;
     assert_error(&r, 403, "forbidden");
     let r = server
-        .rpc("disconnect_task_management", Some(&intruder), json!({"connection_id": conn}))
+        .rpc(
+            "disconnect_task_management",
+            Some(&intruder),
+            json!({"connection_id": conn}),
+        )
         .await;
     assert_error(&r, 403, "forbidden");
     let r = server
-        .rpc_get("ticket_for_suggestion", Some(&intruder), &[("suggestion_id", &org.suggestions[0])])
+        .rpc_get(
+            "ticket_for_suggestion",
+            Some(&intruder),
+            &[("suggestion_id", &org.suggestions[0])],
+        )
         .await;
     assert_error(&r, 403, "forbidden");
     let r = server
-        .rpc_get("tickets_for_opportunity", Some(&intruder), &[("opportunity_id", &org.opportunity)])
+        .rpc_get(
+            "tickets_for_opportunity",
+            Some(&intruder),
+            &[("opportunity_id", &org.opportunity)],
+        )
         .await;
     assert_error(&r, 403, "forbidden");
 
@@ -984,7 +1201,11 @@ async fn a_user_of_another_organization_gets_403() {
         .rpc(
             "create_ticket",
             Some(&own_user),
-            ticket_body(&own_conn, "OTHER-1", &[&other.suggestions[0], &org.suggestions[1]]),
+            ticket_body(
+                &own_conn,
+                "OTHER-1",
+                &[&other.suggestions[0], &org.suggestions[1]],
+            ),
         )
         .await;
     assert_error(&r, 403, "forbidden");
@@ -1000,7 +1221,10 @@ async fn a_user_of_another_organization_gets_403() {
         .get(0);
     assert_eq!(status, "active");
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.ticket_suggestions").await, 1);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
+        1
+    );
 }
 
 // Cascade, append-only and write-once, in SQL --------------------------------
@@ -1036,7 +1260,10 @@ async fn deleting_a_connection_cascades_to_tickets_and_their_suggestion_links() 
     let by_org = |table: &'static str| {
         format!("SELECT count(*) FROM private.{table} WHERE organization_id = $1")
     };
-    assert_eq!(count_for(&su, &by_org("task_management_connections"), &doomed.org).await, 0);
+    assert_eq!(
+        count_for(&su, &by_org("task_management_connections"), &doomed.org).await,
+        0
+    );
     assert_eq!(count_for(&su, &by_org("tickets"), &doomed.org).await, 0);
     assert_eq!(
         count_for(
@@ -1048,21 +1275,37 @@ async fn deleting_a_connection_cascades_to_tickets_and_their_suggestion_links() 
         0
     );
     assert_eq!(
-        count_for(&su, "SELECT count(*) FROM private.suggestions WHERE opportunity_id = $1", &doomed.opportunity).await,
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.suggestions WHERE opportunity_id = $1",
+            &doomed.opportunity
+        )
+        .await,
         2,
         "suggestions stay"
     );
     assert_eq!(count_for(&su, &by_org("tickets"), &kept.org).await, 1);
     assert_eq!(
-        count_for(&su, "SELECT count(*) FROM private.ticket_suggestions WHERE ticket_id = $1", &kept.ticket).await,
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.ticket_suggestions WHERE ticket_id = $1",
+            &kept.ticket
+        )
+        .await,
         1
     );
 
     let err = admin
-        .query_one("SELECT admin.delete_task_management_connection($1)", &[&doomed.connection])
+        .query_one(
+            "SELECT admin.delete_task_management_connection($1)",
+            &[&doomed.connection],
+        )
         .await
         .expect_err("a second delete finds nothing");
-    assert_eq!(db_error(&err), ("PT404".to_string(), "not_found".to_string()));
+    assert_eq!(
+        db_error(&err),
+        ("PT404".to_string(), "not_found".to_string())
+    );
 
     // The freed suggestion can be ticketed again on a new connection.
     let conn: Uuid = su
@@ -1082,12 +1325,20 @@ async fn deleting_a_connection_cascades_to_tickets_and_their_suggestion_links() 
     .expect("the suggestion is free again");
 
     // Deleting an organization cascades down both paths (sites and connections).
-    su.execute("DELETE FROM private.organizations WHERE id = $1", &[&kept.org])
-        .await
-        .expect("delete organization");
+    su.execute(
+        "DELETE FROM private.organizations WHERE id = $1",
+        &[&kept.org],
+    )
+    .await
+    .expect("delete organization");
     assert_eq!(count_for(&su, &by_org("tickets"), &kept.org).await, 0);
     assert_eq!(
-        count_for(&su, "SELECT count(*) FROM private.ticket_suggestions WHERE ticket_id = $1", &kept.ticket).await,
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.ticket_suggestions WHERE ticket_id = $1",
+            &kept.ticket
+        )
+        .await,
         0
     );
 }
@@ -1102,7 +1353,10 @@ async fn ticket_suggestions_refuse_update_delete_and_truncate_for_every_role() {
 
     let statements = [
         "UPDATE private.ticket_suggestions SET created_at = now()".to_string(),
-        format!("UPDATE private.ticket_suggestions SET suggestion_id = '{}'", f.free),
+        format!(
+            "UPDATE private.ticket_suggestions SET suggestion_id = '{}'",
+            f.free
+        ),
         "DELETE FROM private.ticket_suggestions".to_string(),
         "TRUNCATE private.ticket_suggestions".to_string(),
         "TRUNCATE private.tickets CASCADE".to_string(),
@@ -1115,7 +1369,11 @@ async fn ticket_suggestions_refuse_update_delete_and_truncate_for_every_role() {
                 .batch_execute(stmt)
                 .await
                 .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role}: {stmt}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {stmt}: {err}"
+            );
             if role == "pgrpc_owner" || role == "postgres" {
                 // Privileges cannot stop these roles; the triggers did.
                 assert_eq!(db_error(&err).1, "append_only", "{role}: {stmt}");
@@ -1136,7 +1394,10 @@ async fn ticket_suggestions_refuse_update_delete_and_truncate_for_every_role() {
 
     // Deleting a ticketed suggestion is refused too: the link only leaves with its ticket.
     let err = su
-        .execute("DELETE FROM private.suggestions WHERE id = $1", &[&f.linked])
+        .execute(
+            "DELETE FROM private.suggestions WHERE id = $1",
+            &[&f.linked],
+        )
         .await
         .expect_err("a ticketed suggestion cannot be deleted");
     assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION), "{err}");
@@ -1183,7 +1444,11 @@ async fn write_once_columns_refuse_changes_for_every_role() {
                 .batch_execute(stmt)
                 .await
                 .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role}: {stmt}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {stmt}: {err}"
+            );
             if role == "pgrpc_owner" || role == "postgres" {
                 assert_eq!(db_error(&err).1, "write_once", "{role}: {stmt}");
             }
@@ -1225,16 +1490,23 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
     let other = sql_fixture(&su).await;
     let owner = db.as_role("pgrpc_owner").await;
 
-    let insert = "INSERT INTO private.tickets (connection_id, organization_id, external_ticket_id, \
+    let insert =
+        "INSERT INTO private.tickets (connection_id, organization_id, external_ticket_id, \
                   ticket_key, ticket_url, ticket_provider, created_by) \
                   VALUES ($1, $2, $3, 'X-1', 'https://x.atlassian.net/browse/X-1', $4, 'owner')";
     let err = owner
-        .execute(insert, &[&f.connection, &f.org, &"wrong-provider", &"asana"])
+        .execute(
+            insert,
+            &[&f.connection, &f.org, &"wrong-provider", &"asana"],
+        )
         .await
         .expect_err("provider must be the connection's");
     assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION), "{err}");
     let err = owner
-        .execute(insert, &[&f.connection, &other.org, &"wrong-org", &"jira_cloud"])
+        .execute(
+            insert,
+            &[&f.connection, &other.org, &"wrong-org", &"jira_cloud"],
+        )
         .await
         .expect_err("organization must be the connection's");
     assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION), "{err}");
@@ -1251,7 +1523,10 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
         )
         .await
         .expect_err("a suggestion of another organization");
-    assert_eq!(db_error(&err), ("PT403".to_string(), "forbidden".to_string()));
+    assert_eq!(
+        db_error(&err),
+        ("PT403".to_string(), "forbidden".to_string())
+    );
 }
 
 // Privileges and catalog ----------------------------------------------------
@@ -1272,7 +1547,11 @@ async fn pgrpc_api_holds_only_the_privileges_its_functions_need() {
         .expect("table privileges");
     for row in rows {
         let (privilege, held): (String, bool) = (row.get(0), row.get(1));
-        assert_eq!(held, privilege == "SELECT" || privilege == "INSERT", "ticket_suggestions {privilege}");
+        assert_eq!(
+            held,
+            privilege == "SELECT" || privilege == "INSERT",
+            "ticket_suggestions {privilege}"
+        );
     }
 
     let updatable = |table: &'static str| {
@@ -1288,12 +1567,21 @@ async fn pgrpc_api_holds_only_the_privileges_its_functions_need() {
                 )
                 .await
                 .expect("column privileges");
-            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>()
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
         }
     };
     assert_eq!(
         updatable("private.task_management_connections").await,
-        vec!["display_name", "error_message", "instance_url", "last_used_at", "metadata", "status"]
+        vec![
+            "display_name",
+            "error_message",
+            "instance_url",
+            "last_used_at",
+            "metadata",
+            "status"
+        ]
     );
     assert_eq!(updatable("private.tickets").await, vec!["ticket_status"]);
     let row = su
@@ -1306,7 +1594,11 @@ async fn pgrpc_api_holds_only_the_privileges_its_functions_need() {
         .await
         .expect("privileges");
     assert_eq!(
-        (row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)),
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
         (false, true, false)
     );
 }
@@ -1320,14 +1612,34 @@ async fn every_task_management_function_is_documented_and_granted_as_specified()
     let su = db.superuser().await;
     let functions: [(&str, bool, &[&str]); 9] = [
         ("api.connect_task_management", false, &["pgrpc_service"]),
-        ("api.active_task_management_connection", true, &["pgrpc_service", "pgrpc_user"]),
+        (
+            "api.active_task_management_connection",
+            true,
+            &["pgrpc_service", "pgrpc_user"],
+        ),
         ("api.set_connection_status", false, &["pgrpc_service"]),
-        ("api.disconnect_task_management", false, &["pgrpc_service", "pgrpc_user"]),
+        (
+            "api.disconnect_task_management",
+            false,
+            &["pgrpc_service", "pgrpc_user"],
+        ),
         ("api.create_ticket", false, &["pgrpc_service", "pgrpc_user"]),
-        ("api.ticket_for_suggestion", true, &["pgrpc_service", "pgrpc_user"]),
-        ("api.tickets_for_opportunity", true, &["pgrpc_service", "pgrpc_user"]),
+        (
+            "api.ticket_for_suggestion",
+            true,
+            &["pgrpc_service", "pgrpc_user"],
+        ),
+        (
+            "api.tickets_for_opportunity",
+            true,
+            &["pgrpc_service", "pgrpc_user"],
+        ),
         ("api.update_ticket_status", false, &["pgrpc_service"]),
-        ("admin.delete_task_management_connection", false, &["pgrpc_admin"]),
+        (
+            "admin.delete_task_management_connection",
+            false,
+            &["pgrpc_admin"],
+        ),
     ];
     for (name, read_only, callers) in functions {
         let row = su
@@ -1344,12 +1656,23 @@ async fn every_task_management_function_is_documented_and_granted_as_specified()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let comment: Option<String> = row.get(0);
         let comment = comment.unwrap_or_else(|| panic!("{name} has no COMMENT"));
-        assert!(comment.contains("\n\n"), "{name}: summary, blank line, details");
+        assert!(
+            comment.contains("\n\n"),
+            "{name}: summary, blank line, details"
+        );
         let volatility: String = row.get(1);
-        assert_eq!(volatility == "s", read_only, "{name} volatility {volatility}");
+        assert_eq!(
+            volatility == "s",
+            read_only,
+            "{name} volatility {volatility}"
+        );
         assert!(row.get::<_, bool>(2), "{name} is SECURITY DEFINER");
         let config: Option<String> = row.get(3);
-        assert_eq!(config.as_deref(), Some("search_path=pg_catalog, pg_temp"), "{name}");
+        assert_eq!(
+            config.as_deref(),
+            Some("search_path=pg_catalog, pg_temp"),
+            "{name}"
+        );
         let mut expected: Vec<&str> = callers.to_vec();
         expected.sort_unstable();
         assert_eq!(row.get::<_, Vec<String>>(4), expected, "{name} callers");
