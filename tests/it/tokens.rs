@@ -58,7 +58,12 @@ async fn opportunity(server: &TestServer, site_id: &str, opportunity_type: &str)
 }
 
 /// A new suggestion; returns its id.
-async fn suggestion(server: &TestServer, opportunity_id: &str, data: Value, status: &str) -> String {
+async fn suggestion(
+    server: &TestServer,
+    opportunity_id: &str,
+    data: Value,
+    status: &str,
+) -> String {
     let s = service_ok(
         server,
         "create_suggestion",
@@ -71,7 +76,13 @@ async fn suggestion(server: &TestServer, opportunity_id: &str, data: Value, stat
 /// A complete, NEW meta-tags suggestion on a new opportunity of the site.
 async fn complete_meta_tags_suggestion(server: &TestServer, site_id: &str) -> String {
     let opp = opportunity(server, site_id, "meta-tags").await;
-    suggestion(server, &opp, json!({"tag": "title", "value": "Acme"}), "NEW").await
+    suggestion(
+        server,
+        &opp,
+        json!({"tag": "title", "value": "Acme"}),
+        "NEW",
+    )
+    .await
 }
 
 async fn balance(server: &TestServer, site_id: &str, token_type: &str) -> Value {
@@ -139,7 +150,10 @@ async fn sql_granted_suggestion(c: &Client, site: Uuid) -> Uuid {
         .expect("create suggestion");
     let id: Uuid = row.get(0);
     let newly: bool = c
-        .query_one("SELECT newly_granted FROM api.grant_suggestion($1, 'operator')", &[&id])
+        .query_one(
+            "SELECT newly_granted FROM api.grant_suggestion($1, 'operator')",
+            &[&id],
+        )
         .await
         .expect("grant suggestion")
         .get(0);
@@ -177,7 +191,8 @@ async fn concurrent_consumers_never_overspend_the_budget() {
 
     let svc = support::service_token();
     let body = json!({"site_id": site, "token_type": "alt_text"});
-    let responses = join_all((0..n).map(|_| server.rpc("consume_token", Some(&svc), body.clone()))).await;
+    let responses =
+        join_all((0..n).map(|_| server.rpc("consume_token", Some(&svc), body.clone()))).await;
 
     let ok: Vec<&Resp> = responses.iter().filter(|r| r.status == 200).collect();
     let refused: Vec<&Resp> = responses.iter().filter(|r| r.status != 200).collect();
@@ -243,14 +258,42 @@ async fn consume_token_rejects_bad_input_with_its_error_keys() {
     let (_, paid_site) = org_with_site(&server, "paid").await;
     let svc = support::service_token();
     let cases = [
-        (json!({"site_id": Uuid::new_v4(), "token_type": "alt_text"}), 404, "not_found"),
-        (json!({"site_id": site, "token_type": "alt_text", "cycle": "2024-13"}), 400, "invalid_cycle"),
-        (json!({"site_id": site, "token_type": "alt_text", "cycle": "abc"}), 400, "invalid_cycle"),
-        (json!({"site_id": site, "token_type": "alt_text", "cycle": "2024-1"}), 400, "invalid_cycle"),
+        (
+            json!({"site_id": Uuid::new_v4(), "token_type": "alt_text"}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"site_id": site, "token_type": "alt_text", "cycle": "2024-13"}),
+            400,
+            "invalid_cycle",
+        ),
+        (
+            json!({"site_id": site, "token_type": "alt_text", "cycle": "abc"}),
+            400,
+            "invalid_cycle",
+        ),
+        (
+            json!({"site_id": site, "token_type": "alt_text", "cycle": "2024-1"}),
+            400,
+            "invalid_cycle",
+        ),
         // The opportunity type is not a token type: the namespaces are mapped, not mixed.
-        (json!({"site_id": site, "token_type": "alt-text"}), 400, "unknown_token_type"),
-        (json!({"site_id": site, "token_type": "alt_text", "cycle": "2020-01"}), 400, "cycle_closed"),
-        (json!({"site_id": paid_site, "token_type": "alt_text"}), 409, "plan_not_token_metered"),
+        (
+            json!({"site_id": site, "token_type": "alt-text"}),
+            400,
+            "unknown_token_type",
+        ),
+        (
+            json!({"site_id": site, "token_type": "alt_text", "cycle": "2020-01"}),
+            400,
+            "cycle_closed",
+        ),
+        (
+            json!({"site_id": paid_site, "token_type": "alt_text"}),
+            409,
+            "plan_not_token_metered",
+        ),
     ];
     for (body, status, key) in cases {
         let r = server.rpc("consume_token", Some(&svc), body.clone()).await;
@@ -302,32 +345,56 @@ async fn balances_answer_get_and_create_no_counter() {
 
     let one = balance(&server, &site, "alt_text").await;
     assert_eq!(
-        (int(&one, "total"), int(&one, "used"), int(&one, "remaining")),
+        (
+            int(&one, "total"),
+            int(&one, "used"),
+            int(&one, "remaining")
+        ),
         (FREEMIUM_PER_CYCLE, 0, FREEMIUM_PER_CYCLE)
     );
 
     let all = server
-        .rpc_get("token_balances", Some(&svc), &[("site_id", site.as_str()), ("cycle", "2999-01")])
+        .rpc_get(
+            "token_balances",
+            Some(&svc),
+            &[("site_id", site.as_str()), ("cycle", "2999-01")],
+        )
         .await;
     assert_eq!(all.status, 200, "{}", all.text);
     let rows = all.body.as_array().expect("token_balances is an array");
-    let types: Vec<&str> = rows.iter().map(|r| r["token_type"].as_str().unwrap_or("")).collect();
+    let types: Vec<&str> = rows
+        .iter()
+        .map(|r| r["token_type"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(types, ["alt_text", "broken_backlinks", "meta_tags"]);
-    assert!(rows.iter().all(|r| r["cycle"] == "2999-01" && int(r, "remaining") == FREEMIUM_PER_CYCLE));
+    assert!(rows
+        .iter()
+        .all(|r| r["cycle"] == "2999-01" && int(r, "remaining") == FREEMIUM_PER_CYCLE));
 
     let bad = server
-        .rpc_get("token_balances", Some(&svc), &[("site_id", site.as_str()), ("cycle", "2999-00")])
+        .rpc_get(
+            "token_balances",
+            Some(&svc),
+            &[("site_id", site.as_str()), ("cycle", "2999-00")],
+        )
         .await;
     assert_error(&bad, 400, "invalid_cycle");
     let unknown = server
-        .rpc_get("token_balance", Some(&svc), &[("site_id", site.as_str()), ("token_type", "gold")])
+        .rpc_get(
+            "token_balance",
+            Some(&svc),
+            &[("site_id", site.as_str()), ("token_type", "gold")],
+        )
         .await;
     assert_error(&unknown, 400, "unknown_token_type");
     let missing = server
         .rpc_get(
             "token_balance",
             Some(&svc),
-            &[("site_id", &Uuid::new_v4().to_string()), ("token_type", "alt_text")],
+            &[
+                ("site_id", &Uuid::new_v4().to_string()),
+                ("token_type", "alt_text"),
+            ],
         )
         .await;
     assert_error(&missing, 404, "not_found");
@@ -340,7 +407,12 @@ async fn balances_answer_get_and_create_no_counter() {
         .get(0);
     assert_eq!(counters, 0, "reading a balance created a counter");
 
-    service_ok(&server, "consume_token", json!({"site_id": site, "token_type": "alt_text"})).await;
+    service_ok(
+        &server,
+        "consume_token",
+        json!({"site_id": site, "token_type": "alt_text"}),
+    )
+    .await;
     assert_eq!(int(&balance(&server, &site, "alt_text").await, "used"), 1);
 }
 
@@ -356,28 +428,55 @@ async fn a_user_reading_another_organizations_site_gets_403() {
     let user = support::user_token(&own_org, "ann@acme.test");
 
     let mine = server
-        .rpc_get("token_balance", Some(&user), &[("site_id", own_site.as_str()), ("token_type", "alt_text")])
+        .rpc_get(
+            "token_balance",
+            Some(&user),
+            &[("site_id", own_site.as_str()), ("token_type", "alt_text")],
+        )
         .await;
     assert_eq!(mine.status, 200, "{}", mine.text);
     let mine_all = server
-        .rpc_get("token_balances", Some(&user), &[("site_id", own_site.as_str())])
+        .rpc_get(
+            "token_balances",
+            Some(&user),
+            &[("site_id", own_site.as_str())],
+        )
         .await;
     assert_eq!(mine_all.status, 200, "{}", mine_all.text);
     let mine_granted = server
-        .rpc_get("is_granted", Some(&user), &[("suggestion_id", own_suggestion.as_str())])
+        .rpc_get(
+            "is_granted",
+            Some(&user),
+            &[("suggestion_id", own_suggestion.as_str())],
+        )
         .await;
-    assert_eq!((mine_granted.status, &mine_granted.body), (200, &json!(false)));
+    assert_eq!(
+        (mine_granted.status, &mine_granted.body),
+        (200, &json!(false))
+    );
 
     let theirs = server
-        .rpc_get("token_balance", Some(&user), &[("site_id", other_site.as_str()), ("token_type", "alt_text")])
+        .rpc_get(
+            "token_balance",
+            Some(&user),
+            &[("site_id", other_site.as_str()), ("token_type", "alt_text")],
+        )
         .await;
     assert_error(&theirs, 403, "forbidden");
     let theirs_all = server
-        .rpc_get("token_balances", Some(&user), &[("site_id", other_site.as_str())])
+        .rpc_get(
+            "token_balances",
+            Some(&user),
+            &[("site_id", other_site.as_str())],
+        )
         .await;
     assert_error(&theirs_all, 403, "forbidden");
     let theirs_granted = server
-        .rpc_get("is_granted", Some(&user), &[("suggestion_id", other_suggestion.as_str())])
+        .rpc_get(
+            "is_granted",
+            Some(&user),
+            &[("suggestion_id", other_suggestion.as_str())],
+        )
         .await;
     assert_error(&theirs_granted, 403, "forbidden");
 }
@@ -406,7 +505,11 @@ async fn only_the_service_role_spends_tokens_or_grants() {
 
     assert_eq!(int(&balance(&server, &site, "meta_tags").await, "used"), 0);
     let granted = server
-        .rpc_get("is_granted", Some(&support::service_token()), &[("suggestion_id", sug.as_str())])
+        .rpc_get(
+            "is_granted",
+            Some(&support::service_token()),
+            &[("suggestion_id", sug.as_str())],
+        )
         .await;
     assert_eq!(granted.body, json!(false));
 }
@@ -423,7 +526,8 @@ async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
 
     let svc = support::service_token();
     let body = json!({"suggestion_id": sug});
-    let responses = join_all((0..20).map(|_| server.rpc("grant_suggestion", Some(&svc), body.clone()))).await;
+    let responses =
+        join_all((0..20).map(|_| server.rpc("grant_suggestion", Some(&svc), body.clone()))).await;
 
     for r in &responses {
         assert_eq!(r.status, 200, "{}", r.text);
@@ -446,7 +550,10 @@ async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
     let su = server.db.superuser().await;
     let sug_id: Uuid = sug.parse().expect("uuid");
     let grants: i64 = su
-        .query_one("SELECT count(*) FROM private.suggestion_grants WHERE suggestion_id = $1", &[&sug_id])
+        .query_one(
+            "SELECT count(*) FROM private.suggestion_grants WHERE suggestion_id = $1",
+            &[&sug_id],
+        )
         .await
         .expect("count grants")
         .get(0);
@@ -503,7 +610,10 @@ async fn concurrent_grants_of_many_suggestions_never_exceed_the_allowance() {
         )
         .await
         .expect("count grants and events");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (granted, granted));
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (granted, granted)
+    );
     let spent = balance(&server, &site, "alt_text").await;
     assert_eq!(int(&spent, "used"), FREEMIUM_PER_CYCLE);
 }
@@ -525,7 +635,11 @@ async fn grant_suggestion_is_idempotent_and_records_the_jwt_sub() {
     assert_eq!(int(&balance(&server, &site, "meta_tags").await, "used"), 1);
 
     let granted = server
-        .rpc_get("is_granted", Some(&support::service_token()), &[("suggestion_id", sug.as_str())])
+        .rpc_get(
+            "is_granted",
+            Some(&support::service_token()),
+            &[("suggestion_id", sug.as_str())],
+        )
         .await;
     assert_eq!((granted.status, granted.body), (200, json!(true)));
 
@@ -540,14 +654,26 @@ async fn grant_suggestion_is_idempotent_and_records_the_jwt_sub() {
         .await
         .expect("read grant");
     assert_eq!(row.get::<_, String>(0), "service-test");
-    assert_eq!(row.get::<_, String>(1), "NEW", "granting leaves the status alone");
+    assert_eq!(
+        row.get::<_, String>(1),
+        "NEW",
+        "granting leaves the status alone"
+    );
 
     // An explicit granted_by wins over the sub.
     let other = complete_meta_tags_suggestion(&server, &site).await;
-    service_ok(&server, "grant_suggestion", json!({"suggestion_id": other, "granted_by": "ops@acme.test"})).await;
+    service_ok(
+        &server,
+        "grant_suggestion",
+        json!({"suggestion_id": other, "granted_by": "ops@acme.test"}),
+    )
+    .await;
     let other_id: Uuid = other.parse().expect("uuid");
     let by: String = su
-        .query_one("SELECT granted_by FROM private.suggestion_grants WHERE suggestion_id = $1", &[&other_id])
+        .query_one(
+            "SELECT granted_by FROM private.suggestion_grants WHERE suggestion_id = $1",
+            &[&other_id],
+        )
         .await
         .expect("read grant")
         .get(0);
@@ -565,7 +691,13 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
 
     let paid = complete_meta_tags_suggestion(&server, &paid_site).await;
     let opp = opportunity(&server, &site, "meta-tags").await;
-    let approved = suggestion(&server, &opp, json!({"tag": "title", "value": "x"}), "APPROVED").await;
+    let approved = suggestion(
+        &server,
+        &opp,
+        json!({"tag": "title", "value": "x"}),
+        "APPROVED",
+    )
+    .await;
     let missing_key = suggestion(&server, &opp, json!({"tag": "title"}), "NEW").await;
     let null_key = suggestion(&server, &opp, json!({"tag": "title", "value": null}), "NEW").await;
     let blank_key = suggestion(&server, &opp, json!({"tag": "title", "value": "  "}), "NEW").await;
@@ -583,7 +715,11 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     ];
     for (sug, status, key) in cases {
         let r = server
-            .rpc("grant_suggestion", Some(&svc), json!({"suggestion_id": sug}))
+            .rpc(
+                "grant_suggestion",
+                Some(&svc),
+                json!({"suggestion_id": sug}),
+            )
             .await;
         assert_eq!(r.status, status, "{key}: {}", r.text);
         assert_eq!(r.error_key(), key, "{}", r.text);
@@ -593,17 +729,30 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     let anonymous_service = support::token(json!({"role": "pgrpc_service"}));
     let nobody = complete_meta_tags_suggestion(&server, &site).await;
     let r = server
-        .rpc("grant_suggestion", Some(&anonymous_service), json!({"suggestion_id": nobody}))
+        .rpc(
+            "grant_suggestion",
+            Some(&anonymous_service),
+            json!({"suggestion_id": nobody}),
+        )
         .await;
     assert_error(&r, 400, "granted_by_required");
 
     // Exhausted: the spend fails, and the grant goes with it.
     for _ in 0..FREEMIUM_PER_CYCLE {
-        service_ok(&server, "consume_token", json!({"site_id": site, "token_type": "meta_tags"})).await;
+        service_ok(
+            &server,
+            "consume_token",
+            json!({"site_id": site, "token_type": "meta_tags"}),
+        )
+        .await;
     }
     let late = complete_meta_tags_suggestion(&server, &site).await;
     let r = server
-        .rpc("grant_suggestion", Some(&svc), json!({"suggestion_id": late}))
+        .rpc(
+            "grant_suggestion",
+            Some(&svc),
+            json!({"suggestion_id": late}),
+        )
         .await;
     assert_error(&r, 429, "tokens_exhausted");
     assert!(r.header("retry-after").is_some());
@@ -620,7 +769,11 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
         .expect("count effects");
     assert_eq!(row.get::<_, i64>(0), 0, "grants");
     assert_eq!(row.get::<_, i64>(1), 0, "events");
-    assert_eq!(row.get::<_, i64>(2), FREEMIUM_PER_CYCLE, "only the direct spends were counted");
+    assert_eq!(
+        row.get::<_, i64>(2),
+        FREEMIUM_PER_CYCLE,
+        "only the direct spends were counted"
+    );
 }
 
 // Write-once grants, in SQL ------------------------------------------------------------
@@ -648,7 +801,11 @@ async fn grants_refuse_update_delete_and_truncate_for_every_role() {
                 .batch_execute(stmt)
                 .await
                 .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role}: {stmt}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {stmt}: {err}"
+            );
             if role == "pgrpc_owner" || role == "postgres" {
                 // Privileges cannot stop these roles; the triggers did.
                 let (_, message) = db_error(&err);
@@ -687,7 +844,11 @@ async fn pgrpc_api_holds_only_insert_and_select_on_grants() {
         .expect("table privileges");
     for row in rows {
         let (privilege, held): (String, bool) = (row.get(0), row.get(1));
-        assert_eq!(held, privilege == "SELECT" || privilege == "INSERT", "pgrpc_api {privilege}");
+        assert_eq!(
+            held,
+            privilege == "SELECT" || privilege == "INSERT",
+            "pgrpc_api {privilege}"
+        );
     }
     let row = su
         .query_one(
@@ -701,10 +862,17 @@ async fn pgrpc_api_holds_only_insert_and_select_on_grants() {
         .await
         .expect("column privileges");
     assert_eq!(
-        (row.get::<_, bool>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)),
+        (
+            row.get::<_, bool>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
         (true, false, false)
     );
-    assert_eq!((row.get::<_, bool>(3), row.get::<_, bool>(4)), (true, false));
+    assert_eq!(
+        (row.get::<_, bool>(3), row.get::<_, bool>(4)),
+        (true, false)
+    );
 }
 
 /// A grant disappears only by cascade, when its suggestion is purged.
@@ -718,10 +886,16 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
 
     let owner = db.as_role("pgrpc_owner").await;
     let err = owner
-        .execute("DELETE FROM private.suggestion_grants WHERE suggestion_id = $1", &[&purged])
+        .execute(
+            "DELETE FROM private.suggestion_grants WHERE suggestion_id = $1",
+            &[&purged],
+        )
         .await
         .expect_err("a direct delete is refused");
-    assert_eq!(db_error(&err), ("42501".to_string(), "append_only".to_string()));
+    assert_eq!(
+        db_error(&err),
+        ("42501".to_string(), "append_only".to_string())
+    );
 
     owner
         .execute("DELETE FROM private.suggestions WHERE id = $1", &[&purged])
@@ -774,7 +948,11 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
             .await
             .expect_err(constraint);
         let db_err = err.as_db_error().expect("database error");
-        assert_eq!(db_err.constraint(), Some(constraint), "{token_type} {cycle} {total} {used}: {err}");
+        assert_eq!(
+            db_err.constraint(),
+            Some(constraint),
+            "{token_type} {cycle} {total} {used}: {err}"
+        );
     }
 
     // The conditional spend cannot be bypassed by a plain UPDATE either.
@@ -783,21 +961,33 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
         .await
         .expect("a full counter");
     let err = owner
-        .execute("UPDATE private.tokens SET used = used + 1 WHERE site_id = $1", &[&site])
+        .execute(
+            "UPDATE private.tokens SET used = used + 1 WHERE site_id = $1",
+            &[&site],
+        )
         .await
         .expect_err("over-spend");
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("tokens_used_within_total"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("tokens_used_within_total")
+    );
 
     let err = owner
         .batch_execute("INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('gold', 'alt_text', 1)")
         .await
         .expect_err("unknown plan");
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("token_allowances_plan_known"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("token_allowances_plan_known")
+    );
     let err = owner
         .batch_execute("INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('paid', 'alt-text', 1)")
         .await
         .expect_err("unknown token type");
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("token_allowances_token_type_exists"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("token_allowances_token_type_exists")
+    );
     let err = owner
         .batch_execute("INSERT INTO private.suggestion_completeness (opportunity_type, required_keys) VALUES ('alt_text', '{}')")
         .await
@@ -822,7 +1012,14 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
         row.get::<_, String>(0),
         "alt_text=alt-text,broken_backlinks=broken-backlinks,meta_tags=meta-tags"
     );
-    assert_eq!((row.get::<_, i64>(1), row.get::<_, i64>(2), row.get::<_, i64>(3)), (3, 0, 3));
+    assert_eq!(
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        (3, 0, 3)
+    );
 }
 
 /// admin.prune_token_cycles deletes counters older than the horizon and
@@ -863,13 +1060,20 @@ async fn prune_token_cycles_deletes_only_cycles_older_than_the_horizon() {
         )
         .await
         .expect("count");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 1), "current and last month kept; grant kept");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (2, 1),
+        "current and last month kept; grant kept"
+    );
 
     let err = admin
         .batch_execute("SELECT admin.prune_token_cycles('-1 day')")
         .await
         .expect_err("a negative horizon");
-    assert_eq!(db_error(&err), ("PT400".to_string(), "invalid_interval".to_string()));
+    assert_eq!(
+        db_error(&err),
+        ("PT400".to_string(), "invalid_interval".to_string())
+    );
     let service = db.as_role("pgrpc_service").await;
     let err = service
         .batch_execute("SELECT admin.prune_token_cycles()")
@@ -889,18 +1093,31 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
     let admin = db.as_role("pgrpc_admin").await;
     let spend = "SELECT used FROM api.consume_token($1, 'alt_text')";
 
-    let err = service.query_one(spend, &[&site]).await.expect_err("free is not metered");
-    assert_eq!(db_error(&err), ("PT409".to_string(), "plan_not_token_metered".to_string()));
+    let err = service
+        .query_one(spend, &[&site])
+        .await
+        .expect_err("free is not metered");
+    assert_eq!(
+        db_error(&err),
+        ("PT409".to_string(), "plan_not_token_metered".to_string())
+    );
 
     admin
         .batch_execute("SELECT admin.set_token_allowance('free', 'alt_text', 2)")
         .await
         .expect("set allowance");
     for expected in 1..=2 {
-        let used: i32 = service.query_one(spend, &[&site]).await.expect("spend").get(0);
+        let used: i32 = service
+            .query_one(spend, &[&site])
+            .await
+            .expect("spend")
+            .get(0);
         assert_eq!(used, expected);
     }
-    let err = service.query_one(spend, &[&site]).await.expect_err("exhausted");
+    let err = service
+        .query_one(spend, &[&site])
+        .await
+        .expect_err("exhausted");
     let (code, message) = db_error(&err);
     assert_eq!(code, "PGRST");
     let message: Value = serde_json::from_str(&message).expect("PGRST message is JSON");
@@ -910,7 +1127,10 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
         .batch_execute("SELECT admin.set_token_allowance('gold', 'alt_text', 2)")
         .await
         .expect_err("unknown plan");
-    assert_eq!(err.as_db_error().and_then(|e| e.constraint()), Some("token_allowances_plan_known"));
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("token_allowances_plan_known")
+    );
     let err = admin
         .batch_execute("SELECT admin.set_token_allowance('free', 'alt_text', -1)")
         .await
@@ -921,12 +1141,18 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
     );
 
     let removed: bool = admin
-        .query_one("SELECT admin.remove_token_allowance('free', 'alt_text')", &[])
+        .query_one(
+            "SELECT admin.remove_token_allowance('free', 'alt_text')",
+            &[],
+        )
         .await
         .expect("remove")
         .get(0);
     assert!(removed);
-    let err = service.query_one(spend, &[&site]).await.expect_err("unmetered again");
+    let err = service
+        .query_one(spend, &[&site])
+        .await
+        .expect_err("unmetered again");
     assert_eq!(db_error(&err).1, "plan_not_token_metered");
 
     // Operators cannot edit the allowances or counters behind the functions' back.
@@ -945,18 +1171,35 @@ async fn site_tokens_reports_counters_for_operators() {
     let su = db.superuser().await;
     let (org_a, site_a) = sql_org_with_site(&su, "freemium").await;
     let (_, site_b) = sql_org_with_site(&su, "freemium").await;
-    for (site, token_type) in [(site_a, "alt_text"), (site_a, "meta_tags"), (site_b, "alt_text")] {
+    for (site, token_type) in [
+        (site_a, "alt_text"),
+        (site_a, "meta_tags"),
+        (site_b, "alt_text"),
+    ] {
         su.execute("SELECT api.consume_token($1, $2)", &[&site, &token_type])
             .await
             .expect("spend");
     }
-    su.execute("SELECT api.consume_token($1, 'alt_text', '2999-01')", &[&site_a])
-        .await
-        .expect("spend in a future cycle");
+    su.execute(
+        "SELECT api.consume_token($1, 'alt_text', '2999-01')",
+        &[&site_a],
+    )
+    .await
+    .expect("spend in a future cycle");
 
     let admin = db.as_role("pgrpc_admin").await;
-    assert_eq!(count(&admin, "SELECT count(*) FROM api.site_tokens()").await, 4);
-    assert_eq!(count(&admin, "SELECT count(*) FROM api.site_tokens(cycle => '2999-01')").await, 1);
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM api.site_tokens()").await,
+        4
+    );
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM api.site_tokens(cycle => '2999-01')"
+        )
+        .await,
+        1
+    );
     let for_a: i64 = admin
         .query_one(
             "SELECT count(*) FROM api.site_tokens($1) WHERE used = 1 AND remaining = total - 1",
@@ -970,7 +1213,10 @@ async fn site_tokens_reports_counters_for_operators() {
         .batch_execute("SELECT * FROM api.site_tokens(NULL, '2999-1')")
         .await
         .expect_err("bad cycle");
-    assert_eq!(db_error(&err), ("PT400".to_string(), "invalid_cycle".to_string()));
+    assert_eq!(
+        db_error(&err),
+        ("PT400".to_string(), "invalid_cycle".to_string())
+    );
 }
 
 /// Every function of the module documents itself: a summary line, a blank
@@ -1002,12 +1248,19 @@ async fn every_tokens_function_is_documented() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let comment: Option<String> = row.get(0);
         let comment = comment.unwrap_or_else(|| panic!("{name} has no COMMENT"));
-        assert!(comment.contains("\n\n"), "{name}: summary, blank line, details");
+        assert!(
+            comment.contains("\n\n"),
+            "{name}: summary, blank line, details"
+        );
         let volatility: String = row.get(1);
         let read_only = matches!(
             name,
             "api.token_balance" | "api.token_balances" | "api.is_granted" | "api.site_tokens"
         );
-        assert_eq!(volatility == "s", read_only, "{name} volatility {volatility}");
+        assert_eq!(
+            volatility == "s",
+            read_only,
+            "{name} volatility {volatility}"
+        );
     }
 }
