@@ -58,8 +58,9 @@ impl Auth {
                 anon: true,
             });
         };
-        let header = std::str::from_utf8(raw)
-            .map_err(|_| ApiError::unauthorized("PGRST301", "Authorization header is not valid UTF-8"))?;
+        let header = std::str::from_utf8(raw).map_err(|_| {
+            ApiError::unauthorized("PGRST301", "Authorization header is not valid UTF-8")
+        })?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => {
@@ -70,7 +71,10 @@ impl Auth {
             }
         };
         if token.is_empty() {
-            return Err(ApiError::unauthorized("PGRST301", "Empty JWT in the Authorization header"));
+            return Err(ApiError::unauthorized(
+                "PGRST301",
+                "Empty JWT in the Authorization header",
+            ));
         }
         let Some(key) = &self.key else {
             return Err(ApiError::unauthorized(
@@ -100,7 +104,10 @@ impl Auth {
             None | Some(Value::Null) => self.anon_role.clone(),
             Some(Value::String(r)) => r.clone(),
             Some(_) => {
-                return Err(ApiError::unauthorized("PGRST303", "JWT role claim must be a string"))
+                return Err(ApiError::unauthorized(
+                    "PGRST303",
+                    "JWT role claim must be a string",
+                ))
             }
         };
         if role != self.anon_role && !assumable.contains(&role) {
@@ -108,7 +115,9 @@ impl Auth {
                 "PGRST303",
                 "JWT role claim names a role this server may not assume",
             )
-            .details(format!("role {role:?} is not a request role of the authenticator")));
+            .details(format!(
+                "role {role:?} is not a request role of the authenticator"
+            )));
         }
         let anon = role == self.anon_role;
         Ok(Identity {
@@ -128,12 +137,18 @@ mod tests {
     const SECRET: &str = "unit-test-secret-that-is-long-enough-0123";
 
     fn roles() -> HashSet<String> {
-        ["pgrpc_user".to_string(), "pgrpc_anon".to_string()].into_iter().collect()
+        ["pgrpc_user".to_string(), "pgrpc_anon".to_string()]
+            .into_iter()
+            .collect()
     }
 
     fn sign(claims: Value, secret: &str) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-            .expect("sign")
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
     }
 
     #[test]
@@ -147,7 +162,10 @@ mod tests {
     #[test]
     fn valid_token_selects_its_role() {
         let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
-        let t = format!("Bearer {}", sign(json!({"role": "pgrpc_user", "sub": "u"}), SECRET));
+        let t = format!(
+            "Bearer {}",
+            sign(json!({"role": "pgrpc_user", "sub": "u"}), SECRET)
+        );
         let id = auth.identify(Some(t.as_bytes()), &roles()).expect("user");
         assert_eq!(id.role, "pgrpc_user");
         assert!(id.claims.contains("\"sub\":\"u\""));
@@ -156,10 +174,19 @@ mod tests {
     #[test]
     fn bad_tokens_are_refused() {
         let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
-        let wrong = format!("Bearer {}", sign(json!({"role": "pgrpc_user"}), "another-secret-another-secret-0000"));
+        let wrong = format!(
+            "Bearer {}",
+            sign(
+                json!({"role": "pgrpc_user"}),
+                "another-secret-another-secret-0000"
+            )
+        );
         let expired = format!(
             "Bearer {}",
-            sign(json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 120}), SECRET)
+            sign(
+                json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 120}),
+                SECRET
+            )
         );
         let foreign = format!("Bearer {}", sign(json!({"role": "postgres"}), SECRET));
         for (header, code) in [
@@ -170,7 +197,9 @@ mod tests {
             ("Basic abc", "PGRST301"),
             ("Bearer ", "PGRST301"),
         ] {
-            let err = auth.identify(Some(header.as_bytes()), &roles()).expect_err(header);
+            let err = auth
+                .identify(Some(header.as_bytes()), &roles())
+                .expect_err(header);
             assert_eq!(err.status.as_u16(), 401, "{header}");
             assert_eq!(err.code, code, "{header}");
         }
@@ -181,7 +210,10 @@ mod tests {
         let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
         let t = format!(
             "Bearer {}",
-            sign(json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 10}), SECRET)
+            sign(
+                json!({"role": "pgrpc_user", "exp": chrono::Utc::now().timestamp() - 10}),
+                SECRET
+            )
         );
         assert!(auth.identify(Some(t.as_bytes()), &roles()).is_ok());
     }

@@ -42,7 +42,11 @@ pub enum EmbeddedError {
     #[error("initdb failed (see {log}): {output}")]
     Initdb { log: String, output: String },
     #[error("PostgreSQL did not start within {secs} s; its log ({log}) ends with:\n{tail}")]
-    Start { secs: u64, log: String, tail: String },
+    Start {
+        secs: u64,
+        log: String,
+        tail: String,
+    },
     #[error("cannot create the {DATABASE} database: {0}")]
     CreateDb(#[source] tokio_postgres::Error),
 }
@@ -64,9 +68,16 @@ pub struct Embedded {
 pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, EmbeddedError> {
     let has_both = |d: &Path| d.join("initdb").is_file() && d.join("postgres").is_file();
     if let Some(d) = explicit {
-        return if has_both(d) { Ok(d.to_path_buf()) } else { Err(EmbeddedError::NoBinaries) };
+        return if has_both(d) {
+            Ok(d.to_path_buf())
+        } else {
+            Err(EmbeddedError::NoBinaries)
+        };
     }
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_both(&d) {
             return Ok(d);
@@ -116,8 +127,10 @@ fn server_account() -> Result<Option<(u32, u32)>, EmbeddedError> {
 
 fn chown(path: &Path, account: Option<(u32, u32)>) -> Result<(), EmbeddedError> {
     if let Some((uid, gid)) = account {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(io(format!("cannot hand {} to the postgres account", path.display())))?;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(format!(
+            "cannot hand {} to the postgres account",
+            path.display()
+        )))?;
     }
     Ok(())
 }
@@ -130,7 +143,10 @@ fn as_account(cmd: &mut Command, account: Option<(u32, u32)>) {
 }
 
 fn conn_string(socket_dir: &Path, user: &str, db: &str) -> String {
-    let host = socket_dir.to_string_lossy().replace('\\', "\\\\").replace('\'', "\\'");
+    let host = socket_dir
+        .to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'");
     format!("host='{host}' port={SOCKET_PORT} user={user} dbname={db}")
 }
 
@@ -140,7 +156,8 @@ impl Embedded {
     pub async fn start(data_dir: &Path, bin_dir: Option<&Path>) -> Result<Embedded, EmbeddedError> {
         let bin = find_bin_dir(bin_dir)?;
         let account = server_account()?;
-        std::fs::create_dir_all(data_dir).map_err(io(format!("cannot create {}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(io(format!("cannot create {}", data_dir.display())))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(io(format!("cannot resolve {}", data_dir.display())))?;
@@ -153,7 +170,9 @@ impl Embedded {
         chown(&socket_dir, account)?;
         let socket_file = socket_dir.join(format!(".s.PGSQL.{SOCKET_PORT}"));
         if socket_file.as_os_str().len() > 100 {
-            return Err(EmbeddedError::SocketPathTooLong(socket_file.display().to_string()));
+            return Err(EmbeddedError::SocketPathTooLong(
+                socket_file.display().to_string(),
+            ));
         }
         let log = data_dir.join("postgres.log");
 
@@ -162,7 +181,14 @@ impl Embedded {
             let mut cmd = Command::new(bin.join("initdb"));
             cmd.arg("-D")
                 .arg(&pgdata)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                ])
                 .current_dir(&data_dir)
                 .stdin(Stdio::null());
             as_account(&mut cmd, account);
@@ -192,7 +218,9 @@ impl Embedded {
                 .open(&log)
                 .map_err(io(format!("cannot open {}", log.display())))?;
             chown(&log, account)?;
-            let logfile2 = logfile.try_clone().map_err(io("cannot duplicate the log handle"))?;
+            let logfile2 = logfile
+                .try_clone()
+                .map_err(io("cannot duplicate the log handle"))?;
             let mut cmd = Command::new(bin.join("postgres"));
             cmd.arg("-D")
                 .arg(&pgdata)
@@ -240,9 +268,12 @@ impl Embedded {
     }
 
     async fn create_database(&self) -> Result<(), EmbeddedError> {
-        let (client, conn) = tokio_postgres::connect(&conn_string(&self.socket_dir, "postgres", "postgres"), NoTls)
-            .await
-            .map_err(EmbeddedError::CreateDb)?;
+        let (client, conn) = tokio_postgres::connect(
+            &conn_string(&self.socket_dir, "postgres", "postgres"),
+            NoTls,
+        )
+        .await
+        .map_err(EmbeddedError::CreateDb)?;
         let driver = tokio::spawn(conn);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
@@ -328,7 +359,8 @@ pub fn jwt_secret(data_dir: &Path) -> Result<String, EmbeddedError> {
         .take(48)
         .map(char::from)
         .collect();
-    std::fs::write(&path, format!("{secret}\n")).map_err(io(format!("cannot write {}", path.display())))?;
+    std::fs::write(&path, format!("{secret}\n"))
+        .map_err(io(format!("cannot write {}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(io(format!("cannot restrict {}", path.display())))?;
     Ok(secret)

@@ -113,7 +113,11 @@ pub async fn call(
     }
 }
 
-fn replayed(status: Option<i32>, headers: Option<&str>, body: Option<String>) -> Result<Built, ApiError> {
+fn replayed(
+    status: Option<i32>,
+    headers: Option<&str>,
+    body: Option<String>,
+) -> Result<Built, ApiError> {
     let status = status
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
@@ -128,9 +132,10 @@ fn replayed(status: Option<i32>, headers: Option<&str>, body: Option<String>) ->
                             Value::String(s) => s,
                             other => other.to_string(),
                         };
-                        if let (Ok(n), Ok(v)) =
-                            (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v))
-                        {
+                        if let (Ok(n), Ok(v)) = (
+                            HeaderName::from_bytes(k.as_bytes()),
+                            HeaderValue::from_str(&v),
+                        ) {
                             out.push((n, v));
                         }
                     }

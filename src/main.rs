@@ -11,7 +11,11 @@ use pgrpc::embedded::{self, Embedded};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "pgrpc", version, about = "PostgreSQL integrity core with a PostgREST-compatible RPC proxy")]
+#[command(
+    name = "pgrpc",
+    version,
+    about = "PostgreSQL integrity core with a PostgREST-compatible RPC proxy"
+)]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "PGRPC_LOG_FORMAT", default_value = "text", global = true)]
@@ -112,7 +116,9 @@ struct RelayArgs {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     if format == "json" {
         builder.json().init();
     } else {
@@ -202,7 +208,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.jwt_secret = args.jwt_secret;
     if config.jwt_secret.is_none() {
         if let Some(pg) = &embedded_server {
-            config.jwt_secret = Some(embedded::jwt_secret(&pg.data_dir).map_err(|e| e.to_string())?);
+            config.jwt_secret =
+                Some(embedded::jwt_secret(&pg.data_dir).map_err(|e| e.to_string())?);
             info!(file = %pg.data_dir.join("jwt_secret").display(), "JWT secret of the embedded mode");
         }
     }
@@ -235,7 +242,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 async fn relay(args: RelayArgs) -> Result<(), String> {
-    let mut config = pgrpc::relay::RelayConfig::new(args.database_url, args.webhook_url, args.signing_secret);
+    let mut config =
+        pgrpc::relay::RelayConfig::new(args.database_url, args.webhook_url, args.signing_secret);
     if let Some(v) = args.db_role {
         config.db_role = v;
     }

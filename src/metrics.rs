@@ -40,7 +40,13 @@ impl Metrics {
         }
         let clean: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '/' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '/' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(64)
             .collect();
         let l: Arc<str> = Arc::from(clean);
@@ -65,7 +71,9 @@ impl Metrics {
 
     pub fn render(&self, pool: &Pool) -> String {
         let mut out = String::with_capacity(4096);
-        out.push_str("# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n");
+        out.push_str(
+            "# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n",
+        );
         out.push_str("# TYPE pgrpc_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
             let mut rows: Vec<_> = m.iter().collect();
@@ -87,7 +95,10 @@ impl Metrics {
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "pgrpc_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "pgrpc_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(
             out,
             "pgrpc_request_duration_seconds_sum {}",
@@ -97,9 +108,21 @@ impl Metrics {
         let status = pool.status();
         out.push_str("# HELP pgrpc_pool_connections Pooled database connections.\n");
         out.push_str("# TYPE pgrpc_pool_connections gauge\n");
-        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"open\"}} {}", status.size);
-        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"idle\"}} {}", status.available);
-        let _ = writeln!(out, "pgrpc_pool_connections{{state=\"max\"}} {}", status.max_size);
+        let _ = writeln!(
+            out,
+            "pgrpc_pool_connections{{state=\"open\"}} {}",
+            status.size
+        );
+        let _ = writeln!(
+            out,
+            "pgrpc_pool_connections{{state=\"idle\"}} {}",
+            status.available
+        );
+        let _ = writeln!(
+            out,
+            "pgrpc_pool_connections{{state=\"max\"}} {}",
+            status.max_size
+        );
         out.push_str("# HELP pgrpc_pool_waiting Requests waiting for a pooled connection.\n");
         out.push_str("# TYPE pgrpc_pool_waiting gauge\n");
         let _ = writeln!(out, "pgrpc_pool_waiting {}", status.waiting);

@@ -49,7 +49,7 @@ fn runner() -> Result<refinery::Runner, refinery::Error> {
     Ok(refinery::Runner::new(&list))
 }
 
-const LOCK_KEY: i64 = 0x7067_7270_63; // "pgrpc"
+const LOCK_KEY: i64 = 0x0070_6772_7063; // "pgrpc"
 
 pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
@@ -61,7 +61,12 @@ pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
         .await
         .map_err(MigrateError::Lock)?;
     let result = match runner() {
-        Ok(runner) => runner.set_abort_divergent(true).run_async(&mut client).await,
+        Ok(runner) => {
+            runner
+                .set_abort_divergent(true)
+                .run_async(&mut client)
+                .await
+        }
         Err(e) => Err(e),
     };
     let _ = client

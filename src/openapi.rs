@@ -64,7 +64,10 @@ fn operation(r: &Routine, read: bool) -> Value {
                    "content": {"application/json": {"schema": result}}}),
         );
     }
-    responses.insert("default".into(), json!({"$ref": "#/components/responses/Error"}));
+    responses.insert(
+        "default".into(),
+        json!({"$ref": "#/components/responses/Error"}),
+    );
     let mut op = json!({
         "summary": summary,
         "operationId": format!("{}_{}", if read { "get" } else { "post" }, r.name),

@@ -125,16 +125,25 @@ impl RelayConfig {
             return Err(RelayError::config("webhook_url", "has no host"));
         }
         if self.signing_secret.len() < 32 {
-            return Err(RelayError::config("signing_secret", "must be at least 32 bytes"));
+            return Err(RelayError::config(
+                "signing_secret",
+                "must be at least 32 bytes",
+            ));
         }
         if self.consumer.trim().is_empty() || self.consumer.len() > 200 {
-            return Err(RelayError::config("consumer", "must be 1 to 200 characters"));
+            return Err(RelayError::config(
+                "consumer",
+                "must be 1 to 200 characters",
+            ));
         }
         if self.db_role.trim().is_empty() {
             return Err(RelayError::config("db_role", "must name a role"));
         }
         if !(1..=1000).contains(&self.batch_size) {
-            return Err(RelayError::config("batch_size", "must be between 1 and 1000"));
+            return Err(RelayError::config(
+                "batch_size",
+                "must be between 1 and 1000",
+            ));
         }
         if self.concurrency == 0 {
             return Err(RelayError::config("concurrency", "must be at least 1"));
@@ -189,7 +198,10 @@ impl fmt::Debug for RelayConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("invalid relay setting {setting}: {reason}")]
-    Config { setting: &'static str, reason: String },
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("database: {0}")]
     Database(#[from] tokio_postgres::Error),
     #[error("malformed claim from the database: {0}")]
@@ -221,7 +233,10 @@ pub struct OutboxEvent {
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 /// Signing the timestamp lets a receiver refuse old replays.
 pub fn signature_header(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", hex::encode(mac(secret, timestamp, body).finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Checks a signature header against `body`; returns its timestamp when the
@@ -378,9 +393,13 @@ impl Db {
                  FROM api.outbox_claim($1::text, $2::integer, $3::integer, $4::text[])",
             )
             .await?;
-        let ack = client.prepare("SELECT api.outbox_ack($1::uuid, $2::bigint[])").await?;
+        let ack = client
+            .prepare("SELECT api.outbox_ack($1::uuid, $2::bigint[])")
+            .await?;
         let nack = client
-            .prepare("SELECT status FROM api.outbox_nack($1::uuid, $2::bigint, $3::text, $4::integer)")
+            .prepare(
+                "SELECT status FROM api.outbox_nack($1::uuid, $2::bigint, $3::text, $4::integer)",
+            )
             .await?;
         Ok(Db {
             client,
@@ -516,7 +535,10 @@ impl Relay {
         );
         let request = Request::post(self.webhook.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(USER_AGENT, concat!("pgrpc-relay/", env!("CARGO_PKG_VERSION")))
+            .header(
+                USER_AGENT,
+                concat!("pgrpc-relay/", env!("CARGO_PKG_VERSION")),
+            )
             .header(EVENT_ID_HEADER, event.id)
             .header(EVENT_TYPE_HEADER, event.event_type.as_str())
             .header(ATTEMPT_HEADER, event.attempts)
@@ -571,7 +593,10 @@ impl Relay {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let snippet: String = String::from_utf8_lossy(&body).chars().take(ERROR_SNIPPET_CHARS).collect();
+        let snippet: String = String::from_utf8_lossy(&body)
+            .chars()
+            .take(ERROR_SNIPPET_CHARS)
+            .collect();
         Ok((status, retry_after, snippet))
     }
 
@@ -579,7 +604,11 @@ impl Relay {
     async fn settle(&self, db: &Db, lease_token: Uuid, event: &OutboxEvent, outcome: Outcome) {
         let (error, retry_in_seconds) = match outcome {
             Outcome::Delivered(status) => {
-                match db.client.query_one(&db.ack, &[&lease_token, &vec![event.id]]).await {
+                match db
+                    .client
+                    .query_one(&db.ack, &[&lease_token, &vec![event.id]])
+                    .await
+                {
                     Ok(row) if row.try_get::<_, i32>(0).unwrap_or(0) == 1 => info!(
                         event_id = event.id,
                         event_type = %event.event_type,
@@ -611,7 +640,10 @@ impl Relay {
         };
         match db
             .client
-            .query_one(&db.nack, &[&lease_token, &event.id, &error, &retry_in_seconds])
+            .query_one(
+                &db.nack,
+                &[&lease_token, &event.id, &error, &retry_in_seconds],
+            )
             .await
         {
             Ok(row) => {
@@ -642,13 +674,23 @@ mod tests {
 
     #[test]
     fn a_signature_verifies_only_for_its_body_and_secret() {
-        let header = signature_header(b"secret-secret-secret-secret-1234", 1_700_000_000, b"{\"id\":1}");
+        let header = signature_header(
+            b"secret-secret-secret-secret-1234",
+            1_700_000_000,
+            b"{\"id\":1}",
+        );
         assert_eq!(
             verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":1}"),
             Some(1_700_000_000)
         );
-        assert_eq!(verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":2}"), None);
-        assert_eq!(verify_signature(b"another-secret-another-secret-12", &header, b"{\"id\":1}"), None);
+        assert_eq!(
+            verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":2}"),
+            None
+        );
+        assert_eq!(
+            verify_signature(b"another-secret-another-secret-12", &header, b"{\"id\":1}"),
+            None
+        );
         assert_eq!(verify_signature(b"k", "garbage", b""), None);
     }
 
@@ -658,12 +700,30 @@ mod tests {
         assert!(ok.validate().is_ok());
         let mut bad = ok.clone();
         bad.webhook_url = "ftp://x".into();
-        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "webhook_url", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "webhook_url",
+                ..
+            })
+        ));
         let mut bad = ok.clone();
         bad.signing_secret = "short".into();
-        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "signing_secret", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "signing_secret",
+                ..
+            })
+        ));
         let mut bad = ok;
         bad.lease_seconds = 5;
-        assert!(matches!(bad.validate(), Err(RelayError::Config { setting: "lease_seconds", .. })));
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "lease_seconds",
+                ..
+            })
+        ));
     }
 }

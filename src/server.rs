@@ -50,7 +50,11 @@ impl AppState {
     }
 }
 
-pub async fn serve<F>(listener: TcpListener, config: ServeConfig, shutdown: F) -> Result<(), ServeError>
+pub async fn serve<F>(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: F,
+) -> Result<(), ServeError>
 where
     F: Future<Output = ()> + Send,
 {
@@ -66,7 +70,11 @@ where
         stop_rx,
     ));
     let state = Arc::new(AppState {
-        auth: Auth::new(config.jwt_secret.as_deref(), config.jwt_leeway_secs, &config.anon_role),
+        auth: Auth::new(
+            config.jwt_secret.as_deref(),
+            config.jwt_leeway_secs,
+            &config.anon_role,
+        ),
         pool,
         catalog,
         metrics: Metrics::default(),

@@ -34,7 +34,13 @@ pub struct RequestSettings<'a> {
 
 impl RequestSettings<'_> {
     fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
-        [&self.role, &self.claims, &self.method, &self.path, &self.headers]
+        [
+            &self.role,
+            &self.claims,
+            &self.method,
+            &self.path,
+            &self.headers,
+        ]
     }
 }
 
@@ -100,7 +106,8 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
             from.push_str(" FROM (SELECT $1::text) AS _a");
         }
     }
-    let tail = "current_setting('response.headers', true), current_setting('response.status', true)";
+    let tail =
+        "current_setting('response.headers', true), current_setting('response.status', true)";
     match r.shape {
         Shape::SetOf => {
             let body = if singular {
@@ -135,15 +142,16 @@ pub async fn call_pipelined(
     args: &str,
 ) -> Result<CallResult, tokio_postgres::Error> {
     let settings_stmt = client.prepare_cached(SETTINGS_SQL).await?;
-    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
+    let begin = if read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    };
     let params = settings.params();
     let args = [&args as &(dyn tokio_postgres::types::ToSql + Sync)];
     let (b, s, c, e) = futures_util::join!(
         client.batch_execute(begin),
-        client.query_one(
-            &settings_stmt,
-            &params,
-        ),
+        client.query_one(&settings_stmt, &params,),
         client.query_one(call, &args),
         client.batch_execute("COMMIT"),
     );
@@ -162,14 +170,15 @@ pub async fn begin_with_settings(
     settings: &RequestSettings<'_>,
 ) -> Result<(), tokio_postgres::Error> {
     let settings_stmt = client.prepare_cached(SETTINGS_SQL).await?;
-    let begin = if read_only { "BEGIN READ ONLY" } else { "BEGIN" };
+    let begin = if read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    };
     let params = settings.params();
     let (b, s) = futures_util::join!(
         client.batch_execute(begin),
-        client.query_one(
-            &settings_stmt,
-            &params,
-        ),
+        client.query_one(&settings_stmt, &params,),
     );
     if let Err(e) = b.and(s.map(|_| ())) {
         let _ = client.batch_execute("ROLLBACK").await;

@@ -146,7 +146,10 @@ impl SchemaCache {
             .map(|(_, n)| n.clone())
     }
 
-    pub async fn load<C: GenericClient>(client: &C, schemas: &[String]) -> Result<Self, tokio_postgres::Error> {
+    pub async fn load<C: GenericClient>(
+        client: &C,
+        schemas: &[String],
+    ) -> Result<Self, tokio_postgres::Error> {
         let rows = client.query(CATALOG_SQL, &[&schemas]).await?;
         let mut routines: HashMap<(String, String), Vec<Arc<Routine>>> = HashMap::new();
         for row in rows {

@@ -34,7 +34,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let path = req.uri().path().to_string();
     let (mut resp, label) = route(&state, req).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -51,7 +52,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
 }
 
 fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
-    if let Some(v) = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
         if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
             return v.to_string();
         }
@@ -80,8 +85,10 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             if state.catalog.is_ready() {
                 json_response(StatusCode::OK, json!({"status": "ready"}).to_string())
             } else {
-                ApiError::unavailable("The database is not reachable or the function cache is not loaded yet")
-                    .into_response()
+                ApiError::unavailable(
+                    "The database is not reachable or the function cache is not loaded yet",
+                )
+                .into_response()
             }
         }
         "/metrics" if read => {
@@ -110,16 +117,31 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             None => schema_cache_missing().into_response(),
         },
         "/live" | "/ready" | "/metrics" | "/" => {
-            let mut r = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "PGRST101", "Only GET and HEAD are allowed here")
-                .into_response();
-            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
+            let mut r = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "PGRST101",
+                "Only GET and HEAD are allowed here",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
             r
         }
-        _ => ApiError::new(StatusCode::NOT_FOUND, "PGRST125", "Invalid path specified in request URL")
-            .details(format!("{path} is not served; functions are under /rpc/<name>"))
-            .into_response(),
+        _ => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "PGRST125",
+            "Invalid path specified in request URL",
+        )
+        .details(format!(
+            "{path} is not served; functions are under /rpc/<name>"
+        ))
+        .into_response(),
     };
-    let resp = if method == Method::HEAD { strip_body(resp) } else { resp };
+    let resp = if method == Method::HEAD {
+        strip_body(resp)
+    } else {
+        resp
+    };
     (resp, label)
 }
 
@@ -148,7 +170,11 @@ fn strip_body(resp: Response<Body>) -> Response<Body> {
 }
 
 /// `/rpc/<name>` for GET, HEAD, POST and OPTIONS.
-async fn rpc(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
+async fn rpc(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     let write = match method {
         Method::GET | Method::HEAD => false,
@@ -165,9 +191,10 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Resul
     };
     let cache = state.catalog.get().ok_or_else(schema_cache_missing)?;
     let schema = request::profile(req.headers(), write, &state.config.schemas)?;
-    let identity = state
-        .auth
-        .identify(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes), &cache.roles)?;
+    let identity = state.auth.identify(
+        req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes),
+        &cache.roles,
+    )?;
     let singular = request::wants_single_object(req.headers())?;
     let headers_json = headers_json(req.headers());
     let idempotency_key = if write {
@@ -176,7 +203,11 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Resul
             .map(|v| v.to_str().map(str::to_string))
             .transpose()
             .map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "PGRST100", "Idempotency-Key must be visible ASCII")
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "PGRST100",
+                    "Idempotency-Key must be visible ASCII",
+                )
             })?
     } else {
         None
@@ -210,7 +241,16 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Resul
     let outcome = if let Some(key) = idempotency_key {
         let hash = crate::idempotency::request_hash(method.as_str(), &path, schema, args_json.0);
         return crate::idempotency::call(
-            state, &client, &settings, &stmt, args_json.0, &routine, singular, &key, &hash, identity.anon,
+            state,
+            &client,
+            &settings,
+            &stmt,
+            args_json.0,
+            &routine,
+            singular,
+            &key,
+            &hash,
+            identity.anon,
         )
         .await
         .map(|r| finish(r, schema, state, method == Method::HEAD));
@@ -380,7 +420,11 @@ fn resolve<'a>(
     }
     if named.len() == 1 {
         let (r, mask) = named[0];
-        let json = args.object.as_ref().map(|(_, j)| j.as_str()).unwrap_or("{}");
+        let json = args
+            .object
+            .as_ref()
+            .map(|(_, j)| j.as_str())
+            .unwrap_or("{}");
         return Ok((r.clone(), (json, mask)));
     }
     if named.len() > 1 {
@@ -438,14 +482,23 @@ fn resolve<'a>(
         if keys.is_empty() { "()".to_string() } else { keys.join(", ") }
     ));
     if let Some(first) = overloads.first() {
-        err = err.hint(format!("Perhaps you meant to call the function {}", first.signature()));
+        err = err.hint(format!(
+            "Perhaps you meant to call the function {}",
+            first.signature()
+        ));
     } else if let Some(similar) = cache.similar_name(schema, name) {
-        err = err.hint(format!("Perhaps you meant to call the function {schema}.{similar}"));
+        err = err.hint(format!(
+            "Perhaps you meant to call the function {schema}.{similar}"
+        ));
     }
     Err(err)
 }
 
-fn options(state: &AppState, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
+fn options(
+    state: &AppState,
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
     let cache = state.catalog.get().ok_or_else(schema_cache_missing)?;
     let schema = request::profile(req.headers(), true, &state.config.schemas)
         .or_else(|_| request::profile(req.headers(), false, &state.config.schemas))?;
@@ -457,7 +510,9 @@ fn options(state: &AppState, req: &Request<Incoming>, name: &str) -> Result<Resp
             format!("Could not find the function {schema}.{name} in the schema cache"),
         );
         if let Some(similar) = cache.similar_name(schema, name) {
-            err = err.hint(format!("Perhaps you meant to call the function {schema}.{similar}"));
+            err = err.hint(format!(
+                "Perhaps you meant to call the function {schema}.{similar}"
+            ));
         }
         return Err(err);
     }
@@ -467,7 +522,8 @@ fn options(state: &AppState, req: &Request<Incoming>, name: &str) -> Result<Resp
         RPC_ALLOW_WRITE
     };
     let mut r = Response::new(Full::new(Bytes::new()));
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     Ok(r)
 }
 
@@ -493,11 +549,17 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(too_large())
             } else {
-                Err(ApiError::new(StatusCode::BAD_REQUEST, "PGRST100", "Could not read the request body")
-                    .details(e.to_string()))
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "PGRST100",
+                    "Could not read the request body",
+                )
+                .details(e.to_string()))
             }
         }
     }
@@ -527,7 +589,10 @@ pub async fn checkout(state: &AppState) -> Result<Object, ApiError> {
         )),
         Err(e) => {
             error!(cause = %e, "cannot get a database connection");
-            Err(ApiError::unavailable("Database client error. Retrying the connection.").details(e.to_string()))
+            Err(
+                ApiError::unavailable("Database client error. Retrying the connection.")
+                    .details(e.to_string()),
+            )
         }
     }
 }

@@ -109,7 +109,12 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         return Ok(BodyKind::Json);
     };
     let ct = ct.to_str().unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "" | "application/json" | "*/*" => Ok(BodyKind::Json),
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
@@ -133,9 +138,16 @@ pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, ApiError> {
         return Ok(false);
     }
     for range in accept.split(',') {
-        let media = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
-            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => return Ok(true),
+            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
+                return Ok(true)
+            }
             "application/json" | "application/*" | "*/*" | "" => return Ok(false),
             _ => {}
         }
@@ -149,8 +161,16 @@ pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, ApiError> {
 
 /// The schema a request addresses: `Accept-Profile` for reads,
 /// `Content-Profile` for writes, else the first exposed schema.
-pub fn profile<'a>(headers: &HeaderMap, write: bool, schemas: &'a [String]) -> Result<&'a str, ApiError> {
-    let name = if write { "content-profile" } else { "accept-profile" };
+pub fn profile<'a>(
+    headers: &HeaderMap,
+    write: bool,
+    schemas: &'a [String],
+) -> Result<&'a str, ApiError> {
+    let name = if write {
+        "content-profile"
+    } else {
+        "accept-profile"
+    };
     let Some(value) = headers.get(name) else {
         return Ok(schemas[0].as_str());
     };
@@ -163,7 +183,10 @@ pub fn profile<'a>(headers: &HeaderMap, write: bool, schemas: &'a [String]) -> R
             ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "PGRST106",
-                format!("The schema must be one of the following: {}", schemas.join(", ")),
+                format!(
+                    "The schema must be one of the following: {}",
+                    schemas.join(", ")
+                ),
             )
         })
 }

@@ -21,7 +21,10 @@ fn temp_data_dir() -> PathBuf {
         .unwrap_or_default();
     // Under /tmp so that the unprivileged postgres account can reach it when
     // the tests run as root.
-    let dir = PathBuf::from(format!("/tmp/pgrpc-embedded-{}-{nanos}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/tmp/pgrpc-embedded-{}-{nanos}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("create data dir");
     dir
 }
@@ -53,7 +56,11 @@ async fn wait_ready(data_dir: &Path, port: u16, child: &mut Child) {
     let client = reqwest::Client::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(90) {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/ready")).send().await {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 return;
             }
@@ -80,7 +87,10 @@ fn terminate(mut child: Child, log: &Path) -> String {
             assert!(status.success(), "pgrpc serve exited with {status}: {out}");
             return out;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "pgrpc serve ignored SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "pgrpc serve ignored SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -99,7 +109,10 @@ async fn embedded_mode_initializes_serves_restarts_and_stops_cleanly() {
         .await
         .expect("call version");
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.expect("json"), json!("0.1.0"));
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json"),
+        json!("0.1.0")
+    );
 
     // The generated secret signs tokens the server accepts.
     let secret = std::fs::read_to_string(dir.join("jwt_secret")).expect("jwt secret file");
@@ -123,7 +136,10 @@ async fn embedded_mode_initializes_serves_restarts_and_stops_cleanly() {
     assert_eq!(org["name"], "Embedded Inc");
 
     let log = terminate(first, &log_path(&dir, port));
-    assert!(log.contains("initializing a new PostgreSQL cluster"), "{log}");
+    assert!(
+        log.contains("initializing a new PostgreSQL cluster"),
+        "{log}"
+    );
     assert!(log.contains("embedded PostgreSQL stopped"), "{log}");
     assert!(
         !dir.join("pgdata/postmaster.pid").exists(),
@@ -142,14 +158,20 @@ async fn embedded_mode_initializes_serves_restarts_and_stops_cleanly() {
     ))
     .await;
     let n: i64 = su
-        .query_one("SELECT count(*) FROM private.organizations WHERE name = 'Embedded Inc'", &[])
+        .query_one(
+            "SELECT count(*) FROM private.organizations WHERE name = 'Embedded Inc'",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);
     assert_eq!(n, 1, "data survives restarts");
     drop(su);
     let log2 = terminate(second, &log_path(&dir, port2));
-    assert!(!log2.contains("initializing a new PostgreSQL cluster"), "{log2}");
+    assert!(
+        !log2.contains("initializing a new PostgreSQL cluster"),
+        "{log2}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(log_path(&dir, port));
     let _ = std::fs::remove_file(log_path(&dir, port2));

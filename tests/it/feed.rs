@@ -18,7 +18,12 @@ use crate::support::{self, Resp, TestDb, TestServer};
 // Helpers -------------------------------------------------------------------
 
 /// Finalizes a receive as the service; returns the raw response.
-async fn finalize(server: &TestServer, reservation_id: Uuid, owner: &str, ip: Option<&str>) -> Resp {
+async fn finalize(
+    server: &TestServer,
+    reservation_id: Uuid,
+    owner: &str,
+    ip: Option<&str>,
+) -> Resp {
     server
         .rpc(
             "finalize_receive",
@@ -45,7 +50,13 @@ async fn finalize_new(server: &TestServer, owner: &str) -> Uuid {
 }
 
 /// One page of `recent_receives` through `GET` (the function is STABLE).
-async fn page(server: &TestServer, token: &str, owner: &str, max: u32, cursor: Option<(&str, &str)>) -> Resp {
+async fn page(
+    server: &TestServer,
+    token: &str,
+    owner: &str,
+    max: u32,
+    cursor: Option<(&str, &str)>,
+) -> Resp {
     let max = max.to_string();
     let mut query = vec![("owner_email", owner), ("max_entries", max.as_str())];
     if let Some((at, id)) = cursor {
@@ -64,7 +75,10 @@ async fn walk_feed(server: &TestServer, owner: &str, page_size: u32) -> Vec<Valu
         let cursor = items.last().map(|last| {
             (
                 last["created_at"].as_str().expect("created_at").to_string(),
-                last["reservation_id"].as_str().expect("reservation_id").to_string(),
+                last["reservation_id"]
+                    .as_str()
+                    .expect("reservation_id")
+                    .to_string(),
             )
         });
         let r = page(
@@ -77,7 +91,10 @@ async fn walk_feed(server: &TestServer, owner: &str, page_size: u32) -> Vec<Valu
         .await;
         assert_eq!(r.status, 200, "recent_receives: {}", r.text);
         let got = r.body.as_array().expect("an array").clone();
-        assert!(got.len() <= page_size as usize, "page larger than max_entries");
+        assert!(
+            got.len() <= page_size as usize,
+            "page larger than max_entries"
+        );
         if got.is_empty() {
             return items;
         }
@@ -88,7 +105,11 @@ async fn walk_feed(server: &TestServer, owner: &str, page_size: u32) -> Vec<Valu
 
 /// A JSON timestamp as an instant, whatever offset the server wrote it in.
 fn instant(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    let text = v.get("created_at").unwrap_or(v).as_str().unwrap_or_else(|| panic!("no timestamp in {v}"));
+    let text = v
+        .get("created_at")
+        .unwrap_or(v)
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp in {v}"));
     chrono::DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|e| panic!("{text}: {e}"))
         .with_timezone(&chrono::Utc)
@@ -194,7 +215,10 @@ fn legacy_element(id: Uuid, minute: u32, unread: bool) -> Value {
 /// entries_already_present, markers_inserted, owners_remaining).
 async fn migrate(c: &Client, batch_size: i32) -> (i64, i64, i64, i64, i64) {
     let r = c
-        .query_one("SELECT * FROM admin.migrate_legacy_receives($1)", &[&batch_size])
+        .query_one(
+            "SELECT * FROM admin.migrate_legacy_receives($1)",
+            &[&batch_size],
+        )
         .await
         .expect("migrate_legacy_receives");
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
@@ -206,7 +230,12 @@ async fn migrate_until_done(c: &Client, batch_size: i32) -> (i64, i64, i64, i64)
     let mut sum = (0, 0, 0, 0);
     for _ in 0..10_000 {
         let (owners, inserted, present, markers, remaining) = migrate(c, batch_size).await;
-        sum = (sum.0 + owners, sum.1 + inserted, sum.2 + present, sum.3 + markers);
+        sum = (
+            sum.0 + owners,
+            sum.1 + inserted,
+            sum.2 + present,
+            sum.3 + markers,
+        );
         if remaining == 0 {
             return sum;
         }
@@ -237,7 +266,12 @@ async fn fifty_concurrent_finalizations_for_one_owner_all_survive() {
     let owner = "many@example.com";
     let wanted: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
 
-    let responses = join_all(wanted.iter().map(|id| finalize(&server, *id, owner, Some("192.0.2.1")))).await;
+    let responses = join_all(
+        wanted
+            .iter()
+            .map(|id| finalize(&server, *id, owner, Some("192.0.2.1"))),
+    )
+    .await;
     for r in &responses {
         assert_eq!(r.status, 200, "finalize_receive: {}", r.text);
         assert_eq!(r.body["newly_created"], true, "{}", r.text);
@@ -252,12 +286,26 @@ async fn fifty_concurrent_finalizations_for_one_owner_all_survive() {
         "the feed holds exactly the finalized reservations"
     );
     let su = server.db.superuser().await;
-    assert_eq!(got, stored_order(&su, owner).await, "pages follow (created_at, reservation_id) newest first");
-    assert!(items.iter().all(|i| i["unread"] == true), "new entries are unread");
-    assert!(items.iter().all(|i| i["sender_ip"] == "192.0.2.1"), "a fresh entry shows its IP");
+    assert_eq!(
+        got,
+        stored_order(&su, owner).await,
+        "pages follow (created_at, reservation_id) newest first"
+    );
+    assert!(
+        items.iter().all(|i| i["unread"] == true),
+        "new entries are unread"
+    );
+    assert!(
+        items.iter().all(|i| i["sender_ip"] == "192.0.2.1"),
+        "a fresh entry shows its IP"
+    );
     assert_eq!(unread_count(&server, owner).await, 50);
     assert_eq!(
-        count(&su, "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'").await,
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
+        )
+        .await,
         50,
         "one event per entry"
     );
@@ -275,12 +323,31 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
         assert_eq!(r.status, 200, "finalize_receive: {}", r.text);
         assert_eq!(r.body["reservation_id"], json!(id));
     }
-    let created = responses.iter().filter(|r| r.body["newly_created"] == true).count();
+    let created = responses
+        .iter()
+        .filter(|r| r.body["newly_created"] == true)
+        .count();
     assert_eq!(created, 1, "exactly one call created the entry");
 
     let su = server.db.superuser().await;
-    assert_eq!(count_for(&su, "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1", id).await, 1);
-    assert_eq!(count_for(&su, "SELECT count(*) FROM private.receive_unread WHERE reservation_id = $1", id).await, 1);
+    assert_eq!(
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1",
+            id
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.receive_unread WHERE reservation_id = $1",
+            id
+        )
+        .await,
+        1
+    );
     assert_eq!(
         count_for(
             &su,
@@ -291,13 +358,19 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
         1
     );
     let event = su
-        .query_one("SELECT payload FROM private.outbox WHERE aggregate_id = $1::uuid::text", &[&id])
+        .query_one(
+            "SELECT payload FROM private.outbox WHERE aggregate_id = $1::uuid::text",
+            &[&id],
+        )
         .await
         .expect("event")
         .get::<_, Value>(0);
     assert_eq!(event["owner_email"], "dup@example.com");
     assert_eq!(event["total_bytes"], 2048);
-    assert!(event.get("sender_ip").is_none(), "the IP stays out of the event: {event}");
+    assert!(
+        event.get("sender_ip").is_none(),
+        "the IP stays out of the event: {event}"
+    );
     assert_eq!(unread_count(&server, "dup@example.com").await, 1);
 }
 
@@ -306,11 +379,21 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
 async fn finalizing_a_reservation_for_another_mailbox_is_a_conflict() {
     let server = TestServer::start().await;
     let id = Uuid::new_v4();
-    assert_eq!(finalize(&server, id, "first@example.com", None).await.status, 200);
+    assert_eq!(
+        finalize(&server, id, "first@example.com", None)
+            .await
+            .status,
+        200
+    );
     let r = finalize(&server, id, "second@example.com", None).await;
     assert_error(&r, 409, "reservation_owner_mismatch");
-    assert!(walk_feed(&server, "second@example.com", 20).await.is_empty());
-    assert_eq!(ids(&walk_feed(&server, "first@example.com", 20).await), vec![id]);
+    assert!(walk_feed(&server, "second@example.com", 20)
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(&walk_feed(&server, "first@example.com", 20).await),
+        vec![id]
+    );
 }
 
 /// Owner emails are normalized by the database: any case and surrounding
@@ -321,12 +404,18 @@ async fn owner_emails_are_stored_lowercase_and_match_case_insensitively() {
     let id = Uuid::new_v4();
     let r = finalize(&server, id, "  Carol@Example.COM ", None).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(ids(&walk_feed(&server, "CAROL@example.com", 20).await), vec![id]);
+    assert_eq!(
+        ids(&walk_feed(&server, "CAROL@example.com", 20).await),
+        vec![id]
+    );
     assert_eq!(unread_count(&server, "carol@EXAMPLE.com").await, 1);
 
     let su = server.db.superuser().await;
     let stored: String = su
-        .query_one("SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1", &[&id])
+        .query_one(
+            "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
+            &[&id],
+        )
         .await
         .expect("entry")
         .get(0);
@@ -345,7 +434,11 @@ async fn owner_emails_are_stored_lowercase_and_match_case_insensitively() {
         2
     );
 
-    for (files, bytes, email) in [(-1, 1, "carol@example.com"), (1, -1, "carol@example.com"), (1, 1, "not-an-address")] {
+    for (files, bytes, email) in [
+        (-1, 1, "carol@example.com"),
+        (1, -1, "carol@example.com"),
+        (1, 1, "not-an-address"),
+    ] {
         let r = server
             .rpc(
                 "finalize_receive",
@@ -369,7 +462,11 @@ async fn bad_paging_arguments_are_rejected_with_400() {
     let owner = "pager@example.com";
     for max in ["0", "201", "-5"] {
         let r = server
-            .rpc_get("recent_receives", Some(&token), &[("owner_email", owner), ("max_entries", max)])
+            .rpc_get(
+                "recent_receives",
+                Some(&token),
+                &[("owner_email", owner), ("max_entries", max)],
+            )
             .await;
         assert_error(&r, 400, "invalid_max_entries");
     }
@@ -385,7 +482,10 @@ async fn bad_paging_arguments_are_rejected_with_400() {
         .rpc_get(
             "recent_receives",
             Some(&token),
-            &[("owner_email", owner), ("before_created_at", "2025-01-01T00:00:00Z")],
+            &[
+                ("owner_email", owner),
+                ("before_created_at", "2025-01-01T00:00:00Z"),
+            ],
         )
         .await;
     assert_error(&r, 400, "invalid_cursor");
@@ -393,7 +493,10 @@ async fn bad_paging_arguments_are_rejected_with_400() {
         .rpc_get(
             "recent_receives",
             Some(&token),
-            &[("owner_email", owner), ("before_reservation_id", &Uuid::new_v4().to_string())],
+            &[
+                ("owner_email", owner),
+                ("before_reservation_id", &Uuid::new_v4().to_string()),
+            ],
         )
         .await;
     assert_error(&r, 400, "invalid_cursor");
@@ -412,7 +515,12 @@ async fn the_dual_read_shows_legacy_and_new_entries_once_each() {
     let server = TestServer::start().await;
     let owner = "dual@example.com";
     let su = server.db.superuser().await;
-    let (both, legacy_unread, legacy_read, twice) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (both, legacy_unread, legacy_read, twice) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
     load_legacy(
         &su,
         owner,
@@ -426,7 +534,11 @@ async fn the_dual_read_shows_legacy_and_new_entries_once_each() {
     )
     .await;
     let r = finalize(&server, both, owner, None).await;
-    assert_eq!(r.body["newly_created"], true, "a legacy element is not an entry yet: {}", r.text);
+    assert_eq!(
+        r.body["newly_created"], true,
+        "a legacy element is not an entry yet: {}",
+        r.text
+    );
     let fresh = finalize_new(&server, owner).await;
 
     let items = walk_feed(&server, owner, 50).await;
@@ -435,12 +547,23 @@ async fn the_dual_read_shows_legacy_and_new_entries_once_each() {
     assert_eq!(feed.len(), 5);
     // Newest first: the two finalized now, then the legacy ones by createdAt.
     assert_eq!(&ids(&items)[2..], &[twice, legacy_read, legacy_unread]);
-    assert_eq!(feed[&both]["file_count"], 2, "the entry wins over the legacy element");
-    assert_eq!(instant(&feed[&twice]), instant(&json!("2025-01-01T00:40:00Z")), "the earliest copy is kept");
+    assert_eq!(
+        feed[&both]["file_count"], 2,
+        "the entry wins over the legacy element"
+    );
+    assert_eq!(
+        instant(&feed[&twice]),
+        instant(&json!("2025-01-01T00:40:00Z")),
+        "the earliest copy is kept"
+    );
     assert_eq!(feed[&legacy_read]["file_count"], 1 + 30 % 7);
     assert_eq!(feed[&legacy_read]["total_bytes"], 3000);
     assert_eq!(feed[&legacy_read]["sender_label"], "legacy 30");
-    let unread: BTreeSet<Uuid> = feed.iter().filter(|(_, v)| v["unread"] == true).map(|(k, _)| *k).collect();
+    let unread: BTreeSet<Uuid> = feed
+        .iter()
+        .filter(|(_, v)| v["unread"] == true)
+        .map(|(k, _)| *k)
+        .collect();
     assert_eq!(unread, BTreeSet::from([both, fresh, legacy_unread, twice]));
     assert_eq!(unread_count(&server, owner).await, 4);
 
@@ -450,7 +573,10 @@ async fn the_dual_read_shows_legacy_and_new_entries_once_each() {
     // Marking a legacy entry read works before it is migrated.
     assert_eq!(mark_read(&server, owner, Some(&[legacy_unread])).await, 1);
     assert_eq!(unread_count(&server, owner).await, 3);
-    assert_eq!(by_id(&walk_feed(&server, owner, 50).await)[&legacy_unread]["unread"], false);
+    assert_eq!(
+        by_id(&walk_feed(&server, owner, 50).await)[&legacy_unread]["unread"],
+        false
+    );
 }
 
 /// An IP past receive_ip_retention is hidden by recent_receives before the
@@ -461,7 +587,12 @@ async fn an_ip_past_retention_is_hidden_before_the_scrub_and_removed_after_it() 
     let server = TestServer::start().await;
     let owner = "ip@example.com";
     let su = server.db.superuser().await;
-    let (old, fresh, old_legacy, fresh_legacy) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (old, fresh, old_legacy, fresh_legacy) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
     su.execute(
         "INSERT INTO private.receive_feed_entries \
          (reservation_id, owner_email, created_at, file_count, total_bytes, sender_ip) \
@@ -484,8 +615,16 @@ async fn an_ip_past_retention_is_hidden_before_the_scrub_and_removed_after_it() 
     .expect("legacy row");
 
     let feed = by_id(&walk_feed(&server, owner, 20).await);
-    assert_eq!(feed[&old]["sender_ip"], Value::Null, "hidden past retention");
-    assert_eq!(feed[&old_legacy]["sender_ip"], Value::Null, "hidden past retention (legacy)");
+    assert_eq!(
+        feed[&old]["sender_ip"],
+        Value::Null,
+        "hidden past retention"
+    );
+    assert_eq!(
+        feed[&old_legacy]["sender_ip"],
+        Value::Null,
+        "hidden past retention (legacy)"
+    );
     assert_eq!(feed[&fresh]["sender_ip"], "203.0.113.2");
     assert_eq!(feed[&fresh_legacy]["sender_ip"], "203.0.113.4");
     assert_eq!(
@@ -499,26 +638,49 @@ async fn an_ip_past_retention_is_hidden_before_the_scrub_and_removed_after_it() 
         .query_one("SELECT * FROM admin.scrub_receive_ips()", &[])
         .await
         .expect("scrub");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 1), "one entry and one legacy element scrubbed");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (1, 1),
+        "one entry and one legacy element scrubbed"
+    );
 
     let ips: BTreeMap<Uuid, Option<String>> = su
-        .query("SELECT reservation_id, host(sender_ip) FROM private.receive_feed_entries", &[])
+        .query(
+            "SELECT reservation_id, host(sender_ip) FROM private.receive_feed_entries",
+            &[],
+        )
         .await
         .expect("entries")
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(ips[&old], None, "removed by the scrub");
-    assert_eq!(ips[&fresh].as_deref(), Some("203.0.113.2"), "fresh addresses stay");
+    assert_eq!(
+        ips[&fresh].as_deref(),
+        Some("203.0.113.2"),
+        "fresh addresses stay"
+    );
     let legacy: Value = su
-        .query_one("SELECT entries FROM private.legacy_recent_receives WHERE owner_email = $1", &[&owner])
+        .query_one(
+            "SELECT entries FROM private.legacy_recent_receives WHERE owner_email = $1",
+            &[&owner],
+        )
         .await
         .expect("legacy row")
         .get(0);
-    assert!(legacy[0].get("senderIp").is_none(), "old legacy address removed: {legacy}");
-    assert_eq!(legacy[1]["senderIp"], "203.0.113.4", "fresh legacy address kept");
+    assert!(
+        legacy[0].get("senderIp").is_none(),
+        "old legacy address removed: {legacy}"
+    );
+    assert_eq!(
+        legacy[1]["senderIp"], "203.0.113.4",
+        "fresh legacy address kept"
+    );
     // A second scrub has nothing left to do.
-    let row = admin.query_one("SELECT * FROM admin.scrub_receive_ips()", &[]).await.expect("scrub");
+    let row = admin
+        .query_one("SELECT * FROM admin.scrub_receive_ips()", &[])
+        .await
+        .expect("scrub");
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
 }
 
@@ -537,21 +699,41 @@ async fn mark_read_clears_only_the_named_markers() {
     let y1 = finalize_new(&server, y).await;
     finalize_new(&server, y).await;
 
-    assert_eq!(mark_read(&server, x, Some(&[xs[0], xs[1], y1])).await, 2, "y's id is ignored");
+    assert_eq!(
+        mark_read(&server, x, Some(&[xs[0], xs[1], y1])).await,
+        2,
+        "y's id is ignored"
+    );
     assert_eq!(unread_count(&server, x).await, 3);
     assert_eq!(unread_count(&server, y).await, 2);
     let feed = by_id(&walk_feed(&server, x, 20).await);
     for (i, id) in xs.iter().enumerate() {
         assert_eq!(feed[id]["unread"], json!(i >= 2), "entry {i}");
     }
-    assert_eq!(mark_read(&server, x, Some(&[xs[0]])).await, 0, "already read");
-    assert_eq!(mark_read(&server, x, Some(&[])).await, 0, "an empty list clears nothing");
+    assert_eq!(
+        mark_read(&server, x, Some(&[xs[0]])).await,
+        0,
+        "already read"
+    );
+    assert_eq!(
+        mark_read(&server, x, Some(&[])).await,
+        0,
+        "an empty list clears nothing"
+    );
     assert_eq!(unread_count(&server, x).await, 3);
 
     assert_eq!(mark_read(&server, x, None).await, 3);
     assert_eq!(unread_count(&server, x).await, 0);
-    assert_eq!(unread_count(&server, y).await, 2, "another mailbox is untouched");
-    assert_eq!(walk_feed(&server, x, 20).await.len(), 5, "reading removes no entry");
+    assert_eq!(
+        unread_count(&server, y).await,
+        2,
+        "another mailbox is untouched"
+    );
+    assert_eq!(
+        walk_feed(&server, x, 20).await.len(),
+        5,
+        "reading removes no entry"
+    );
 }
 
 // Authorization -------------------------------------------------------------------
@@ -569,21 +751,37 @@ async fn a_user_reads_and_marks_only_its_own_mailbox() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(ids(r.body.as_array().expect("array")), vec![mine]);
     let r = server
-        .rpc_get("unread_receive_count", Some(&alice), &[("owner_email", "ALICE@example.com")])
+        .rpc_get(
+            "unread_receive_count",
+            Some(&alice),
+            &[("owner_email", "ALICE@example.com")],
+        )
         .await;
     assert_eq!((r.status, r.body.clone()), (200, json!(1)), "{}", r.text);
 
     let r = page(&server, &alice, "bob@example.com", 20, None).await;
     assert_error(&r, 403, "forbidden");
     let r = server
-        .rpc_get("unread_receive_count", Some(&alice), &[("owner_email", "bob@example.com")])
+        .rpc_get(
+            "unread_receive_count",
+            Some(&alice),
+            &[("owner_email", "bob@example.com")],
+        )
         .await;
     assert_error(&r, 403, "forbidden");
     let r = server
-        .rpc("mark_receives_read", Some(&alice), json!({"owner_email": "bob@example.com"}))
+        .rpc(
+            "mark_receives_read",
+            Some(&alice),
+            json!({"owner_email": "bob@example.com"}),
+        )
         .await;
     assert_error(&r, 403, "forbidden");
-    assert_eq!(unread_count(&server, "bob@example.com").await, 1, "bob's markers survive");
+    assert_eq!(
+        unread_count(&server, "bob@example.com").await,
+        1,
+        "bob's markers survive"
+    );
 
     let r = server
         .rpc(
@@ -596,12 +794,20 @@ async fn a_user_reads_and_marks_only_its_own_mailbox() {
     assert_eq!(r.error_code(), "42501");
 
     let r = server
-        .rpc("mark_receives_read", Some(&alice), json!({"owner_email": "alice@example.com"}))
+        .rpc(
+            "mark_receives_read",
+            Some(&alice),
+            json!({"owner_email": "alice@example.com"}),
+        )
         .await;
     assert_eq!((r.status, r.body.clone()), (200, json!(1)), "{}", r.text);
 
     let r = server
-        .rpc_get("recent_receives", None, &[("owner_email", "alice@example.com")])
+        .rpc_get(
+            "recent_receives",
+            None,
+            &[("owner_email", "alice@example.com")],
+        )
         .await;
     assert_eq!(r.status, 401, "anonymous callers are refused: {}", r.text);
 }
@@ -653,29 +859,60 @@ async fn migrating_twice_moves_every_legacy_entry_exactly_once() {
     let (moved, inserted, present, markers) = migrate_until_done(&admin, 5).await;
     assert_eq!(moved, 12, "every owner migrated");
     assert_eq!(inserted, 36, "every legacy element not already an entry");
-    assert_eq!(present, 12, "the re-finalized reservations were already entries");
-    assert_eq!(markers, expected_markers - 12, "markers only for new entries marked unread");
-    assert_eq!(count(&su, "SELECT count(*) FROM private.legacy_recent_receives").await, 0);
+    assert_eq!(
+        present, 12,
+        "the re-finalized reservations were already entries"
+    );
+    assert_eq!(
+        markers,
+        expected_markers - 12,
+        "markers only for new entries marked unread"
+    );
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.legacy_recent_receives").await,
+        0
+    );
 
     let again = migrate(&admin, 5).await;
     assert_eq!(again, (0, 0, 0, 0, 0), "a second run changes nothing");
 
-    assert_eq!(count(&su, "SELECT count(*) FROM private.receive_feed_entries").await, 48);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.receive_unread").await, expected_markers);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.receive_feed_entries").await,
+        48
+    );
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.receive_unread").await,
+        expected_markers
+    );
     for (id, owner) in &legacy_ids {
         let stored: String = su
-            .query_one("SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1", &[id])
+            .query_one(
+                "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
+                &[id],
+            )
             .await
             .expect("every legacy element is an entry")
             .get(0);
         assert_eq!(&stored, owner);
     }
     for (owner, unread) in owners.iter().zip(unread_before) {
-        assert_eq!(&walk_feed(&server, owner, 3).await, &before[owner], "{owner} reads the same after migration");
-        assert_eq!(unread_count(&server, owner).await, unread, "{owner}'s unread count is unchanged");
+        assert_eq!(
+            &walk_feed(&server, owner, 3).await,
+            &before[owner],
+            "{owner} reads the same after migration"
+        );
+        assert_eq!(
+            unread_count(&server, owner).await,
+            unread,
+            "{owner}'s unread count is unchanged"
+        );
     }
     assert_eq!(
-        count(&su, "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'").await,
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
+        )
+        .await,
         12,
         "migration emits no events"
     );
@@ -705,7 +942,11 @@ async fn migration_concurrent_with_finalizations_loses_and_duplicates_nothing() 
     // Per busy owner: its first legacy reservation finalized anew, and one new one.
     let mut finalizations: Vec<(Uuid, String)> = Vec::new();
     for owner in &owners {
-        let first = legacy.iter().find(|(_, o)| o == owner).expect("legacy element").0;
+        let first = legacy
+            .iter()
+            .find(|(_, o)| o == owner)
+            .expect("legacy element")
+            .0;
         finalizations.push((first, owner.clone()));
         finalizations.push((Uuid::new_v4(), owner.clone()));
     }
@@ -715,17 +956,30 @@ async fn migration_concurrent_with_finalizations_loses_and_duplicates_nothing() 
         migrators.push(server.db.as_role("pgrpc_admin").await);
     }
     let migrations = join_all(migrators.iter().map(|c| migrate_until_done(c, 3)));
-    let finalized = join_all(finalizations.iter().map(|(id, owner)| finalize(&server, *id, owner, None)));
+    let finalized = join_all(
+        finalizations
+            .iter()
+            .map(|(id, owner)| finalize(&server, *id, owner, None)),
+    );
     let srv = &server;
     let readers = join_all(quiet.iter().cycle().take(15).map(|owner| async move {
         let items = walk_feed(srv, owner, 2).await;
         let unread = unread_count(srv, owner).await;
-        (owner.clone(), items.len(), ids(&items).into_iter().collect::<BTreeSet<_>>().len(), unread)
+        (
+            owner.clone(),
+            items.len(),
+            ids(&items).into_iter().collect::<BTreeSet<_>>().len(),
+            unread,
+        )
     }));
     let (migrated, responses, reads) = tokio::join!(migrations, finalized, readers);
 
     for (owner, len, distinct, unread) in reads {
-        assert_eq!((len, distinct, unread), (3, 3, 3), "{owner} saw its whole feed, once, all unread");
+        assert_eq!(
+            (len, distinct, unread),
+            (3, 3, 3),
+            "{owner} saw its whole feed, once, all unread"
+        );
     }
     let mut created = 0;
     for r in &responses {
@@ -735,26 +989,43 @@ async fn migration_concurrent_with_finalizations_loses_and_duplicates_nothing() 
         }
     }
     let moved: i64 = migrated.iter().map(|m| m.0).sum();
-    assert_eq!(moved, 45, "each legacy row migrated by exactly one migrator");
-    assert_eq!(count(&su, "SELECT count(*) FROM private.legacy_recent_receives").await, 0);
+    assert_eq!(
+        moved, 45,
+        "each legacy row migrated by exactly one migrator"
+    );
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.legacy_recent_receives").await,
+        0
+    );
 
-    let expected: BTreeMap<Uuid, String> = legacy.iter().chain(finalizations.iter()).cloned().collect();
+    let expected: BTreeMap<Uuid, String> =
+        legacy.iter().chain(finalizations.iter()).cloned().collect();
     assert_eq!(expected.len(), 45 * 3 + 40);
     let stored: BTreeMap<Uuid, String> = su
-        .query("SELECT reservation_id, owner_email FROM private.receive_feed_entries", &[])
+        .query(
+            "SELECT reservation_id, owner_email FROM private.receive_feed_entries",
+            &[],
+        )
         .await
         .expect("entries")
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(stored, expected, "every reservation is exactly one entry of its owner");
+    assert_eq!(
+        stored, expected,
+        "every reservation is exactly one entry of its owner"
+    );
     assert_eq!(
         count(&su, "SELECT count(*) FROM private.receive_unread").await,
         expected.len() as i64,
         "every entry (all unread) has exactly one marker"
     );
     assert_eq!(
-        count(&su, "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'").await,
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
+        )
+        .await,
         created,
         "one event per newly created finalization"
     );
@@ -773,22 +1044,41 @@ async fn invalid_legacy_rows_are_listed_and_never_half_migrated() {
     let su = server.db.superuser().await;
     let good = Uuid::new_v4();
     load_legacy(&su, "aaa@example.com", json!([{"reservationId": "not-a-uuid", "createdAt": "2025-01-01T00:00:00Z"}, legacy_element(Uuid::new_v4(), 1, true)])).await;
-    load_legacy(&su, "bbb@example.com", json!([legacy_element(good, 2, true)])).await;
+    load_legacy(
+        &su,
+        "bbb@example.com",
+        json!([legacy_element(good, 2, true)]),
+    )
+    .await;
 
     let admin = server.db.as_role("pgrpc_admin").await;
     let invalid = admin
-        .query("SELECT owner_email, element_index, error FROM admin.legacy_receives_invalid", &[])
+        .query(
+            "SELECT owner_email, element_index, error FROM admin.legacy_receives_invalid",
+            &[],
+        )
         .await
         .expect("invalid view");
     assert_eq!(invalid.len(), 1);
     assert_eq!(invalid[0].get::<_, String>(0), "aaa@example.com");
     assert_eq!(invalid[0].get::<_, i64>(1), 1);
-    assert!(invalid[0].get::<_, String>(2).starts_with("reservationId"), "the reason names the field");
+    assert!(
+        invalid[0].get::<_, String>(2).starts_with("reservationId"),
+        "the reason names the field"
+    );
 
     let (moved, inserted, _, markers, remaining) = migrate(&admin, 10).await;
     assert_eq!((moved, inserted, markers, remaining), (1, 1, 1, 1));
-    assert_eq!(count(&su, "SELECT count(*) FROM private.receive_feed_entries").await, 1, "nothing of the invalid row moved");
-    assert_eq!(migrate(&admin, 10).await, (0, 0, 0, 0, 1), "the invalid row blocks nothing");
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.receive_feed_entries").await,
+        1,
+        "nothing of the invalid row moved"
+    );
+    assert_eq!(
+        migrate(&admin, 10).await,
+        (0, 0, 0, 0, 1),
+        "the invalid row blocks nothing"
+    );
     // The dual read still shows the valid element of the invalid row.
     assert_eq!(walk_feed(&server, "aaa@example.com", 20).await.len(), 1);
 
@@ -822,9 +1112,16 @@ async fn prune_keeps_the_newest_entries_of_each_owner() {
         .get(0);
     assert_eq!(deleted, 3);
     assert_eq!(ids(&walk_feed(&server, "p@example.com", 20).await), newest);
-    assert_eq!(unread_count(&server, "p@example.com").await, 3, "pruned markers are gone");
+    assert_eq!(
+        unread_count(&server, "p@example.com").await,
+        3,
+        "pruned markers are gone"
+    );
     assert_eq!(walk_feed(&server, "q@example.com", 20).await.len(), 1);
-    assert_eq!(count(&su, "SELECT count(*) FROM private.receive_unread").await, 4);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.receive_unread").await,
+        4
+    );
 
     let e = admin
         .query_one("SELECT admin.prune_receive_feed(0)", &[])
@@ -881,22 +1178,38 @@ async fn feed_entries_are_write_once_except_for_clearing_the_ip() {
         .await
         .expect("entry");
     assert_eq!(
-        (row.get::<_, i32>(0), row.get::<_, i64>(1), row.get::<_, String>(2), row.get::<_, Option<String>>(3)),
-        (1, 10, "w@example.com".to_string(), Some("192.0.2.9".to_string())),
+        (
+            row.get::<_, i32>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2),
+            row.get::<_, Option<String>>(3)
+        ),
+        (
+            1,
+            10,
+            "w@example.com".to_string(),
+            Some("192.0.2.9".to_string())
+        ),
         "the entry is unchanged"
     );
 
     // Clearing the address is the one change allowed.
     let api = db.as_role("pgrpc_api").await;
     let n = api
-        .execute("UPDATE private.receive_feed_entries SET sender_ip = NULL", &[])
+        .execute(
+            "UPDATE private.receive_feed_entries SET sender_ip = NULL",
+            &[],
+        )
         .await
         .expect("pgrpc_api may clear sender_ip");
     assert_eq!(n, 1);
 
-    su.execute("DELETE FROM private.receive_unread WHERE reservation_id = $1", &[&id])
-        .await
-        .expect("clear the marker");
+    su.execute(
+        "DELETE FROM private.receive_unread WHERE reservation_id = $1",
+        &[&id],
+    )
+    .await
+    .expect("clear the marker");
     let e = su
         .execute(
             "INSERT INTO private.receive_unread (reservation_id, owner_email) VALUES ($1, 'other@example.com')",

@@ -37,7 +37,9 @@ async fn create_org(server: &TestServer) -> String {
 }
 
 async fn begin(server: &TestServer, body: Value) -> Resp {
-    server.rpc("idempotency_begin", Some(&service_token()), body).await
+    server
+        .rpc("idempotency_begin", Some(&service_token()), body)
+        .await
 }
 
 fn begin_args(org: &str, key: &str, hash: &str) -> Value {
@@ -45,7 +47,13 @@ fn begin_args(org: &str, key: &str, hash: &str) -> Value {
 }
 
 /// A POST with an Idempotency-Key header.
-async fn post_with_key(server: &TestServer, function: &str, bearer: &str, key: &str, body: Value) -> Resp {
+async fn post_with_key(
+    server: &TestServer,
+    function: &str,
+    bearer: &str,
+    key: &str,
+    body: Value,
+) -> Resp {
     send(
         server
             .http
@@ -97,7 +105,10 @@ async fn install_effect_function(server: &TestServer) {
 async fn effects(db: &TestDb, label: &str) -> i64 {
     db.superuser()
         .await
-        .query_one("SELECT count(*) FROM public.idem_effects WHERE label = $1", &[&label])
+        .query_one(
+            "SELECT count(*) FROM public.idem_effects WHERE label = $1",
+            &[&label],
+        )
         .await
         .expect("count effects")
         .get(0)
@@ -314,7 +325,10 @@ async fn a_retryable_failure_releases_the_key_and_a_final_failure_is_replayed() 
 
     let retry = begin(&server, begin_args(&org, "charge-6", "h1")).await;
     assert_eq!(retry.status, 200, "{}", retry.text);
-    assert_eq!(retry.body["state"], "started", "a released key starts afresh");
+    assert_eq!(
+        retry.body["state"], "started",
+        "a released key starts afresh"
+    );
 
     let final_fail = server
         .rpc(
@@ -329,7 +343,10 @@ async fn a_retryable_failure_releases_the_key_and_a_final_failure_is_replayed() 
     let replay = begin(&server, begin_args(&org, "charge-6", "h1")).await;
     assert_eq!(replay.body["state"], "replay");
     assert_eq!(replay.body["response_status"], 402);
-    assert_eq!(replay.body["response_body"], json!({"error": "card_declined"}));
+    assert_eq!(
+        replay.body["response_body"],
+        json!({"error": "card_declined"})
+    );
 }
 
 /// An expired key reads as absent, is replaced by the next begin, and the sweep deletes expired keys.
@@ -357,7 +374,11 @@ async fn an_expired_key_counts_as_absent_and_is_swept() {
         )
         .await;
     assert_eq!(found.status, 200, "{}", found.text);
-    assert!(found.body.is_null(), "expired key still visible: {}", found.text);
+    assert!(
+        found.body.is_null(),
+        "expired key still visible: {}",
+        found.text
+    );
 
     // Another request may now use the expired key.
     let reuse = begin(&server, begin_args(&org, "old-a", "other")).await;
@@ -399,7 +420,11 @@ async fn malformed_begin_arguments_are_400() {
     let blank = begin(&server, begin_args(&org, "k", " ")).await;
     assert_eq!(blank.status, 400, "{}", blank.text);
     assert_eq!(blank.error_key(), "invalid_argument");
-    for (field, value) in [("ttl_seconds", 0), ("ttl_seconds", 100_000_000), ("lease_seconds", 0)] {
+    for (field, value) in [
+        ("ttl_seconds", 0),
+        ("ttl_seconds", 100_000_000),
+        ("lease_seconds", 0),
+    ] {
         let mut args = begin_args(&org, "k", "h1");
         args[field] = json!(value);
         let r = begin(&server, args).await;
@@ -430,35 +455,76 @@ async fn key_rows_keep_their_rules_for_every_role() {
     let busy_row = "(SELECT id FROM private.idempotency_keys WHERE key = 'busy')";
     for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
         let c = server.db.as_role(role).await;
-        for set in ["key = 'x'", "endpoint = '/x'", "request_hash = 'x'", "expires_at = expires_at + interval '1 day'"] {
+        for set in [
+            "key = 'x'",
+            "endpoint = '/x'",
+            "request_hash = 'x'",
+            "expires_at = expires_at + interval '1 day'",
+        ] {
             for row in [done_row, busy_row] {
                 let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {row}");
-                assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+                assert_eq!(
+                    sqlstate(&c, &sql).await.as_deref(),
+                    Some("42501"),
+                    "{role}: {sql}"
+                );
             }
         }
-        for set in ["response_status = 500", "response_body = '{\"ok\": false}'", "lease_token = gen_random_uuid()"] {
+        for set in [
+            "response_status = 500",
+            "response_body = '{\"ok\": false}'",
+            "lease_token = gen_random_uuid()",
+        ] {
             let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {done_row}");
-            assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+            assert_eq!(
+                sqlstate(&c, &sql).await.as_deref(),
+                Some("42501"),
+                "{role}: {sql}"
+            );
         }
         // Going back to processing is refused: by privilege for the admin,
         // by the status machine (check_violation) for the others.
-        let back = format!("UPDATE private.idempotency_keys SET status = 'processing' WHERE id = {done_row}");
-        let expected = if role == "pgrpc_admin" { "42501" } else { "23514" };
-        assert_eq!(sqlstate(&c, &back).await.as_deref(), Some(expected), "{role}: {back}");
+        let back = format!(
+            "UPDATE private.idempotency_keys SET status = 'processing' WHERE id = {done_row}"
+        );
+        let expected = if role == "pgrpc_admin" {
+            "42501"
+        } else {
+            "23514"
+        };
+        assert_eq!(
+            sqlstate(&c, &back).await.as_deref(),
+            Some(expected),
+            "{role}: {back}"
+        );
         let born_done = format!(
             "INSERT INTO private.idempotency_keys (organization_id, key, endpoint, request_hash, status, response_status, expires_at) \
              VALUES ('{org}', 'forged', '/x', 'h', 'completed', 200, clock_timestamp() + interval '1 hour')"
         );
-        let expected = if role == "pgrpc_admin" { "42501" } else { "23514" };
-        assert_eq!(sqlstate(&c, &born_done).await.as_deref(), Some(expected), "{role}: {born_done}");
+        let expected = if role == "pgrpc_admin" {
+            "42501"
+        } else {
+            "23514"
+        };
         assert_eq!(
-            sqlstate(&c, "TRUNCATE private.idempotency_keys").await.as_deref(),
+            sqlstate(&c, &born_done).await.as_deref(),
+            Some(expected),
+            "{role}: {born_done}"
+        );
+        assert_eq!(
+            sqlstate(&c, "TRUNCATE private.idempotency_keys")
+                .await
+                .as_deref(),
             Some("42501"),
             "{role}: TRUNCATE"
         );
         if role != "pgrpc_api" {
             let del = format!("DELETE FROM private.idempotency_keys WHERE id = {done_row}");
-            assert_eq!(sqlstate(&c, &del).await.as_deref(), Some("42501"), "{role}: {del}");
+            assert_eq!(
+                sqlstate(&c, &del).await.as_deref(),
+                Some("42501"),
+                "{role}: {del}"
+            );
         }
     }
 
@@ -475,9 +541,12 @@ async fn key_rows_keep_their_rules_for_every_role() {
     assert_eq!(row.get::<_, Option<Value>>(2), Some(json!({"ok": true})));
 
     // Deleting the organization cascades to its keys.
-    su.execute("DELETE FROM private.organizations WHERE id = $1::text::uuid", &[&org])
-        .await
-        .expect("the cascade may delete keys");
+    su.execute(
+        "DELETE FROM private.organizations WHERE id = $1::text::uuid",
+        &[&org],
+    )
+    .await
+    .expect("the cascade may delete keys");
     let left: i64 = su
         .query_one("SELECT count(*) FROM private.idempotency_keys", &[])
         .await
@@ -500,7 +569,11 @@ async fn eight_concurrent_posts_with_one_key_take_effect_once() {
     )
     .await;
 
-    assert_eq!(effects(&server.db, "concurrent").await, 1, "the function ran more than once");
+    assert_eq!(
+        effects(&server.db, "concurrent").await,
+        1,
+        "the function ran more than once"
+    );
     for r in &responses {
         assert_eq!(r.status, 200, "{}", r.text);
     }
@@ -511,7 +584,10 @@ async fn eight_concurrent_posts_with_one_key_take_effect_once() {
         .filter(|r| r.header("idempotent-replayed") == Some("true"))
         .count();
     assert!(replayed >= 1, "no response was marked replayed");
-    assert_eq!(replayed, 7, "every duplicate waits for the first and replays it");
+    assert_eq!(
+        replayed, 7,
+        "every duplicate waits for the first and replays it"
+    );
 }
 
 /// A retry replays the stored response; the same key with another body is 422; nothing runs twice.
@@ -521,7 +597,14 @@ async fn a_retry_replays_and_a_changed_request_is_refused() {
     install_effect_function(&server).await;
     let bearer = service_token();
 
-    let first = post_with_key(&server, "idem_record", &bearer, "k-1", json!({"label": "retry"})).await;
+    let first = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-1",
+        json!({"label": "retry"}),
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("idempotent-replayed"), None);
 
@@ -539,7 +622,14 @@ async fn a_retry_replays_and_a_changed_request_is_refused() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.text, first.text);
 
-    let changed = post_with_key(&server, "idem_record", &bearer, "k-1", json!({"label": "other"})).await;
+    let changed = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-1",
+        json!({"label": "other"}),
+    )
+    .await;
     assert_eq!(changed.status, 422, "{}", changed.text);
     assert_eq!(changed.error_key(), "idempotency_key_reused");
 
@@ -565,11 +655,24 @@ async fn a_failed_call_stores_nothing_so_the_retry_runs() {
     let bearer = service_token();
     let su = server.db.superuser().await;
 
-    su.batch_execute("UPDATE public.idem_switch SET fail = true").await.expect("switch on");
-    let failed = post_with_key(&server, "idem_record", &bearer, "k-2", json!({"label": "flaky"})).await;
+    su.batch_execute("UPDATE public.idem_switch SET fail = true")
+        .await
+        .expect("switch on");
+    let failed = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-2",
+        json!({"label": "flaky"}),
+    )
+    .await;
     assert_eq!(failed.status, 503, "{}", failed.text);
     assert_eq!(failed.error_key(), "injected_failure");
-    assert_eq!(effects(&server.db, "flaky").await, 0, "the failed call's effect was rolled back");
+    assert_eq!(
+        effects(&server.db, "flaky").await,
+        0,
+        "the failed call's effect was rolled back"
+    );
     let stored: i64 = su
         .query_one("SELECT count(*) FROM private.http_idempotency_keys", &[])
         .await
@@ -577,10 +680,23 @@ async fn a_failed_call_stores_nothing_so_the_retry_runs() {
         .get(0);
     assert_eq!(stored, 0, "a failed call stores no key");
 
-    su.batch_execute("UPDATE public.idem_switch SET fail = false").await.expect("switch off");
-    let retry = post_with_key(&server, "idem_record", &bearer, "k-2", json!({"label": "flaky"})).await;
+    su.batch_execute("UPDATE public.idem_switch SET fail = false")
+        .await
+        .expect("switch off");
+    let retry = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-2",
+        json!({"label": "flaky"}),
+    )
+    .await;
     assert_eq!(retry.status, 200, "{}", retry.text);
-    assert_eq!(retry.header("idempotent-replayed"), None, "the retry ran, it was not replayed");
+    assert_eq!(
+        retry.header("idempotent-replayed"),
+        None,
+        "the retry ran, it was not replayed"
+    );
     assert_eq!(effects(&server.db, "flaky").await, 1);
 }
 
@@ -599,7 +715,11 @@ async fn keys_are_scoped_to_the_caller() {
     for r in [&a1, &b1, &a2] {
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    assert_eq!(b1.header("idempotent-replayed"), None, "bob must not see alice's response");
+    assert_eq!(
+        b1.header("idempotent-replayed"),
+        None,
+        "bob must not see alice's response"
+    );
     assert_ne!(a1.body["id"], b1.body["id"]);
     assert_eq!(a2.header("idempotent-replayed"), Some("true"));
     assert_eq!(a2.text, a1.text);
@@ -609,7 +729,10 @@ async fn keys_are_scoped_to_the_caller() {
         .db
         .superuser()
         .await
-        .query("SELECT scope FROM private.http_idempotency_keys ORDER BY scope", &[])
+        .query(
+            "SELECT scope FROM private.http_idempotency_keys ORDER BY scope",
+            &[],
+        )
         .await
         .expect("scopes")
         .iter()
@@ -629,9 +752,23 @@ async fn an_expired_header_key_runs_the_call_again() {
         .expect("shorten ttl");
     let bearer = service_token();
 
-    let first = post_with_key(&server, "idem_record", &bearer, "k-ttl", json!({"label": "ttl"})).await;
+    let first = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-ttl",
+        json!({"label": "ttl"}),
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let extra = post_with_key(&server, "idem_record", &bearer, "k-other", json!({"label": "ttl"})).await;
+    let extra = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-other",
+        json!({"label": "ttl"}),
+    )
+    .await;
     assert_eq!(extra.status, 200, "{}", extra.text);
     // Keys stored from now on live long again, so the sweep below counts exactly.
     su.batch_execute("SELECT admin.set_setting('idempotency_ttl', '24 hours')")
@@ -640,7 +777,14 @@ async fn an_expired_header_key_runs_the_call_again() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the keys expire
 
-    let second = post_with_key(&server, "idem_record", &bearer, "k-ttl", json!({"label": "ttl"})).await;
+    let second = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-ttl",
+        json!({"label": "ttl"}),
+    )
+    .await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(second.header("idempotent-replayed"), None);
     assert_ne!(second.body["id"], first.body["id"]);
@@ -698,7 +842,10 @@ async fn the_header_is_ignored_on_get_and_validated_on_post() {
         .db
         .superuser()
         .await
-        .query_one("SELECT count(*) FROM private.organizations WHERE name = 'long key'", &[])
+        .query_one(
+            "SELECT count(*) FROM private.organizations WHERE name = 'long key'",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);
@@ -710,7 +857,14 @@ async fn the_header_is_ignored_on_get_and_validated_on_post() {
 async fn stored_header_responses_are_write_once_for_every_role() {
     let server = TestServer::start().await;
     install_effect_function(&server).await;
-    let r = post_with_key(&server, "idem_record", &service_token(), "k-w", json!({"label": "w"})).await;
+    let r = post_with_key(
+        &server,
+        "idem_record",
+        &service_token(),
+        "k-w",
+        json!({"label": "w"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
     for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
@@ -723,29 +877,49 @@ async fn stored_header_responses_are_write_once_for_every_role() {
             "expires_at = expires_at + interval '1 day'",
         ] {
             let sql = format!("UPDATE private.http_idempotency_keys SET {set}");
-            assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+            assert_eq!(
+                sqlstate(&c, &sql).await.as_deref(),
+                Some("42501"),
+                "{role}: {sql}"
+            );
         }
         assert_eq!(
-            sqlstate(&c, "TRUNCATE private.http_idempotency_keys").await.as_deref(),
+            sqlstate(&c, "TRUNCATE private.http_idempotency_keys")
+                .await
+                .as_deref(),
             Some("42501"),
             "{role}: TRUNCATE"
         );
         if role != "pgrpc_api" {
             assert_eq!(
-                sqlstate(&c, "DELETE FROM private.http_idempotency_keys").await.as_deref(),
+                sqlstate(&c, "DELETE FROM private.http_idempotency_keys")
+                    .await
+                    .as_deref(),
                 Some("42501"),
                 "{role}: DELETE"
             );
         }
     }
     // Request roles cannot read or write the table directly, only call the functions.
-    let service = server.db.as_request("pgrpc_service", &json!({"sub": "x"})).await;
+    let service = server
+        .db
+        .as_request("pgrpc_service", &json!({"sub": "x"}))
+        .await;
     assert_eq!(
-        sqlstate(&service, "SELECT * FROM private.http_idempotency_keys").await.as_deref(),
+        sqlstate(&service, "SELECT * FROM private.http_idempotency_keys")
+            .await
+            .as_deref(),
         Some("42501")
     );
 
-    let replay = post_with_key(&server, "idem_record", &service_token(), "k-w", json!({"label": "w"})).await;
+    let replay = post_with_key(
+        &server,
+        "idem_record",
+        &service_token(),
+        "k-w",
+        json!({"label": "w"}),
+    )
+    .await;
     assert_eq!(replay.text, r.text, "the stored response is unchanged");
 }
 
@@ -796,16 +970,24 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     // The first commits: the duplicate replays what it stored.
     first.batch_execute("BEGIN").await.expect("begin");
     let state: String = first
-        .query_one("SELECT state FROM private.http_idempotency_claim('k', 'h')", &[])
+        .query_one(
+            "SELECT state FROM private.http_idempotency_claim('k', 'h')",
+            &[],
+        )
         .await
         .expect("claim")
         .get(0);
     assert_eq!(state, "claimed");
     let waiter = spawn_claim(second, "k");
     wait_for_lock_waiters(&db, 1).await;
-    assert!(!waiter.is_finished(), "the duplicate did not wait for the first claim");
+    assert!(
+        !waiter.is_finished(),
+        "the duplicate did not wait for the first claim"
+    );
     first
-        .batch_execute("SELECT private.http_idempotency_store('k', 201, '[]', '{\"done\":true}'); COMMIT")
+        .batch_execute(
+            "SELECT private.http_idempotency_store('k', 201, '[]', '{\"done\":true}'); COMMIT",
+        )
         .await
         .expect("store and commit");
     let (second, (state, status, body)) = waiter.await.expect("join");
@@ -816,12 +998,18 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     // The first rolls back: the duplicate's own insert goes through.
     first.batch_execute("BEGIN").await.expect("begin");
     first
-        .query_one("SELECT state FROM private.http_idempotency_claim('k2', 'h')", &[])
+        .query_one(
+            "SELECT state FROM private.http_idempotency_claim('k2', 'h')",
+            &[],
+        )
         .await
         .expect("claim");
     let waiter = spawn_claim(second, "k2");
     wait_for_lock_waiters(&db, 1).await;
-    assert!(!waiter.is_finished(), "the duplicate did not wait for the first claim");
+    assert!(
+        !waiter.is_finished(),
+        "the duplicate did not wait for the first claim"
+    );
     first.batch_execute("ROLLBACK").await.expect("rollback");
     let (_, (state, status, _)) = waiter.await.expect("join");
     assert_eq!(state, "claimed");

@@ -24,7 +24,9 @@ async fn sqlstate(client: &Client, sql: &str) -> Option<String> {
 }
 
 async fn issue(server: &TestServer, body: Value) -> Resp {
-    server.rpc("issue_oauth_nonce", Some(&service_token()), body).await
+    server
+        .rpc("issue_oauth_nonce", Some(&service_token()), body)
+        .await
 }
 
 async fn issue_nonce(server: &TestServer, ttl_seconds: i32) -> String {
@@ -35,7 +37,11 @@ async fn issue_nonce(server: &TestServer, ttl_seconds: i32) -> String {
 
 async fn consume(server: &TestServer, nonce: Value) -> Resp {
     server
-        .rpc("consume_oauth_nonce", Some(&service_token()), json!({"nonce": nonce}))
+        .rpc(
+            "consume_oauth_nonce",
+            Some(&service_token()),
+            json!({"nonce": nonce}),
+        )
         .await
 }
 
@@ -53,10 +59,12 @@ async fn replay_events(db: &TestDb) -> Vec<Value> {
         .collect()
 }
 
-/// Of thirty concurrent consumers of one nonce exactly one gets true, and every loser is recorded as a replay.
+/// Of thirty concurrent HTTP consumers of one nonce exactly one gets true, and every loser is recorded as a replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thirty_concurrent_consumers_of_one_nonce_have_exactly_one_winner() {
-    let server = TestServer::start_with(|c| c.pool_size = 32).await;
+    // A small pool: the thirty requests queue for eight connections, so that
+    // opening connections under load does not hit the pool's create timeout.
+    let server = TestServer::start_with(|c| c.pool_size = 8).await;
     let nonce = issue_nonce(&server, 600).await;
     let responses = join_all((0..30).map(|_| consume(&server, json!(nonce)))).await;
 
@@ -70,6 +78,49 @@ async fn thirty_concurrent_consumers_of_one_nonce_have_exactly_one_winner() {
     assert_eq!(replay_events(&server.db).await.len(), 29);
 }
 
+/// Thirty sessions consuming one nonce at the same moment: exactly one true, twenty-nine false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_simultaneous_sessions_consume_a_nonce_once() {
+    let db = TestDb::new().await;
+    let issuer = db
+        .as_request("pgrpc_service", &json!({"sub": "issuer"}))
+        .await;
+    let nonce: String = issuer
+        .query_one("SELECT nonce FROM api.issue_oauth_nonce()", &[])
+        .await
+        .expect("issue")
+        .get(0);
+    let sessions = join_all((0..30).map(|i| {
+        let db = &db;
+        async move {
+            db.as_request("pgrpc_service", &json!({"sub": format!("callback-{i}")}))
+                .await
+        }
+    }))
+    .await;
+    // Every session is connected before any consumes: they start together.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(sessions.len()));
+    let tasks = sessions.into_iter().map(|c| {
+        let barrier = barrier.clone();
+        let nonce = nonce.clone();
+        tokio::spawn(async move {
+            barrier.wait().await;
+            c.query_one("SELECT api.consume_oauth_nonce($1)", &[&nonce])
+                .await
+                .expect("consume")
+                .get::<_, bool>(0)
+        })
+    });
+    let results: Vec<bool> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join"))
+        .collect();
+    assert_eq!(results.iter().filter(|&&won| won).count(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|&&won| !won).count(), 29);
+    assert_eq!(replay_events(&db).await.len(), 29);
+}
+
 /// A nonce is accepted once; its second use returns false and emits security.oauth_nonce_replayed keyed by its hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_use_is_refused_and_reported_as_a_replay() {
@@ -79,7 +130,10 @@ async fn a_second_use_is_refused_and_reported_as_a_replay() {
     let first = consume(&server, json!(nonce)).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.body, json!(true));
-    assert!(replay_events(&server.db).await.is_empty(), "a first use is no replay");
+    assert!(
+        replay_events(&server.db).await.is_empty(),
+        "a first use is no replay"
+    );
 
     let second = consume(&server, json!(nonce)).await;
     assert_eq!(second.body, json!(false));
@@ -88,7 +142,10 @@ async fn a_second_use_is_refused_and_reported_as_a_replay() {
     let hash = hex::encode(Sha256::digest(nonce.as_bytes()));
     assert_eq!(events[0]["nonce_sha256"], json!(hash));
     assert_eq!(events[0]["request_role"], "pgrpc_service");
-    assert!(!events[0].to_string().contains(&nonce), "the event must not leak the nonce");
+    assert!(
+        !events[0].to_string().contains(&nonce),
+        "the event must not leak the nonce"
+    );
 
     // The record keeps only the hash.
     let su = server.db.superuser().await;
@@ -117,7 +174,10 @@ async fn a_nonce_with_a_one_second_ttl_fails_after_two_seconds() {
     let r = consume(&server, json!(nonce)).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body, json!(false));
-    assert!(replay_events(&server.db).await.is_empty(), "an expired nonce was never consumed");
+    assert!(
+        replay_events(&server.db).await.is_empty(),
+        "an expired nonce was never consumed"
+    );
 
     // It stays refused, until the sweep removes it.
     assert_eq!(consume(&server, json!(nonce)).await.body, json!(false));
@@ -134,8 +194,12 @@ async fn a_nonce_with_a_one_second_ttl_fails_after_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nonce_that_expires_during_a_long_transaction_is_refused() {
     let db = TestDb::new().await;
-    let long = db.as_request("pgrpc_service", &json!({"sub": "callback"})).await;
-    let issuer = db.as_request("pgrpc_service", &json!({"sub": "issuer"})).await;
+    let long = db
+        .as_request("pgrpc_service", &json!({"sub": "callback"}))
+        .await;
+    let issuer = db
+        .as_request("pgrpc_service", &json!({"sub": "issuer"}))
+        .await;
 
     long.batch_execute("BEGIN").await.expect("begin");
     // now() is fixed here, before the nonce even exists.
@@ -145,26 +209,40 @@ async fn a_nonce_that_expires_during_a_long_transaction_is_refused() {
         .expect("now")
         .get(0);
     let row = issuer
-        .query_one("SELECT nonce, expires_at FROM api.issue_oauth_nonce(NULL, 1)", &[])
+        .query_one(
+            "SELECT nonce, expires_at FROM api.issue_oauth_nonce(NULL, 1)",
+            &[],
+        )
         .await
         .expect("issue");
     let nonce: String = row.get(0);
     let expires_at: chrono::DateTime<chrono::Utc> = row.get(1);
-    assert!(started < expires_at, "by now() the nonce would still be valid");
+    assert!(
+        started < expires_at,
+        "by now() the nonce would still be valid"
+    );
 
-    long.batch_execute("SELECT pg_sleep(1.5)").await.expect("the transaction runs long");
+    long.batch_execute("SELECT pg_sleep(1.5)")
+        .await
+        .expect("the transaction runs long");
     let accepted: bool = long
         .query_one("SELECT api.consume_oauth_nonce($1)", &[&nonce])
         .await
         .expect("consume")
         .get(0);
     long.batch_execute("COMMIT").await.expect("commit");
-    assert!(!accepted, "an expired nonce was accepted inside a long transaction");
+    assert!(
+        !accepted,
+        "an expired nonce was accepted inside a long transaction"
+    );
 
     let still_there: i64 = db
         .superuser()
         .await
-        .query_one("SELECT count(*) FROM private.oauth_nonces WHERE nonce = $1", &[&nonce])
+        .query_one(
+            "SELECT count(*) FROM private.oauth_nonces WHERE nonce = $1",
+            &[&nonce],
+        )
         .await
         .expect("count")
         .get(0);
@@ -175,7 +253,15 @@ async fn a_nonce_that_expires_during_a_long_transaction_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_or_non_string_nonces_and_bad_ttls_are_400() {
     let server = TestServer::start().await;
-    for bad in [json!(""), json!(null), json!(123), json!(true), json!({"a": 1}), json!("short"), json!("x y")] {
+    for bad in [
+        json!(""),
+        json!(null),
+        json!(123),
+        json!(true),
+        json!({"a": 1}),
+        json!("short"),
+        json!("x y"),
+    ] {
         let r = consume(&server, bad.clone()).await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
         assert_eq!(r.error_key(), "invalid_nonce", "{bad}");
@@ -199,23 +285,39 @@ async fn empty_or_non_string_nonces_and_bad_ttls_are_400() {
 async fn issued_nonces_are_url_safe_encodings_of_32_random_bytes() {
     let server = TestServer::start().await;
     let org = server
-        .rpc("create_organization", Some(&service_token()), json!({"name": "OAuth", "plan": "free"}))
+        .rpc(
+            "create_organization",
+            Some(&service_token()),
+            json!({"name": "OAuth", "plan": "free"}),
+        )
         .await;
     let org_id = org.body["id"].as_str().expect("org id").to_string();
     let mut seen = HashSet::new();
     for _ in 0..20 {
-        let r = issue(&server, json!({"organization_id": org_id, "ttl_seconds": 300})).await;
+        let r = issue(
+            &server,
+            json!({"organization_id": org_id, "ttl_seconds": 300}),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text);
         let nonce = r.body["nonce"].as_str().expect("nonce").to_string();
         assert_eq!(nonce.len(), 43, "{nonce}");
         assert!(
-            nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            nonce
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "not base64url: {nonce}"
         );
-        let expires: chrono::DateTime<chrono::Utc> =
-            r.body["expires_at"].as_str().expect("expires_at").parse().expect("timestamp");
+        let expires: chrono::DateTime<chrono::Utc> = r.body["expires_at"]
+            .as_str()
+            .expect("expires_at")
+            .parse()
+            .expect("timestamp");
         let ahead = expires - chrono::Utc::now();
-        assert!(ahead > chrono::Duration::seconds(240) && ahead <= chrono::Duration::seconds(301), "{ahead}");
+        assert!(
+            ahead > chrono::Duration::seconds(240) && ahead <= chrono::Duration::seconds(301),
+            "{ahead}"
+        );
         assert!(seen.insert(nonce));
     }
     let unknown_org = issue(&server, json!({"organization_id": uuid::Uuid::new_v4()})).await;
@@ -224,10 +326,16 @@ async fn issued_nonces_are_url_safe_encodings_of_32_random_bytes() {
     // The default TTL is 600 seconds.
     let r = issue(&server, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let expires: chrono::DateTime<chrono::Utc> =
-        r.body["expires_at"].as_str().expect("expires_at").parse().expect("timestamp");
+    let expires: chrono::DateTime<chrono::Utc> = r.body["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("timestamp");
     let ahead = expires - chrono::Utc::now();
-    assert!(ahead > chrono::Duration::seconds(540) && ahead <= chrono::Duration::seconds(601), "{ahead}");
+    assert!(
+        ahead > chrono::Duration::seconds(540) && ahead <= chrono::Duration::seconds(601),
+        "{ahead}"
+    );
 }
 
 /// UPDATE and TRUNCATE are refused on the nonce tables for every role, and DELETE for all but the sanctioned functions.
@@ -250,15 +358,28 @@ async fn nonce_tables_are_append_only_for_every_role() {
                 format!("UPDATE {table} SET created_at = now()"),
                 format!("TRUNCATE {table}"),
             ] {
-                assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+                assert_eq!(
+                    sqlstate(&c, &sql).await.as_deref(),
+                    Some("42501"),
+                    "{role}: {sql}"
+                );
             }
             if role != "pgrpc_api" {
                 let sql = format!("DELETE FROM {table}");
-                assert_eq!(sqlstate(&c, &sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+                assert_eq!(
+                    sqlstate(&c, &sql).await.as_deref(),
+                    Some("42501"),
+                    "{role}: {sql}"
+                );
             }
         }
-        let sql = "UPDATE private.oauth_nonces SET nonce = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'";
-        assert_eq!(sqlstate(&c, sql).await.as_deref(), Some("42501"), "{role}: {sql}");
+        let sql =
+            "UPDATE private.oauth_nonces SET nonce = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'";
+        assert_eq!(
+            sqlstate(&c, sql).await.as_deref(),
+            Some("42501"),
+            "{role}: {sql}"
+        );
     }
 
     // Nothing changed: the live nonce still works once, the consumed one is still a replay.

@@ -16,11 +16,21 @@ use uuid::Uuid;
 use crate::support::{service_token, TestDb, TestServer};
 
 /// Emits one event as a superuser, outside any request.
-pub async fn emit(client: &Client, aggregate_type: &str, aggregate_id: &str, event_type: &str) -> i64 {
+pub async fn emit(
+    client: &Client,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    event_type: &str,
+) -> i64 {
     client
         .query_one(
             "SELECT private.outbox_emit($1, $2, $3, $4)",
-            &[&aggregate_type, &aggregate_id, &event_type, &json!({"aggregate": aggregate_id})],
+            &[
+                &aggregate_type,
+                &aggregate_id,
+                &event_type,
+                &json!({"aggregate": aggregate_id}),
+            ],
         )
         .await
         .expect("emit")
@@ -48,19 +58,28 @@ pub async fn claim(
 
 pub async fn ack(client: &Client, lease_token: Uuid, ids: &[i64]) -> i32 {
     client
-        .query_one("SELECT api.outbox_ack($1, $2)", &[&lease_token, &ids.to_vec()])
+        .query_one(
+            "SELECT api.outbox_ack($1, $2)",
+            &[&lease_token, &ids.to_vec()],
+        )
         .await
         .expect("ack")
         .get(0)
 }
 
 fn ids_of(events: &[Value]) -> Vec<i64> {
-    events.iter().map(|e| e["id"].as_i64().expect("event id")).collect()
+    events
+        .iter()
+        .map(|e| e["id"].as_i64().expect("event id"))
+        .collect()
 }
 
 async fn status_of(client: &Client, id: i64) -> (String, i32) {
     let row = client
-        .query_one("SELECT status, attempts FROM private.outbox WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT status, attempts FROM private.outbox WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("status");
     (row.get(0), row.get(1))
@@ -77,15 +96,21 @@ async fn a_rolled_back_emission_leaves_no_event_and_a_committed_one_exactly_one(
     let mut su = db.superuser().await;
 
     let tx = su.transaction().await.expect("begin");
-    tx.execute("SELECT private.outbox_emit('order', 'o1', 'order.created', '{}')", &[])
-        .await
-        .expect("emit");
+    tx.execute(
+        "SELECT private.outbox_emit('order', 'o1', 'order.created', '{}')",
+        &[],
+    )
+    .await
+    .expect("emit");
     tx.rollback().await.expect("rollback");
 
     let tx = su.transaction().await.expect("begin");
-    tx.execute("SELECT private.outbox_emit('order', 'o2', 'order.created', '{}')", &[])
-        .await
-        .expect("emit");
+    tx.execute(
+        "SELECT private.outbox_emit('order', 'o2', 'order.created', '{}')",
+        &[],
+    )
+    .await
+    .expect("emit");
     tx.commit().await.expect("commit");
 
     let rows = su
@@ -101,7 +126,9 @@ async fn a_rolled_back_emission_leaves_no_event_and_a_committed_one_exactly_one(
 #[tokio::test]
 async fn a_committed_emission_notifies_pgrpc_outbox_and_a_rolled_back_one_does_not() {
     let db = TestDb::new().await;
-    let (listener, mut connection) = tokio_postgres::connect(&db.url(), NoTls).await.expect("connect");
+    let (listener, mut connection) = tokio_postgres::connect(&db.url(), NoTls)
+        .await
+        .expect("connect");
     let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -111,7 +138,10 @@ async fn a_committed_emission_notifies_pgrpc_outbox_and_a_rolled_back_one_does_n
             }
         }
     });
-    listener.batch_execute("LISTEN pgrpc_outbox").await.expect("listen");
+    listener
+        .batch_execute("LISTEN pgrpc_outbox")
+        .await
+        .expect("listen");
 
     let su = db.superuser().await;
     su.batch_execute(
@@ -131,9 +161,14 @@ async fn a_committed_emission_notifies_pgrpc_outbox_and_a_rolled_back_one_does_n
         received.push(note);
     }
     received.sort();
-    assert_eq!(received, vec!["pgrpc_outbox:a.created", "pgrpc_outbox:b.created"]);
+    assert_eq!(
+        received,
+        vec!["pgrpc_outbox:a.created", "pgrpc_outbox:b.created"]
+    );
     // Nothing from the rolled-back transaction follows.
-    su.batch_execute("NOTIFY pgrpc_outbox, 'marker'").await.expect("marker");
+    su.batch_execute("NOTIFY pgrpc_outbox, 'marker'")
+        .await
+        .expect("marker");
     let next = tokio::time::timeout(Duration::from_secs(10), notes.recv())
         .await
         .expect("marker within 10 s");
@@ -150,40 +185,85 @@ async fn a_service_claims_and_acknowledges_over_http() {
     let token = service_token();
 
     let r = server
-        .rpc("outbox_claim", Some(&token), json!({"consumer": "http-test", "max_events": 10}))
+        .rpc(
+            "outbox_claim",
+            Some(&token),
+            json!({"consumer": "http-test", "max_events": 10}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let lease = r.body["lease_token"].as_str().expect("lease_token").to_string();
+    let lease = r.body["lease_token"]
+        .as_str()
+        .expect("lease_token")
+        .to_string();
     let events = r.body["events"].as_array().expect("events").clone();
     assert_eq!(ids_of(&events), vec![first, second]);
-    for key in ["id", "event_type", "aggregate_type", "aggregate_id", "payload", "attempts", "created_at"] {
-        assert!(events[0].get(key).is_some(), "event lacks {key}: {}", events[0]);
+    for key in [
+        "id",
+        "event_type",
+        "aggregate_type",
+        "aggregate_id",
+        "payload",
+        "attempts",
+        "created_at",
+    ] {
+        assert!(
+            events[0].get(key).is_some(),
+            "event lacks {key}: {}",
+            events[0]
+        );
     }
     assert_eq!(events[0]["attempts"], 1);
 
     let again = server
-        .rpc("outbox_claim", Some(&token), json!({"consumer": "http-test-2"}))
+        .rpc(
+            "outbox_claim",
+            Some(&token),
+            json!({"consumer": "http-test-2"}),
+        )
         .await;
-    assert_eq!(again.body["events"], json!([]), "a leased event was handed out twice");
+    assert_eq!(
+        again.body["events"],
+        json!([]),
+        "a leased event was handed out twice"
+    );
 
     let acked = server
-        .rpc("outbox_ack", Some(&token), json!({"lease_token": lease, "ids": [first, second]}))
+        .rpc(
+            "outbox_ack",
+            Some(&token),
+            json!({"lease_token": lease, "ids": [first, second]}),
+        )
         .await;
     assert_eq!(acked.status, 200, "{}", acked.text);
     assert_eq!(acked.body, json!(2));
     let twice = server
-        .rpc("outbox_ack", Some(&token), json!({"lease_token": lease, "ids": [first, second]}))
+        .rpc(
+            "outbox_ack",
+            Some(&token),
+            json!({"lease_token": lease, "ids": [first, second]}),
+        )
         .await;
     assert_eq!(twice.body, json!(0));
 
     let bad = server
-        .rpc("outbox_claim", Some(&token), json!({"consumer": "x", "max_events": 0}))
+        .rpc(
+            "outbox_claim",
+            Some(&token),
+            json!({"consumer": "x", "max_events": 0}),
+        )
         .await;
     assert_eq!(bad.status, 400, "{}", bad.text);
     assert_eq!(bad.error_key(), "invalid_max_events");
 
-    let anon = server.rpc("outbox_claim", None, json!({"consumer": "x"})).await;
-    assert_eq!(anon.status, 401, "anonymous callers must not claim events: {}", anon.text);
+    let anon = server
+        .rpc("outbox_claim", None, json!({"consumer": "x"}))
+        .await;
+    assert_eq!(
+        anon.status, 401,
+        "anonymous callers must not claim events: {}",
+        anon.text
+    );
 }
 
 /// Only the head of each aggregate is claimable; the next one follows its acknowledgement.
@@ -200,7 +280,10 @@ async fn an_event_waits_while_an_earlier_event_of_its_aggregate_is_pending_or_le
     let (lease, events) = claim(&svc, "c1", 100, 30, None).await;
     assert_eq!(ids_of(&events), vec![a1, b1]);
     let (_, none) = claim(&svc, "c2", 100, 30, None).await;
-    assert!(none.is_empty(), "A's second event was claimable while its first was leased");
+    assert!(
+        none.is_empty(),
+        "A's second event was claimable while its first was leased"
+    );
 
     // A filter on the later type does not jump the queue either.
     let (_, none) = claim(&svc, "c2", 100, 30, Some(vec!["order.paid".into()])).await;
@@ -211,9 +294,12 @@ async fn an_event_waits_while_an_earlier_event_of_its_aggregate_is_pending_or_le
     assert_eq!(ids_of(&events), vec![a2]);
 
     // A nacked head stays in front: it is pending again, so a3 still waits.
-    svc.query_one("SELECT * FROM api.outbox_nack($1, $2, 'boom', 0)", &[&lease2, &a2])
-        .await
-        .expect("nack");
+    svc.query_one(
+        "SELECT * FROM api.outbox_nack($1, $2, 'boom', 0)",
+        &[&lease2, &a2],
+    )
+    .await
+    .expect("nack");
     let (lease3, events) = claim(&svc, "c3", 100, 30, None).await;
     assert_eq!(ids_of(&events), vec![a2]);
     assert_eq!(events[0]["attempts"], 2);
@@ -270,12 +356,18 @@ async fn per_aggregate_order_holds_with_concurrent_claimers() {
                     let id = event["id"].as_i64().expect("id");
                     // Fail about one delivery in five; it must come back first.
                     if (id as u64 + round + c as u64) % 5 == 0 {
-                        svc.query_one("SELECT * FROM api.outbox_nack($1, $2, 'injected', 0)", &[&lease, &id])
-                            .await
-                            .expect("nack");
+                        svc.query_one(
+                            "SELECT * FROM api.outbox_nack($1, $2, 'injected', 0)",
+                            &[&lease, &id],
+                        )
+                        .await
+                        .expect("nack");
                         continue;
                     }
-                    let aggregate = event["aggregate_id"].as_str().expect("aggregate").to_string();
+                    let aggregate = event["aggregate_id"]
+                        .as_str()
+                        .expect("aggregate")
+                        .to_string();
                     log.lock().expect("log").push((aggregate, id));
                     assert_eq!(ack(&svc, lease, &[id]).await, 1, "ack of a live lease");
                 }
@@ -308,10 +400,16 @@ async fn per_aggregate_order_holds_with_concurrent_claimers() {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(seen, expected, "aggregate {aggregate} processed out of order or twice");
+        assert_eq!(
+            seen, expected,
+            "aggregate {aggregate} processed out of order or twice"
+        );
     }
     let undelivered: i64 = su
-        .query_one("SELECT count(*) FROM private.outbox WHERE status <> 'delivered'", &[])
+        .query_one(
+            "SELECT count(*) FROM private.outbox WHERE status <> 'delivered'",
+            &[],
+        )
         .await
         .expect("count")
         .get(0);
@@ -364,7 +462,10 @@ async fn a_wrong_lease_token_acknowledges_nothing() {
 
     assert_eq!(ack(&svc, Uuid::new_v4(), &[id]).await, 0);
     let err = svc
-        .query_one("SELECT * FROM api.outbox_nack($1, $2, 'x')", &[&Uuid::new_v4(), &id])
+        .query_one(
+            "SELECT * FROM api.outbox_nack($1, $2, 'x')",
+            &[&Uuid::new_v4(), &id],
+        )
         .await
         .expect_err("nack with a foreign lease");
     assert_eq!(sqlstate(&err), "PT409");
@@ -394,7 +495,11 @@ async fn an_expired_lease_is_redelivered_and_the_old_token_is_refused() {
     assert_eq!(ids_of(&events), vec![id]);
     assert_eq!(events[0]["attempts"], 2);
     assert_ne!(old, new);
-    assert_eq!(ack(&svc, old, &[id]).await, 0, "the expired lease acknowledged");
+    assert_eq!(
+        ack(&svc, old, &[id]).await,
+        0,
+        "the expired lease acknowledged"
+    );
     assert_eq!(ack(&svc, new, &[id]).await, 1);
     let leased_by: String = su
         .query_one("SELECT leased_by FROM private.outbox WHERE id = $1", &[&id])
@@ -430,20 +535,29 @@ async fn nack_reaches_dead_after_max_attempts_and_requeue_revives_it() {
     assert_eq!(row.get::<_, String>(0), "pending");
     assert_eq!(row.get::<_, i32>(1), 1);
     let delay: f64 = row.get(2);
-    assert!((0.9..3.0).contains(&delay), "backoff {delay}s outside [1, 3)");
+    assert!(
+        (0.9..3.0).contains(&delay),
+        "backoff {delay}s outside [1, 3)"
+    );
     let (_, none) = claim(&svc, "c", 10, 30, None).await;
     assert!(none.is_empty(), "a backed-off event was claimable at once");
 
     // Make it due now and fail it twice more: the third attempt is the last.
     let mut statuses = Vec::new();
     for attempt in 2..=3 {
-        su.execute("UPDATE private.outbox SET available_at = clock_timestamp() WHERE id = $1", &[&id])
-            .await
-            .expect("make due");
+        su.execute(
+            "UPDATE private.outbox SET available_at = clock_timestamp() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("make due");
         let (lease, events) = claim(&svc, "c", 10, 30, None).await;
         assert_eq!(events[0]["attempts"], attempt);
         let row = svc
-            .query_one("SELECT status FROM api.outbox_nack($1, $2, 'HTTP 500', 0)", &[&lease, &id])
+            .query_one(
+                "SELECT status FROM api.outbox_nack($1, $2, 'HTTP 500', 0)",
+                &[&lease, &id],
+            )
             .await
             .expect("nack");
         statuses.push(row.get::<_, String>(0));
@@ -458,7 +572,10 @@ async fn nack_reaches_dead_after_max_attempts_and_requeue_revives_it() {
         .get(0);
     assert_eq!(dead, 1);
     let last_error: String = su
-        .query_one("SELECT last_error FROM private.outbox WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT last_error FROM private.outbox WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("last_error")
         .get(0);
@@ -482,9 +599,12 @@ async fn a_lease_expiring_on_the_last_attempt_makes_the_event_dead() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let svc = db.as_role("pgrpc_service").await;
-    su.execute("UPDATE private.settings SET value = '1' WHERE key = 'outbox_max_attempts'", &[])
-        .await
-        .expect("setting");
+    su.execute(
+        "UPDATE private.settings SET value = '1' WHERE key = 'outbox_max_attempts'",
+        &[],
+    )
+    .await
+    .expect("setting");
     let id = emit(&su, "order", "o1", "order.created").await;
     let (_, events) = claim(&svc, "crashing", 10, 1, None).await;
     assert_eq!(ids_of(&events), vec![id]);
@@ -508,27 +628,51 @@ async fn the_event_columns_refuse_update_for_every_role() {
         "UPDATE private.outbox SET created_at = now() - interval '1 day' WHERE id = $1",
     ];
     let mut refusals = 0;
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "pgrpc_service", "postgres"] {
+    for role in [
+        "pgrpc_api",
+        "pgrpc_admin",
+        "pgrpc_owner",
+        "pgrpc_service",
+        "postgres",
+    ] {
         let client = db.as_role(role).await;
         for sql in updates {
-            let err = client.execute(sql, &[&id]).await.expect_err(&format!("{role}: {sql}"));
-            assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role}: {sql}: {err}");
+            let err = client
+                .execute(sql, &[&id])
+                .await
+                .expect_err(&format!("{role}: {sql}"));
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {sql}: {err}"
+            );
             refusals += 1;
         }
         let err = client
             .execute("DELETE FROM private.outbox WHERE id = $1", &[&id])
             .await
             .expect_err("delete");
-        assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role} delete: {err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{role} delete: {err}"
+        );
         let err = client
             .batch_execute("TRUNCATE private.outbox")
             .await
             .expect_err("truncate");
-        assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{role} truncate: {err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{role} truncate: {err}"
+        );
     }
     assert_eq!(refusals, 25);
     let row = su
-        .query_one("SELECT aggregate_id, payload FROM private.outbox WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT aggregate_id, payload FROM private.outbox WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("row");
     assert_eq!(row.get::<_, String>(0), "o1");
@@ -545,7 +689,10 @@ async fn the_event_columns_refuse_update_for_every_role() {
         .await
         .expect("deliver by hand");
     let err = owner
-        .execute("UPDATE private.outbox SET status = 'pending', delivered_at = NULL WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE private.outbox SET status = 'pending', delivered_at = NULL WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect_err("redeliver");
     assert_eq!(err.code(), Some(&SqlState::CHECK_VIOLATION), "{err}");
@@ -574,7 +721,12 @@ async fn purge_deletes_only_old_delivered_events_and_health_counts_them() {
         .await
         .expect("health");
     assert_eq!(
-        (health.get::<_, i64>(0), health.get::<_, i64>(1), health.get::<_, i64>(2), health.get::<_, i64>(3)),
+        (
+            health.get::<_, i64>(0),
+            health.get::<_, i64>(1),
+            health.get::<_, i64>(2),
+            health.get::<_, i64>(3)
+        ),
         (1, 0, 3, 0)
     );
     assert!(health.get::<_, bool>(4));
@@ -584,7 +736,10 @@ async fn purge_deletes_only_old_delivered_events_and_health_counts_them() {
         .await
         .expect("purge")
         .get(0);
-    assert_eq!(kept, 0, "events delivered just now are within the 7 day window");
+    assert_eq!(
+        kept, 0,
+        "events delivered just now are within the 7 day window"
+    );
     let purged: i64 = admin
         .query_one("SELECT admin.outbox_purge_delivered('0 seconds')", &[])
         .await
@@ -639,5 +794,9 @@ async fn every_spec_event_type_is_emitted_by_some_database_function() {
             missing.insert(event_type, ());
         }
     }
-    assert!(missing.is_empty(), "no emitter for {:?}", missing.keys().collect::<Vec<_>>());
+    assert!(
+        missing.is_empty(),
+        "no emitter for {:?}",
+        missing.keys().collect::<Vec<_>>()
+    );
 }

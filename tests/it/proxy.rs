@@ -93,7 +93,10 @@ async fn post_calls_the_function_with_named_arguments() {
     assert_eq!((r.status, r.body.clone()), (200, json!(3)), "{}", r.text);
     let r = s.rpc("add", anon(), json!({"a": 1})).await;
     assert_eq!(r.body, json!(11));
-    assert!(r.header("content-type").unwrap_or("").starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/json"));
 }
 
 /// No Content-Type counts as JSON, an empty body as {}, an array body uses its first element.
@@ -101,7 +104,12 @@ async fn post_calls_the_function_with_named_arguments() {
 async fn body_forms_follow_postgrest() {
     let s = fixture_server().await;
     let r = send(s.http.post(s.url("/rpc/version"))).await;
-    assert_eq!((r.status, r.body.clone()), (200, json!("0.1.0")), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!("0.1.0")),
+        "{}",
+        r.text
+    );
     let r = send(s.http.post(s.url("/rpc/add")).body(r#"{"a": 5}"#)).await;
     assert_eq!(r.body, json!(15), "{}", r.text);
     let r = send(
@@ -126,7 +134,9 @@ async fn body_forms_follow_postgrest() {
 #[tokio::test]
 async fn get_runs_stable_functions_with_query_arguments() {
     let s = fixture_server().await;
-    let r = s.rpc_get("add", anon(), &[("a", "1"), ("a", "7"), ("b", "3")]).await;
+    let r = s
+        .rpc_get("add", anon(), &[("a", "1"), ("a", "7"), ("b", "3")])
+        .await;
     assert_eq!((r.status, r.body.clone()), (200, json!(10)), "{}", r.text);
     let head = send(s.http.head(s.url("/rpc/add?a=1"))).await;
     assert_eq!(head.status, 200);
@@ -150,11 +160,26 @@ async fn results_are_shaped_by_the_return_type() {
     let s = fixture_server().await;
     let cases: Vec<(&str, Value, u16, Value)> = vec![
         ("echo_text", json!({"t": "hi"}), 200, json!("hi")),
-        ("make_pair", json!({"a": 1, "b": "x"}), 200, json!({"a": 1, "b": "x"})),
-        ("out_params", json!({"x": 4}), 200, json!({"doubled": 8, "label": "n4"})),
+        (
+            "make_pair",
+            json!({"a": 1, "b": "x"}),
+            200,
+            json!({"a": 1, "b": "x"}),
+        ),
+        (
+            "out_params",
+            json!({"x": 4}),
+            200,
+            json!({"doubled": 8, "label": "n4"}),
+        ),
         ("series", json!({"n": 3}), 200, json!([1, 2, 3])),
         ("series", json!({"n": 0}), 200, json!([])),
-        ("table_rows", json!({"n": 2}), 200, json!([{"i": 1, "sq": 1}, {"i": 2, "sq": 4}])),
+        (
+            "table_rows",
+            json!({"n": 2}),
+            200,
+            json!([{"i": 1, "sq": 1}, {"i": 2, "sq": 4}]),
+        ),
         ("null_value", json!({}), 200, Value::Null),
     ];
     for (f, body, status, want) in cases {
@@ -172,8 +197,19 @@ async fn results_are_shaped_by_the_return_type() {
 #[tokio::test]
 async fn single_unnamed_json_parameter_receives_the_whole_body() {
     let s = fixture_server().await;
-    let r = s.rpc("whole_body", anon(), json!({"anything": [1, 2], "goes": true})).await;
-    assert_eq!(r.body, json!({"got": {"anything": [1, 2], "goes": true}}), "{}", r.text);
+    let r = s
+        .rpc(
+            "whole_body",
+            anon(),
+            json!({"anything": [1, 2], "goes": true}),
+        )
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"got": {"anything": [1, 2], "goes": true}}),
+        "{}",
+        r.text
+    );
 }
 
 /// Unknown functions and unknown arguments are 404 PGRST202 with a hint; ambiguity is 300 PGRST203.
@@ -183,7 +219,11 @@ async fn function_resolution_errors() {
     let r = s.rpc("ad", anon(), json!({"a": 1})).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "PGRST202");
-    assert!(r.body["hint"].as_str().unwrap_or("").contains("api.add"), "{}", r.text);
+    assert!(
+        r.body["hint"].as_str().unwrap_or("").contains("api.add"),
+        "{}",
+        r.text
+    );
     let r = s.rpc("add", anon(), json!({"a": 1, "zzz": 2})).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "PGRST202");
@@ -205,7 +245,12 @@ async fn singular_accept_requires_exactly_one_row() {
             .json(&json!({"n": 1})),
     )
     .await;
-    assert_eq!((one.status, one.body.clone()), (200, json!({"i": 1, "sq": 1})), "{}", one.text);
+    assert_eq!(
+        (one.status, one.body.clone()),
+        (200, json!({"i": 1, "sq": 1})),
+        "{}",
+        one.text
+    );
     let two = send(
         s.http
             .post(s.url("/rpc/hit_twice"))
@@ -224,7 +269,12 @@ async fn singular_accept_requires_exactly_one_row() {
     )
     .await;
     assert_eq!(none.status, 406);
-    let bad = send(s.http.get(s.url("/rpc/series?n=1")).header("accept", "text/html")).await;
+    let bad = send(
+        s.http
+            .get(s.url("/rpc/series?n=1"))
+            .header("accept", "text/html"),
+    )
+    .await;
     assert_eq!(bad.status, 406);
     assert_eq!(bad.error_code(), "PGRST107");
 }
@@ -238,7 +288,11 @@ async fn options_and_unsupported_methods() {
     assert_eq!(r.header("allow"), Some("OPTIONS,GET,HEAD,POST"));
     let r = send(s.http.request(reqwest::Method::OPTIONS, s.url("/rpc/hit"))).await;
     assert_eq!(r.header("allow"), Some("OPTIONS,POST"));
-    for m in [reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE] {
+    for m in [
+        reqwest::Method::PUT,
+        reqwest::Method::PATCH,
+        reqwest::Method::DELETE,
+    ] {
         let r = send(s.http.request(m.clone(), s.url("/rpc/add"))).await;
         assert_eq!(r.status, 405, "{m}");
         assert_eq!(r.error_code(), "PGRST101");
@@ -274,15 +328,23 @@ async fn sqlstates_map_to_http_statuses() {
     ];
     let svc = service_token();
     for (state, status) in cases {
-        let r = s.rpc("fail_with", Some(&svc), json!({"state": state})).await;
+        let r = s
+            .rpc("fail_with", Some(&svc), json!({"state": state}))
+            .await;
         assert_eq!(r.status, status, "{state}: {}", r.text);
         assert_eq!(r.error_code(), state);
         assert_eq!(r.body["message"], json!(format!("failed with {state}")));
         assert_eq!(r.body["details"], json!("some detail"));
         assert_eq!(r.body["hint"], json!("some hint"));
-        assert!(r.header("content-type").unwrap_or("").starts_with("application/json"));
+        assert!(r
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json"));
         if status == 503 {
-            assert!(r.header("retry-after").is_some(), "{state} carries Retry-After");
+            assert!(
+                r.header("retry-after").is_some(),
+                "{state} carries Retry-After"
+            );
         }
     }
     // 42501 is 401 for the anonymous role.
@@ -363,11 +425,29 @@ async fn bad_tokens_get_401_and_nothing_runs() {
         ("Bearer a.b.c".to_string(), "PGRST301"),
         (format!("Bearer {wrong_key}"), "PGRST301"),
         (format!("Bearer {none_alg}"), "PGRST301"),
-        (format!("Bearer {}", token(json!({"role": "pgrpc_service", "exp": now - 120}))), "PGRST303"),
-        (format!("Bearer {}", token(json!({"role": "postgres"}))), "PGRST303"),
-        (format!("Bearer {}", token(json!({"role": "pgrpc_owner"}))), "PGRST303"),
-        (format!("Bearer {}", token(json!({"role": "pgrpc_admin"}))), "PGRST303"),
-        (format!("Bearer {}", token(json!({"role": "no_such_role"}))), "PGRST303"),
+        (
+            format!(
+                "Bearer {}",
+                token(json!({"role": "pgrpc_service", "exp": now - 120}))
+            ),
+            "PGRST303",
+        ),
+        (
+            format!("Bearer {}", token(json!({"role": "postgres"}))),
+            "PGRST303",
+        ),
+        (
+            format!("Bearer {}", token(json!({"role": "pgrpc_owner"}))),
+            "PGRST303",
+        ),
+        (
+            format!("Bearer {}", token(json!({"role": "pgrpc_admin"}))),
+            "PGRST303",
+        ),
+        (
+            format!("Bearer {}", token(json!({"role": "no_such_role"}))),
+            "PGRST303",
+        ),
         (format!("Bearer {}", token(json!({"role": 42}))), "PGRST303"),
         ("Basic dXNlcjpwYXNz".to_string(), "PGRST301"),
     ];
@@ -381,7 +461,12 @@ async fn bad_tokens_get_401_and_nothing_runs() {
         .await;
         assert_eq!(r.status, 401, "{header}: {}", r.text);
         assert_eq!(r.error_code(), code, "{header}");
-        assert!(r.header("www-authenticate").unwrap_or("").starts_with("Bearer"), "{header}");
+        assert!(
+            r.header("www-authenticate")
+                .unwrap_or("")
+                .starts_with("Bearer"),
+            "{header}"
+        );
     }
     // Within the 30 s leeway a just-expired token still works.
     let fresh = token(json!({"role": "pgrpc_service", "exp": now - 5}));
@@ -397,7 +482,11 @@ mod base64_like {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -421,14 +510,29 @@ async fn profiles_pick_the_schema() {
         .await
         .expect("second schema");
     let s = TestServer::start_on(db, |c| c.schemas = vec!["api".into(), "api2".into()]).await;
-    let r = send(s.http.get(s.url("/rpc/version")).header("accept-profile", "api2")).await;
+    let r = send(
+        s.http
+            .get(s.url("/rpc/version"))
+            .header("accept-profile", "api2"),
+    )
+    .await;
     assert_eq!(r.body, json!("two"), "{}", r.text);
     assert_eq!(r.header("content-profile"), Some("api2"));
-    let r = send(s.http.post(s.url("/rpc/version")).header("content-profile", "api2")).await;
+    let r = send(
+        s.http
+            .post(s.url("/rpc/version"))
+            .header("content-profile", "api2"),
+    )
+    .await;
     assert_eq!(r.body, json!("two"));
     let r = send(s.http.get(s.url("/rpc/version"))).await;
     assert_eq!(r.body, json!("0.1.0"));
-    let r = send(s.http.get(s.url("/rpc/version")).header("accept-profile", "private")).await;
+    let r = send(
+        s.http
+            .get(s.url("/rpc/version"))
+            .header("accept-profile", "private"),
+    )
+    .await;
     assert_eq!(r.status, 406);
     assert_eq!(r.error_code(), "PGRST106");
 }
@@ -441,7 +545,9 @@ async fn notify_reloads_the_function_cache() {
     assert_eq!(before.status, 404);
     s.db.superuser()
         .await
-        .batch_execute("CREATE FUNCTION api.brand_new() RETURNS int LANGUAGE sql STABLE AS $$ SELECT 7 $$")
+        .batch_execute(
+            "CREATE FUNCTION api.brand_new() RETURNS int LANGUAGE sql STABLE AS $$ SELECT 7 $$",
+        )
         .await
         .expect("create");
     s.reload_and_wait("brand_new").await;
@@ -457,7 +563,8 @@ async fn health_endpoints_follow_the_database() {
     assert_eq!(send(s.http.get(s.url("/ready"))).await.status, 200);
 
     // A server pointed at a port where nothing listens.
-    let dead = TestServer::start_on_unready("postgresql://pgrpc_authenticator:x@127.0.0.1:1/none").await;
+    let dead =
+        TestServer::start_on_unready("postgresql://pgrpc_authenticator:x@127.0.0.1:1/none").await;
     assert_eq!(send(dead.http.get(dead.url("/live"))).await.status, 200);
     let ready = send(dead.http.get(dead.url("/ready"))).await;
     assert_eq!(ready.status, 503);
@@ -535,9 +642,8 @@ async fn shutdown_drains_in_flight_requests() {
     let s = fixture_server().await;
     let http = s.http.clone();
     let url = s.url("/rpc/slow");
-    let inflight = tokio::spawn(async move {
-        send(http.post(url).json(&json!({"seconds": 0.8}))).await
-    });
+    let inflight =
+        tokio::spawn(async move { send(http.post(url).json(&json!({"seconds": 0.8}))).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let base = s.base_url.clone();
     tokio::time::timeout(Duration::from_secs(10), s.stop())
@@ -545,7 +651,10 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("server stops after draining");
     let r = inflight.await.expect("request task");
     assert_eq!((r.status, r.body), (200, json!("done")));
-    assert!(reqwest::get(format!("{base}/live")).await.is_err(), "no longer accepting");
+    assert!(
+        reqwest::get(format!("{base}/live")).await.is_err(),
+        "no longer accepting"
+    );
 }
 
 /// Malformed JSON, wrong types, hostile names and garbage never give a 500.
@@ -583,7 +692,13 @@ async fn bad_input_never_gives_a_500() {
     let long = format!("/rpc/{}", "a".repeat(5000));
     let r = send(s.http.post(s.url(&long))).await;
     assert!(r.status >= 400 && r.status < 500, "long name: {}", r.status);
-    let r = send(s.http.post(s.url("/rpc/add")).header("content-type", "text/xml").body("<a/>")).await;
+    let r = send(
+        s.http
+            .post(s.url("/rpc/add"))
+            .header("content-type", "text/xml")
+            .body("<a/>"),
+    )
+    .await;
     assert_eq!(r.status, 415);
     r.error_code();
     let r = send(s.http.get(s.url("/rpc/add?a=%FF%FE"))).await;
@@ -594,19 +709,35 @@ async fn bad_input_never_gives_a_500() {
 #[tokio::test]
 async fn request_ids_metrics_and_openapi() {
     let s = fixture_server().await;
-    let r = send(s.http.post(s.url("/rpc/version")).header("x-request-id", "abc-123")).await;
+    let r = send(
+        s.http
+            .post(s.url("/rpc/version"))
+            .header("x-request-id", "abc-123"),
+    )
+    .await;
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     let r = send(s.http.post(s.url("/rpc/version"))).await;
     assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
     let m = send(s.http.get(s.url("/metrics"))).await;
     assert_eq!(m.status, 200);
-    assert!(m.text.contains(r#"pgrpc_requests_total{function="version",status="200"} 2"#), "{}", m.text);
+    assert!(
+        m.text
+            .contains(r#"pgrpc_requests_total{function="version",status="200"} 2"#),
+        "{}",
+        m.text
+    );
     assert!(m.text.contains("pgrpc_request_duration_seconds_bucket"));
     assert!(m.text.contains("pgrpc_pool_connections{state=\"max\"}"));
     let doc = send(s.http.get(s.url("/"))).await;
     assert_eq!(doc.status, 200);
-    assert_eq!(doc.body["paths"]["/rpc/add"]["post"]["summary"], "Adds two numbers.");
-    assert_eq!(doc.body["paths"]["/rpc/add"]["post"]["description"], "b defaults to 10.");
+    assert_eq!(
+        doc.body["paths"]["/rpc/add"]["post"]["summary"],
+        "Adds two numbers."
+    );
+    assert_eq!(
+        doc.body["paths"]["/rpc/add"]["post"]["description"],
+        "b defaults to 10."
+    );
     assert!(doc.body["paths"]["/rpc/add"].get("get").is_some());
     assert!(doc.body["paths"]["/rpc/hit"].get("get").is_none());
 }
@@ -617,8 +748,12 @@ async fn migrate_is_idempotent_and_roles_are_cluster_safe() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let name = format!("{}_fresh", db.name);
-    su.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create");
-    let url = db.url().replace(&format!("/{}", db.name), &format!("/{name}"));
+    su.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create");
+    let url = db
+        .url()
+        .replace(&format!("/{}", db.name), &format!("/{name}"));
     let bin = env!("CARGO_BIN_EXE_pgrpc");
     let first = std::process::Command::new(bin)
         .args(["migrate", "--database-url", &url])
@@ -626,7 +761,11 @@ async fn migrate_is_idempotent_and_roles_are_cluster_safe() {
         .output()
         .expect("run migrate");
     let out = String::from_utf8_lossy(&first.stdout).to_string();
-    assert!(first.status.success(), "{out} {}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(out.contains("applied V1__roles_schemas_settings"), "{out}");
     let second = std::process::Command::new(bin)
         .args(["migrate", "--database-url", &url])

@@ -15,7 +15,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use pgrpc::relay::{
-    self, RelayConfig, RelayError, ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER,
+    self, RelayConfig, RelayError, ATTEMPT_HEADER, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+    SIGNATURE_HEADER,
 };
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -108,7 +109,10 @@ impl Receiver {
             if pred(&self.deliveries()) {
                 return;
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 panic!(
                     "timed out after {within:?} waiting for {what}; received ids {:?}",
                     self.distinct_ids()
@@ -161,9 +165,10 @@ impl ReceiverState {
         let mut response = Response::new(Full::new(Bytes::from_static(b"{\"ok\":false}")));
         *response.status_mut() = StatusCode::from_u16(status).expect("test status");
         if status == 503 {
-            response
-                .headers_mut()
-                .insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
         }
         Ok(response)
     }
@@ -221,8 +226,15 @@ fn assert_well_formed(deliveries: &[Delivery]) {
     for d in deliveries {
         let timestamp = relay::verify_signature(SECRET.as_bytes(), &d.signature, &d.body)
             .unwrap_or_else(|| panic!("bad signature on event {}: {}", d.header_id, d.signature));
-        assert!((now - timestamp).abs() < 300, "stale signature timestamp {timestamp}");
-        assert_eq!(d.json["id"].as_i64(), Some(d.header_id), "header and body ids differ");
+        assert!(
+            (now - timestamp).abs() < 300,
+            "stale signature timestamp {timestamp}"
+        );
+        assert_eq!(
+            d.json["id"].as_i64(),
+            Some(d.header_id),
+            "header and body ids differ"
+        );
         assert_eq!(d.json["event_type"].as_str(), Some(d.header_type.as_str()));
         assert_eq!(d.json["attempts"].as_i64(), Some(d.attempt.into()));
         assert!(d.json["payload"].is_object(), "payload missing: {}", d.json);
@@ -239,10 +251,13 @@ async fn all_ids(su: &Client) -> BTreeSet<i64> {
 }
 
 async fn undelivered(su: &Client) -> i64 {
-    su.query_one("SELECT count(*) FROM private.outbox WHERE status <> 'delivered'", &[])
-        .await
-        .expect("count")
-        .get(0)
+    su.query_one(
+        "SELECT count(*) FROM private.outbox WHERE status <> 'delivered'",
+        &[],
+    )
+    .await
+    .expect("count")
+    .get(0)
 }
 
 /// Polls the outbox until every event is delivered (acknowledged), or fails.
@@ -265,7 +280,13 @@ async fn the_relay_delivers_every_event_signed_and_in_aggregate_order() {
     let receiver = Receiver::accepting().await;
     for round in 0..3 {
         for a in 0..8 {
-            emit(&su, "order", &format!("order-{a}"), &format!("order.step{round}")).await;
+            emit(
+                &su,
+                "order",
+                &format!("order-{a}"),
+                &format!("order.step{round}"),
+            )
+            .await;
         }
     }
     let relay = RunningRelay::start(config(&db, &receiver, "relay-1"));
@@ -279,12 +300,18 @@ async fn the_relay_delivers_every_event_signed_and_in_aggregate_order() {
         .expect("team")
         .get(0);
     let parent: uuid::Uuid = su
-        .query_one("SELECT id FROM api.create_parent(5, 'P', 'p@example.com')", &[])
+        .query_one(
+            "SELECT id FROM api.create_parent(5, 'P', 'p@example.com')",
+            &[],
+        )
         .await
         .expect("parent")
         .get(0);
     let token: String = su
-        .query_one("SELECT contract_token FROM api.create_player(5, $1, 'Kid', $2)", &[&team, &parent])
+        .query_one(
+            "SELECT contract_token FROM api.create_player(5, $1, 'Kid', $2)",
+            &[&team, &parent],
+        )
         .await
         .expect("player")
         .get(0);
@@ -303,12 +330,22 @@ async fn the_relay_delivers_every_event_signed_and_in_aggregate_order() {
 
     let deliveries = receiver.deliveries();
     assert_well_formed(&deliveries);
-    assert_eq!(deliveries.len(), expected.len(), "a healthy run delivered something twice");
+    assert_eq!(
+        deliveries.len(),
+        expected.len(),
+        "a healthy run delivered something twice"
+    );
     assert_eq!(undelivered(&su).await, 0, "a delivery was not acknowledged");
     let mut per_aggregate: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for d in &deliveries {
-        let aggregate = d.json["aggregate_id"].as_str().expect("aggregate_id").to_string();
-        per_aggregate.entry(aggregate).or_default().push(d.header_id);
+        let aggregate = d.json["aggregate_id"]
+            .as_str()
+            .expect("aggregate_id")
+            .to_string();
+        per_aggregate
+            .entry(aggregate)
+            .or_default()
+            .push(d.header_id);
     }
     for (aggregate, ids) in per_aggregate {
         let mut sorted = ids.clone();
@@ -341,7 +378,9 @@ async fn notify_wakes_the_relay_and_polling_covers_a_lost_notification() {
     // The relay is now idle and listening.
     let second = emit(&su, "order", "o2", "order.created").await;
     receiver
-        .wait_for("the notified event", Duration::from_secs(10), |d| d.len() == 2)
+        .wait_for("the notified event", Duration::from_secs(10), |d| {
+            d.len() == 2
+        })
         .await;
     relay.stop(Duration::from_secs(10)).await;
 
@@ -356,7 +395,9 @@ async fn notify_wakes_the_relay_and_polling_covers_a_lost_notification() {
     .await
     .expect("silent emit");
     receiver
-        .wait_for("the silent event", Duration::from_secs(10), |d| d.len() == 3)
+        .wait_for("the silent event", Duration::from_secs(10), |d| {
+            d.len() == 3
+        })
         .await;
     relay.stop(Duration::from_secs(10)).await;
     let ids: Vec<i64> = receiver.deliveries().iter().map(|d| d.header_id).collect();
@@ -381,7 +422,10 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_redelivers_with_the_same_ids
     let fail_first = failing.clone();
     let receiver = Receiver::start(Arc::new(move |id, nth| {
         if nth == 0 && fail_first.contains(&id) {
-            (if id % 2 == 0 { 503 } else { 500 }, Duration::from_millis(50))
+            (
+                if id % 2 == 0 { 503 } else { 500 },
+                Duration::from_millis(50),
+            )
         } else {
             (200, Duration::from_millis(300))
         }
@@ -393,7 +437,9 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_redelivers_with_the_same_ids
     first.concurrency = 4;
     let doomed = RunningRelay::start(first);
     receiver
-        .wait_for("deliveries in flight", Duration::from_secs(20), |d| d.len() >= 6)
+        .wait_for("deliveries in flight", Duration::from_secs(20), |d| {
+            d.len() >= 6
+        })
         .await;
     doomed.kill().await;
     let seen_before_kill = receiver.deliveries().len();
@@ -415,14 +461,21 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_redelivers_with_the_same_ids
     for d in &deliveries {
         by_id.entry(d.header_id).or_default().push(d);
     }
-    let redelivered: Vec<i64> = by_id.iter().filter(|(_, ds)| ds.len() > 1).map(|(id, _)| *id).collect();
+    let redelivered: Vec<i64> = by_id
+        .iter()
+        .filter(|(_, ds)| ds.len() > 1)
+        .map(|(id, _)| *id)
+        .collect();
     assert!(
         !redelivered.is_empty(),
         "the killed relay had {seen_before_kill} deliveries in flight, none came again"
     );
     for (id, ds) in &by_id {
         for d in ds {
-            assert_eq!(d.json["payload"], ds[0].json["payload"], "event {id} changed between deliveries");
+            assert_eq!(
+                d.json["payload"], ds[0].json["payload"],
+                "event {id} changed between deliveries"
+            );
             assert_eq!(d.json["aggregate_id"], ds[0].json["aggregate_id"]);
         }
         let attempts: Vec<i32> = ds.iter().map(|d| d.attempt).collect();
@@ -440,7 +493,10 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_redelivers_with_the_same_ids
             .get(0);
         // None only if the kill came between the failure and its nack.
         if let Some(error) = last_error {
-            assert!(error.starts_with("HTTP 50"), "event {id}: last_error {error:?}");
+            assert!(
+                error.starts_with("HTTP 50"),
+                "event {id}: last_error {error:?}"
+            );
             nacked += 1;
         }
     }
@@ -479,18 +535,30 @@ async fn several_relays_never_deliver_an_event_twice_within_its_lease() {
     }
     let deliveries = receiver.deliveries();
     assert_well_formed(&deliveries);
-    assert_eq!(deliveries.len(), expected.len(), "an event was delivered twice");
+    assert_eq!(
+        deliveries.len(),
+        expected.len(),
+        "an event was delivered twice"
+    );
     assert_eq!(undelivered(&su).await, 0);
     // Per-aggregate order held across relays.
     let mut per_aggregate: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for d in &deliveries {
         per_aggregate
-            .entry(d.json["aggregate_id"].as_str().expect("aggregate").to_string())
+            .entry(
+                d.json["aggregate_id"]
+                    .as_str()
+                    .expect("aggregate")
+                    .to_string(),
+            )
             .or_default()
             .push(d.header_id);
     }
     for (aggregate, ids) in per_aggregate {
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "aggregate {aggregate} out of order: {ids:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "aggregate {aggregate} out of order: {ids:?}"
+        );
     }
 }
 
@@ -505,10 +573,16 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_flight() {
     let receiver = Receiver::start(Arc::new(|_, _| (200, Duration::from_millis(700)))).await;
     let relay = RunningRelay::start(config(&db, &receiver, "graceful"));
     receiver
-        .wait_for("three requests in flight", Duration::from_secs(20), |d| d.len() == 3)
+        .wait_for("three requests in flight", Duration::from_secs(20), |d| {
+            d.len() == 3
+        })
         .await;
     relay.stop(Duration::from_secs(10)).await;
-    assert_eq!(undelivered(&su).await, 0, "the batch in flight was not acknowledged");
+    assert_eq!(
+        undelivered(&su).await,
+        0,
+        "the batch in flight was not acknowledged"
+    );
     assert_eq!(receiver.deliveries().len(), 3);
 }
 
@@ -519,17 +593,41 @@ async fn bad_settings_fail_fast_and_name_the_setting() {
     let receiver = Receiver::accepting().await;
     let mut weak = config(&db, &receiver, "x");
     weak.signing_secret = "short".into();
-    let err = relay::run(weak, std::future::pending()).await.expect_err("weak secret");
-    assert!(matches!(err, RelayError::Config { setting: "signing_secret", .. }), "{err}");
+    let err = relay::run(weak, std::future::pending())
+        .await
+        .expect_err("weak secret");
+    assert!(
+        matches!(
+            err,
+            RelayError::Config {
+                setting: "signing_secret",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut tls = config(&db, &receiver, "x");
     tls.webhook_url = "https://example.invalid/hook".into();
-    let err = relay::run(tls, std::future::pending()).await.expect_err("https");
-    assert!(matches!(err, RelayError::Config { setting: "webhook_url", .. }), "{err}");
+    let err = relay::run(tls, std::future::pending())
+        .await
+        .expect_err("https");
+    assert!(
+        matches!(
+            err,
+            RelayError::Config {
+                setting: "webhook_url",
+                ..
+            }
+        ),
+        "{err}"
+    );
 
     let mut unreachable = config(&db, &receiver, "x");
     unreachable.database_url = "postgresql://nobody:wrong@127.0.0.1:1/none".into();
-    let err = relay::run(unreachable, std::future::pending()).await.expect_err("no database");
+    let err = relay::run(unreachable, std::future::pending())
+        .await
+        .expect_err("no database");
     assert!(matches!(err, RelayError::Database(_)), "{err}");
     assert!(receiver.deliveries().is_empty());
 }

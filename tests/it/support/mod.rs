@@ -85,7 +85,11 @@ fn start_cluster() -> Cluster {
             panic!("cannot start {name}:{tag} (run scripts/build-pg-image first): {e}")
         });
     let host = container.get_host().expect("container host").to_string();
-    let host = if host == "localhost" { "127.0.0.1".to_string() } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
     let port = container
         .get_host_port_ipv4(5432.tcp())
         .expect("container port");
@@ -256,7 +260,11 @@ impl TestServer {
     }
 
     /// Starts a server for `db` that connects through `url` (a gate, say).
-    pub async fn start_on_url(db: TestDb, url: String, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+    pub async fn start_on_url(
+        db: TestDb,
+        url: String,
+        tune: impl FnOnce(&mut ServeConfig),
+    ) -> TestServer {
         let server = Self::spawn(db, url, tune).await;
         server.wait_ready().await;
         server
@@ -265,7 +273,10 @@ impl TestServer {
     /// Starts a server on a URL that may not answer, without waiting for `/ready`.
     pub async fn start_on_unready(url: &str) -> TestServer {
         let db = TestDb::new().await;
-        Self::spawn(db, url.to_string(), |c| c.pool_timeout = Duration::from_secs(2)).await
+        Self::spawn(db, url.to_string(), |c| {
+            c.pool_timeout = Duration::from_secs(2)
+        })
+        .await
     }
 
     async fn spawn(db: TestDb, url: String, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
@@ -328,8 +339,16 @@ impl TestServer {
     }
 
     /// `GET /rpc/<function>?<query>`, optionally with a bearer token.
-    pub async fn rpc_get(&self, function: &str, token: Option<&str>, query: &[(&str, &str)]) -> Resp {
-        let mut req = self.http.get(self.url(&format!("/rpc/{function}"))).query(query);
+    pub async fn rpc_get(
+        &self,
+        function: &str,
+        token: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/rpc/{function}")))
+            .query(query);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -398,7 +417,11 @@ impl Resp {
             .as_object()
             .unwrap_or_else(|| panic!("not an error object: {} {}", self.status, self.text));
         for key in ["code", "message", "details", "hint"] {
-            assert!(obj.contains_key(key), "error body lacks {key}: {}", self.text);
+            assert!(
+                obj.contains_key(key),
+                "error body lacks {key}: {}",
+                self.text
+            );
         }
         obj["code"].as_str().unwrap_or_default().to_string()
     }
@@ -406,7 +429,10 @@ impl Resp {
     /// The `message` of an error body (pgrpc's stable error key for domain errors).
     pub fn error_key(&self) -> String {
         self.error_code();
-        self.body["message"].as_str().unwrap_or_default().to_string()
+        self.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -446,7 +472,9 @@ pub fn service_token() -> String {
 
 /// An end user's token, scoped to one organization and mailbox.
 pub fn user_token(org_id: &str, email: &str) -> String {
-    token(json!({"role": "pgrpc_user", "sub": format!("user:{email}"), "org_id": org_id, "email": email}))
+    token(
+        json!({"role": "pgrpc_user", "sub": format!("user:{email}"), "org_id": org_id, "email": email}),
+    )
 }
 
 /// A TCP forwarder in front of the database that a test can close (cutting
@@ -482,7 +510,12 @@ impl Gate {
                 c.lock().await.push(h);
             }
         });
-        Gate { port, open, conns, accept }
+        Gate {
+            port,
+            open,
+            conns,
+            accept,
+        }
     }
 
     /// The authenticator URL of `db`, through the gate.
