@@ -7,9 +7,10 @@
 PGRPC_TEST_IMAGE=${PGRPC_TEST_IMAGE:-pgrpc-postgres:15}
 
 # Every message goes to stderr, prefixed with the script's name, so that the
-# output of cargo and of the scripts can be told apart in a CI log.
-say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
-die() { printf '%s: error: %s\n' "${0##*/}" "$*" >&2; exit 1; }
+# output of cargo and of the scripts can be told apart in a CI log. SCRIPT_NAME,
+# when set, replaces the name.
+say() { printf '%s: %s\n' "${SCRIPT_NAME:-${0##*/}}" "$*" >&2; }
+die() { printf '%s: error: %s\n' "${SCRIPT_NAME:-${0##*/}}" "$*" >&2; exit 1; }
 
 # A banner for one phase of a long run (.ci/run).
 section() { printf '\n==> %s\n' "$*" >&2; }

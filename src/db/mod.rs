@@ -33,7 +33,7 @@ pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbErro
         pg.application_name("pgrpc");
     }
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(5));
+        pg.connect_timeout(Duration::from_secs(15));
     }
     let manager = Manager::from_config(
         pg,
@@ -45,7 +45,9 @@ pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbErro
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(wait))
-        .create_timeout(Some(Duration::from_secs(5)))
+        // Connecting can be slow on a loaded host; give up only after the
+        // longer of the pool wait and 15 s, then answer 503.
+        .create_timeout(Some(wait.max(Duration::from_secs(15))))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(Runtime::Tokio1)
         .build()

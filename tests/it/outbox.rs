@@ -355,7 +355,7 @@ async fn per_aggregate_order_holds_with_concurrent_claimers() {
                 for event in events {
                     let id = event["id"].as_i64().expect("id");
                     // Fail about one delivery in five; it must come back first.
-                    if (id as u64 + round + c as u64) % 5 == 0 {
+                    if (id as u64 + round + c as u64).is_multiple_of(5) {
                         svc.query_one(
                             "SELECT * FROM api.outbox_nack($1, $2, 'injected', 0)",
                             &[&lease, &id],

@@ -28,6 +28,25 @@ async fn service_ok(server: &TestServer, function: &str, body: Value) -> Value {
     r.body
 }
 
+/// Opens the proxy's pool connections before a burst, so that the burst
+/// measures the database's concurrency rather than how fast a loaded machine
+/// forks backends (the pool gives up creating one after a few seconds). Sends
+/// rounds of pool-size concurrent reads until a whole round succeeds.
+async fn warm_pool(server: &TestServer, site_id: &str) {
+    let pool_size = pgrpc::config::ServeConfig::new(String::new()).pool_size;
+    let svc = support::service_token();
+    let query = [("site_id", site_id), ("token_type", "alt_text")];
+    for _ in 0..20 {
+        let round =
+            join_all((0..pool_size).map(|_| server.rpc_get("token_balance", Some(&svc), &query)))
+                .await;
+        if round.iter().all(|r| r.status == 200) {
+            return;
+        }
+    }
+    panic!("the proxy's pool never opened {pool_size} connections");
+}
+
 /// A new organization on `plan` with one site; returns (organization_id, site_id).
 async fn org_with_site(server: &TestServer, plan: &str) -> (String, String) {
     let org = service_ok(
@@ -185,6 +204,7 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
 async fn concurrent_consumers_never_overspend_the_budget() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
+    warm_pool(&server, &site).await;
     let total = int(&balance(&server, &site, "alt_text").await, "total");
     assert_eq!(total, FREEMIUM_PER_CYCLE);
     let n = 5 * total;
@@ -522,6 +542,7 @@ async fn only_the_service_role_spends_tokens_or_grants() {
 async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
+    warm_pool(&server, &site).await;
     let sug = complete_meta_tags_suggestion(&server, &site).await;
 
     let svc = support::service_token();
@@ -577,6 +598,7 @@ async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
 async fn concurrent_grants_of_many_suggestions_never_exceed_the_allowance() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
+    warm_pool(&server, &site).await;
     let opp = opportunity(&server, &site, "alt-text").await;
     let n = 3 * FREEMIUM_PER_CYCLE;
     let mut suggestions = Vec::new();
