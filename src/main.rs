@@ -111,6 +111,12 @@ struct RelayArgs {
     /// Poll interval when no notification arrives, in ms [default: 5000].
     #[arg(long, env = "PGRPC_RELAY_POLL_MS")]
     poll_ms: Option<u64>,
+    /// Deliveries in flight at once within a batch [default: 8].
+    #[arg(long, env = "PGRPC_RELAY_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Limit for one POST, connection included, in ms [default: 10000].
+    #[arg(long, env = "PGRPC_RELAY_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
 }
 
 fn init_logging(format: &str) {
@@ -261,6 +267,12 @@ async fn relay(args: RelayArgs) -> Result<(), String> {
     }
     if let Some(v) = args.poll_ms {
         config.poll_interval = Duration::from_millis(v);
+    }
+    if let Some(v) = args.concurrency {
+        config.concurrency = v;
+    }
+    if let Some(v) = args.request_timeout_ms {
+        config.request_timeout = Duration::from_millis(v);
     }
     pgrpc::relay::run(config, shutdown_signal())
         .await
