@@ -28,10 +28,46 @@ BEGIN
 END
 $roles$;
 
+-- A role that already existed (another database of the cluster, or an
+-- operator's hand) is brought back to the attributes SPEC §1 requires.
+ALTER ROLE pgrpc_owner NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
+ALTER ROLE pgrpc_api NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
+ALTER ROLE pgrpc_authenticator LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
+ALTER ROLE pgrpc_anon NOLOGIN NOSUPERUSER NOBYPASSRLS;
+ALTER ROLE pgrpc_user NOLOGIN NOSUPERUSER NOBYPASSRLS;
+ALTER ROLE pgrpc_service NOLOGIN NOSUPERUSER NOBYPASSRLS;
+ALTER ROLE pgrpc_admin NOLOGIN NOSUPERUSER NOBYPASSRLS;
+
 -- The proxy's connection role may become the request roles and nothing else.
 GRANT pgrpc_anon, pgrpc_user, pgrpc_service TO pgrpc_authenticator;
+DO $members$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT r.rolname
+        FROM pg_catalog.pg_auth_members m
+        JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+        WHERE m.member = 'pgrpc_authenticator'::regrole
+          AND r.rolname NOT IN ('pgrpc_anon', 'pgrpc_user', 'pgrpc_service')
+    LOOP
+        EXECUTE format('REVOKE %I FROM pgrpc_authenticator', v_role);
+    END LOOP;
+END
+$members$;
 
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
+-- Functions call public.gen_random_bytes(): pgcrypto must live in public.
+CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA public;
+DO $pgcrypto$
+BEGIN
+    IF (SELECT n.nspname FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname = 'pgcrypto') <> 'public' THEN
+        RAISE EXCEPTION 'pgcrypto is installed outside schema public'
+            USING HINT = 'ALTER EXTENSION pgcrypto SET SCHEMA public, then migrate again.';
+    END IF;
+END
+$pgcrypto$;
 
 CREATE SCHEMA IF NOT EXISTS private AUTHORIZATION pgrpc_owner;
 CREATE SCHEMA IF NOT EXISTS api AUTHORIZATION pgrpc_owner;
@@ -73,9 +109,9 @@ BEGIN
     RAISE EXCEPTION USING
         ERRCODE = 'insufficient_privilege',
         MESSAGE = v_rule,
-        DETAIL = format('%s on %I.%I is not allowed: the table is %s.',
-                        TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, replace(v_rule, '_', '-')),
-        HINT = 'Rows of this table are never rewritten; see the README.';
+        DETAIL = format('%s on %I.%I is not allowed (%s).',
+                        TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, v_rule),
+        HINT = 'This table''s rows are never rewritten or removed this way; see the README.';
 END
 $$;
 
@@ -183,38 +219,49 @@ AS $$
     SELECT coalesce(nullif(current_setting('role', true), 'none'), session_user::text)
 $$;
 
+-- True for callers that act on any organization or mailbox: members of
+-- pgrpc_service or pgrpc_admin (and superusers). Everyone else, pgrpc_user
+-- and any role derived from it included, is scoped by its JWT claims.
+CREATE FUNCTION private.caller_is_unscoped()
+RETURNS boolean
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.pg_has_role(private.request_role(), 'pgrpc_service', 'MEMBER')
+        OR pg_catalog.pg_has_role(private.request_role(), 'pgrpc_admin', 'MEMBER')
+$$;
+
 -- Raises 403 forbidden unless the caller may act on organization p_org:
--- pgrpc_user only within its own org_id claim; every other role that could
--- call the function at all (service, operators) on any organization.
+-- a scoped caller only within its own org_id claim.
 CREATE FUNCTION private.require_org_access(p_org uuid)
 RETURNS void
 LANGUAGE plpgsql
 STABLE
 AS $$
 BEGIN
-    IF private.request_role() = 'pgrpc_user'
+    IF NOT private.caller_is_unscoped()
        AND (private.jwt_org_id() IS NULL OR private.jwt_org_id() IS DISTINCT FROM p_org) THEN
         RAISE SQLSTATE 'PT403' USING
             MESSAGE = 'forbidden',
-            DETAIL = format('The token''s org_id does not grant access to organization %s.', p_org),
+            DETAIL = 'The token''s org_id does not grant access to this organization.',
             HINT = 'Use a token issued for that organization.';
     END IF;
 END
 $$;
 
 -- Raises 403 forbidden unless the caller may act on mailbox p_email:
--- pgrpc_user only for the email claim of its token (case-insensitive).
+-- a scoped caller only for the email claim of its token (case-insensitive).
 CREATE FUNCTION private.require_mailbox_access(p_email text)
 RETURNS void
 LANGUAGE plpgsql
 STABLE
 AS $$
 BEGIN
-    IF private.request_role() = 'pgrpc_user'
+    IF NOT private.caller_is_unscoped()
        AND (private.jwt_email() IS NULL OR private.jwt_email() IS DISTINCT FROM lower(p_email)) THEN
         RAISE SQLSTATE 'PT403' USING
             MESSAGE = 'forbidden',
-            DETAIL = format('The token''s email claim does not grant access to mailbox %s.', p_email),
+            DETAIL = 'The token''s email claim does not grant access to this mailbox.',
             HINT = 'Use a token issued for that mailbox.';
     END IF;
 END
@@ -229,20 +276,33 @@ CREATE TABLE private.settings (
     value text NOT NULL,
     value_type text NOT NULL,
     description text NOT NULL,
+    -- Inclusive bounds, in the same type as the value; NULL means unbounded.
+    min_value text,
+    max_value text,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT settings_value_type_known CHECK (value_type IN ('interval', 'integer', 'text')),
     CONSTRAINT settings_key_is_snake_case CHECK (key ~ '^[a-z][a-z0-9_]*$')
 );
 
--- Validates a value against its declared type: positive intervals and
--- positive integers only.
+-- Validates a value against its declared type (positive intervals and
+-- positive integers only) and its bounds.
 CREATE FUNCTION private.tg_settings__validate()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    v_low boolean := false;
+    v_high boolean := false;
 BEGIN
     BEGIN
+        IF NEW.value_type = 'interval' THEN
+            v_low := NEW.min_value IS NOT NULL AND NEW.value::interval < NEW.min_value::interval;
+            v_high := NEW.max_value IS NOT NULL AND NEW.value::interval > NEW.max_value::interval;
+        ELSIF NEW.value_type = 'integer' THEN
+            v_low := NEW.min_value IS NOT NULL AND NEW.value::bigint < NEW.min_value::bigint;
+            v_high := NEW.max_value IS NOT NULL AND NEW.value::bigint > NEW.max_value::bigint;
+        END IF;
         IF NEW.value_type = 'interval' AND NEW.value::interval <= interval '0' THEN
             RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_setting',
                 DETAIL = format('Setting %s must be a positive interval, got %L.', NEW.key, NEW.value),
@@ -260,6 +320,12 @@ BEGIN
                 DETAIL = format('Setting %s expects a %s, got %L.', NEW.key, NEW.value_type, NEW.value),
                 HINT = 'Check the value''s format.';
     END;
+    IF v_low OR v_high THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_setting',
+            DETAIL = format('Setting %s must lie between %s and %s, got %L.', NEW.key,
+                            coalesce(NEW.min_value, '-infinity'), coalesce(NEW.max_value, 'infinity'), NEW.value),
+            HINT = 'Choose a value within the bounds.';
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -268,13 +334,34 @@ CREATE TRIGGER _100_validate BEFORE INSERT OR UPDATE ON private.settings
     FOR EACH ROW EXECUTE FUNCTION private.tg_settings__validate();
 CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.settings
     FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _050_write_once BEFORE UPDATE ON private.settings
+    FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('key', 'value_type');
+-- A tunable is never removed: every reader relies on it.
+CREATE TRIGGER _100_forbid_delete BEFORE DELETE ON private.settings
+    FOR EACH ROW EXECUTE FUNCTION private.tg_forbid('settings_are_permanent');
+CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('settings_are_permanent');
 
+-- Readers of a tunable. A missing key is a broken installation: fail loudly
+-- rather than treat NULL as "no limit".
 CREATE FUNCTION private.setting(p_key text)
 RETURNS text
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT value FROM private.settings WHERE key = p_key
+DECLARE
+    v_value text;
+BEGIN
+    SELECT value INTO v_value FROM private.settings WHERE key = p_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'undefined_object',
+            MESSAGE = 'setting_missing',
+            DETAIL = format('private.settings has no row %L.', p_key),
+            HINT = 'Run pgrpc migrate; settings are created by the migrations.';
+    END IF;
+    RETURN v_value;
+END
 $$;
 
 CREATE FUNCTION private.setting_interval(p_key text)
@@ -282,7 +369,7 @@ RETURNS interval
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT value::interval FROM private.settings WHERE key = p_key
+    SELECT private.setting(p_key)::interval
 $$;
 
 CREATE FUNCTION private.setting_int(p_key text)
@@ -290,12 +377,13 @@ RETURNS integer
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT value::integer FROM private.settings WHERE key = p_key
+    SELECT private.setting(p_key)::integer
 $$;
 
 GRANT EXECUTE ON FUNCTION
     private.claims(), private.claim(text), private.jwt_sub(), private.jwt_email(),
-    private.jwt_org_id(), private.request_role(), private.require_org_access(uuid),
+    private.jwt_org_id(), private.request_role(), private.caller_is_unscoped(),
+    private.require_org_access(uuid),
     private.require_mailbox_access(text), private.setting(text),
     private.setting_interval(text), private.setting_int(text)
 TO pgrpc_api, pgrpc_admin;
@@ -329,6 +417,7 @@ SET LOCAL ROLE pgrpc_api;
 CREATE FUNCTION admin.set_setting(key text, value text)
 RETURNS private.settings
 LANGUAGE plpgsql
+VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -350,7 +439,7 @@ $$;
 COMMENT ON FUNCTION admin.set_setting(text, text) IS
 $$Changes a tunable in private.settings.
 
-The value is validated against the setting's type (a positive interval or a positive integer); an unknown key is not_found and a malformed value is invalid_setting.$$;
+The value is validated against the setting's type (a positive interval or a positive integer) and its bounds (min_value, max_value); an unknown key is not_found and a malformed or out-of-bounds value is invalid_setting.$$;
 
 GRANT EXECUTE ON FUNCTION admin.set_setting(text, text) TO pgrpc_admin;
 

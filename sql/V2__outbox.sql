@@ -11,7 +11,7 @@
 --                        \--lease expires--> claimable again (attempts count)
 --   dead --admin.outbox_requeue--> pending
 -- The event columns (aggregate, type, payload, created_at) never change;
--- only the delivery columns do.
+-- only the delivery columns do, and updated_at records when they last did.
 
 SET LOCAL ROLE pgrpc_owner;
 
@@ -31,6 +31,8 @@ CREATE TABLE private.outbox (
     leased_by text,
     last_error text,
     delivered_at timestamptz,
+    -- Kept by the _200_updated_at trigger whenever a delivery column changes.
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT outbox_status_known CHECK (status IN ('pending', 'leased', 'delivered', 'dead')),
     CONSTRAINT outbox_attempts_non_negative CHECK (attempts >= 0),
     CONSTRAINT outbox_event_type_not_empty CHECK (event_type <> ''),
@@ -43,7 +45,7 @@ CREATE TABLE private.outbox (
 COMMENT ON TABLE private.outbox IS
 $$Transactional outbox: one row per event, written in the transaction of the state change.
 
-Event columns (id, aggregate_type, aggregate_id, event_type, payload, created_at) are write-once; the delivery columns (status, attempts, available_at, lease_token, lease_expires_at, leased_by, last_error, delivered_at) are kept by api.outbox_claim/ack/nack and admin.outbox_requeue. Debezium's outbox event router can read it directly (see the README).$$;
+Event columns (id, aggregate_type, aggregate_id, event_type, payload, created_at) are write-once; the delivery columns (status, attempts, available_at, lease_token, lease_expires_at, leased_by, last_error, delivered_at) are kept by api.outbox_claim/ack/nack and admin.outbox_requeue, and updated_at by a trigger. Debezium's outbox event router can read it directly (see the README).$$;
 
 -- Claiming scans the undelivered rows in id order; delivered and dead rows,
 -- however many, are not in these indexes.
@@ -155,6 +157,8 @@ CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.outbox
     FOR EACH ROW EXECUTE FUNCTION private.tg_outbox__guard_delete();
 CREATE TRIGGER _120_guard_truncate BEFORE TRUNCATE ON private.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION private.tg_outbox__guard_delete();
+CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.outbox
+    FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 CREATE TRIGGER _900_notify AFTER INSERT ON private.outbox
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION private.tg_outbox__notify();
@@ -163,8 +167,9 @@ INSERT INTO private.settings (key, value, value_type, description) VALUES
     ('outbox_max_attempts', '25', 'integer', 'Delivery attempts before an outbox event becomes dead.'),
     ('outbox_max_backoff', '1 hour', 'interval', 'Longest delay outbox_nack waits before a retry (before jitter).');
 
--- Privileges: pgrpc_api writes events and the delivery columns only; it may
--- delete (delivered rows only, by the trigger above) for the purge.
+-- Privileges: pgrpc_api writes events and the delivery columns only (not
+-- updated_at: the trigger keeps it); it may delete (delivered rows only, by
+-- the trigger above) for the purge.
 GRANT EXECUTE ON FUNCTION private.outbox_emit(text, text, text, jsonb) TO pgrpc_api;
 GRANT SELECT, INSERT, DELETE ON private.outbox TO pgrpc_api;
 GRANT UPDATE (status, attempts, available_at, lease_token, lease_expires_at, leased_by, last_error, delivered_at)
@@ -462,3 +467,5 @@ GRANT EXECUTE ON FUNCTION
     admin.outbox_purge_delivered(interval)
 TO pgrpc_admin;
 GRANT SELECT ON admin.outbox_health TO pgrpc_admin;
+
+RESET ROLE;

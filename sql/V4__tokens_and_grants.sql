@@ -6,12 +6,18 @@
 -- - a token budget is never over-spent: the spend is a single
 --   UPDATE ... WHERE used < total, backed by the tokens_used_within_total
 --   CHECK;
+-- - a counter is never rewritten: its key and total are write-once, used
+--   only grows one token per UPDATE, and a counter is deleted only by
+--   admin.prune_token_cycles (past cycles) or with its site, never
+--   truncated;
 -- - token types and opportunity types are one mapping (private.token_types),
 --   not two namespaces;
 -- - whether a plan meters tokens is data: it does iff
 --   private.token_allowances has rows for it;
 -- - a grant is append-only and write-once (privileges and triggers); it
---   disappears only by cascade when its suggestion (or site) is purged.
+--   disappears only by cascade when its suggestion (or site) is purged;
+-- - every grant, however it is written, emits one suggestion.granted event
+--   (an AFTER INSERT trigger), in the same transaction.
 
 SET LOCAL ROLE pgrpc_owner;
 
@@ -79,10 +85,65 @@ CREATE TABLE private.tokens (
 CREATE INDEX tokens_cycle_idx ON private.tokens (cycle);
 
 COMMENT ON TABLE private.tokens IS
-$$One counter per site, token type and cycle (YYYY-MM, UTC), created lazily from the plan's allowance on first use; used only grows, by one conditional UPDATE.$$;
+$$One counter per site, token type and cycle (YYYY-MM, UTC), created lazily from the plan's allowance on first use; used only grows, by one conditional UPDATE.
 
-CREATE TRIGGER _100_key_write_once BEFORE UPDATE ON private.tokens
-    FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('site_id', 'token_type', 'cycle');
+The key and total are write-once; used changes only from n to n + 1; a counter is deleted only by admin.prune_token_cycles (cycles before the current one) or by cascade with its site; TRUNCATE is refused. Triggers enforce this for every role.$$;
+
+-- BEFORE UPDATE (row): used changes only by one token at a time, upwards
+-- (n -> n + 1), which is what the conditional spend does. A rewind or a
+-- jump is refused for every role; the CHECK keeps used <= total.
+CREATE FUNCTION private.tg_tokens__spend_one_at_a_time()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NEW.used IS DISTINCT FROM OLD.used AND NEW.used IS DISTINCT FROM OLD.used + 1 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'used_only_grows',
+            DETAIL = format('used of the %s counter of site %s in cycle %s can go from %s to %s only, not to %s.',
+                            OLD.token_type, OLD.site_id, OLD.cycle, OLD.used, OLD.used + 1, NEW.used),
+            HINT = 'Tokens are spent one at a time with api.consume_token; spent tokens are never given back.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- BEFORE DELETE (row) and BEFORE TRUNCATE (statement): a counter goes only
+-- - with its site (an FK cascade: the site row is already gone), or
+-- - through admin.prune_token_cycles, the SECURITY DEFINER function owned
+--   by pgrpc_api (current_user = 'pgrpc_api' only inside such a function:
+--   no login role can become pgrpc_api), and only for a cycle before the
+--   current one, so a live budget can never be reset by deleting it.
+CREATE FUNCTION private.tg_tokens__delete_only_by_prune()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND (
+           NOT EXISTS (SELECT 1 FROM private.sites WHERE id = OLD.site_id)
+        OR (current_user = 'pgrpc_api' AND OLD.cycle < private.current_cycle())) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = 'insufficient_privilege',
+        MESSAGE = 'prune_only',
+        DETAIL = CASE WHEN TG_OP = 'TRUNCATE'
+                      THEN 'TRUNCATE on private.tokens is not allowed: it would reset every budget.'
+                      ELSE format('The %s counter of site %s in cycle %s cannot be deleted directly.',
+                                  OLD.token_type, OLD.site_id, OLD.cycle) END,
+        HINT = 'Past cycles are removed by admin.prune_token_cycles; a counter also goes when its site is deleted.';
+END
+$$;
+
+CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.tokens
+    FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('site_id', 'token_type', 'cycle', 'total', 'created_at');
+CREATE TRIGGER _110_spend_one_at_a_time BEFORE UPDATE ON private.tokens
+    FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__spend_one_at_a_time();
+CREATE TRIGGER _120_delete_only_by_prune BEFORE DELETE ON private.tokens
+    FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
+CREATE TRIGGER _120_forbid_truncate BEFORE TRUNCATE ON private.tokens
+    FOR EACH STATEMENT EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
 CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.tokens
     FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.token_types
@@ -110,7 +171,7 @@ CREATE TABLE private.suggestion_grants (
 CREATE INDEX suggestion_grants_site_id_idx ON private.suggestion_grants (site_id);
 
 COMMENT ON TABLE private.suggestion_grants IS
-$$One grant per suggestion, written by api.grant_suggestion. Append-only and write-once: no UPDATE, no TRUNCATE and no direct DELETE for any role; a grant goes only by cascade when its suggestion or site is purged.$$;
+$$One grant per suggestion, written by api.grant_suggestion. Append-only and write-once: no UPDATE, no TRUNCATE and no direct DELETE for any role; a grant goes only by cascade when its suggestion or site is purged. Every insert emits one suggestion.granted outbox event (trigger _900_emit_outbox).$$;
 
 -- BEFORE DELETE (row): a grant may only go by an FK cascade. During the
 -- cascade the parent row is already deleted and visible as gone; a direct
@@ -139,6 +200,47 @@ CREATE TRIGGER _100_delete_only_by_cascade BEFORE DELETE ON private.suggestion_g
     FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__delete_only_by_cascade();
 CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.suggestion_grants
     FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
+
+-- AFTER INSERT (row): every grant, whoever writes it, emits
+-- suggestion.granted in the same transaction. SECURITY DEFINER (owner
+-- pgrpc_owner), so the event is written whatever the inserting role may do.
+CREATE FUNCTION private.tg_suggestion_grants__emit_granted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_opportunity_id uuid;
+    v_opportunity_type text;
+    v_organization_id uuid;
+BEGIN
+    SELECT o.id, o.type, st.organization_id
+    INTO v_opportunity_id, v_opportunity_type, v_organization_id
+    FROM private.suggestions s
+    JOIN private.opportunities o ON o.id = s.opportunity_id
+    JOIN private.sites st ON st.id = NEW.site_id
+    WHERE s.id = NEW.suggestion_id;
+
+    PERFORM private.outbox_emit('suggestion', NEW.suggestion_id::text, 'suggestion.granted',
+        jsonb_build_object(
+            'suggestion_id', NEW.suggestion_id,
+            'opportunity_id', v_opportunity_id,
+            'opportunity_type', v_opportunity_type,
+            'site_id', NEW.site_id,
+            'organization_id', v_organization_id,
+            'token_type', NEW.token_type,
+            'cycle', NEW.cycle,
+            'granted_by', NEW.granted_by,
+            'granted_at', NEW.granted_at));
+    RETURN NULL;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION private.tg_suggestion_grants__emit_granted() FROM PUBLIC;
+
+CREATE TRIGGER _900_emit_outbox AFTER INSERT ON private.suggestion_grants
+    FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__emit_granted();
 
 -- Result shapes (composite types, so that each function answers one object) --
 
@@ -477,10 +579,13 @@ BEGIN
 
     -- The suggestion row lock serializes every grant of this suggestion: a
     -- second caller waits here, then finds the first one's grant below.
+    -- FOR NO KEY UPDATE (the key does not change) leaves FK checks of rows
+    -- that reference the suggestion (ticket links, the grant itself)
+    -- unblocked: they take FOR KEY SHARE, which does not conflict with it.
     SELECT s.* INTO v_suggestion
     FROM private.suggestions s
     WHERE s.id = grant_suggestion.suggestion_id
-    FOR UPDATE;
+    FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE SQLSTATE 'PT404' USING
             MESSAGE = 'not_found',
@@ -547,22 +652,11 @@ BEGIN
     v_cycle := private.current_cycle();
     PERFORM private.consume_token(v_site.id, v_token_type, v_cycle);
 
-    -- 4. Write the grant, and tell the others in the same transaction.
+    -- 4. Write the grant. Its _900_emit_outbox trigger emits
+    -- suggestion.granted in this transaction.
     INSERT INTO private.suggestion_grants (suggestion_id, site_id, token_type, cycle, granted_by)
     VALUES (v_suggestion.id, v_site.id, v_token_type, v_cycle, v_granted_by)
     RETURNING * INTO v_grant;
-
-    PERFORM private.outbox_emit('suggestion', v_suggestion.id::text, 'suggestion.granted',
-        jsonb_build_object(
-            'suggestion_id', v_grant.suggestion_id,
-            'opportunity_id', v_opportunity.id,
-            'opportunity_type', v_opportunity.type,
-            'site_id', v_grant.site_id,
-            'organization_id', v_site.organization_id,
-            'token_type', v_grant.token_type,
-            'cycle', v_grant.cycle,
-            'granted_by', v_grant.granted_by,
-            'granted_at', v_grant.granted_at));
 
     RETURN ROW(v_grant.suggestion_id, v_grant.token_type, v_grant.cycle, v_grant.granted_at, true)
         ::private.suggestion_grant_result;
@@ -572,7 +666,7 @@ $$;
 COMMENT ON FUNCTION api.grant_suggestion(uuid, text) IS
 $$Grants a suggestion, spending one token of its site.
 
-Returns {suggestion_id, token_type, cycle, granted_at, newly_granted}. In one transaction: (1) the organization's plan must meter tokens, else 409 plan_not_token_metered; (2) the suggestion must be NEW, else 409 suggestion_not_new, and complete per private.suggestion_completeness, else 422 suggestion_incomplete; (3) one token of the type mapped from the opportunity type (private.token_types) is spent in the current UTC month, else 429 tokens_exhausted with Retry-After; (4) the write-once grant is inserted and a suggestion.granted outbox event emitted. Idempotent: an existing grant is returned with newly_granted=false and no token is spent; concurrent calls for one suggestion are serialized on the suggestion row and spend exactly one token. granted_by defaults to the JWT sub (400 granted_by_required if neither is set); an unknown suggestion is 404 not_found; an unmapped opportunity type is 422 opportunity_type_not_mapped. The suggestion's status is not changed. Callable by pgrpc_service.$$;
+Returns {suggestion_id, token_type, cycle, granted_at, newly_granted}. In one transaction: (1) the organization's plan must meter tokens, else 409 plan_not_token_metered; (2) the suggestion must be NEW, else 409 suggestion_not_new, and complete per private.suggestion_completeness, else 422 suggestion_incomplete; (3) one token of the type mapped from the opportunity type (private.token_types) is spent in the current UTC month, else 429 tokens_exhausted with Retry-After; (4) the write-once grant is inserted, and its trigger emits a suggestion.granted outbox event. Idempotent: an existing grant is returned with newly_granted=false and no token is spent; concurrent calls for one suggestion are serialized on the suggestion row (FOR NO KEY UPDATE) and spend exactly one token. granted_by defaults to the JWT sub (400 granted_by_required if neither is set); an unknown suggestion is 404 not_found; an unmapped opportunity type is 422 opportunity_type_not_mapped. The suggestion's status is not changed. Callable by pgrpc_service.$$;
 
 CREATE FUNCTION api.is_granted(suggestion_id uuid)
 RETURNS boolean
@@ -663,7 +757,7 @@ $$;
 COMMENT ON FUNCTION admin.prune_token_cycles(interval) IS
 $$Deletes old token counters.
 
-Deletes every private.tokens row whose cycle started before the start of the current UTC month minus older_than (default 13 months: the current month and the 13 before it are kept) and returns the number of rows deleted. The current cycle is never pruned, past cycles cannot be spent in, and grants are not touched. 400 invalid_interval unless older_than is positive.$$;
+Deletes every private.tokens row whose cycle started before the start of the current UTC month minus older_than (default 13 months: the current month and the 13 before it are kept) and returns the number of rows deleted. The current cycle is never pruned, past cycles cannot be spent in, and grants are not touched. This is the only way to delete a counter (besides deleting its site): a trigger refuses any other DELETE. 400 invalid_interval unless older_than is positive.$$;
 
 CREATE FUNCTION admin.set_token_allowance(plan text, token_type text, per_cycle integer)
 RETURNS private.token_allowances
@@ -688,7 +782,7 @@ $$;
 COMMENT ON FUNCTION admin.set_token_allowance(text, text, integer) IS
 $$Sets how many tokens of a type a plan gets per cycle.
 
-Inserts or updates the private.token_allowances row and returns it. Giving a plan its first allowance makes it token-metered. The new value applies to counters created from now on (the next cycle, or sites that have not spent in the current one); existing counters keep their total. Plan must be free, freemium or paid and per_cycle >= 0 (400 otherwise); 400 unknown_token_type for an unknown type.$$;
+Inserts or updates the private.token_allowances row and returns it. Giving a plan its first allowance makes it token-metered. The new value applies to counters created from now on (the next cycle, or sites that have not spent in the current one); existing counters keep their total, which is write-once (a trigger refuses changing it). Plan must be free, freemium or paid and per_cycle >= 0 (400 otherwise); 400 unknown_token_type for an unknown type.$$;
 
 CREATE FUNCTION admin.remove_token_allowance(plan text, token_type text)
 RETURNS boolean
@@ -729,3 +823,5 @@ GRANT EXECUTE ON FUNCTION
     admin.set_token_allowance(text, text, integer),
     admin.remove_token_allowance(text, text)
 TO pgrpc_admin;
+
+RESET ROLE;

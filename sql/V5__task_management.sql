@@ -10,7 +10,9 @@
 --   composite foreign key;
 -- - ticket_suggestions is append-only: no UPDATE, no TRUNCATE, and a DELETE
 --   only through the cascade from its ticket;
--- - status changes that need attention emit an outbox event from a trigger.
+-- - status changes that need attention emit an outbox event from a trigger;
+-- - every ticket emits exactly one ticket.created, from a trigger that fires
+--   at commit, however the row was inserted.
 
 SET LOCAL ROLE pgrpc_owner;
 
@@ -364,12 +366,60 @@ BEGIN
         IF FOUND AND v_org IS DISTINCT FROM NEW.organization_id THEN
             RAISE SQLSTATE 'PT403' USING
                 MESSAGE = 'forbidden',
-                DETAIL = format('Opportunity %s belongs to organization %s, not to the ticket''s organization %s.',
-                                NEW.opportunity_id, v_org, NEW.organization_id),
+                DETAIL = format('Opportunity %s belongs to another organization than the ticket''s connection.',
+                                NEW.opportunity_id),
                 HINT = 'Link a ticket only to opportunities of its connection''s organization.';
         END IF;
     END IF;
     RETURN NEW;
+END
+$$;
+
+-- AFTER INSERT, deferred to commit: emit ticket.created, once per ticket,
+-- whoever inserted the row (create_ticket, or a psql operator).
+--
+-- The payload lists the ticket's suggestion_ids, and the links are inserted
+-- after the ticket row (they reference it), so the event is written at
+-- commit, when the links are there: a DEFERRABLE INITIALLY DEFERRED
+-- constraint trigger. api.create_ticket sets it DEFERRED itself, so a
+-- caller's SET CONSTRAINTS ALL IMMEDIATE cannot make it fire before the
+-- links exist. Ticket fields are the row as inserted (NEW); a ticket
+-- deleted again before commit emits nothing. A rolled-back transaction runs
+-- no deferred trigger, so it leaves no event.
+--
+-- SECURITY DEFINER: at commit, current_user is the caller again (the
+-- request role), not pgrpc_api, and the caller may neither read the links
+-- nor write the outbox.
+CREATE FUNCTION private.tg_tickets__emit_created()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM private.tickets AS t WHERE t.id = NEW.id) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM private.outbox_emit(
+        'ticket',
+        NEW.id::text,
+        'ticket.created',
+        jsonb_build_object(
+            'ticket_id', NEW.id,
+            'connection_id', NEW.connection_id,
+            'organization_id', NEW.organization_id,
+            'opportunity_id', NEW.opportunity_id,
+            'external_ticket_id', NEW.external_ticket_id,
+            'ticket_key', NEW.ticket_key,
+            'ticket_url', NEW.ticket_url,
+            'ticket_status', NEW.ticket_status,
+            'ticket_provider', NEW.ticket_provider,
+            'created_by', NEW.created_by,
+            'suggestion_ids', (SELECT coalesce(jsonb_agg(ts.suggestion_id ORDER BY ts.suggestion_id), '[]'::jsonb)
+                               FROM private.ticket_suggestions AS ts
+                               WHERE ts.ticket_id = NEW.id),
+            'created_at', NEW.created_at));
+    RETURN NULL;
 END
 $$;
 
@@ -381,6 +431,9 @@ CREATE TRIGGER _150_check_opportunity BEFORE INSERT OR UPDATE OF opportunity_id 
     FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__check_opportunity();
 CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.tickets
     FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE CONSTRAINT TRIGGER _900_emit_outbox AFTER INSERT ON private.tickets
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__emit_created();
 
 -- Triggers: ticket_suggestions -----------------------------------------------
 
@@ -422,8 +475,8 @@ BEGIN
     IF FOUND AND v_ticket_org IS DISTINCT FROM v_suggestion_org THEN
         RAISE SQLSTATE 'PT403' USING
             MESSAGE = 'forbidden',
-            DETAIL = format('Suggestion %s belongs to organization %s, not to the ticket''s organization %s.',
-                            NEW.suggestion_id, v_suggestion_org, v_ticket_org),
+            DETAIL = format('Suggestion %s belongs to another organization than the ticket''s connection.',
+                            NEW.suggestion_id),
             HINT = 'Link a ticket only to suggestions of its connection''s organization.';
     END IF;
     RETURN NEW;
@@ -754,6 +807,9 @@ BEGIN
             HINT = 'Pass an existing opportunity id, or none.';
     END IF;
 
+    -- The ticket.created trigger must run at commit, after the links below
+    -- exist, even if the caller made constraints IMMEDIATE.
+    SET CONSTRAINTS private._900_emit_outbox DEFERRED;
     INSERT INTO private.tickets AS t
         (connection_id, organization_id, opportunity_id, external_ticket_id, ticket_key,
          ticket_url, ticket_status, ticket_provider, created_by)
@@ -793,23 +849,8 @@ BEGIN
     SET last_used_at = clock_timestamp()
     WHERE c.id = v_connection.id;
 
-    PERFORM private.outbox_emit(
-        'ticket',
-        v_ticket.id::text,
-        'ticket.created',
-        jsonb_build_object(
-            'ticket_id', v_ticket.id,
-            'connection_id', v_ticket.connection_id,
-            'organization_id', v_ticket.organization_id,
-            'opportunity_id', v_ticket.opportunity_id,
-            'external_ticket_id', v_ticket.external_ticket_id,
-            'ticket_key', v_ticket.ticket_key,
-            'ticket_url', v_ticket.ticket_url,
-            'ticket_status', v_ticket.ticket_status,
-            'ticket_provider', v_ticket.ticket_provider,
-            'created_by', v_ticket.created_by,
-            'suggestion_ids', to_jsonb(v_suggestions),
-            'created_at', v_ticket.created_at));
+    -- ticket.created is written at commit by the tickets' _900_emit_outbox
+    -- trigger, with the links inserted above.
     RETURN v_ticket;
 END
 $$;
@@ -819,7 +860,7 @@ $$Records a ticket created in the task-management tool and links it to suggestio
 
 The connection must be active (else 409 connection_not_active). Every suggestion in suggestion_ids is linked at most once, ever: if any is already linked to a ticket, the call is 409 suggestion_already_ticketed and nothing is created (no ticket, no link). Concurrent calls for one suggestion give one ticket and 409 for the others. Unknown suggestions, opportunity or connection are 404 not_found; suggestions and opportunity must belong to the connection's organization (else 403 forbidden).
 ticket_url must be an absolute http(s) URL with a host (400 invalid_url); ticket_provider is the connection's provider; created_by defaults to the JWT sub, and a user may only create tickets as itself. (connection_id, external_ticket_id) is unique (409 on a duplicate).
-Sets the connection's last_used_at and emits ticket.created in the same transaction. A user may only use its own organization's connections (403 forbidden). Returns the ticket. Callers: service, user.$$;
+Sets the connection's last_used_at. ticket.created (the ticket and its sorted suggestion_ids) is emitted by a trigger at commit, in the same transaction, exactly once per ticket. A user may only use its own organization's connections (403 forbidden). Returns the ticket. Callers: service, user.$$;
 
 CREATE FUNCTION api.ticket_for_suggestion(suggestion_id uuid)
 RETURNS private.tickets

@@ -4,7 +4,12 @@
 -- The contract.signed event is written by a trigger on private.players, in
 -- the same transaction as the status change, whoever makes the change
 -- (sign_contract, or an operator in psql). So there is never a signed player
--- without exactly one event, nor an event without a signed player.
+-- without exactly one event, nor an event without a signed player:
+-- - a signed contract never goes back to pending, and a signed player is
+--   never deleted (DELETE and TRUNCATE, cascaded ones included, are refused);
+-- - private.outbox accepts a contract.signed event only for a signed player
+--   that has none yet (a trigger, and a partial unique index), so nobody can
+--   fabricate or duplicate one.
 
 SET LOCAL ROLE pgrpc_owner;
 
@@ -106,9 +111,75 @@ BEGIN
 END
 $$;
 
+-- BEFORE DELETE (row) and BEFORE TRUNCATE (statement): a signed player is
+-- never removed, for any role, or its contract.signed event would be left
+-- without it. A pending player may be deleted. TRUNCATE is refused outright
+-- (it cannot look at rows), including the TRUNCATE ... CASCADE of teams or
+-- parents, which fires this trigger on players too.
+CREATE FUNCTION private.tg_players__keep_signed()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'signed_contract_kept',
+            DETAIL = 'TRUNCATE on private.players is not allowed: signed players must outlive their contract.signed events.',
+            HINT = 'Delete pending players with DELETE; signed players are kept.';
+    END IF;
+    IF OLD.contract_status = 'signed' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'signed_contract_kept',
+            DETAIL = format('Player %s has a signed contract and cannot be deleted.', OLD.id),
+            HINT = 'Signed players are kept: their contract.signed event refers to them.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+-- BEFORE INSERT (row) on private.outbox, for contract.signed only: the event
+-- must name a signed player (aggregate player, id in canonical uuid form).
+-- The partial unique index below makes it the player's only one. The
+-- legitimate writer is the AFTER trigger on players, which runs once the row
+-- is already signed, so it always passes.
+CREATE FUNCTION private.tg_outbox__contract_signed_has_signed_player()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NEW.aggregate_type IS DISTINCT FROM 'player'
+       OR NEW.aggregate_id !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+       OR NOT EXISTS (SELECT 1 FROM private.players p
+                      WHERE p.id = NEW.aggregate_id::uuid AND p.contract_status = 'signed') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'contract_signed_without_signed_player',
+            DETAIL = format('A contract.signed event for %s %s names no signed player.',
+                            NEW.aggregate_type, NEW.aggregate_id),
+            HINT = 'contract.signed is written by the database when a player''s contract becomes signed; sign the contract instead.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER _050_contract_signed_has_signed_player BEFORE INSERT ON private.outbox
+    FOR EACH ROW
+    WHEN (NEW.event_type = 'contract.signed')
+    EXECUTE FUNCTION private.tg_outbox__contract_signed_has_signed_player();
+
+-- At most one contract.signed event per player, whatever the path.
+CREATE UNIQUE INDEX outbox_contract_signed_once_per_player ON private.outbox (aggregate_id)
+    WHERE event_type = 'contract.signed';
+
 CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.players
     FOR EACH ROW EXECUTE FUNCTION private.tg_write_once(
         'id', 'tenant_id', 'contract_token', 'signed_at', 'signature_ref', 'created_at');
+CREATE TRIGGER _100_keep_signed BEFORE DELETE ON private.players
+    FOR EACH ROW EXECUTE FUNCTION private.tg_players__keep_signed();
+CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.players
+    FOR EACH STATEMENT EXECUTE FUNCTION private.tg_players__keep_signed();
 CREATE TRIGGER _110_contract_transition BEFORE UPDATE OF contract_status ON private.players
     FOR EACH ROW EXECUTE FUNCTION private.tg_players__contract_transition();
 CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.players
@@ -259,3 +330,5 @@ GRANT EXECUTE ON FUNCTION
     api.create_player(bigint, uuid, text, uuid)
 TO pgrpc_service;
 GRANT EXECUTE ON FUNCTION api.sign_contract(text, text) TO pgrpc_anon, pgrpc_service;
+
+RESET ROLE;

@@ -14,6 +14,10 @@
 -- means read). Migration and dual read both parse elements with
 -- private.legacy_receive_element, so a migrated entry looks the same
 -- before and after it moves.
+--
+-- Every new entry emits one receive.finalized event, from an AFTER INSERT
+-- trigger, whoever inserts it; the only exception is the legacy migration
+-- (see private.tg_receive_feed_entries__emit_finalized).
 
 SET LOCAL ROLE pgrpc_owner;
 
@@ -25,6 +29,7 @@ CREATE TABLE private.receive_feed_entries (
     total_bytes bigint NOT NULL,
     sender_label text,
     sender_ip inet,
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT receive_feed_entries_owner_email_lowercase CHECK (owner_email = lower(owner_email)),
     CONSTRAINT receive_feed_entries_owner_email_is_address CHECK (owner_email ~ '^[^@[:space:]]+@[^@[:space:]]+$'),
     CONSTRAINT receive_feed_entries_file_count_non_negative CHECK (file_count >= 0),
@@ -45,7 +50,7 @@ CREATE INDEX receive_feed_entries_ip_scrub_idx
 COMMENT ON TABLE private.receive_feed_entries IS
 $$One row per finalized reservation, keyed by reservation_id.
 
-Written by api.finalize_receive and admin.migrate_legacy_receives. Rows are write-once except sender_ip, which may only be cleared (admin.scrub_receive_ips); admin.prune_receive_feed deletes the oldest rows beyond a per-owner cap.$$;
+Written by api.finalize_receive and admin.migrate_legacy_receives. Rows are write-once except sender_ip, which may only be cleared (admin.scrub_receive_ips), and updated_at, which the _200_updated_at trigger keeps; admin.prune_receive_feed deletes the oldest rows beyond a per-owner cap. Each inserted row emits one receive.finalized event (trigger _900_emit_outbox), except rows moved by admin.migrate_legacy_receives.$$;
 
 CREATE TABLE private.receive_unread (
     reservation_id uuid PRIMARY KEY,
@@ -87,13 +92,15 @@ END
 $$;
 
 -- A feed entry records a fact: only sender_ip may change, and only to NULL
--- (IP retention). Everything else is write-once.
+-- (IP retention). Everything else is write-once. updated_at is not compared:
+-- _200_updated_at, which fires after this trigger, overwrites it with the
+-- time of the change whatever the UPDATE wrote.
 CREATE FUNCTION private.tg_receive_feed_entries__redact_only()
 RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF (to_jsonb(NEW) - 'sender_ip') IS DISTINCT FROM (to_jsonb(OLD) - 'sender_ip')
+    IF (to_jsonb(NEW) - 'sender_ip' - 'updated_at') IS DISTINCT FROM (to_jsonb(OLD) - 'sender_ip' - 'updated_at')
        OR (NEW.sender_ip IS NOT NULL AND NEW.sender_ip IS DISTINCT FROM OLD.sender_ip) THEN
         RAISE EXCEPTION USING
             ERRCODE = 'insufficient_privilege',
@@ -105,10 +112,50 @@ BEGIN
 END
 $$;
 
+-- AFTER INSERT: emit receive.finalized, once per entry, whoever inserts it
+-- (api.finalize_receive, an operator, a script). A duplicate finalization
+-- inserts nothing (ON CONFLICT DO NOTHING), so it fires nothing. The sender
+-- IP stays out of the payload: events outlive the IP retention window.
+--
+-- The one exception is admin.migrate_legacy_receives: legacy receives were
+-- announced long ago, and an event would notify their owners again. It
+-- sets the transaction-local flag pgrpc.receive_legacy_migration to 'on'
+-- around its inserts, and the event is skipped only when that flag is on
+-- AND current_user is pgrpc_api. Only SECURITY DEFINER functions owned by
+-- pgrpc_api run as that role (no login role can become it), and the only
+-- such functions that insert entries are the migration and
+-- api.finalize_receive, which forces the flag off. So a caller who sets the
+-- flag itself cannot silence a finalization, and a direct INSERT by any
+-- other role always emits. (pgrpc_admin has no INSERT on this table.)
+CREATE FUNCTION private.tg_receive_feed_entries__emit_finalized()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF current_user = 'pgrpc_api'
+       AND coalesce(current_setting('pgrpc.receive_legacy_migration', true), '') = 'on' THEN
+        RETURN NULL;
+    END IF;
+    PERFORM private.outbox_emit('receive', NEW.reservation_id::text, 'receive.finalized',
+        jsonb_build_object(
+            'reservation_id', NEW.reservation_id,
+            'owner_email', NEW.owner_email,
+            'created_at', NEW.created_at,
+            'file_count', NEW.file_count,
+            'total_bytes', NEW.total_bytes,
+            'sender_label', NEW.sender_label));
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_feed_entries
     FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
 CREATE TRIGGER _110_redact_only BEFORE UPDATE ON private.receive_feed_entries
     FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__redact_only();
+CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.receive_feed_entries
+    FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _900_emit_outbox AFTER INSERT ON private.receive_feed_entries
+    FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__emit_finalized();
 CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_unread
     FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
 CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.legacy_recent_receives
@@ -295,7 +342,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_owner text := lower(btrim(finalize_receive.owner_email));
-    v_created_at timestamptz;
     v_existing_owner text;
 BEGIN
     IF finalize_receive.reservation_id IS NULL THEN
@@ -304,26 +350,19 @@ BEGIN
             HINT = 'Pass the reservation''s uuid.';
     END IF;
 
+    -- The entry's _900_emit_outbox trigger emits receive.finalized; this
+    -- flag (for the legacy migration only) must not silence it, whatever
+    -- the caller set.
+    PERFORM pg_catalog.set_config('pgrpc.receive_legacy_migration', 'off', true);
     INSERT INTO private.receive_feed_entries AS e
         (reservation_id, owner_email, file_count, total_bytes, sender_label, sender_ip)
     VALUES (finalize_receive.reservation_id, v_owner, finalize_receive.file_count,
             finalize_receive.total_bytes, finalize_receive.sender_label, finalize_receive.sender_ip)
-    ON CONFLICT DO NOTHING
-    RETURNING e.created_at INTO v_created_at;
+    ON CONFLICT DO NOTHING;
 
     IF FOUND THEN
         INSERT INTO private.receive_unread (reservation_id, owner_email)
         VALUES (finalize_receive.reservation_id, v_owner);
-        -- The sender IP stays out of the event: events outlive the IP
-        -- retention window.
-        PERFORM private.outbox_emit('receive', finalize_receive.reservation_id::text, 'receive.finalized',
-            jsonb_build_object(
-                'reservation_id', finalize_receive.reservation_id,
-                'owner_email', v_owner,
-                'created_at', v_created_at,
-                'file_count', finalize_receive.file_count,
-                'total_bytes', finalize_receive.total_bytes,
-                'sender_label', finalize_receive.sender_label));
         RETURN ROW(finalize_receive.reservation_id, true)::private.receive_finalization;
     END IF;
 
@@ -344,7 +383,7 @@ $$;
 COMMENT ON FUNCTION api.finalize_receive(uuid, text, integer, bigint, inet, text) IS
 $$Records a finalized receive in its owner's feed, once per reservation.
 
-Returns {reservation_id, newly_created}. The first call for a reservation inserts the entry, an unread marker and one receive.finalized event (payload reservation_id, owner_email, created_at, file_count, total_bytes, sender_label; never the IP), all in one transaction. A repeat, concurrent or not, changes nothing and returns newly_created false; a repeat naming another mailbox is 409 reservation_owner_mismatch. owner_email is stored lowercased; file_count and total_bytes must be non-negative (400).$$;
+Returns {reservation_id, newly_created}. The first call for a reservation inserts the entry and an unread marker, and the entry's trigger emits one receive.finalized event (payload reservation_id, owner_email, created_at, file_count, total_bytes, sender_label; never the IP), all in one transaction. A repeat, concurrent or not, changes nothing and returns newly_created false; a repeat naming another mailbox is 409 reservation_owner_mismatch. owner_email is stored lowercased; file_count and total_bytes must be non-negative (400).$$;
 
 CREATE FUNCTION api.recent_receives(
     owner_email text,
@@ -535,6 +574,12 @@ BEGIN
             HINT = 'Migrate in batches of about 1000 owners and repeat.';
     END IF;
 
+    -- No receive.finalized for migrated entries: the entries' trigger skips
+    -- its event while this transaction-local flag is on and the insert runs
+    -- as pgrpc_api (that is, inside this function). Turned off again below;
+    -- an error rolls it back with everything else.
+    PERFORM pg_catalog.set_config('pgrpc.receive_legacy_migration', 'on', true);
+
     -- Rows another session holds (a concurrent migration, a mark-read) are
     -- skipped, not waited for: the next call picks them up.
     FOR v_row IN
@@ -578,6 +623,7 @@ BEGIN
         v_entries_present := v_entries_present + (v_total - v_inserted);
         v_markers_inserted := v_markers_inserted + v_markers;
     END LOOP;
+    PERFORM pg_catalog.set_config('pgrpc.receive_legacy_migration', 'off', true);
 
     RETURN QUERY
     SELECT v_owners, v_entries_inserted, v_entries_present, v_markers_inserted,
@@ -588,7 +634,7 @@ $$;
 COMMENT ON FUNCTION admin.migrate_legacy_receives(integer) IS
 $$Moves up to batch_size legacy feed arrays into feed entries, in one transaction.
 
-For each legacy row (locked FOR UPDATE SKIP LOCKED): every valid element becomes an entry unless its reservation already has one (ON CONFLICT DO NOTHING), an unread marker is added for a new entry whose element said "unread": true, and the legacy row is deleted, all in the same transaction. No events are emitted: these receives were announced long ago. Returns owners_migrated, entries_inserted, entries_already_present, markers_inserted and owners_remaining. Idempotent and safe to run during finalizations and alongside itself; call it again until owners_migrated is 0. Rows with an unparsable element are never migrated; admin.legacy_receives_invalid lists them.$$;
+For each legacy row (locked FOR UPDATE SKIP LOCKED): every valid element becomes an entry unless its reservation already has one (ON CONFLICT DO NOTHING), an unread marker is added for a new entry whose element said "unread": true, and the legacy row is deleted, all in the same transaction. No events are emitted: these receives were announced long ago (the entries' receive.finalized trigger is skipped through the transaction-local flag pgrpc.receive_legacy_migration, which only this function sets). Returns owners_migrated, entries_inserted, entries_already_present, markers_inserted and owners_remaining. Idempotent and safe to run during finalizations and alongside itself; call it again until owners_migrated is 0. Rows with an unparsable element are never migrated; admin.legacy_receives_invalid lists them.$$;
 
 CREATE FUNCTION admin.scrub_receive_ips(older_than interval DEFAULT NULL)
 RETURNS TABLE (entries_scrubbed bigint, legacy_elements_scrubbed bigint)

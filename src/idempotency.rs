@@ -2,7 +2,9 @@
 //! function runs and its response is stored in one transaction, through
 //! `private.http_idempotency_claim` / `_store`, which also compute the
 //! caller's scope from the JWT claims. A concurrent duplicate blocks on the
-//! first claim's row until it commits, then replays it.
+//! first claim's row until it commits, then replays it. A key reused with
+//! another request is refused by the claim itself (422
+//! `idempotency_key_reused`).
 
 use deadpool_postgres::Object;
 use hyper::header::{HeaderName, HeaderValue};
@@ -67,14 +69,14 @@ pub async fn call(
                 let body: Option<String> = row.get(3);
                 return Ok((replayed(status, headers.as_deref(), body)?, false));
             }
-            _ => {
+            other => {
+                // The claim raises 422 idempotency_key_reused itself; any
+                // other state is a contract break between SQL and proxy.
                 return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "idempotency_key_reused",
-                )
-                .details("This Idempotency-Key was already used with a different request.")
-                .hint("Use a new key for a new request."));
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "PGRPC500",
+                    format!("unexpected idempotency claim state {other:?}"),
+                ));
             }
         }
         let result = call::call_in_transaction(client, stmt, args)

@@ -5,8 +5,9 @@
     helpers.py jwt SECRET ROLE           an HS256 token with {"role": ROLE}, valid 1 day
     helpers.py wrk FILE                  wrk --latency output -> "rps p50_ms p99_ms non2xx errors"
     helpers.py pgbench OUT LOGPREFIX     pgbench output + per-transaction logs -> "tps p50_ms p99_ms failed"
-    helpers.py cpu OUTFILE PROXY_PID     samples CPU time per process group until SIGTERM,
-                                         then writes "group=percent ..." (percent of one core)
+    helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID
+                                         samples CPU time per process group until SIGTERM,
+                                         then writes "group NN%, ..." (percent of one core)
 """
 import base64
 import glob
@@ -93,20 +94,39 @@ def pgbench(out_path, log_prefix):
           f"{percentile(latencies, 99) / 1000:.3f} {int(failed.group(1)) if failed else 0}")
 
 
-def cpu(out_path, proxy_pid):
-    """Samples utime+stime of every process once a second, grouped by what
-    it is, and on SIGTERM writes each group's CPU use in percent of one core
-    over the sampled window. A process first seen after the first sample
-    counts from zero (it started during the window)."""
+def machine_busy_ticks():
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def cpu(out_path, proxy_pid, postmaster_pid):
+    """Samples utime+stime of every process twice a second and, on SIGTERM,
+    writes the CPU use of each group over the sampled window, in percent of
+    one core: this benchmark's processes (pgrpc, postgres = this cluster's
+    postmaster and its children, wrk, pgbench), kernel threads (I/O
+    writeback, for example), the busiest other processes by name (other
+    PostgreSQL clusters, compilers, this sampler), and "rest", the busy time
+    no sampled process accounts for (interrupts, processes that came and went
+    between samples). A process first seen after the first sample counts
+    from zero (it started during the window). OUTFILE.ready appears once
+    the first sample is taken."""
     tick = os.sysconf("SC_CLK_TCK")
-    groups = {"pgrpc": lambda pid, comm: pid == proxy_pid,
-              "postgres": lambda pid, comm: comm == "postgres",
-              "wrk": lambda pid, comm: comm == "wrk",
-              "pgbench": lambda pid, comm: comm == "pgbench"}
-    first, last = {}, {}
-    started = [None]
+    first, last, label = {}, {}, {}
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+
+    def classify(pid, ppid, comm):
+        if pid == proxy_pid:
+            return "pgrpc"
+        if postmaster_pid in (pid, ppid):
+            return "postgres"
+        if comm in ("wrk", "pgbench"):
+            return comm
+        if pid == 2 or ppid == 2:
+            return "kernel threads"
+        return "other " + comm
 
     def sample(initial):
         for entry in os.listdir("/proc"):
@@ -121,23 +141,32 @@ def cpu(out_path, proxy_pid):
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
             rest = stat[stat.rindex(")") + 2:].split()
             ticks = int(rest[11]) + int(rest[12])  # utime, stime
-            for name, match in groups.items():
-                if match(pid, comm):
-                    key = (pid, name)
-                    first.setdefault(key, ticks if initial else 0)
-                    last[key] = ticks
+            if pid not in label:
+                label[pid] = classify(pid, int(rest[1]), comm)
+                first[pid] = ticks if initial else 0
+            last[pid] = ticks
 
+    busy_start = machine_busy_ticks()
     sample(True)
-    started[0] = time.monotonic()
+    started = time.monotonic()
+    with open(out_path + ".ready", "w"):
+        pass
     while not stop[0]:
         time.sleep(0.5)
         sample(False)
-    elapsed = time.monotonic() - started[0]
-    usage = {name: 0 for name in groups}
-    for (pid, name), ticks in last.items():
-        usage[name] += ticks - first[(pid, name)]
+    elapsed = time.monotonic() - started
+    busy = machine_busy_ticks() - busy_start
+    usage = {}
+    for pid, ticks in last.items():
+        usage[label[pid]] = usage.get(label[pid], 0) + ticks - first[pid]
+    percent = {name: 100.0 * t / tick / elapsed for name, t in usage.items()}
+    ours = [n for n in ("pgrpc", "postgres", "wrk", "pgbench", "kernel threads") if percent.get(n, 0) >= 0.5]
+    others = sorted((n for n in percent if n.startswith("other ") and percent[n] >= 2),
+                    key=lambda n: -percent[n])[:3]
+    rest = 100.0 * max(0, busy - sum(usage.values())) / tick / elapsed
+    parts = [f"{n} {percent[n]:.0f}%" for n in ours + others] + [f"rest {rest:.0f}%"]
     with open(out_path, "w") as f:
-        f.write(" ".join(f"{name}={100.0 * t / tick / elapsed:.0f}" for name, t in usage.items() if t) + "\n")
+        f.write(", ".join(parts) + "\n")
 
 
 def main():
@@ -151,7 +180,7 @@ def main():
     elif cmd == "pgbench":
         pgbench(*args)
     elif cmd == "cpu":
-        cpu(args[0], int(args[1]))
+        cpu(args[0], int(args[1]), int(args[2]))
     else:
         raise SystemExit(__doc__)
 

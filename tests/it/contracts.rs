@@ -590,3 +590,153 @@ async fn assert_one_event_per_signed_player(su: &Client) {
         "an event without a signed player"
     );
 }
+
+/// A signed player cannot be deleted or truncated away (TRUNCATE of teams or parents CASCADE included) by pgrpc_api, pgrpc_admin, the owner or a superuser; a pending player can be deleted.
+#[tokio::test]
+async fn a_signed_player_is_never_deleted_or_truncated_by_any_role() {
+    let db = TestDb::new().await;
+    let svc = db.as_role("pgrpc_service").await;
+    let tokens = sql_players(&svc, 21, 2, true).await;
+    svc.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[0]])
+        .await
+        .expect("sign");
+    let statements = [
+        "DELETE FROM private.players",
+        "DELETE FROM private.players WHERE contract_status = 'signed'",
+        "TRUNCATE private.players",
+        "TRUNCATE private.teams CASCADE",
+        "TRUNCATE private.parents CASCADE",
+    ];
+    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
+        let client = db.as_role(role).await;
+        for sql in statements {
+            let err = client
+                .batch_execute(sql)
+                .await
+                .expect_err(&format!("{role}: {sql}"));
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {sql}: {err}"
+            );
+            if role == "pgrpc_owner" || role == "postgres" {
+                // Privileges cannot stop these roles; the triggers did.
+                let message = err.as_db_error().map(|e| e.message().to_string());
+                assert_eq!(
+                    message.as_deref(),
+                    Some("signed_contract_kept"),
+                    "{role}: {sql}"
+                );
+            }
+        }
+    }
+    let su = db.superuser().await;
+    assert_eq!(count(&su, SIGNED_PLAYERS).await, 1);
+    assert_one_event_per_signed_player(&su).await;
+
+    // Only signed players are kept: a pending one may go.
+    let deleted = db
+        .as_role("pgrpc_owner")
+        .await
+        .execute(
+            "DELETE FROM private.players WHERE contract_status = 'pending'",
+            &[],
+        )
+        .await
+        .expect("delete a pending player");
+    assert_eq!(deleted, 1);
+    assert_eq!(count(&su, "SELECT count(*) FROM private.players").await, 1);
+}
+
+/// Nobody can write a contract.signed event for a pending, unknown or differently spelled player, nor a second one for a signed player; the trigger path still writes exactly one.
+#[tokio::test]
+async fn a_contract_signed_event_cannot_be_fabricated_or_duplicated() {
+    let db = TestDb::new().await;
+    let svc = db.as_role("pgrpc_service").await;
+    let tokens = sql_players(&svc, 31, 2, true).await;
+    let signed: uuid::Uuid = svc
+        .query_one(
+            "SELECT player_id FROM api.sign_contract($1, 'sig')",
+            &[&tokens[0]],
+        )
+        .await
+        .expect("sign")
+        .get(0);
+    let su = db.superuser().await;
+    let pending: uuid::Uuid = su
+        .query_one(
+            "SELECT id FROM private.players WHERE contract_token = $1",
+            &[&tokens[1]],
+        )
+        .await
+        .expect("pending player")
+        .get(0);
+
+    let forgeries = [
+        ("player", pending.to_string()),
+        ("player", uuid::Uuid::new_v4().to_string()),
+        ("player", signed.to_string().to_uppercase()),
+        ("team", signed.to_string()),
+        ("player", "not-a-uuid".to_string()),
+    ];
+    let duplicate = ("player", signed.to_string());
+    let paths = [
+        "SELECT private.outbox_emit($1, $2, 'contract.signed', '{}')",
+        "INSERT INTO private.outbox (aggregate_type, aggregate_id, event_type, payload) \
+         VALUES ($1, $2, 'contract.signed', '{}')",
+    ];
+    for role in ["pgrpc_api", "pgrpc_owner", "postgres"] {
+        let client = db.as_role(role).await;
+        for sql in paths {
+            for (aggregate_type, aggregate_id) in &forgeries {
+                let err = client
+                    .execute(sql, &[aggregate_type, aggregate_id])
+                    .await
+                    .expect_err(&format!(
+                        "{role} forges for {aggregate_type} {aggregate_id}"
+                    ));
+                assert_eq!(
+                    err.code(),
+                    Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                    "{role}: {sql}: {err}"
+                );
+                let message = err.as_db_error().map(|e| e.message().to_string());
+                assert_eq!(
+                    message.as_deref(),
+                    Some("contract_signed_without_signed_player")
+                );
+            }
+            let err = client
+                .execute(sql, &[&duplicate.0, &duplicate.1])
+                .await
+                .expect_err(&format!("{role} duplicates the event"));
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::UNIQUE_VIOLATION),
+                "{role}: {err}"
+            );
+            assert_eq!(
+                err.as_db_error().and_then(|e| e.constraint()),
+                Some("outbox_contract_signed_once_per_player")
+            );
+        }
+    }
+    assert_eq!(count(&su, SIGNED_EVENTS).await, 1);
+    assert_one_event_per_signed_player(&su).await;
+
+    // The legitimate paths pass the check: signing, and inserting a signed player.
+    svc.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[1]])
+        .await
+        .expect("sign the pending player");
+    db.as_role("pgrpc_owner")
+        .await
+        .execute(
+            "INSERT INTO private.players (tenant_id, team_id, parent_id, name, contract_status, signed_at, signature_ref)
+             SELECT tenant_id, team_id, parent_id, 'Paper', 'signed', now(), 'paper' FROM private.players WHERE id = $1",
+            &[&pending],
+        )
+        .await
+        .expect("insert a player signed on paper");
+    assert_eq!(count(&su, SIGNED_EVENTS).await, 3);
+    assert_one_event_per_signed_player(&su).await;
+}

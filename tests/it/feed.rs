@@ -1219,3 +1219,244 @@ async fn feed_entries_are_write_once_except_for_clearing_the_ip() {
         .expect_err("marker for another mailbox");
     assert_eq!(sqlstate(&e), "23503");
 }
+
+// Events and updated_at --------------------------------------------------------
+
+/// The receive.finalized payloads of one reservation.
+async fn finalized_events(c: &Client, id: Uuid) -> Vec<Value> {
+    c.query(
+        "SELECT payload FROM private.outbox \
+         WHERE event_type = 'receive.finalized' AND aggregate_type = 'receive' \
+           AND aggregate_id = $1::uuid::text",
+        &[&id],
+    )
+    .await
+    .expect("receive.finalized events")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// An entry inserted directly in SQL, by pgrpc_owner or a superuser, emits
+/// exactly one receive.finalized (without the IP); a duplicate insert that
+/// ON CONFLICT skips, or a rolled-back one, emits none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_inserted_directly_emits_one_receive_finalized() {
+    let db = TestDb::new().await;
+    let insert = "INSERT INTO private.receive_feed_entries \
+                  (reservation_id, owner_email, file_count, total_bytes, sender_label, sender_ip) \
+                  VALUES ($1, 'Direct@Example.com', 3, 300, 'ops', '192.0.2.1') \
+                  ON CONFLICT DO NOTHING";
+    let su = db.superuser().await;
+    for role in ["pgrpc_owner", "postgres"] {
+        let c = db.as_role(role).await;
+        let id = Uuid::new_v4();
+        assert_eq!(c.execute(insert, &[&id]).await.expect("insert"), 1);
+        assert_eq!(
+            c.execute(insert, &[&id]).await.expect("duplicate"),
+            0,
+            "the duplicate inserts nothing"
+        );
+        let events = finalized_events(&su, id).await;
+        assert_eq!(events.len(), 1, "{role}: one event per entry: {events:?}");
+        let created_at: chrono::DateTime<chrono::Utc> = su
+            .query_one(
+                "SELECT created_at FROM private.receive_feed_entries WHERE reservation_id = $1",
+                &[&id],
+            )
+            .await
+            .expect("entry")
+            .get(0);
+        assert_eq!(
+            events[0],
+            json!({
+                "reservation_id": id,
+                "owner_email": "direct@example.com",
+                "created_at": events[0]["created_at"],
+                "file_count": 3,
+                "total_bytes": 300,
+                "sender_label": "ops",
+            }),
+            "{role}: the payload finalize_receive always had, without the IP"
+        );
+        assert_eq!(instant(&events[0]), created_at, "{role}");
+
+        let rolled_back = Uuid::new_v4();
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.execute(insert, &[&rolled_back]).await.expect("insert");
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        assert!(
+            finalized_events(&su, rolled_back).await.is_empty(),
+            "{role}"
+        );
+    }
+}
+
+/// Only the legacy migration's own inserts are silent: a service or the
+/// owner that sets pgrpc.receive_legacy_migration itself still emits one
+/// event per new entry, and the flag does not outlive the migration call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_legacy_migration_inserts_entries_without_an_event() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+
+    let service = db
+        .as_request(
+            "pgrpc_service",
+            &json!({"role": "pgrpc_service", "sub": "svc"}),
+        )
+        .await;
+    service
+        .batch_execute("SET pgrpc.receive_legacy_migration = 'on'")
+        .await
+        .expect("a session may set the flag");
+    let finalized = Uuid::new_v4();
+    let row = service
+        .query_one(
+            "SELECT newly_created FROM api.finalize_receive($1, 'flag@example.com', 1, 1)",
+            &[&finalized],
+        )
+        .await
+        .expect("finalize_receive");
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(
+        finalized_events(&su, finalized).await.len(),
+        1,
+        "the caller's flag does not silence finalize_receive"
+    );
+
+    let owner = db.as_role("pgrpc_owner").await;
+    owner
+        .batch_execute("SET pgrpc.receive_legacy_migration = 'on'")
+        .await
+        .expect("flag");
+    let direct = Uuid::new_v4();
+    owner
+        .execute(
+            "INSERT INTO private.receive_feed_entries (reservation_id, owner_email, file_count, total_bytes) \
+             VALUES ($1, 'flag@example.com', 1, 1)",
+            &[&direct],
+        )
+        .await
+        .expect("direct insert");
+    assert_eq!(
+        finalized_events(&su, direct).await.len(),
+        1,
+        "only pgrpc_api (the migration) is silenced by the flag"
+    );
+
+    let legacy = Uuid::new_v4();
+    load_legacy(
+        &su,
+        "old@example.com",
+        json!([legacy_element(legacy, 5, true)]),
+    )
+    .await;
+    let admin = db.as_role("pgrpc_admin").await;
+    admin.batch_execute("BEGIN").await.expect("begin");
+    let (owners, inserted, _, markers, _) = migrate(&admin, 10).await;
+    assert_eq!((owners, inserted, markers), (1, 1, 1));
+    let flag: Option<String> = admin
+        .query_one(
+            "SELECT current_setting('pgrpc.receive_legacy_migration', true)",
+            &[],
+        )
+        .await
+        .expect("flag")
+        .get(0);
+    assert_ne!(
+        flag.as_deref(),
+        Some("on"),
+        "the flag is off again when the migration returns"
+    );
+    admin.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1",
+            legacy
+        )
+        .await,
+        1
+    );
+    assert!(
+        finalized_events(&su, legacy).await.is_empty(),
+        "a migrated receive is not announced again"
+    );
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
+        )
+        .await,
+        2
+    );
+}
+
+/// Feed entries carry updated_at, kept by a trigger: clearing the IP (the
+/// scrub) advances it and changes nothing else, a direct UPDATE cannot set
+/// it, and pgrpc_api has no privilege on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_the_ip_advances_updated_at_and_nothing_else() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let id = Uuid::new_v4();
+    su.execute(
+        "INSERT INTO private.receive_feed_entries \
+         (reservation_id, owner_email, created_at, file_count, total_bytes, sender_label, sender_ip) \
+         VALUES ($1, 'u@example.com', clock_timestamp() - interval '40 days', 4, 40, 'l', '203.0.113.9')",
+        &[&id],
+    )
+    .await
+    .expect("old entry");
+    let read = "SELECT to_jsonb(e) - 'updated_at', updated_at \
+                FROM private.receive_feed_entries AS e WHERE reservation_id = $1";
+    let row = su.query_one(read, &[&id]).await.expect("entry");
+    let (fact_before, updated_before): (Value, chrono::DateTime<chrono::Utc>) =
+        (row.get(0), row.get(1));
+
+    let admin = db.as_role("pgrpc_admin").await;
+    let scrubbed: i64 = admin
+        .query_one(
+            "SELECT entries_scrubbed FROM admin.scrub_receive_ips()",
+            &[],
+        )
+        .await
+        .expect("scrub")
+        .get(0);
+    assert_eq!(scrubbed, 1);
+    let row = su.query_one(read, &[&id]).await.expect("entry");
+    let (fact_after, updated_after): (Value, chrono::DateTime<chrono::Utc>) =
+        (row.get(0), row.get(1));
+    assert!(
+        updated_after > updated_before,
+        "the scrub advances updated_at"
+    );
+    let mut expected = fact_before.clone();
+    expected["sender_ip"] = Value::Null;
+    assert_eq!(fact_after, expected, "only sender_ip changed");
+
+    // updated_at is the trigger's: a direct write is overwritten.
+    let owner = db.as_role("pgrpc_owner").await;
+    owner
+        .execute(
+            "UPDATE private.receive_feed_entries SET updated_at = '2000-01-01T00:00:00Z' \
+             WHERE reservation_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("touch");
+    let row = su.query_one(read, &[&id]).await.expect("entry");
+    assert!(row.get::<_, chrono::DateTime<chrono::Utc>>(1) > updated_after);
+    assert_eq!(row.get::<_, Value>(0), expected);
+
+    let api = db.as_role("pgrpc_api").await;
+    let e = api
+        .execute(
+            "UPDATE private.receive_feed_entries SET updated_at = clock_timestamp()",
+            &[],
+        )
+        .await
+        .expect_err("pgrpc_api may update sender_ip only");
+    assert_eq!(sqlstate(&e), "42501");
+}

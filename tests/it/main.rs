@@ -10,6 +10,7 @@ mod contracts;
 mod embedded;
 mod feed;
 mod idempotency;
+mod integrity;
 mod nonces;
 mod outbox;
 mod proxy;

@@ -800,3 +800,62 @@ async fn every_spec_event_type_is_emitted_by_some_database_function() {
         missing.keys().collect::<Vec<_>>()
     );
 }
+
+/// updated_at moves with every delivery change (claim, ack), is kept by the database alone (pgrpc_api may not write it, an owner's value is overwritten), and the event columns stay write-once beside it.
+#[tokio::test]
+async fn updated_at_follows_every_delivery_change_and_cannot_be_forged() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let svc = db.as_role("pgrpc_service").await;
+    let id = emit(&su, "order", "u1", "order.created").await;
+    let read = "SELECT created_at, updated_at, status FROM private.outbox WHERE id = $1";
+    type Stamp = (
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        String,
+    );
+    async fn stamp(su: &Client, read: &str, id: i64) -> Stamp {
+        let row = su.query_one(read, &[&id]).await.expect("read event");
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    let (created, emitted, _) = stamp(&su, read, id).await;
+    assert!(emitted >= created);
+
+    let (lease, events) = claim(&svc, "c", 10, 30, None).await;
+    assert_eq!(ids_of(&events), vec![id]);
+    let (_, claimed, status) = stamp(&su, read, id).await;
+    assert_eq!(status, "leased");
+    assert!(claimed > emitted, "the claim moved updated_at");
+
+    assert_eq!(ack(&svc, lease, &[id]).await, 1);
+    let (created_after, acked, status) = stamp(&su, read, id).await;
+    assert_eq!(status, "delivered");
+    assert!(acked > claimed, "the ack moved updated_at");
+    assert_eq!(created_after, created, "created_at is write-once");
+
+    let err = db
+        .as_role("pgrpc_api")
+        .await
+        .execute(
+            "UPDATE private.outbox SET updated_at = now() - interval '1 year' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect_err("pgrpc_api writes delivery columns only");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+
+    db.as_role("pgrpc_owner")
+        .await
+        .execute(
+            "UPDATE private.outbox SET updated_at = '2000-01-01' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("the owner may touch the row");
+    let (_, touched, _) = stamp(&su, read, id).await;
+    assert!(
+        touched > acked,
+        "the trigger keeps updated_at, not the caller"
+    );
+}

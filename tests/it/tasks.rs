@@ -1227,6 +1227,42 @@ async fn a_user_of_another_organization_gets_403() {
     );
 }
 
+/// A 403 for linking another organization's opportunity or suggestion names
+/// what the caller passed but never the other organization's id (nor the
+/// ticket's), for a service and for a user alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_for_a_foreign_opportunity_or_suggestion_does_not_name_the_other_organization() {
+    let server = TestServer::start().await;
+    let own = org_with_suggestions(&server, 1).await;
+    let foreign = org_with_suggestions(&server, 1).await;
+    let conn = id_of(&connect(&server, &own.id, "acme").await);
+    let user = support::user_token(&own.id, "ann@acme.test");
+
+    for token in [support::service_token(), user] {
+        let mut with_opportunity = ticket_body(&conn, "ACME-1", &NO_SUGGESTIONS);
+        with_opportunity["opportunity_id"] = json!(foreign.opportunity);
+        let with_suggestion = ticket_body(&conn, "ACME-2", &[&foreign.suggestions[0]]);
+        for (body, named) in [
+            (with_opportunity, &foreign.opportunity),
+            (with_suggestion, &foreign.suggestions[0]),
+        ] {
+            let r = server.rpc("create_ticket", Some(&token), body).await;
+            assert_error(&r, 403, "forbidden");
+            let text = format!("{} {}", details(&r), r.body["hint"]);
+            assert!(details(&r).contains(named.as_str()), "{}", r.text);
+            assert!(details(&r).contains("another organization"), "{}", r.text);
+            assert!(
+                !text.contains(&foreign.id),
+                "leaks the other org: {}",
+                r.text
+            );
+            assert!(!text.contains(&own.id), "names an organization: {}", r.text);
+        }
+    }
+    let su = server.db.superuser().await;
+    assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 0);
+}
+
 // Cascade, append-only and write-once, in SQL --------------------------------
 
 /// admin.delete_task_management_connection removes the connection, its
@@ -1527,6 +1563,249 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
         db_error(&err),
         ("PT403".to_string(), "forbidden".to_string())
     );
+}
+
+// Events and updated_at --------------------------------------------------------
+
+/// The ticket.created events of one ticket, as payloads.
+async fn ticket_created_events(c: &Client, ticket: &Uuid) -> Vec<Value> {
+    c.query(
+        "SELECT payload FROM private.outbox \
+         WHERE event_type = 'ticket.created' AND aggregate_type = 'ticket' AND aggregate_id = $1::uuid::text",
+        &[ticket],
+    )
+    .await
+    .expect("ticket.created events")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// A ticket inserted directly in SQL, by pgrpc_owner or a superuser, emits
+/// exactly one ticket.created at commit, listing the links inserted after it
+/// in the same transaction; a rolled-back ticket, or one deleted again before
+/// commit, emits none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_inserted_directly_emits_one_ticket_created_with_its_links() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let f = sql_fixture(&su).await;
+    let insert_ticket = "INSERT INTO private.tickets (id, connection_id, organization_id, \
+             external_ticket_id, ticket_key, ticket_url, ticket_provider, created_by) \
+         VALUES ($1, $2, $3, $4, $4, 'https://sql.atlassian.net/browse/X', 'jira_cloud', 'operator')";
+    let insert_link =
+        "INSERT INTO private.ticket_suggestions (ticket_id, suggestion_id) VALUES ($1, $2)";
+
+    for (role, key) in [("pgrpc_owner", "OWN-1"), ("postgres", "SU-1")] {
+        let suggestion: Uuid = su
+            .query_one(
+                "SELECT id FROM api.create_suggestion($1, '{}')",
+                &[&f.opportunity],
+            )
+            .await
+            .expect("suggestion")
+            .get(0);
+        let c = db.as_role(role).await;
+        let ticket = Uuid::new_v4();
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.execute(insert_ticket, &[&ticket, &f.connection, &f.org, &key])
+            .await
+            .unwrap_or_else(|e| panic!("{role}: insert ticket: {e}"));
+        c.execute(insert_link, &[&ticket, &suggestion])
+            .await
+            .unwrap_or_else(|e| panic!("{role}: insert link: {e}"));
+        c.batch_execute("COMMIT").await.expect("commit");
+
+        let events = ticket_created_events(&su, &ticket).await;
+        assert_eq!(events.len(), 1, "{role}: one event per ticket: {events:?}");
+        assert_eq!(events[0]["ticket_id"], json!(ticket));
+        assert_eq!(events[0]["ticket_key"], json!(key));
+        assert_eq!(events[0]["created_by"], json!("operator"));
+        assert_eq!(events[0]["organization_id"], json!(f.org));
+        assert_eq!(
+            events[0]["suggestion_ids"],
+            json!([suggestion]),
+            "{role}: the links inserted after the ticket are in the payload"
+        );
+
+        let rolled_back = Uuid::new_v4();
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.execute(
+            insert_ticket,
+            &[&rolled_back, &f.connection, &f.org, &format!("{key}-rb")],
+        )
+        .await
+        .expect("insert");
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        assert!(ticket_created_events(&su, &rolled_back).await.is_empty());
+
+        let deleted = Uuid::new_v4();
+        c.batch_execute("BEGIN").await.expect("begin");
+        c.execute(
+            insert_ticket,
+            &[&deleted, &f.connection, &f.org, &format!("{key}-del")],
+        )
+        .await
+        .expect("insert");
+        c.execute("DELETE FROM private.tickets WHERE id = $1", &[&deleted])
+            .await
+            .expect("delete");
+        c.batch_execute("COMMIT").await.expect("commit");
+        assert!(
+            ticket_created_events(&su, &deleted).await.is_empty(),
+            "{role}: a ticket gone before commit announces nothing"
+        );
+    }
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
+        )
+        .await,
+        count(&su, "SELECT count(*) FROM private.tickets").await,
+        "one ticket.created per committed ticket"
+    );
+}
+
+/// create_ticket's event lists its suggestions even when the caller made
+/// every constraint IMMEDIATE: the event is written at commit, once, as the
+/// request role (which may not write the outbox itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_ticket_lists_its_suggestions_even_when_constraints_are_immediate() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let f = sql_fixture(&su).await;
+    let second: Uuid = su
+        .query_one(
+            "SELECT id FROM api.create_suggestion($1, '{}')",
+            &[&f.opportunity],
+        )
+        .await
+        .expect("suggestion")
+        .get(0);
+
+    let service = db
+        .as_request(
+            "pgrpc_service",
+            &json!({"role": "pgrpc_service", "sub": "svc"}),
+        )
+        .await;
+    service
+        .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
+        .await
+        .expect("begin");
+    let ticket: Uuid = service
+        .query_one(
+            "SELECT id FROM api.create_ticket($1, 'ext-imm', 'SQL-IMM', \
+             'https://sql.atlassian.net/browse/SQL-IMM', ARRAY[$2, $3]::uuid[])",
+            &[&f.connection, &second, &f.free],
+        )
+        .await
+        .expect("create_ticket")
+        .get(0);
+    service.batch_execute("COMMIT").await.expect("commit");
+
+    let events = ticket_created_events(&su, &ticket).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let mut expected = vec![second, f.free];
+    expected.sort();
+    assert_eq!(events[0]["suggestion_ids"], json!(expected));
+    assert_eq!(events[0]["created_by"], json!("svc"));
+}
+
+/// The updated_at of one row of a table of this module.
+async fn updated_at(c: &Client, table: &str, id: &Uuid) -> chrono::DateTime<chrono::Utc> {
+    c.query_one(
+        &format!("SELECT updated_at FROM private.{table} WHERE id = $1"),
+        &[id],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{table}.updated_at: {e}"))
+    .get(0)
+}
+
+/// Every path that updates a connection or a ticket works and advances its
+/// updated_at: re-auth, status changes, last_used_at, disconnect, ticket
+/// status, and a direct UPDATE that tries to set updated_at itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_update_of_a_connection_or_ticket_advances_updated_at() {
+    let server = TestServer::start().await;
+    let org = org_with_suggestions(&server, 1).await;
+    let conn_id = id_of(&connect(&server, &org.id, "acme").await);
+    let conn = uuid(&conn_id);
+    let su = server.db.superuser().await;
+    let mut last = updated_at(&su, "task_management_connections", &conn).await;
+
+    let steps = [
+        (
+            "set_connection_status",
+            "error",
+            json!({"connection_id": conn_id, "status": "error", "error_message": "boom"}),
+        ),
+        (
+            "connect_task_management",
+            "active",
+            connect_body(&org.id, "acme"),
+        ),
+        (
+            "create_ticket",
+            "active",
+            ticket_body(&conn_id, "ACME-1", &[&org.suggestions[0]]),
+        ),
+        (
+            "disconnect_task_management",
+            "disconnected",
+            json!({"connection_id": conn_id}),
+        ),
+    ];
+    let mut ticket = None;
+    for (function, status, body) in steps {
+        let out = service_ok(&server, function, body).await;
+        if function == "create_ticket" {
+            ticket = Some(uuid(&id_of(&out)));
+        }
+        let row = su
+            .query_one(
+                "SELECT status, updated_at FROM private.task_management_connections WHERE id = $1",
+                &[&conn],
+            )
+            .await
+            .expect("connection");
+        assert_eq!(row.get::<_, String>(0), status, "{function}");
+        let now: chrono::DateTime<chrono::Utc> = row.get(1);
+        assert!(now > last, "{function} advances updated_at");
+        last = now;
+    }
+
+    let ticket = ticket.expect("a ticket");
+    let before = updated_at(&su, "tickets", &ticket).await;
+    let out = service_ok(
+        &server,
+        "update_ticket_status",
+        json!({"ticket_id": ticket, "ticket_status": "In Progress"}),
+    )
+    .await;
+    assert_eq!(out["ticket_status"], json!("In Progress"));
+    let after = updated_at(&su, "tickets", &ticket).await;
+    assert!(after > before, "update_ticket_status advances updated_at");
+
+    // updated_at belongs to the trigger: a direct UPDATE cannot backdate it.
+    for table in ["tickets", "task_management_connections"] {
+        let id = if table == "tickets" { ticket } else { conn };
+        let before = updated_at(&su, table, &id).await;
+        su.execute(
+            &format!(
+                "UPDATE private.{table} SET updated_at = '2000-01-01T00:00:00Z' WHERE id = $1"
+            ),
+            &[&id],
+        )
+        .await
+        .expect("update");
+        assert!(
+            updated_at(&su, table, &id).await > before,
+            "{table}: updated_at is set by the trigger"
+        );
+    }
 }
 
 // Privileges and catalog ----------------------------------------------------

@@ -1286,3 +1286,337 @@ async fn every_tokens_function_is_documented() {
         );
     }
 }
+
+// Counters that cannot be rewritten, in SQL --------------------------------------------
+
+/// Rewinding, jumping or re-totalling a counter, deleting a live one and
+/// TRUNCATE (direct or cascaded from sites) are refused with 42501 for
+/// pgrpc_api, pgrpc_admin, pgrpc_owner and a superuser; the budget survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_counters_cannot_be_rewound_retotalled_deleted_or_truncated_by_any_role() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let (_, site) = sql_org_with_site(&su, "freemium").await;
+    for _ in 0..3 {
+        su.execute("SELECT api.consume_token($1, 'alt_text')", &[&site])
+            .await
+            .expect("spend");
+    }
+
+    let statements = [
+        "UPDATE private.tokens SET used = 0",
+        "UPDATE private.tokens SET used = used - 1",
+        "UPDATE private.tokens SET used = used + 2",
+        "UPDATE private.tokens SET total = 1000",
+        "UPDATE private.tokens SET cycle = '2999-01'",
+        "DELETE FROM private.tokens",
+        "TRUNCATE private.tokens",
+        "TRUNCATE private.sites CASCADE",
+    ];
+    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
+        let c = db.as_role(role).await;
+        for stmt in statements {
+            let err = c
+                .batch_execute(stmt)
+                .await
+                .expect_err(&format!("{role} may not run {stmt}"));
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {stmt}: {err}"
+            );
+            if role == "pgrpc_owner" || role == "postgres" {
+                // Privileges cannot stop these roles; the triggers did.
+                let (_, message) = db_error(&err);
+                assert!(
+                    ["used_only_grows", "write_once", "prune_only"].contains(&message.as_str()),
+                    "{role}: {stmt}: {message}"
+                );
+            }
+        }
+    }
+
+    let row = su
+        .query_one(
+            "SELECT total, used, cycle = private.current_cycle() FROM private.tokens WHERE site_id = $1",
+            &[&site],
+        )
+        .await
+        .expect("the counter is still there");
+    assert_eq!(
+        (
+            row.get::<_, i32>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, bool>(2)
+        ),
+        (FREEMIUM_PER_CYCLE as i32, 3, true)
+    );
+    // The sanctioned step, n -> n + 1, still works, up to the total.
+    let used: i32 = su
+        .query_one(
+            "SELECT used FROM api.consume_token($1, 'alt_text')",
+            &[&site],
+        )
+        .await
+        .expect("spend after the refusals")
+        .get(0);
+    assert_eq!(used, 4);
+}
+
+/// A counter goes only through admin.prune_token_cycles (past cycles) or
+/// with its site: a direct DELETE of a past cycle is refused even to the
+/// owner and a superuser, and pgrpc_api may not delete the current cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_is_deleted_only_by_prune_token_cycles_or_with_its_site() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let (_, site) = sql_org_with_site(&su, "freemium").await;
+    su.execute("SELECT api.consume_token($1, 'meta_tags')", &[&site])
+        .await
+        .expect("a counter in the current cycle");
+    su.execute(
+        "INSERT INTO private.tokens (site_id, token_type, cycle, total, used) \
+         VALUES ($1, 'alt_text', to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - interval '20 months', 'YYYY-MM'), 10, 4)",
+        &[&site],
+    )
+    .await
+    .expect("an old counter");
+    let old = "DELETE FROM private.tokens WHERE cycle < private.current_cycle()";
+
+    for role in ["pgrpc_owner", "postgres"] {
+        let err = db
+            .as_role(role)
+            .await
+            .batch_execute(old)
+            .await
+            .expect_err(&format!("{role} deletes a past cycle directly"));
+        assert_eq!(
+            db_error(&err),
+            ("42501".to_string(), "prune_only".to_string()),
+            "{role}"
+        );
+    }
+    let api = db.as_role("pgrpc_api").await;
+    let err = api
+        .batch_execute("DELETE FROM private.tokens WHERE cycle = private.current_cycle()")
+        .await
+        .expect_err("the current cycle is never deleted");
+    assert_eq!(
+        db_error(&err),
+        ("42501".to_string(), "prune_only".to_string())
+    );
+    assert_eq!(count(&su, "SELECT count(*) FROM private.tokens").await, 2);
+
+    let pruned: i64 = db
+        .as_role("pgrpc_admin")
+        .await
+        .query_one("SELECT admin.prune_token_cycles()", &[])
+        .await
+        .expect("prune")
+        .get(0);
+    assert_eq!(pruned, 1, "the cycle 20 months back");
+
+    db.as_role("pgrpc_owner")
+        .await
+        .execute("DELETE FROM private.sites WHERE id = $1", &[&site])
+        .await
+        .expect("deleting a site cascades to its counters");
+    assert_eq!(count(&su, "SELECT count(*) FROM private.tokens").await, 0);
+}
+
+/// A new allowance applies to counters created afterwards; an existing
+/// counter keeps its total, which is write-once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_allowance_applies_only_to_counters_created_afterwards() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let (_, before) = sql_org_with_site(&su, "freemium").await;
+    let (_, after) = sql_org_with_site(&su, "freemium").await;
+    su.execute("SELECT api.consume_token($1, 'alt_text')", &[&before])
+        .await
+        .expect("spend before the change");
+    db.as_role("pgrpc_admin")
+        .await
+        .batch_execute("SELECT admin.set_token_allowance('freemium', 'alt_text', 20)")
+        .await
+        .expect("raise the allowance");
+    su.execute("SELECT api.consume_token($1, 'alt_text')", &[&after])
+        .await
+        .expect("spend after the change");
+
+    let total = |site: Uuid| {
+        let su = &su;
+        async move {
+            su.query_one(
+                "SELECT total FROM private.tokens WHERE site_id = $1 AND token_type = 'alt_text'",
+                &[&site],
+            )
+            .await
+            .expect("counter")
+            .get::<_, i32>(0)
+        }
+    };
+    assert_eq!(total(before).await, FREEMIUM_PER_CYCLE as i32);
+    assert_eq!(total(after).await, 20);
+}
+
+// Grant events and the grant lock ---------------------------------------------------------
+
+/// A grant inserted directly (not through grant_suggestion) still emits
+/// exactly one suggestion.granted event, with the same payload as the API's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_written_directly_emits_its_suggestion_granted_event() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let (org, site) = sql_org_with_site(&su, "freemium").await;
+    let row = su
+        .query_one(
+            "SELECT o.id, s.id FROM api.create_opportunity($1, 'meta-tags') o, \
+             LATERAL api.create_suggestion(o.id, '{\"tag\":\"title\",\"value\":\"x\"}') s",
+            &[&site],
+        )
+        .await
+        .expect("create suggestion");
+    let (opp, direct): (Uuid, Uuid) = (row.get(0), row.get(1));
+    db.as_role("pgrpc_owner")
+        .await
+        .execute(
+            "INSERT INTO private.suggestion_grants (suggestion_id, site_id, token_type, cycle, granted_by) \
+             VALUES ($1, $2, 'meta_tags', '2025-01', 'by hand')",
+            &[&direct, &site],
+        )
+        .await
+        .expect("a direct insert");
+    let through_api = sql_granted_suggestion(&su, site).await;
+
+    let events = su
+        .query(
+            "SELECT aggregate_type, aggregate_id, payload FROM private.outbox \
+             WHERE event_type = 'suggestion.granted' ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 2, "one event per grant");
+    let grant = su
+        .query_one(
+            "SELECT to_jsonb(granted_at) FROM private.suggestion_grants WHERE suggestion_id = $1",
+            &[&direct],
+        )
+        .await
+        .expect("grant")
+        .get::<_, Value>(0);
+    assert_eq!(events[0].get::<_, String>(0), "suggestion");
+    assert_eq!(events[0].get::<_, String>(1), direct.to_string());
+    assert_eq!(
+        events[0].get::<_, Value>(2),
+        json!({
+            "suggestion_id": direct,
+            "opportunity_id": opp,
+            "opportunity_type": "meta-tags",
+            "site_id": site,
+            "organization_id": org,
+            "token_type": "meta_tags",
+            "cycle": "2025-01",
+            "granted_by": "by hand",
+            "granted_at": grant,
+        })
+    );
+    assert_eq!(events[1].get::<_, String>(1), through_api.to_string());
+    let keys = |payload: Value| {
+        let mut keys: Vec<String> = payload
+            .as_object()
+            .expect("payload object")
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    };
+    let api_payload: Value = events[1].get(2);
+    assert_eq!(
+        keys(api_payload.clone()),
+        keys(events[0].get(2)),
+        "both paths write the same payload shape"
+    );
+    assert_eq!(api_payload["granted_by"], "operator");
+}
+
+/// While a grant holds its suggestion locked, a foreign-key check on that
+/// suggestion (a ticket link being written) goes through at once, and a
+/// second grant of the same suggestion still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_in_progress_does_not_block_foreign_key_checks_on_its_suggestion() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let (_, site) = sql_org_with_site(&su, "freemium").await;
+    let sug: Uuid = su
+        .query_one(
+            "SELECT s.id FROM api.create_opportunity($1, 'meta-tags') o, \
+             LATERAL api.create_suggestion(o.id, '{\"tag\":\"title\",\"value\":\"x\"}') s",
+            &[&site],
+        )
+        .await
+        .expect("create suggestion")
+        .get(0);
+    // Test-only: a table referencing suggestions, as ticket links do.
+    su.batch_execute(
+        "CREATE TABLE public.test_suggestion_refs (
+             suggestion_id uuid NOT NULL REFERENCES private.suggestions (id))",
+    )
+    .await
+    .expect("referencing table");
+
+    let mut granter = db.as_role("pgrpc_service").await;
+    let tx = granter.transaction().await.expect("begin");
+    let newly: bool = tx
+        .query_one(
+            "SELECT newly_granted FROM api.grant_suggestion($1, 'ops')",
+            &[&sug],
+        )
+        .await
+        .expect("grant, left uncommitted")
+        .get(0);
+    assert!(newly);
+
+    // FOR UPDATE would make this FK check wait for the grant's commit.
+    let linker = db.superuser().await;
+    linker
+        .batch_execute("SET lock_timeout = '2s'")
+        .await
+        .expect("lock_timeout");
+    linker
+        .execute(
+            "INSERT INTO public.test_suggestion_refs (suggestion_id) VALUES ($1)",
+            &[&sug],
+        )
+        .await
+        .expect("the FK check is not blocked by the grant's lock");
+
+    // Grants of the suggestion are still serialized on the row lock.
+    let rival = db.as_role("pgrpc_service").await;
+    rival
+        .batch_execute("SET lock_timeout = '200ms'")
+        .await
+        .expect("lock_timeout");
+    let err = rival
+        .query_one("SELECT * FROM api.grant_suggestion($1, 'ops')", &[&sug])
+        .await
+        .expect_err("a second grant waits for the first");
+    assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err}");
+
+    tx.commit().await.expect("commit");
+    let again: bool = rival
+        .query_one(
+            "SELECT newly_granted FROM api.grant_suggestion($1, 'ops')",
+            &[&sug],
+        )
+        .await
+        .expect("after the commit")
+        .get(0);
+    assert!(!again);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM public.test_suggestion_refs").await,
+        1
+    );
+}

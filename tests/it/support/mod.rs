@@ -190,6 +190,14 @@ impl TestDb {
         superuser_url(&self.host, self.port, &self.name)
     }
 
+    /// URL of this database for any login role.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgresql://{user}:{password}@{}:{}/{}",
+            self.host, self.port, self.name
+        )
+    }
+
     /// URL for the proxy's connection role.
     pub fn authenticator_url(&self) -> String {
         format!(
