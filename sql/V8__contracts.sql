@@ -149,18 +149,20 @@ RETURNS trigger
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF NEW.aggregate_type IS DISTINCT FROM 'player'
-       OR NEW.aggregate_id !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
-       OR NOT EXISTS (SELECT 1 FROM private.players p
-                      WHERE p.id = NEW.aggregate_id::uuid AND p.contract_status = 'signed') THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'insufficient_privilege',
-            MESSAGE = 'contract_signed_without_signed_player',
-            DETAIL = format('A contract.signed event for %s %s names no signed player.',
-                            NEW.aggregate_type, NEW.aggregate_id),
-            HINT = 'contract.signed is written by the database when a player''s contract becomes signed; sign the contract instead.';
+    -- The format check comes first, in its own IF, so the cast never fails.
+    IF NEW.aggregate_type = 'player'
+       AND NEW.aggregate_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        IF EXISTS (SELECT 1 FROM private.players p
+                   WHERE p.id = NEW.aggregate_id::uuid AND p.contract_status = 'signed') THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    RETURN NEW;
+    RAISE EXCEPTION USING
+        ERRCODE = 'insufficient_privilege',
+        MESSAGE = 'contract_signed_without_signed_player',
+        DETAIL = format('A contract.signed event for %s %s names no signed player.',
+                        NEW.aggregate_type, NEW.aggregate_id),
+        HINT = 'contract.signed is written by the database when a player''s contract becomes signed; sign the contract instead.';
 END
 $$;
 

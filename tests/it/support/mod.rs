@@ -14,7 +14,7 @@ use std::time::Duration;
 use pgrpc::config::ServeConfig;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 use tokio::net::TcpListener;
@@ -79,6 +79,9 @@ fn start_cluster() -> Cluster {
         ))
         .with_label("pgrpc.test", "1")
         .with_label("pgrpc.test.run", run_label())
+        // A throwaway cluster: keep it in memory, which makes cloning a
+        // database per test and removing the container fast.
+        .with_mount(Mount::tmpfs_mount("/var/lib/postgresql/data"))
         .with_startup_timeout(Duration::from_secs(120))
         .start()
         .unwrap_or_else(|e| {
@@ -166,7 +169,9 @@ impl TestDb {
         let mut attempt = 0;
         loop {
             match admin
-                .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+                .batch_execute(&format!(
+                    "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB} STRATEGY FILE_COPY"
+                ))
                 .await
             {
                 Ok(()) => break,
