@@ -11,7 +11,9 @@ fn sqlstate(e: &tokio_postgres::Error) -> String {
 }
 
 fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default()
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
 }
 
 /// admin.set_setting validates type and bounds; settings cannot be deleted, renamed or retyped.
@@ -20,7 +22,10 @@ async fn settings_are_validated_and_permanent() {
     let db = TestDb::new().await;
     let admin = db.as_role("pgrpc_admin").await;
     let ok = admin
-        .query_one("SELECT (admin.set_setting('receive_ip_retention', '14 days')).value", &[])
+        .query_one(
+            "SELECT (admin.set_setting('receive_ip_retention', '14 days')).value",
+            &[],
+        )
         .await
         .expect("valid value");
     assert_eq!(ok.get::<_, String>(0), "14 days");
@@ -43,7 +48,10 @@ async fn settings_are_validated_and_permanent() {
         .query_one("SELECT admin.set_setting('no_such_setting', '1')", &[])
         .await
         .expect_err("unknown key");
-    assert_eq!((sqlstate(&e), message(&e)), ("PT404".into(), "not_found".into()));
+    assert_eq!(
+        (sqlstate(&e), message(&e)),
+        ("PT404".into(), "not_found".into())
+    );
 
     let owner = db.as_role("pgrpc_owner").await;
     for sql in [
@@ -64,11 +72,16 @@ async fn table_owner_cannot_switch_rules_off() {
     let login = format!("owner_{}", db.name);
     db.superuser()
         .await
-        .batch_execute(&format!("CREATE ROLE {login} LOGIN PASSWORD 'pw' IN ROLE pgrpc_owner"))
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN PASSWORD 'pw' IN ROLE pgrpc_owner"
+        ))
         .await
         .expect("create login");
     let owner = connect(&db.url_as(&login, "pw")).await;
-    owner.batch_execute("SET ROLE pgrpc_owner").await.expect("set role");
+    owner
+        .batch_execute("SET ROLE pgrpc_owner")
+        .await
+        .expect("set role");
     for sql in [
         "ALTER TABLE private.suggestion_grants DISABLE TRIGGER USER",
         "ALTER TABLE private.oauth_nonces DISABLE TRIGGER USER",
@@ -127,7 +140,11 @@ async fn scoping_covers_roles_derived_from_pgrpc_user() {
     let s = TestServer::start().await;
     let svc = service_token();
     let org = s
-        .rpc("create_organization", Some(&svc), json!({"name": "Scoped", "plan": "freemium"}))
+        .rpc(
+            "create_organization",
+            Some(&svc),
+            json!({"name": "Scoped", "plan": "freemium"}),
+        )
         .await;
     assert_eq!(org.status, 200, "{}", org.text);
     let site = s
@@ -144,21 +161,39 @@ async fn scoping_covers_roles_derived_from_pgrpc_user() {
     su.batch_execute(&format!("CREATE ROLE {role} NOLOGIN IN ROLE pgrpc_user"))
         .await
         .expect("derived role");
-    let derived = s.db.as_request(&role, &json!({"org_id": uuid::Uuid::new_v4()})).await;
+    let derived =
+        s.db.as_request(&role, &json!({"org_id": uuid::Uuid::new_v4()}))
+            .await;
     let e = derived
-        .query_one("SELECT api.token_balance($1::text::uuid, 'alt_text')", &[&site_id])
+        .query_one(
+            "SELECT api.token_balance($1::text::uuid, 'alt_text')",
+            &[&site_id],
+        )
         .await
         .expect_err("another organization");
-    assert_eq!((sqlstate(&e), message(&e)), ("PT403".into(), "forbidden".into()));
-    let own = s.db.as_request(&role, &json!({"org_id": org.body["id"]})).await;
-    own.query_one("SELECT api.token_balance($1::text::uuid, 'alt_text')", &[&site_id])
-        .await
-        .expect("own organization");
+    assert_eq!(
+        (sqlstate(&e), message(&e)),
+        ("PT403".into(), "forbidden".into())
+    );
+    let own =
+        s.db.as_request(&role, &json!({"org_id": org.body["id"]}))
+            .await;
+    own.query_one(
+        "SELECT api.token_balance($1::text::uuid, 'alt_text')",
+        &[&site_id],
+    )
+    .await
+    .expect("own organization");
     let service = s.db.as_request("pgrpc_service", &json!({})).await;
     service
-        .query_one("SELECT api.token_balance($1::text::uuid, 'alt_text')", &[&site_id])
+        .query_one(
+            "SELECT api.token_balance($1::text::uuid, 'alt_text')",
+            &[&site_id],
+        )
         .await
         .expect("services act on any organization");
     drop((derived, own, service));
-    su.batch_execute(&format!("DROP ROLE {role}")).await.expect("drop role");
+    su.batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .expect("drop role");
 }
