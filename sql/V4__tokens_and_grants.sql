@@ -365,35 +365,46 @@ $$;
 
 -- The per-cycle allowance of a site's organization plan for a token type;
 -- 0 when the plan has none.
+-- PL/pgSQL rather than SQL: these run on every balance read and spend, and
+-- PL/pgSQL keeps their plans for the session, where a SQL function called
+-- from PL/pgSQL is planned again on every call.
 CREATE FUNCTION private.site_allowance(p_site_id uuid, p_token_type text)
 RETURNS integer
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT coalesce((
-        SELECT a.per_cycle
-        FROM private.sites s
-        JOIN private.organizations o ON o.id = s.organization_id
-        JOIN private.token_allowances a ON a.plan = o.plan AND a.token_type = p_token_type
-        WHERE s.id = p_site_id
-    ), 0)
+DECLARE
+    v_per_cycle integer;
+BEGIN
+    SELECT a.per_cycle INTO v_per_cycle
+    FROM private.sites s
+    JOIN private.organizations o ON o.id = s.organization_id
+    JOIN private.token_allowances a ON a.plan = o.plan AND a.token_type = p_token_type
+    WHERE s.id = p_site_id;
+    RETURN coalesce(v_per_cycle, 0);
+END
 $$;
 
 -- The balance of one counter without creating it: the stored row, or the
 -- allowance with nothing used.
 CREATE FUNCTION private.balance_of(p_site_id uuid, p_token_type text, p_cycle text)
 RETURNS private.token_balance
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT p_site_id, p_token_type, p_cycle, b.total, b.used, b.total - b.used
-    FROM (
-        SELECT coalesce(t.total, private.site_allowance(p_site_id, p_token_type)) AS total,
-               coalesce(t.used, 0) AS used
-        FROM (SELECT 1) AS one
-        LEFT JOIN private.tokens t
-               ON t.site_id = p_site_id AND t.token_type = p_token_type AND t.cycle = p_cycle
-    ) AS b
+DECLARE
+    v_total integer;
+    v_used integer;
+BEGIN
+    SELECT t.total, t.used INTO v_total, v_used
+    FROM private.tokens t
+    WHERE t.site_id = p_site_id AND t.token_type = p_token_type AND t.cycle = p_cycle;
+    IF NOT FOUND THEN
+        v_total := private.site_allowance(p_site_id, p_token_type);
+        v_used := 0;
+    END IF;
+    RETURN ROW(p_site_id, p_token_type, p_cycle, v_total, v_used, v_total - v_used)::private.token_balance;
+END
 $$;
 
 -- Spends one token: creates the cycle's counter from the allowance if it is
