@@ -12,10 +12,10 @@ SET min_value = b.min_value, max_value = b.max_value
 FROM (VALUES
     ('outbox_max_attempts',       '1',        '1000'),
     ('outbox_max_backoff',        '1 second', '7 days'),
-    ('idempotency_ttl',           '1 minute', '365 days'),
-    ('idempotency_max_ttl',       '1 minute', '365 days'),
-    ('oauth_nonce_max_ttl',       '1 minute', '30 days'),
-    ('oauth_nonce_replay_window', '1 minute', '30 days'),
+    ('idempotency_ttl',           '1 second', '365 days'),
+    ('idempotency_max_ttl',       '1 second', '365 days'),
+    ('oauth_nonce_max_ttl',       '1 second', '30 days'),
+    ('oauth_nonce_replay_window', '1 second', '30 days'),
     ('receive_ip_retention',      '1 hour',   '10 years')
 ) AS b(key, min_value, max_value)
 WHERE s.key = b.key;
