@@ -4,41 +4,37 @@
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use crate::support::{service_token, TestDb, TestServer};
+use crate::support::api::service_ok;
+use crate::support::db::{
+    assert_refused, assert_refused_as, count, message, outbox_count, query_value, sqlstate,
+    PRIVILEGED_ROLES_AND_SUPERUSER,
+};
+use crate::support::{join_tasks, split_refusals, TestDb, TestServer};
 
 /// A team, a parent and a player of `tenant_id`, created over HTTP by a
 /// service; returns the player row.
 async fn player_with_parent(server: &TestServer, tenant_id: i64, with_parent: bool) -> Value {
-    let token = service_token();
-    let team = server
-        .rpc(
-            "create_team",
-            Some(&token),
-            json!({"tenant_id": tenant_id, "name": "Under 12"}),
+    let team = service_ok(
+        server,
+        "create_team",
+        json!({"tenant_id": tenant_id, "name": "Under 12"}),
+    )
+    .await;
+    let mut body = json!({"tenant_id": tenant_id, "team_id": team["id"], "name": "Sam Player"});
+    if with_parent {
+        let parent = service_ok(
+            server,
+            "create_parent",
+            json!({"tenant_id": tenant_id, "name": "Pat Parent", "email": "pat@example.com"}),
         )
         .await;
-    assert_eq!(team.status, 200, "{}", team.text);
-    let mut body =
-        json!({"tenant_id": tenant_id, "team_id": team.body["id"], "name": "Sam Player"});
-    if with_parent {
-        let parent = server
-            .rpc(
-                "create_parent",
-                Some(&token),
-                json!({"tenant_id": tenant_id, "name": "Pat Parent", "email": "pat@example.com"}),
-            )
-            .await;
-        assert_eq!(parent.status, 200, "{}", parent.text);
-        body["parent_id"] = parent.body["id"].clone();
+        body["parent_id"] = parent["id"].clone();
     }
-    let player = server.rpc("create_player", Some(&token), body).await;
-    assert_eq!(player.status, 200, "{}", player.text);
-    player.body
+    service_ok(server, "create_player", body).await
 }
 
 /// Players created directly in SQL (as a service would through the API).
@@ -48,11 +44,12 @@ async fn sql_players(
     count: usize,
     with_parent: bool,
 ) -> Vec<String> {
-    let team: uuid::Uuid = client
-        .query_one("SELECT id FROM api.create_team($1, 'Team')", &[&tenant_id])
-        .await
-        .expect("team")
-        .get(0);
+    let team: uuid::Uuid = query_value(
+        client,
+        "SELECT id FROM api.create_team($1, 'Team')",
+        &[&tenant_id],
+    )
+    .await;
     let parent: Option<uuid::Uuid> = if with_parent {
         Some(
             client
@@ -69,25 +66,27 @@ async fn sql_players(
     };
     let mut tokens = Vec::new();
     for i in 0..count {
-        let token: String = client
-            .query_one(
-                "SELECT contract_token FROM api.create_player($1, $2, $3, $4)",
-                &[&tenant_id, &team, &format!("Player {i}"), &parent],
-            )
-            .await
-            .expect("player")
-            .get(0);
+        let token: String = query_value(
+            client,
+            "SELECT contract_token FROM api.create_player($1, $2, $3, $4)",
+            &[&tenant_id, &team, &format!("Player {i}"), &parent],
+        )
+        .await;
         tokens.push(token);
     }
     tokens
 }
 
-async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.expect(sql).get(0)
+/// Signs the contract of `token` as `client`; returns the player's id.
+async fn sign(client: &Client, token: &str) -> uuid::Uuid {
+    query_value(
+        client,
+        "SELECT player_id FROM api.sign_contract($1, 'sig')",
+        &[&token],
+    )
+    .await
 }
 
-const SIGNED_EVENTS: &str =
-    "SELECT count(*) FROM private.outbox WHERE event_type = 'contract.signed'";
 const SIGNED_PLAYERS: &str =
     "SELECT count(*) FROM private.players WHERE contract_status = 'signed'";
 
@@ -195,18 +194,11 @@ async fn ten_concurrent_signings_give_one_success_nine_conflicts_and_one_event()
                 .await
         })
     });
-    let mut statuses = Vec::new();
-    for r in join_all(calls).await {
-        let r = r.expect("call");
-        if r.status == 409 {
-            assert_eq!(r.error_key(), "contract_already_signed");
-        }
-        statuses.push(r.status);
-    }
-    statuses.sort_unstable();
-    assert_eq!(statuses, [vec![200], vec![409; 9]].concat());
+    let responses = join_tasks(calls).await;
+    let (signed, conflicts) = split_refusals(&responses, 409, "contract_already_signed");
+    assert_eq!((signed.len(), conflicts.len()), (1, 9), "{responses:#?}");
     let su = server.db.superuser().await;
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 1);
+    assert_eq!(outbox_count(&su, "contract.signed").await, 1);
     assert_eq!(count(&su, SIGNED_PLAYERS).await, 1);
 }
 
@@ -281,10 +273,8 @@ async fn a_signing_rolled_back_leaves_no_event() {
     assert_eq!(count(&su, SIGNED_PLAYERS).await, 0);
     assert_eq!(count(&su, "SELECT count(*) FROM private.outbox").await, 0);
     // And the same contract can still be signed, once.
-    anon.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[0]])
-        .await
-        .expect("sign again");
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 1);
+    sign(&anon, &tokens[0]).await;
+    assert_eq!(outbox_count(&su, "contract.signed").await, 1);
 }
 
 /// An operator's UPDATE to signed in psql emits the event too: no code path can forget it.
@@ -303,7 +293,7 @@ async fn an_operators_update_to_signed_emits_the_event_too() {
         .expect("sign by hand");
     assert_eq!(changed, 2);
     let su = db.superuser().await;
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 2);
+    assert_eq!(outbox_count(&su, "contract.signed").await, 2);
     assert_eq!(
         count(
             &su,
@@ -322,28 +312,16 @@ async fn signature_columns_are_write_once_for_every_role() {
     let db = TestDb::new().await;
     let svc = db.as_role("pgrpc_service").await;
     let tokens = sql_players(&svc, 11, 1, true).await;
-    svc.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[0]])
-        .await
-        .expect("sign");
+    sign(&svc, &tokens[0]).await;
     let changes = [
         "UPDATE private.players SET signed_at = now() - interval '1 day'",
         "UPDATE private.players SET signature_ref = 'forged'",
         "UPDATE private.players SET contract_token = 'x'",
         "UPDATE private.players SET tenant_id = 999",
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
+    for role in PRIVILEGED_ROLES_AND_SUPERUSER {
         let client = db.as_role(role).await;
-        for sql in changes {
-            let err = client
-                .execute(sql, &[])
-                .await
-                .expect_err(&format!("{role}: {sql}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {sql}: {err}"
-            );
-        }
+        assert_refused_as(&client, role, &changes, &[]).await;
         let err = client
             .execute(
                 "UPDATE private.players SET contract_status = 'pending', signed_at = NULL, signature_ref = NULL",
@@ -368,48 +346,42 @@ async fn signature_columns_are_write_once_for_every_role() {
         .expect("player");
     assert_eq!(row.get::<_, String>(0), "signed");
     assert_eq!(row.get::<_, String>(1), "sig");
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 1);
+    assert_eq!(outbox_count(&su, "contract.signed").await, 1);
 }
 
 /// A player cannot point at another tenant's team or parent (409).
 #[tokio::test]
 async fn a_player_cannot_use_another_tenants_team_or_parent() {
     let server = TestServer::start().await;
-    let token = service_token();
-    let team = server
-        .rpc(
-            "create_team",
-            Some(&token),
-            json!({"tenant_id": 1, "name": "T1"}),
-        )
-        .await;
-    let parent = server
-        .rpc(
-            "create_parent",
-            Some(&token),
-            json!({"tenant_id": 1, "name": "P1", "email": "p1@example.com"}),
-        )
-        .await;
-    let other_team = server
-        .rpc(
-            "create_team",
-            Some(&token),
-            json!({"tenant_id": 2, "name": "T2"}),
-        )
-        .await;
+    let team = service_ok(
+        &server,
+        "create_team",
+        json!({"tenant_id": 1, "name": "T1"}),
+    )
+    .await;
+    let parent = service_ok(
+        &server,
+        "create_parent",
+        json!({"tenant_id": 1, "name": "P1", "email": "p1@example.com"}),
+    )
+    .await;
+    let other_team = service_ok(
+        &server,
+        "create_team",
+        json!({"tenant_id": 2, "name": "T2"}),
+    )
+    .await;
     let cross_team = server
-        .rpc(
+        .service_rpc(
             "create_player",
-            Some(&token),
-            json!({"tenant_id": 2, "team_id": team.body["id"], "name": "X"}),
+            json!({"tenant_id": 2, "team_id": team["id"], "name": "X"}),
         )
         .await;
     assert_eq!(cross_team.status, 409, "{}", cross_team.text);
     let cross_parent = server
-        .rpc(
+        .service_rpc(
             "create_player",
-            Some(&token),
-            json!({"tenant_id": 2, "team_id": other_team.body["id"], "name": "X", "parent_id": parent.body["id"]}),
+            json!({"tenant_id": 2, "team_id": other_team["id"], "name": "X", "parent_id": parent["id"]}),
         )
         .await;
     assert_eq!(cross_parent.status, 409, "{}", cross_parent.text);
@@ -499,9 +471,7 @@ async fn signed_players_equal_contract_signed_events_under_concurrent_load_with_
             }));
         }
     }
-    for t in join_all(tasks).await {
-        t.expect("task");
-    }
+    join_tasks(tasks).await;
     assert_one_event_per_signed_player(&su).await;
     let signed_under_load = count(&su, SIGNED_PLAYERS).await;
     assert!(
@@ -560,7 +530,7 @@ async fn signed_players_equal_contract_signed_events_under_concurrent_load_with_
 /// players, each signed player with exactly one, and no event without one.
 async fn assert_one_event_per_signed_player(su: &Client) {
     let signed = count(su, SIGNED_PLAYERS).await;
-    let events = count(su, SIGNED_EVENTS).await;
+    let events = outbox_count(su, "contract.signed").await;
     assert_eq!(
         signed, events,
         "signed players and contract.signed events diverged"
@@ -597,9 +567,7 @@ async fn a_signed_player_is_never_deleted_or_truncated_by_any_role() {
     let db = TestDb::new().await;
     let svc = db.as_role("pgrpc_service").await;
     let tokens = sql_players(&svc, 21, 2, true).await;
-    svc.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[0]])
-        .await
-        .expect("sign");
+    sign(&svc, &tokens[0]).await;
     let statements = [
         "DELETE FROM private.players",
         "DELETE FROM private.players WHERE contract_status = 'signed'",
@@ -607,29 +575,13 @@ async fn a_signed_player_is_never_deleted_or_truncated_by_any_role() {
         "TRUNCATE private.teams CASCADE",
         "TRUNCATE private.parents CASCADE",
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let client = db.as_role(role).await;
-        for sql in statements {
-            let err = client
-                .batch_execute(sql)
-                .await
-                .expect_err(&format!("{role}: {sql}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {sql}: {err}"
-            );
-            if role == "pgrpc_owner" || role == "postgres" {
-                // Privileges cannot stop these roles; the triggers did.
-                let message = err.as_db_error().map(|e| e.message().to_string());
-                assert_eq!(
-                    message.as_deref(),
-                    Some("signed_contract_kept"),
-                    "{role}: {sql}"
-                );
-            }
-        }
-    }
+    assert_refused(
+        &db,
+        &PRIVILEGED_ROLES_AND_SUPERUSER,
+        &statements,
+        &["signed_contract_kept"],
+    )
+    .await;
     let su = db.superuser().await;
     assert_eq!(count(&su, SIGNED_PLAYERS).await, 1);
     assert_one_event_per_signed_player(&su).await;
@@ -654,14 +606,7 @@ async fn a_contract_signed_event_cannot_be_fabricated_or_duplicated() {
     let db = TestDb::new().await;
     let svc = db.as_role("pgrpc_service").await;
     let tokens = sql_players(&svc, 31, 2, true).await;
-    let signed: uuid::Uuid = svc
-        .query_one(
-            "SELECT player_id FROM api.sign_contract($1, 'sig')",
-            &[&tokens[0]],
-        )
-        .await
-        .expect("sign")
-        .get(0);
+    let signed = sign(&svc, &tokens[0]).await;
     let su = db.superuser().await;
     let pending: uuid::Uuid = su
         .query_one(
@@ -695,16 +640,8 @@ async fn a_contract_signed_event_cannot_be_fabricated_or_duplicated() {
                     .expect_err(&format!(
                         "{role} forges for {aggregate_type} {aggregate_id}"
                     ));
-                assert_eq!(
-                    err.code(),
-                    Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                    "{role}: {sql}: {err}"
-                );
-                let message = err.as_db_error().map(|e| e.message().to_string());
-                assert_eq!(
-                    message.as_deref(),
-                    Some("contract_signed_without_signed_player")
-                );
+                assert_eq!(sqlstate(&err), "42501", "{role}: {sql}: {err}");
+                assert_eq!(message(&err), "contract_signed_without_signed_player");
             }
             let err = client
                 .execute(sql, &[&duplicate.0, &duplicate.1])
@@ -721,13 +658,11 @@ async fn a_contract_signed_event_cannot_be_fabricated_or_duplicated() {
             );
         }
     }
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 1);
+    assert_eq!(outbox_count(&su, "contract.signed").await, 1);
     assert_one_event_per_signed_player(&su).await;
 
     // The legitimate paths pass the check: signing, and inserting a signed player.
-    svc.query_one("SELECT * FROM api.sign_contract($1, 'sig')", &[&tokens[1]])
-        .await
-        .expect("sign the pending player");
+    sign(&svc, &tokens[1]).await;
     db.as_role("pgrpc_owner")
         .await
         .execute(
@@ -737,6 +672,6 @@ async fn a_contract_signed_event_cannot_be_fabricated_or_duplicated() {
         )
         .await
         .expect("insert a player signed on paper");
-    assert_eq!(count(&su, SIGNED_EVENTS).await, 3);
+    assert_eq!(outbox_count(&su, "contract.signed").await, 3);
     assert_one_event_per_signed_player(&su).await;
 }

@@ -13,7 +13,12 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::support::{self, Resp, TestDb, TestServer};
+use crate::support::api::service_ok;
+use crate::support::db::{
+    aggregate_payloads, assert_refused, assert_refused_as, count, count_for, error_of,
+    outbox_count, query_column, query_value, sqlstate, PRIVILEGED_ROLES,
+};
+use crate::support::{self, assert_error, Resp, TestDb, TestServer};
 
 // Helpers -------------------------------------------------------------------
 
@@ -25,9 +30,8 @@ async fn finalize(
     ip: Option<&str>,
 ) -> Resp {
     server
-        .rpc(
+        .service_rpc(
             "finalize_receive",
-            Some(&support::service_token()),
             json!({
                 "reservation_id": reservation_id,
                 "owner_email": owner,
@@ -134,55 +138,32 @@ fn by_id(items: &[Value]) -> BTreeMap<Uuid, Value> {
 
 async fn unread_count(server: &TestServer, owner: &str) -> i64 {
     let r = server
-        .rpc_get(
-            "unread_receive_count",
-            Some(&support::service_token()),
-            &[("owner_email", owner)],
-        )
+        .service_rpc_get("unread_receive_count", &[("owner_email", owner)])
         .await;
     assert_eq!(r.status, 200, "unread_receive_count: {}", r.text);
     r.body.as_i64().expect("an integer")
 }
 
 async fn mark_read(server: &TestServer, owner: &str, reservation_ids: Option<&[Uuid]>) -> i64 {
-    let r = server
-        .rpc(
-            "mark_receives_read",
-            Some(&support::service_token()),
-            json!({"owner_email": owner, "reservation_ids": reservation_ids}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "mark_receives_read: {}", r.text);
-    r.body.as_i64().expect("an integer")
+    service_ok(
+        server,
+        "mark_receives_read",
+        json!({"owner_email": owner, "reservation_ids": reservation_ids}),
+    )
+    .await
+    .as_i64()
+    .expect("an integer")
 }
 
 /// The entry ids of a mailbox in the feed's order, straight from the table.
 async fn stored_order(c: &Client, owner: &str) -> Vec<Uuid> {
-    c.query(
+    query_column(
+        c,
         "SELECT reservation_id FROM private.receive_feed_entries WHERE owner_email = $1 \
          ORDER BY created_at DESC, reservation_id DESC",
         &[&owner],
     )
     .await
-    .expect("stored order")
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-/// The single bigint a query answers.
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-async fn count_for(c: &Client, sql: &str, id: Uuid) -> i64 {
-    c.query_one(sql, &[&id])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 /// Stores a legacy array for `owner`, as an operator loading old data would.
@@ -243,19 +224,6 @@ async fn migrate_until_done(c: &Client, batch_size: i32) -> (i64, i64, i64, i64)
     panic!("the migration never finished");
 }
 
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {e}"))
-        .code()
-        .code()
-        .to_string()
-}
-
-fn assert_error(r: &Resp, status: u16, key: &str) {
-    assert_eq!(r.status, status, "expected {status} {key}, got {}", r.text);
-    assert_eq!(r.error_key(), key, "{}", r.text);
-}
-
 // Finalization ----------------------------------------------------------------
 
 /// Fifty concurrent finalizations for one owner leave fifty entries, which
@@ -301,11 +269,7 @@ async fn fifty_concurrent_finalizations_for_one_owner_all_survive() {
     );
     assert_eq!(unread_count(&server, owner).await, 50);
     assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
-        )
-        .await,
+        outbox_count(&su, "receive.finalized").await,
         50,
         "one event per entry"
     );
@@ -334,7 +298,7 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
         count_for(
             &su,
             "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1",
-            id
+            &id
         )
         .await,
         1
@@ -343,7 +307,7 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
         count_for(
             &su,
             "SELECT count(*) FROM private.receive_unread WHERE reservation_id = $1",
-            id
+            &id
         )
         .await,
         1
@@ -352,7 +316,7 @@ async fn concurrent_duplicate_finalizations_create_one_entry_one_marker_one_even
         count_for(
             &su,
             "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized' AND aggregate_id = $1::uuid::text",
-            id
+            &id
         )
         .await,
         1
@@ -411,14 +375,12 @@ async fn owner_emails_are_stored_lowercase_and_match_case_insensitively() {
     assert_eq!(unread_count(&server, "carol@EXAMPLE.com").await, 1);
 
     let su = server.db.superuser().await;
-    let stored: String = su
-        .query_one(
-            "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
-            &[&id],
-        )
-        .await
-        .expect("entry")
-        .get(0);
+    let stored: String = query_value(
+        &su,
+        "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(stored, "carol@example.com");
     // A direct write is normalized by the trigger too.
     let direct = Uuid::new_v4();
@@ -440,9 +402,8 @@ async fn owner_emails_are_stored_lowercase_and_match_case_insensitively() {
         (1, 1, "not-an-address"),
     ] {
         let r = server
-            .rpc(
+            .service_rpc(
                 "finalize_receive",
-                Some(&support::service_token()),
                 json!({"reservation_id": Uuid::new_v4(), "owner_email": email, "file_count": files, "total_bytes": bytes}),
             )
             .await;
@@ -462,26 +423,23 @@ async fn bad_paging_arguments_are_rejected_with_400() {
     let owner = "pager@example.com";
     for max in ["0", "201", "-5"] {
         let r = server
-            .rpc_get(
+            .service_rpc_get(
                 "recent_receives",
-                Some(&token),
                 &[("owner_email", owner), ("max_entries", max)],
             )
             .await;
         assert_error(&r, 400, "invalid_max_entries");
     }
     let r = server
-        .rpc(
+        .service_rpc(
             "recent_receives",
-            Some(&token),
             json!({"owner_email": owner, "max_entries": null}),
         )
         .await;
     assert_error(&r, 400, "invalid_max_entries");
     let r = server
-        .rpc_get(
+        .service_rpc_get(
             "recent_receives",
-            Some(&token),
             &[
                 ("owner_email", owner),
                 ("before_created_at", "2025-01-01T00:00:00Z"),
@@ -490,9 +448,8 @@ async fn bad_paging_arguments_are_rejected_with_400() {
         .await;
     assert_error(&r, 400, "invalid_cursor");
     let r = server
-        .rpc_get(
+        .service_rpc_get(
             "recent_receives",
-            Some(&token),
             &[
                 ("owner_email", owner),
                 ("before_reservation_id", &Uuid::new_v4().to_string()),
@@ -628,7 +585,12 @@ async fn an_ip_past_retention_is_hidden_before_the_scrub_and_removed_after_it() 
     assert_eq!(feed[&fresh]["sender_ip"], "203.0.113.2");
     assert_eq!(feed[&fresh_legacy]["sender_ip"], "203.0.113.4");
     assert_eq!(
-        count_for(&su, "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1 AND sender_ip IS NOT NULL", old).await,
+        count_for(
+            &su,
+            "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1 AND sender_ip IS NOT NULL",
+            &old,
+        )
+        .await,
         1,
         "still stored before the scrub"
     );
@@ -660,14 +622,12 @@ async fn an_ip_past_retention_is_hidden_before_the_scrub_and_removed_after_it() 
         Some("203.0.113.2"),
         "fresh addresses stay"
     );
-    let legacy: Value = su
-        .query_one(
-            "SELECT entries FROM private.legacy_recent_receives WHERE owner_email = $1",
-            &[&owner],
-        )
-        .await
-        .expect("legacy row")
-        .get(0);
+    let legacy: Value = query_value(
+        &su,
+        "SELECT entries FROM private.legacy_recent_receives WHERE owner_email = $1",
+        &[&owner],
+    )
+    .await;
     assert!(
         legacy[0].get("senderIp").is_none(),
         "old legacy address removed: {legacy}"
@@ -885,14 +845,12 @@ async fn migrating_twice_moves_every_legacy_entry_exactly_once() {
         expected_markers
     );
     for (id, owner) in &legacy_ids {
-        let stored: String = su
-            .query_one(
-                "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
-                &[id],
-            )
-            .await
-            .expect("every legacy element is an entry")
-            .get(0);
+        let stored: String = query_value(
+            &su,
+            "SELECT owner_email FROM private.receive_feed_entries WHERE reservation_id = $1",
+            &[id],
+        )
+        .await;
         assert_eq!(&stored, owner);
     }
     for (owner, unread) in owners.iter().zip(unread_before) {
@@ -908,11 +866,7 @@ async fn migrating_twice_moves_every_legacy_entry_exactly_once() {
         );
     }
     assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
-        )
-        .await,
+        outbox_count(&su, "receive.finalized").await,
         12,
         "migration emits no events"
     );
@@ -1021,11 +975,7 @@ async fn migration_concurrent_with_finalizations_loses_and_duplicates_nothing() 
         "every entry (all unread) has exactly one marker"
     );
     assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
-        )
-        .await,
+        outbox_count(&su, "receive.finalized").await,
         created,
         "one event per newly created finalization"
     );
@@ -1082,11 +1032,8 @@ async fn invalid_legacy_rows_are_listed_and_never_half_migrated() {
     // The dual read still shows the valid element of the invalid row.
     assert_eq!(walk_feed(&server, "aaa@example.com", 20).await.len(), 1);
 
-    let e = admin
-        .query_one("SELECT * FROM admin.migrate_legacy_receives(0)", &[])
-        .await
-        .expect_err("batch_size 0");
-    assert_eq!(sqlstate(&e), "PT400");
+    let (code, _) = error_of(&admin, "SELECT * FROM admin.migrate_legacy_receives(0)").await;
+    assert_eq!(code, "PT400", "batch_size 0");
 }
 
 // Operations and privileges -----------------------------------------------------
@@ -1105,11 +1052,7 @@ async fn prune_keeps_the_newest_entries_of_each_owner() {
     let newest: Vec<Uuid> = stored_order(&su, "p@example.com").await[..3].to_vec();
 
     let admin = server.db.as_role("pgrpc_admin").await;
-    let deleted: i64 = admin
-        .query_one("SELECT admin.prune_receive_feed(3)", &[])
-        .await
-        .expect("prune")
-        .get(0);
+    let deleted: i64 = query_value(&admin, "SELECT admin.prune_receive_feed(3)", &[]).await;
     assert_eq!(deleted, 3);
     assert_eq!(ids(&walk_feed(&server, "p@example.com", 20).await), newest);
     assert_eq!(
@@ -1123,11 +1066,8 @@ async fn prune_keeps_the_newest_entries_of_each_owner() {
         4
     );
 
-    let e = admin
-        .query_one("SELECT admin.prune_receive_feed(0)", &[])
-        .await
-        .expect_err("keep_per_owner 0");
-    assert_eq!(sqlstate(&e), "PT400");
+    let (code, _) = error_of(&admin, "SELECT admin.prune_receive_feed(0)").await;
+    assert_eq!(code, "PT400", "keep_per_owner 0");
 }
 
 /// Feed entries are write-once except that sender_ip may be cleared: every
@@ -1153,23 +1093,20 @@ async fn feed_entries_are_write_once_except_for_clearing_the_ip() {
         "UPDATE private.receive_feed_entries SET created_at = created_at - interval '1 day'",
         "UPDATE private.receive_feed_entries SET sender_ip = '192.0.2.10'",
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
-        let c = db.as_role(role).await;
-        for sql in refused {
-            let e = c.execute(sql, &[]).await.expect_err(sql);
-            assert_eq!(sqlstate(&e), "42501", "{role}: {sql}: {e}");
-        }
-    }
+    assert_refused(&db, &PRIVILEGED_ROLES, &refused, &[]).await;
     let admin = db.as_role("pgrpc_admin").await;
-    for sql in [
-        "DELETE FROM private.receive_feed_entries",
-        "TRUNCATE private.receive_feed_entries CASCADE",
-        "DELETE FROM private.receive_unread",
-        "UPDATE private.receive_feed_entries SET sender_ip = NULL",
-    ] {
-        let e = admin.execute(sql, &[]).await.expect_err(sql);
-        assert_eq!(sqlstate(&e), "42501", "pgrpc_admin: {sql}: {e}");
-    }
+    assert_refused_as(
+        &admin,
+        "pgrpc_admin",
+        &[
+            "DELETE FROM private.receive_feed_entries",
+            "TRUNCATE private.receive_feed_entries CASCADE",
+            "DELETE FROM private.receive_unread",
+            "UPDATE private.receive_feed_entries SET sender_ip = NULL",
+        ],
+        &[],
+    )
+    .await;
     let row = su
         .query_one(
             "SELECT file_count, total_bytes, owner_email, host(sender_ip) FROM private.receive_feed_entries WHERE reservation_id = $1",
@@ -1224,17 +1161,7 @@ async fn feed_entries_are_write_once_except_for_clearing_the_ip() {
 
 /// The receive.finalized payloads of one reservation.
 async fn finalized_events(c: &Client, id: Uuid) -> Vec<Value> {
-    c.query(
-        "SELECT payload FROM private.outbox \
-         WHERE event_type = 'receive.finalized' AND aggregate_type = 'receive' \
-           AND aggregate_id = $1::uuid::text",
-        &[&id],
-    )
-    .await
-    .expect("receive.finalized events")
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    aggregate_payloads(c, "receive.finalized", "receive", &id.to_string()).await
 }
 
 /// An entry inserted directly in SQL, by pgrpc_owner or a superuser, emits
@@ -1259,14 +1186,12 @@ async fn an_entry_inserted_directly_emits_one_receive_finalized() {
         );
         let events = finalized_events(&su, id).await;
         assert_eq!(events.len(), 1, "{role}: one event per entry: {events:?}");
-        let created_at: chrono::DateTime<chrono::Utc> = su
-            .query_one(
-                "SELECT created_at FROM private.receive_feed_entries WHERE reservation_id = $1",
-                &[&id],
-            )
-            .await
-            .expect("entry")
-            .get(0);
+        let created_at: chrono::DateTime<chrono::Utc> = query_value(
+            &su,
+            "SELECT created_at FROM private.receive_feed_entries WHERE reservation_id = $1",
+            &[&id],
+        )
+        .await;
         assert_eq!(
             events[0],
             json!({
@@ -1300,12 +1225,7 @@ async fn only_the_legacy_migration_inserts_entries_without_an_event() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
 
-    let service = db
-        .as_request(
-            "pgrpc_service",
-            &json!({"role": "pgrpc_service", "sub": "svc"}),
-        )
-        .await;
+    let service = db.as_service("svc").await;
     service
         .batch_execute("SET pgrpc.receive_legacy_migration = 'on'")
         .await
@@ -1356,14 +1276,12 @@ async fn only_the_legacy_migration_inserts_entries_without_an_event() {
     admin.batch_execute("BEGIN").await.expect("begin");
     let (owners, inserted, _, markers, _) = migrate(&admin, 10).await;
     assert_eq!((owners, inserted, markers), (1, 1, 1));
-    let flag: Option<String> = admin
-        .query_one(
-            "SELECT current_setting('pgrpc.receive_legacy_migration', true)",
-            &[],
-        )
-        .await
-        .expect("flag")
-        .get(0);
+    let flag: Option<String> = query_value(
+        &admin,
+        "SELECT current_setting('pgrpc.receive_legacy_migration', true)",
+        &[],
+    )
+    .await;
     assert_ne!(
         flag.as_deref(),
         Some("on"),
@@ -1374,7 +1292,7 @@ async fn only_the_legacy_migration_inserts_entries_without_an_event() {
         count_for(
             &su,
             "SELECT count(*) FROM private.receive_feed_entries WHERE reservation_id = $1",
-            legacy
+            &legacy
         )
         .await,
         1
@@ -1383,14 +1301,7 @@ async fn only_the_legacy_migration_inserts_entries_without_an_event() {
         finalized_events(&su, legacy).await.is_empty(),
         "a migrated receive is not announced again"
     );
-    assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'receive.finalized'"
-        )
-        .await,
-        2
-    );
+    assert_eq!(outbox_count(&su, "receive.finalized").await, 2);
 }
 
 /// Feed entries carry updated_at, kept by a trigger: clearing the IP (the
@@ -1416,14 +1327,12 @@ async fn clearing_the_ip_advances_updated_at_and_nothing_else() {
         (row.get(0), row.get(1));
 
     let admin = db.as_role("pgrpc_admin").await;
-    let scrubbed: i64 = admin
-        .query_one(
-            "SELECT entries_scrubbed FROM admin.scrub_receive_ips()",
-            &[],
-        )
-        .await
-        .expect("scrub")
-        .get(0);
+    let scrubbed: i64 = query_value(
+        &admin,
+        "SELECT entries_scrubbed FROM admin.scrub_receive_ips()",
+        &[],
+    )
+    .await;
     assert_eq!(scrubbed, 1);
     let row = su.query_one(read, &[&id]).await.expect("entry");
     let (fact_after, updated_after): (Value, chrono::DateTime<chrono::Utc>) =

@@ -10,36 +10,19 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
+use crate::support::api::create_organization;
+use crate::support::db::{
+    assert_refused, assert_refused_as, count, count_for, error_of, query_column, query_value,
+    PRIVILEGED_ROLES,
+};
 use crate::support::{send, service_token, token, Resp, TestDb, TestServer};
 
-/// The SQLSTATE of a failed statement, or None when it succeeded.
-async fn sqlstate(client: &Client, sql: &str) -> Option<String> {
-    match client.batch_execute(sql).await {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.as_db_error()
-                .map(|d| d.code().code().to_string())
-                .unwrap_or_else(|| format!("not a database error: {e}")),
-        ),
-    }
-}
-
 async fn create_org(server: &TestServer) -> String {
-    let r = server
-        .rpc(
-            "create_organization",
-            Some(&service_token()),
-            json!({"name": "Idempotent Inc", "plan": "free"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body["id"].as_str().expect("organization id").to_string()
+    create_organization(server, "Idempotent Inc", "free").await
 }
 
 async fn begin(server: &TestServer, body: Value) -> Resp {
-    server
-        .rpc("idempotency_begin", Some(&service_token()), body)
-        .await
+    server.service_rpc("idempotency_begin", body).await
 }
 
 fn begin_args(org: &str, key: &str, hash: &str) -> Value {
@@ -62,6 +45,18 @@ async fn post_with_key(
             .header("content-type", "application/json")
             .header("idempotency-key", key)
             .body(body.to_string()),
+    )
+    .await
+}
+
+/// POSTs `idem_record` for `label` with the Idempotency-Key `key`.
+async fn record(server: &TestServer, bearer: &str, key: &str, label: &str) -> Resp {
+    post_with_key(
+        server,
+        "idem_record",
+        bearer,
+        key,
+        json!({ "label": label }),
     )
     .await
 }
@@ -103,15 +98,12 @@ async fn install_effect_function(server: &TestServer) {
 }
 
 async fn effects(db: &TestDb, label: &str) -> i64 {
-    db.superuser()
-        .await
-        .query_one(
-            "SELECT count(*) FROM public.idem_effects WHERE label = $1",
-            &[&label],
-        )
-        .await
-        .expect("count effects")
-        .get(0)
+    count_for(
+        &db.superuser().await,
+        "SELECT count(*) FROM public.idem_effects WHERE label = $1",
+        &label,
+    )
+    .await
 }
 
 // --- The SQL protocol ---------------------------------------------------------
@@ -152,9 +144,8 @@ async fn a_completed_key_replays_its_stored_response() {
     let lease = started.body["lease_token"].clone();
 
     let done = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-2", "lease_token": lease,
                    "response_status": 201, "response_body": {"charge": "ch_1"}}),
         )
@@ -169,9 +160,8 @@ async fn a_completed_key_replays_its_stored_response() {
     assert!(replay.body["lease_token"].is_null());
 
     let found = server
-        .rpc_get(
+        .service_rpc_get(
             "find_active_idempotency_key",
-            Some(&service_token()),
             &[("organization_id", org.as_str()), ("key", "charge-2")],
         )
         .await;
@@ -181,9 +171,8 @@ async fn a_completed_key_replays_its_stored_response() {
 
     // Completing again, even with the right token, cannot rewrite the response.
     let again = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-2", "lease_token": lease,
                    "response_status": 500, "response_body": null}),
         )
@@ -241,9 +230,8 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_loses_it() {
     assert_ne!(new_lease, old_lease);
 
     let late = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-4", "lease_token": old_lease,
                    "response_status": 200, "response_body": {"from": "old"}}),
         )
@@ -252,9 +240,8 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_loses_it() {
     assert_eq!(late.error_key(), "lease_lost");
 
     let done = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-4", "lease_token": new_lease,
                    "response_status": 200, "response_body": {"from": "new"}}),
         )
@@ -274,9 +261,8 @@ async fn a_wrong_lease_token_gets_lease_lost() {
     let wrong = uuid::Uuid::new_v4().to_string();
 
     let complete = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-5", "lease_token": wrong,
                    "response_status": 200, "response_body": {}}),
         )
@@ -285,9 +271,8 @@ async fn a_wrong_lease_token_gets_lease_lost() {
     assert_eq!(complete.error_key(), "lease_lost");
 
     let fail = server
-        .rpc(
+        .service_rpc(
             "idempotency_fail",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-5", "lease_token": wrong,
                    "response_status": 500, "response_body": null, "retryable": true}),
         )
@@ -297,9 +282,8 @@ async fn a_wrong_lease_token_gets_lease_lost() {
 
     // The real holder is unaffected.
     let found = server
-        .rpc_get(
+        .service_rpc_get(
             "find_active_idempotency_key",
-            Some(&service_token()),
             &[("organization_id", org.as_str()), ("key", "charge-5")],
         )
         .await;
@@ -314,9 +298,8 @@ async fn a_retryable_failure_releases_the_key_and_a_final_failure_is_replayed() 
     let org = create_org(&server).await;
     let first = begin(&server, begin_args(&org, "charge-6", "h1")).await;
     let fail = server
-        .rpc(
+        .service_rpc(
             "idempotency_fail",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-6", "lease_token": first.body["lease_token"],
                    "response_status": 503, "response_body": null, "retryable": true}),
         )
@@ -331,9 +314,8 @@ async fn a_retryable_failure_releases_the_key_and_a_final_failure_is_replayed() 
     );
 
     let final_fail = server
-        .rpc(
+        .service_rpc(
             "idempotency_fail",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "charge-6", "lease_token": retry.body["lease_token"],
                    "response_status": 402, "response_body": {"error": "card_declined"}}),
         )
@@ -367,9 +349,8 @@ async fn an_expired_key_counts_as_absent_and_is_swept() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the keys expire
 
     let found = server
-        .rpc_get(
+        .service_rpc_get(
             "find_active_idempotency_key",
-            Some(&service_token()),
             &[("organization_id", org.as_str()), ("key", "old-a")],
         )
         .await;
@@ -386,20 +367,14 @@ async fn an_expired_key_counts_as_absent_and_is_swept() {
     assert_eq!(reuse.body["state"], "started");
 
     let admin = server.db.as_role("pgrpc_admin").await;
-    let swept: i32 = admin
-        .query_one("SELECT admin.sweep_idempotency_keys()", &[])
-        .await
-        .expect("sweep")
-        .get(0);
+    let swept: i32 = query_value(&admin, "SELECT admin.sweep_idempotency_keys()", &[]).await;
     assert_eq!(swept, 1, "only old-b was still expired");
-    let left: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM private.idempotency_keys WHERE organization_id = $1::text::uuid",
-            &[&org],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let left = count_for(
+        &admin,
+        "SELECT count(*) FROM private.idempotency_keys WHERE organization_id = $1::text::uuid",
+        &org,
+    )
+    .await;
     assert_eq!(left, 2);
 }
 
@@ -440,9 +415,8 @@ async fn key_rows_keep_their_rules_for_every_role() {
     let org = create_org(&server).await;
     let started = begin(&server, begin_args(&org, "done", "h1")).await;
     let done = server
-        .rpc(
+        .service_rpc(
             "idempotency_complete",
-            Some(&service_token()),
             json!({"organization_id": org, "key": "done", "lease_token": started.body["lease_token"],
                    "response_status": 200, "response_body": {"ok": true}}),
         )
@@ -453,78 +427,58 @@ async fn key_rows_keep_their_rules_for_every_role() {
 
     let done_row = "(SELECT id FROM private.idempotency_keys WHERE key = 'done')";
     let busy_row = "(SELECT id FROM private.idempotency_keys WHERE key = 'busy')";
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
+    let mut refused = Vec::new();
+    for set in [
+        "key = 'x'",
+        "endpoint = '/x'",
+        "request_hash = 'x'",
+        "expires_at = expires_at + interval '1 day'",
+    ] {
+        for row in [done_row, busy_row] {
+            refused.push(format!(
+                "UPDATE private.idempotency_keys SET {set} WHERE id = {row}"
+            ));
+        }
+    }
+    for set in [
+        "response_status = 500",
+        "response_body = '{\"ok\": false}'",
+        "lease_token = gen_random_uuid()",
+    ] {
+        refused.push(format!(
+            "UPDATE private.idempotency_keys SET {set} WHERE id = {done_row}"
+        ));
+    }
+    refused.push("TRUNCATE private.idempotency_keys".to_string());
+    assert_refused(&server.db, &PRIVILEGED_ROLES, &refused, &[]).await;
+    assert_refused(
+        &server.db,
+        &["pgrpc_admin", "pgrpc_owner"],
+        &[format!(
+            "DELETE FROM private.idempotency_keys WHERE id = {done_row}"
+        )],
+        &[],
+    )
+    .await;
+    // Going back to processing, or being born completed, is refused: by
+    // privilege for the admin, by the status machine (check_violation) for
+    // the others.
+    let back =
+        format!("UPDATE private.idempotency_keys SET status = 'processing' WHERE id = {done_row}");
+    let born_done = format!(
+        "INSERT INTO private.idempotency_keys (organization_id, key, endpoint, request_hash, status, response_status, expires_at) \
+         VALUES ('{org}', 'forged', '/x', 'h', 'completed', 200, clock_timestamp() + interval '1 hour')"
+    );
+    for role in PRIVILEGED_ROLES {
         let c = server.db.as_role(role).await;
-        for set in [
-            "key = 'x'",
-            "endpoint = '/x'",
-            "request_hash = 'x'",
-            "expires_at = expires_at + interval '1 day'",
-        ] {
-            for row in [done_row, busy_row] {
-                let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {row}");
-                assert_eq!(
-                    sqlstate(&c, &sql).await.as_deref(),
-                    Some("42501"),
-                    "{role}: {sql}"
-                );
-            }
-        }
-        for set in [
-            "response_status = 500",
-            "response_body = '{\"ok\": false}'",
-            "lease_token = gen_random_uuid()",
-        ] {
-            let sql = format!("UPDATE private.idempotency_keys SET {set} WHERE id = {done_row}");
-            assert_eq!(
-                sqlstate(&c, &sql).await.as_deref(),
-                Some("42501"),
-                "{role}: {sql}"
-            );
-        }
-        // Going back to processing is refused: by privilege for the admin,
-        // by the status machine (check_violation) for the others.
-        let back = format!(
-            "UPDATE private.idempotency_keys SET status = 'processing' WHERE id = {done_row}"
-        );
         let expected = if role == "pgrpc_admin" {
             "42501"
         } else {
             "23514"
         };
-        assert_eq!(
-            sqlstate(&c, &back).await.as_deref(),
-            Some(expected),
-            "{role}: {back}"
-        );
-        let born_done = format!(
-            "INSERT INTO private.idempotency_keys (organization_id, key, endpoint, request_hash, status, response_status, expires_at) \
-             VALUES ('{org}', 'forged', '/x', 'h', 'completed', 200, clock_timestamp() + interval '1 hour')"
-        );
-        let expected = if role == "pgrpc_admin" {
-            "42501"
-        } else {
-            "23514"
-        };
-        assert_eq!(
-            sqlstate(&c, &born_done).await.as_deref(),
-            Some(expected),
-            "{role}: {born_done}"
-        );
-        assert_eq!(
-            sqlstate(&c, "TRUNCATE private.idempotency_keys")
-                .await
-                .as_deref(),
-            Some("42501"),
-            "{role}: TRUNCATE"
-        );
-        if role != "pgrpc_api" {
-            let del = format!("DELETE FROM private.idempotency_keys WHERE id = {done_row}");
-            assert_eq!(
-                sqlstate(&c, &del).await.as_deref(),
-                Some("42501"),
-                "{role}: {del}"
-            );
+        for sql in [&back, &born_done] {
+            let (code, _) = error_of(&c, sql).await;
+            assert_eq!(code, expected, "{role}: {sql}");
         }
     }
 
@@ -547,12 +501,10 @@ async fn key_rows_keep_their_rules_for_every_role() {
     )
     .await
     .expect("the cascade may delete keys");
-    let left: i64 = su
-        .query_one("SELECT count(*) FROM private.idempotency_keys", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(left, 0);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.idempotency_keys").await,
+        0
+    );
 }
 
 // --- The Idempotency-Key header ------------------------------------------------
@@ -597,14 +549,7 @@ async fn a_retry_replays_and_a_changed_request_is_refused() {
     install_effect_function(&server).await;
     let bearer = service_token();
 
-    let first = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-1",
-        json!({"label": "retry"}),
-    )
-    .await;
+    let first = record(&server, &bearer, "k-1", "retry").await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("idempotent-replayed"), None);
 
@@ -622,14 +567,7 @@ async fn a_retry_replays_and_a_changed_request_is_refused() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.text, first.text);
 
-    let changed = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-1",
-        json!({"label": "other"}),
-    )
-    .await;
+    let changed = record(&server, &bearer, "k-1", "other").await;
     assert_eq!(changed.status, 422, "{}", changed.text);
     assert_eq!(changed.error_key(), "idempotency_key_reused");
 
@@ -658,14 +596,7 @@ async fn a_failed_call_stores_nothing_so_the_retry_runs() {
     su.batch_execute("UPDATE public.idem_switch SET fail = true")
         .await
         .expect("switch on");
-    let failed = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-2",
-        json!({"label": "flaky"}),
-    )
-    .await;
+    let failed = record(&server, &bearer, "k-2", "flaky").await;
     assert_eq!(failed.status, 503, "{}", failed.text);
     assert_eq!(failed.error_key(), "injected_failure");
     assert_eq!(
@@ -673,24 +604,16 @@ async fn a_failed_call_stores_nothing_so_the_retry_runs() {
         0,
         "the failed call's effect was rolled back"
     );
-    let stored: i64 = su
-        .query_one("SELECT count(*) FROM private.http_idempotency_keys", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(stored, 0, "a failed call stores no key");
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.http_idempotency_keys").await,
+        0,
+        "a failed call stores no key"
+    );
 
     su.batch_execute("UPDATE public.idem_switch SET fail = false")
         .await
         .expect("switch off");
-    let retry = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-2",
-        json!({"label": "flaky"}),
-    )
-    .await;
+    let retry = record(&server, &bearer, "k-2", "flaky").await;
     assert_eq!(retry.status, 200, "{}", retry.text);
     assert_eq!(
         retry.header("idempotent-replayed"),
@@ -725,19 +648,12 @@ async fn keys_are_scoped_to_the_caller() {
     assert_eq!(a2.text, a1.text);
     assert_eq!(effects(&server.db, "scoped").await, 2);
 
-    let scopes: Vec<String> = server
-        .db
-        .superuser()
-        .await
-        .query(
-            "SELECT scope FROM private.http_idempotency_keys ORDER BY scope",
-            &[],
-        )
-        .await
-        .expect("scopes")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let scopes: Vec<String> = query_column(
+        &server.db.superuser().await,
+        "SELECT scope FROM private.http_idempotency_keys ORDER BY scope",
+        &[],
+    )
+    .await;
     assert_eq!(scopes, ["pgrpc_service:sub:alice", "pgrpc_service:sub:bob"]);
 }
 
@@ -752,23 +668,9 @@ async fn an_expired_header_key_runs_the_call_again() {
         .expect("shorten ttl");
     let bearer = service_token();
 
-    let first = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-ttl",
-        json!({"label": "ttl"}),
-    )
-    .await;
+    let first = record(&server, &bearer, "k-ttl", "ttl").await;
     assert_eq!(first.status, 200, "{}", first.text);
-    let extra = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-other",
-        json!({"label": "ttl"}),
-    )
-    .await;
+    let extra = record(&server, &bearer, "k-other", "ttl").await;
     assert_eq!(extra.status, 200, "{}", extra.text);
     // Keys stored from now on live long again, so the sweep below counts exactly.
     su.batch_execute("SELECT admin.set_setting('idempotency_ttl', '24 hours')")
@@ -777,14 +679,7 @@ async fn an_expired_header_key_runs_the_call_again() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the keys expire
 
-    let second = post_with_key(
-        &server,
-        "idem_record",
-        &bearer,
-        "k-ttl",
-        json!({"label": "ttl"}),
-    )
-    .await;
+    let second = record(&server, &bearer, "k-ttl", "ttl").await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(second.header("idempotent-replayed"), None);
     assert_ne!(second.body["id"], first.body["id"]);
@@ -792,11 +687,7 @@ async fn an_expired_header_key_runs_the_call_again() {
 
     // The sweep removes the one key still expired (k-ttl was replaced).
     let admin = server.db.as_role("pgrpc_admin").await;
-    let swept: i32 = admin
-        .query_one("SELECT admin.sweep_idempotency_keys()", &[])
-        .await
-        .expect("sweep")
-        .get(0);
+    let swept: i32 = query_value(&admin, "SELECT admin.sweep_idempotency_keys()", &[]).await;
     assert_eq!(swept, 1);
 }
 
@@ -817,15 +708,12 @@ async fn the_header_is_ignored_on_get_and_validated_on_post() {
         assert_eq!(r.status, 200, "{}", r.text);
         assert_eq!(r.header("idempotent-replayed"), None);
     }
-    let stored: i64 = server
-        .db
-        .superuser()
-        .await
-        .query_one("SELECT count(*) FROM private.http_idempotency_keys", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(stored, 0, "GET must not record keys");
+    let su = server.db.superuser().await;
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.http_idempotency_keys").await,
+        0,
+        "GET must not record keys"
+    );
 
     let long = "k".repeat(256);
     let r = post_with_key(
@@ -838,18 +726,15 @@ async fn the_header_is_ignored_on_get_and_validated_on_post() {
     .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.error_key(), "invalid_idempotency_key");
-    let created: i64 = server
-        .db
-        .superuser()
-        .await
-        .query_one(
-            "SELECT count(*) FROM private.organizations WHERE name = 'long key'",
-            &[],
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.organizations WHERE name = 'long key'"
         )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(created, 0, "a refused key runs nothing");
+        .await,
+        0,
+        "a refused key runs nothing"
+    );
 }
 
 /// Stored header responses never change and leave only through the sweep, for every role.
@@ -857,69 +742,42 @@ async fn the_header_is_ignored_on_get_and_validated_on_post() {
 async fn stored_header_responses_are_write_once_for_every_role() {
     let server = TestServer::start().await;
     install_effect_function(&server).await;
-    let r = post_with_key(
-        &server,
-        "idem_record",
-        &service_token(),
-        "k-w",
-        json!({"label": "w"}),
-    )
-    .await;
+    let r = record(&server, &service_token(), "k-w", "w").await;
     assert_eq!(r.status, 200, "{}", r.text);
 
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"] {
-        let c = server.db.as_role(role).await;
-        for set in [
-            "response_body = 'forged'",
-            "response_status = 500",
-            "response_headers = '{}'",
-            "request_hash = 'x'",
-            "expires_at = expires_at + interval '1 day'",
-        ] {
-            let sql = format!("UPDATE private.http_idempotency_keys SET {set}");
-            assert_eq!(
-                sqlstate(&c, &sql).await.as_deref(),
-                Some("42501"),
-                "{role}: {sql}"
-            );
-        }
-        assert_eq!(
-            sqlstate(&c, "TRUNCATE private.http_idempotency_keys")
-                .await
-                .as_deref(),
-            Some("42501"),
-            "{role}: TRUNCATE"
-        );
-        if role != "pgrpc_api" {
-            assert_eq!(
-                sqlstate(&c, "DELETE FROM private.http_idempotency_keys")
-                    .await
-                    .as_deref(),
-                Some("42501"),
-                "{role}: DELETE"
-            );
-        }
-    }
+    let mut refused: Vec<String> = [
+        "response_body = 'forged'",
+        "response_status = 500",
+        "response_headers = '{}'",
+        "request_hash = 'x'",
+        "expires_at = expires_at + interval '1 day'",
+    ]
+    .iter()
+    .map(|set| format!("UPDATE private.http_idempotency_keys SET {set}"))
+    .collect();
+    refused.push("TRUNCATE private.http_idempotency_keys".to_string());
+    assert_refused(&server.db, &PRIVILEGED_ROLES, &refused, &[]).await;
+    assert_refused(
+        &server.db,
+        &["pgrpc_admin", "pgrpc_owner"],
+        &["DELETE FROM private.http_idempotency_keys"],
+        &[],
+    )
+    .await;
     // Request roles cannot read or write the table directly, only call the functions.
     let service = server
         .db
         .as_request("pgrpc_service", &json!({"sub": "x"}))
         .await;
-    assert_eq!(
-        sqlstate(&service, "SELECT * FROM private.http_idempotency_keys")
-            .await
-            .as_deref(),
-        Some("42501")
-    );
-
-    let replay = post_with_key(
-        &server,
-        "idem_record",
-        &service_token(),
-        "k-w",
-        json!({"label": "w"}),
+    assert_refused_as(
+        &service,
+        "pgrpc_service",
+        &["SELECT * FROM private.http_idempotency_keys"],
+        &[],
     )
     .await;
+
+    let replay = record(&server, &service_token(), "k-w", "w").await;
     assert_eq!(replay.text, r.text, "the stored response is unchanged");
 }
 
@@ -927,14 +785,11 @@ async fn stored_header_responses_are_write_once_for_every_role() {
 async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
     let su = db.superuser().await;
     for _ in 0..400 {
-        let waiting: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
+        let waiting = count(
+            &su,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
         if waiting >= n {
             return;
         }
@@ -969,14 +824,12 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
 
     // The first commits: the duplicate replays what it stored.
     first.batch_execute("BEGIN").await.expect("begin");
-    let state: String = first
-        .query_one(
-            "SELECT state FROM private.http_idempotency_claim('k', 'h')",
-            &[],
-        )
-        .await
-        .expect("claim")
-        .get(0);
+    let state: String = query_value(
+        &first,
+        "SELECT state FROM private.http_idempotency_claim('k', 'h')",
+        &[],
+    )
+    .await;
     assert_eq!(state, "claimed");
     let waiter = spawn_claim(second, "k");
     wait_for_lock_waiters(&db, 1).await;

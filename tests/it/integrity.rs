@@ -4,17 +4,9 @@
 
 use serde_json::json;
 
-use crate::support::{connect, service_token, TestDb, TestServer};
-
-fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
-fn message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_default()
-}
+use crate::support::api::{create_organization, create_site};
+use crate::support::db::{assert_refused_as, db_error, error_of, message, sqlstate};
+use crate::support::{connect, TestDb, TestServer};
 
 /// admin.set_setting validates type and bounds; settings cannot be deleted, renamed or retyped.
 #[tokio::test]
@@ -44,25 +36,25 @@ async fn settings_are_validated_and_permanent() {
         assert_eq!(sqlstate(&e), "PT400", "{key}={value}");
         assert_eq!(message(&e), "invalid_setting", "{key}={value}");
     }
-    let e = admin
-        .query_one("SELECT admin.set_setting('no_such_setting', '1')", &[])
-        .await
-        .expect_err("unknown key");
     assert_eq!(
-        (sqlstate(&e), message(&e)),
-        ("PT404".into(), "not_found".into())
+        error_of(&admin, "SELECT admin.set_setting('no_such_setting', '1')").await,
+        ("PT404".into(), "not_found".into()),
+        "unknown key"
     );
 
     let owner = db.as_role("pgrpc_owner").await;
-    for sql in [
-        "DELETE FROM private.settings WHERE key = 'outbox_max_attempts'",
-        "TRUNCATE private.settings",
-        "UPDATE private.settings SET key = 'renamed' WHERE key = 'outbox_max_attempts'",
-        "UPDATE private.settings SET value_type = 'text' WHERE key = 'outbox_max_attempts'",
-    ] {
-        let e = owner.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(sqlstate(&e), "42501", "{sql}");
-    }
+    assert_refused_as(
+        &owner,
+        "pgrpc_owner",
+        &[
+            "DELETE FROM private.settings WHERE key = 'outbox_max_attempts'",
+            "TRUNCATE private.settings",
+            "UPDATE private.settings SET key = 'renamed' WHERE key = 'outbox_max_attempts'",
+            "UPDATE private.settings SET value_type = 'text' WHERE key = 'outbox_max_attempts'",
+        ],
+        &[],
+    )
+    .await;
 }
 
 /// A login member of pgrpc_owner cannot disable, drop or neuter the triggers that keep the rules.
@@ -82,18 +74,21 @@ async fn table_owner_cannot_switch_rules_off() {
         .batch_execute("SET ROLE pgrpc_owner")
         .await
         .expect("set role");
-    for sql in [
-        "ALTER TABLE private.suggestion_grants DISABLE TRIGGER USER",
-        "ALTER TABLE private.oauth_nonces DISABLE TRIGGER USER",
-        "DROP TRIGGER _200_updated_at ON private.settings",
-        "CREATE OR REPLACE FUNCTION private.tg_forbid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
-        "DROP TABLE private.ticket_suggestions",
-        "ALTER TABLE private.outbox DROP CONSTRAINT outbox_status_known",
-    ] {
-        let e = owner.batch_execute(sql).await.expect_err(sql);
-        assert_eq!(sqlstate(&e), "42501", "{sql}: {e}");
-        assert_eq!(message(&e), "schema_change_requires_migration", "{sql}");
-    }
+    // Event triggers refuse schema changes to a login member that took the role.
+    assert_refused_as(
+        &owner,
+        "pgrpc_owner",
+        &[
+            "ALTER TABLE private.suggestion_grants DISABLE TRIGGER USER",
+            "ALTER TABLE private.oauth_nonces DISABLE TRIGGER USER",
+            "DROP TRIGGER _200_updated_at ON private.settings",
+            "CREATE OR REPLACE FUNCTION private.tg_forbid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+            "DROP TABLE private.ticket_suggestions",
+            "ALTER TABLE private.outbox DROP CONSTRAINT outbox_status_known",
+        ],
+        &["schema_change_requires_migration"],
+    )
+    .await;
     drop(owner);
     let su = db.superuser().await;
     let enabled: i64 = su
@@ -138,23 +133,8 @@ async fn operators_cannot_read_credentials() {
 #[tokio::test]
 async fn scoping_covers_roles_derived_from_pgrpc_user() {
     let s = TestServer::start().await;
-    let svc = service_token();
-    let org = s
-        .rpc(
-            "create_organization",
-            Some(&svc),
-            json!({"name": "Scoped", "plan": "freemium"}),
-        )
-        .await;
-    assert_eq!(org.status, 200, "{}", org.text);
-    let site = s
-        .rpc(
-            "create_site",
-            Some(&svc),
-            json!({"organization_id": org.body["id"], "base_url": "https://scoped.example"}),
-        )
-        .await;
-    let site_id = site.body["id"].as_str().expect("site id").to_string();
+    let org_id = create_organization(&s, "Scoped", "freemium").await;
+    let site_id = create_site(&s, &org_id, "https://scoped.example").await;
 
     let role = format!("derived_{}", s.db.name);
     let su = s.db.superuser().await;
@@ -171,13 +151,8 @@ async fn scoping_covers_roles_derived_from_pgrpc_user() {
         )
         .await
         .expect_err("another organization");
-    assert_eq!(
-        (sqlstate(&e), message(&e)),
-        ("PT403".into(), "forbidden".into())
-    );
-    let own =
-        s.db.as_request(&role, &json!({"org_id": org.body["id"]}))
-            .await;
+    assert_eq!(db_error(&e), ("PT403".into(), "forbidden".into()));
+    let own = s.db.as_request(&role, &json!({"org_id": org_id})).await;
     own.query_one(
         "SELECT api.token_balance($1::text::uuid, 'alt_text')",
         &[&site_id],

@@ -7,26 +7,15 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio_postgres::Client;
 
-use crate::support::{service_token, Resp, TestDb, TestServer};
-
-/// The SQLSTATE of a failed statement, or None when it succeeded.
-async fn sqlstate(client: &Client, sql: &str) -> Option<String> {
-    match client.batch_execute(sql).await {
-        Ok(()) => None,
-        Err(e) => Some(
-            e.as_db_error()
-                .map(|d| d.code().code().to_string())
-                .unwrap_or_else(|| format!("not a database error: {e}")),
-        ),
-    }
-}
+use crate::support::api::create_organization;
+use crate::support::db::{
+    assert_refused, count, count_for, outbox_payloads, query_value, PRIVILEGED_ROLES_AND_SUPERUSER,
+};
+use crate::support::{join_tasks, Resp, TestDb, TestServer};
 
 async fn issue(server: &TestServer, body: Value) -> Resp {
-    server
-        .rpc("issue_oauth_nonce", Some(&service_token()), body)
-        .await
+    server.service_rpc("issue_oauth_nonce", body).await
 }
 
 async fn issue_nonce(server: &TestServer, ttl_seconds: i32) -> String {
@@ -37,26 +26,23 @@ async fn issue_nonce(server: &TestServer, ttl_seconds: i32) -> String {
 
 async fn consume(server: &TestServer, nonce: Value) -> Resp {
     server
-        .rpc(
-            "consume_oauth_nonce",
-            Some(&service_token()),
-            json!({"nonce": nonce}),
-        )
+        .service_rpc("consume_oauth_nonce", json!({"nonce": nonce}))
         .await
 }
 
+/// How far ahead of now an issued nonce's expires_at lies.
+fn expires_in(issued: &Resp) -> chrono::Duration {
+    let expires: chrono::DateTime<chrono::Utc> = issued.body["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("timestamp");
+    expires - chrono::Utc::now()
+}
+
+/// The payloads of the security.oauth_nonce_replayed events, oldest first.
 async fn replay_events(db: &TestDb) -> Vec<Value> {
-    db.superuser()
-        .await
-        .query(
-            "SELECT payload FROM private.outbox WHERE event_type = 'security.oauth_nonce_replayed' ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("outbox")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    outbox_payloads(&db.superuser().await, "security.oauth_nonce_replayed").await
 }
 
 /// Of thirty concurrent HTTP consumers of one nonce exactly one gets true, and every loser is recorded as a replay.
@@ -85,11 +71,8 @@ async fn thirty_simultaneous_sessions_consume_a_nonce_once() {
     let issuer = db
         .as_request("pgrpc_service", &json!({"sub": "issuer"}))
         .await;
-    let nonce: String = issuer
-        .query_one("SELECT nonce FROM api.issue_oauth_nonce()", &[])
-        .await
-        .expect("issue")
-        .get(0);
+    let nonce: String =
+        query_value(&issuer, "SELECT nonce FROM api.issue_oauth_nonce()", &[]).await;
     let sessions = join_all((0..30).map(|i| {
         let db = &db;
         async move {
@@ -111,11 +94,7 @@ async fn thirty_simultaneous_sessions_consume_a_nonce_once() {
                 .get::<_, bool>(0)
         })
     });
-    let results: Vec<bool> = join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.expect("join"))
-        .collect();
+    let results: Vec<bool> = join_tasks(tasks).await;
     assert_eq!(results.iter().filter(|&&won| won).count(), 1, "{results:?}");
     assert_eq!(results.iter().filter(|&&won| !won).count(), 29);
     assert_eq!(replay_events(&db).await.len(), 29);
@@ -149,14 +128,12 @@ async fn a_second_use_is_refused_and_reported_as_a_replay() {
 
     // The record keeps only the hash.
     let su = server.db.superuser().await;
-    let kept: i64 = su
-        .query_one(
-            "SELECT count(*) FROM private.oauth_nonce_consumptions WHERE nonce_hash = sha256(convert_to($1, 'UTF8'))",
-            &[&nonce],
-        )
-        .await
-        .expect("consumptions")
-        .get(0);
+    let kept = count_for(
+        &su,
+        "SELECT count(*) FROM private.oauth_nonce_consumptions WHERE nonce_hash = sha256(convert_to($1, 'UTF8'))",
+        &nonce,
+    )
+    .await;
     assert_eq!(kept, 1);
 
     // An unknown nonce is false and no replay.
@@ -182,11 +159,7 @@ async fn a_nonce_with_a_one_second_ttl_fails_after_two_seconds() {
     // It stays refused, until the sweep removes it.
     assert_eq!(consume(&server, json!(nonce)).await.body, json!(false));
     let admin = server.db.as_role("pgrpc_admin").await;
-    let swept: i32 = admin
-        .query_one("SELECT admin.sweep_oauth_nonces()", &[])
-        .await
-        .expect("sweep")
-        .get(0);
+    let swept: i32 = query_value(&admin, "SELECT admin.sweep_oauth_nonces()", &[]).await;
     assert_eq!(swept, 1);
 }
 
@@ -203,11 +176,7 @@ async fn a_nonce_that_expires_during_a_long_transaction_is_refused() {
 
     long.batch_execute("BEGIN").await.expect("begin");
     // now() is fixed here, before the nonce even exists.
-    let started: chrono::DateTime<chrono::Utc> = long
-        .query_one("SELECT now()", &[])
-        .await
-        .expect("now")
-        .get(0);
+    let started: chrono::DateTime<chrono::Utc> = query_value(&long, "SELECT now()", &[]).await;
     let row = issuer
         .query_one(
             "SELECT nonce, expires_at FROM api.issue_oauth_nonce(NULL, 1)",
@@ -225,11 +194,7 @@ async fn a_nonce_that_expires_during_a_long_transaction_is_refused() {
     long.batch_execute("SELECT pg_sleep(1.5)")
         .await
         .expect("the transaction runs long");
-    let accepted: bool = long
-        .query_one("SELECT api.consume_oauth_nonce($1)", &[&nonce])
-        .await
-        .expect("consume")
-        .get(0);
+    let accepted: bool = query_value(&long, "SELECT api.consume_oauth_nonce($1)", &[&nonce]).await;
     long.batch_execute("COMMIT").await.expect("commit");
     assert!(
         !accepted,
@@ -272,26 +237,17 @@ async fn empty_or_non_string_nonces_and_bad_ttls_are_400() {
         assert_eq!(r.error_key(), "invalid_ttl");
     }
     let su = server.db.superuser().await;
-    let issued: i64 = su
-        .query_one("SELECT count(*) FROM private.oauth_nonces", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(issued, 0);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.oauth_nonces").await,
+        0
+    );
 }
 
 /// Issued nonces are distinct, URL-safe, 43 characters (32 random bytes), and expire after ttl_seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_nonces_are_url_safe_encodings_of_32_random_bytes() {
     let server = TestServer::start().await;
-    let org = server
-        .rpc(
-            "create_organization",
-            Some(&service_token()),
-            json!({"name": "OAuth", "plan": "free"}),
-        )
-        .await;
-    let org_id = org.body["id"].as_str().expect("org id").to_string();
+    let org_id = create_organization(&server, "OAuth", "free").await;
     let mut seen = HashSet::new();
     for _ in 0..20 {
         let r = issue(
@@ -308,12 +264,7 @@ async fn issued_nonces_are_url_safe_encodings_of_32_random_bytes() {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "not base64url: {nonce}"
         );
-        let expires: chrono::DateTime<chrono::Utc> = r.body["expires_at"]
-            .as_str()
-            .expect("expires_at")
-            .parse()
-            .expect("timestamp");
-        let ahead = expires - chrono::Utc::now();
+        let ahead = expires_in(&r);
         assert!(
             ahead > chrono::Duration::seconds(240) && ahead <= chrono::Duration::seconds(301),
             "{ahead}"
@@ -326,12 +277,7 @@ async fn issued_nonces_are_url_safe_encodings_of_32_random_bytes() {
     // The default TTL is 600 seconds.
     let r = issue(&server, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let expires: chrono::DateTime<chrono::Utc> = r.body["expires_at"]
-        .as_str()
-        .expect("expires_at")
-        .parse()
-        .expect("timestamp");
-    let ahead = expires - chrono::Utc::now();
+    let ahead = expires_in(&r);
     assert!(
         ahead > chrono::Duration::seconds(540) && ahead <= chrono::Duration::seconds(601),
         "{ahead}"
@@ -346,41 +292,28 @@ async fn nonce_tables_are_append_only_for_every_role() {
     assert_eq!(consume(&server, json!(consumed)).await.body, json!(true));
     let live = issue_nonce(&server, 600).await;
 
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let c = if role == "postgres" {
-            server.db.superuser().await
-        } else {
-            server.db.as_role(role).await
-        };
-        for table in ["private.oauth_nonces", "private.oauth_nonce_consumptions"] {
-            for sql in [
-                format!("UPDATE {table} SET expires_at = expires_at + interval '1 day'"),
-                format!("UPDATE {table} SET created_at = now()"),
-                format!("TRUNCATE {table}"),
-            ] {
-                assert_eq!(
-                    sqlstate(&c, &sql).await.as_deref(),
-                    Some("42501"),
-                    "{role}: {sql}"
-                );
-            }
-            if role != "pgrpc_api" {
-                let sql = format!("DELETE FROM {table}");
-                assert_eq!(
-                    sqlstate(&c, &sql).await.as_deref(),
-                    Some("42501"),
-                    "{role}: {sql}"
-                );
-            }
-        }
-        let sql =
-            "UPDATE private.oauth_nonces SET nonce = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'";
-        assert_eq!(
-            sqlstate(&c, sql).await.as_deref(),
-            Some("42501"),
-            "{role}: {sql}"
-        );
+    let tables = ["private.oauth_nonces", "private.oauth_nonce_consumptions"];
+    let mut refused = Vec::new();
+    for table in tables {
+        refused.push(format!(
+            "UPDATE {table} SET expires_at = expires_at + interval '1 day'"
+        ));
+        refused.push(format!("UPDATE {table} SET created_at = now()"));
+        refused.push(format!("TRUNCATE {table}"));
     }
+    refused.push(
+        "UPDATE private.oauth_nonces SET nonce = 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'"
+            .to_string(),
+    );
+    assert_refused(&server.db, &PRIVILEGED_ROLES_AND_SUPERUSER, &refused, &[]).await;
+    let deletes = tables.map(|table| format!("DELETE FROM {table}"));
+    assert_refused(
+        &server.db,
+        &["pgrpc_admin", "pgrpc_owner", "postgres"],
+        &deletes,
+        &[],
+    )
+    .await;
 
     // Nothing changed: the live nonce still works once, the consumed one is still a replay.
     assert_eq!(consume(&server, json!(live)).await.body, json!(true));
@@ -398,18 +331,10 @@ async fn the_sweep_deletes_only_expired_nonces() {
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the short ones expire
 
     let admin = server.db.as_role("pgrpc_admin").await;
-    let swept: i32 = admin
-        .query_one("SELECT admin.sweep_oauth_nonces()", &[])
-        .await
-        .expect("sweep")
-        .get(0);
+    let swept: i32 = query_value(&admin, "SELECT admin.sweep_oauth_nonces()", &[]).await;
     assert_eq!(swept, 2);
     assert_eq!(consume(&server, json!(short_a)).await.body, json!(false));
     assert_eq!(consume(&server, json!(long)).await.body, json!(true));
-    let again: i32 = admin
-        .query_one("SELECT admin.sweep_oauth_nonces()", &[])
-        .await
-        .expect("sweep")
-        .get(0);
+    let again: i32 = query_value(&admin, "SELECT admin.sweep_oauth_nonces()", &[]).await;
     assert_eq!(again, 0);
 }

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
-use crate::support::{service_token, TestDb, TestServer};
+use crate::support::db::{assert_refused_as, count, query_column, query_value, sqlstate};
+use crate::support::{join_tasks, TestDb, TestServer};
 
 /// Emits one event as a superuser, outside any request.
 pub async fn emit(
@@ -83,10 +83,6 @@ async fn status_of(client: &Client, id: i64) -> (String, i32) {
         .await
         .expect("status");
     (row.get(0), row.get(1))
-}
-
-fn sqlstate(err: &tokio_postgres::Error) -> String {
-    err.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
 /// A committed emission leaves exactly one event and a rolled-back one none.
@@ -182,12 +178,10 @@ async fn a_service_claims_and_acknowledges_over_http() {
     let su = server.db.superuser().await;
     let first = emit(&su, "order", "o1", "order.created").await;
     let second = emit(&su, "order", "o2", "order.created").await;
-    let token = service_token();
 
     let r = server
-        .rpc(
+        .service_rpc(
             "outbox_claim",
-            Some(&token),
             json!({"consumer": "http-test", "max_events": 10}),
         )
         .await;
@@ -216,11 +210,7 @@ async fn a_service_claims_and_acknowledges_over_http() {
     assert_eq!(events[0]["attempts"], 1);
 
     let again = server
-        .rpc(
-            "outbox_claim",
-            Some(&token),
-            json!({"consumer": "http-test-2"}),
-        )
+        .service_rpc("outbox_claim", json!({"consumer": "http-test-2"}))
         .await;
     assert_eq!(
         again.body["events"],
@@ -229,29 +219,23 @@ async fn a_service_claims_and_acknowledges_over_http() {
     );
 
     let acked = server
-        .rpc(
+        .service_rpc(
             "outbox_ack",
-            Some(&token),
             json!({"lease_token": lease, "ids": [first, second]}),
         )
         .await;
     assert_eq!(acked.status, 200, "{}", acked.text);
     assert_eq!(acked.body, json!(2));
     let twice = server
-        .rpc(
+        .service_rpc(
             "outbox_ack",
-            Some(&token),
             json!({"lease_token": lease, "ids": [first, second]}),
         )
         .await;
     assert_eq!(twice.body, json!(0));
 
     let bad = server
-        .rpc(
-            "outbox_claim",
-            Some(&token),
-            json!({"consumer": "x", "max_events": 0}),
-        )
+        .service_rpc("outbox_claim", json!({"consumer": "x", "max_events": 0}))
         .await;
     assert_eq!(bad.status, 400, "{}", bad.text);
     assert_eq!(bad.error_key(), "invalid_max_events");
@@ -375,12 +359,8 @@ async fn per_aggregate_order_holds_with_concurrent_claimers() {
         })
     });
     let consumers: Vec<_> = consumers.collect();
-    for r in join_all(emitters).await {
-        r.expect("emitter");
-    }
-    for r in join_all(consumers).await {
-        r.expect("consumer");
-    }
+    join_tasks(emitters).await;
+    join_tasks(consumers).await;
 
     let log = log.lock().expect("log").clone();
     assert_eq!(log.len(), total, "not every event was processed in time");
@@ -390,30 +370,25 @@ async fn per_aggregate_order_holds_with_concurrent_claimers() {
     }
     let su = db.superuser().await;
     for (aggregate, seen) in per_aggregate {
-        let expected: Vec<i64> = su
-            .query(
-                "SELECT id FROM private.outbox WHERE aggregate_id = $1 ORDER BY id",
-                &[&aggregate],
-            )
-            .await
-            .expect("ids")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let expected: Vec<i64> = query_column(
+            &su,
+            "SELECT id FROM private.outbox WHERE aggregate_id = $1 ORDER BY id",
+            &[&aggregate],
+        )
+        .await;
         assert_eq!(
             seen, expected,
             "aggregate {aggregate} processed out of order or twice"
         );
     }
-    let undelivered: i64 = su
-        .query_one(
-            "SELECT count(*) FROM private.outbox WHERE status <> 'delivered'",
-            &[],
+    assert_eq!(
+        count(
+            &su,
+            "SELECT count(*) FROM private.outbox WHERE status <> 'delivered'"
         )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(undelivered, 0);
+        .await,
+        0
+    );
 }
 
 /// Concurrent claimers never receive the same event within a lease.
@@ -440,10 +415,7 @@ async fn concurrent_claimers_never_share_an_event() {
             }
         })
     });
-    let mut all: Vec<i64> = Vec::new();
-    for r in join_all(claims).await {
-        all.extend(r.expect("claimer"));
-    }
+    let mut all: Vec<i64> = join_tasks(claims).await.concat();
     let count = all.len();
     all.sort_unstable();
     all.dedup();
@@ -501,11 +473,12 @@ async fn an_expired_lease_is_redelivered_and_the_old_token_is_refused() {
         "the expired lease acknowledged"
     );
     assert_eq!(ack(&svc, new, &[id]).await, 1);
-    let leased_by: String = su
-        .query_one("SELECT leased_by FROM private.outbox WHERE id = $1", &[&id])
-        .await
-        .expect("leased_by")
-        .get(0);
+    let leased_by: String = query_value(
+        &su,
+        "SELECT leased_by FROM private.outbox WHERE id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(leased_by, "fast");
 }
 
@@ -565,27 +538,22 @@ async fn nack_reaches_dead_after_max_attempts_and_requeue_revives_it() {
     assert_eq!(statuses, vec!["pending", "dead"]);
     let (_, none) = claim(&svc, "c", 10, 30, None).await;
     assert!(none.is_empty(), "a dead event was claimed");
-    let dead: i64 = admin
-        .query_one("SELECT dead FROM admin.outbox_health", &[])
-        .await
-        .expect("health")
-        .get(0);
+    let dead: i64 = query_value(&admin, "SELECT dead FROM admin.outbox_health", &[]).await;
     assert_eq!(dead, 1);
-    let last_error: String = su
-        .query_one(
-            "SELECT last_error FROM private.outbox WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .expect("last_error")
-        .get(0);
+    let last_error: String = query_value(
+        &su,
+        "SELECT last_error FROM private.outbox WHERE id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(last_error, "HTTP 500");
 
-    let revived: i32 = admin
-        .query_one("SELECT admin.outbox_requeue(ARRAY[$1::bigint])", &[&id])
-        .await
-        .expect("requeue")
-        .get(0);
+    let revived: i32 = query_value(
+        &admin,
+        "SELECT admin.outbox_requeue(ARRAY[$1::bigint])",
+        &[&id],
+    )
+    .await;
     assert_eq!(revived, 1);
     let (lease, events) = claim(&svc, "c", 10, 30, None).await;
     assert_eq!(ids_of(&events), vec![id]);
@@ -621,11 +589,16 @@ async fn the_event_columns_refuse_update_for_every_role() {
     let su = db.superuser().await;
     let id = emit(&su, "order", "o1", "order.created").await;
     let updates = [
-        "UPDATE private.outbox SET aggregate_type = 'x' WHERE id = $1",
-        "UPDATE private.outbox SET aggregate_id = 'x' WHERE id = $1",
-        "UPDATE private.outbox SET event_type = 'x' WHERE id = $1",
-        "UPDATE private.outbox SET payload = '{\"forged\": true}' WHERE id = $1",
-        "UPDATE private.outbox SET created_at = now() - interval '1 day' WHERE id = $1",
+        "aggregate_type = 'x'",
+        "aggregate_id = 'x'",
+        "event_type = 'x'",
+        "payload = '{\"forged\": true}'",
+        "created_at = now() - interval '1 day'",
+    ]
+    .map(|set| format!("UPDATE private.outbox SET {set} WHERE id = {id}"));
+    let removals = [
+        format!("DELETE FROM private.outbox WHERE id = {id}"),
+        "TRUNCATE private.outbox".to_string(),
     ];
     let mut refusals = 0;
     for role in [
@@ -636,36 +609,9 @@ async fn the_event_columns_refuse_update_for_every_role() {
         "postgres",
     ] {
         let client = db.as_role(role).await;
-        for sql in updates {
-            let err = client
-                .execute(sql, &[&id])
-                .await
-                .expect_err(&format!("{role}: {sql}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {sql}: {err}"
-            );
-            refusals += 1;
-        }
-        let err = client
-            .execute("DELETE FROM private.outbox WHERE id = $1", &[&id])
-            .await
-            .expect_err("delete");
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{role} delete: {err}"
-        );
-        let err = client
-            .batch_execute("TRUNCATE private.outbox")
-            .await
-            .expect_err("truncate");
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{role} truncate: {err}"
-        );
+        assert_refused_as(&client, role, &updates, &[]).await;
+        refusals += updates.len();
+        assert_refused_as(&client, role, &removals, &[]).await;
     }
     assert_eq!(refusals, 25);
     let row = su
@@ -731,28 +677,19 @@ async fn purge_deletes_only_old_delivered_events_and_health_counts_them() {
     );
     assert!(health.get::<_, bool>(4));
 
-    let kept: i64 = admin
-        .query_one("SELECT admin.outbox_purge_delivered()", &[])
-        .await
-        .expect("purge")
-        .get(0);
+    let kept: i64 = query_value(&admin, "SELECT admin.outbox_purge_delivered()", &[]).await;
     assert_eq!(
         kept, 0,
         "events delivered just now are within the 7 day window"
     );
-    let purged: i64 = admin
-        .query_one("SELECT admin.outbox_purge_delivered('0 seconds')", &[])
-        .await
-        .expect("purge")
-        .get(0);
+    let purged: i64 = query_value(
+        &admin,
+        "SELECT admin.outbox_purge_delivered('0 seconds')",
+        &[],
+    )
+    .await;
     assert_eq!(purged, 3);
-    let left: Vec<i64> = su
-        .query("SELECT id FROM private.outbox", &[])
-        .await
-        .expect("ids")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<i64> = query_column(&su, "SELECT id FROM private.outbox", &[]).await;
     assert_eq!(left, vec![pending]);
 
     let svc_err = svc
@@ -767,17 +704,13 @@ async fn purge_deletes_only_old_delivered_events_and_health_counts_them() {
 async fn every_spec_event_type_is_emitted_by_some_database_function() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
-    let sources: Vec<String> = su
-        .query(
-            "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE n.nspname IN ('api', 'private', 'admin')",
-            &[],
-        )
-        .await
-        .expect("sources")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sources: Vec<String> = query_column(
+        &su,
+        "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname IN ('api', 'private', 'admin')",
+        &[],
+    )
+    .await;
     let mut missing = HashMap::new();
     for event_type in [
         "contract.signed",

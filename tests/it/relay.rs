@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::outbox::emit;
+use crate::support::db::{count, query_column};
 use crate::support::TestDb;
 
 const SECRET: &str = "relay-test-signing-secret-0123456789abcdef";
@@ -38,6 +39,11 @@ struct Delivery {
     signature: String,
     body: Bytes,
     json: Value,
+}
+
+/// The distinct event ids of `deliveries`.
+fn event_ids(deliveries: &[Delivery]) -> BTreeSet<i64> {
+    deliveries.iter().map(|d| d.header_id).collect()
 }
 
 /// Decides the answer to the `nth` (0-based) delivery of an event id:
@@ -98,7 +104,13 @@ impl Receiver {
     }
 
     fn distinct_ids(&self) -> BTreeSet<i64> {
-        self.deliveries().iter().map(|d| d.header_id).collect()
+        event_ids(&self.deliveries())
+    }
+
+    /// Waits until every id of `expected` has been received.
+    async fn wait_for_every(&self, expected: &BTreeSet<i64>, within: Duration) {
+        self.wait_for("every event", within, |d| event_ids(d) == *expected)
+            .await;
     }
 
     /// Waits (event-driven, with a deadline) until `pred` holds.
@@ -241,23 +253,58 @@ fn assert_well_formed(deliveries: &[Delivery]) {
     }
 }
 
+/// Each aggregate's events were delivered in strictly increasing id order.
+fn assert_aggregate_order(deliveries: &[Delivery]) {
+    let mut per_aggregate: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for d in deliveries {
+        let aggregate = d.json["aggregate_id"]
+            .as_str()
+            .expect("aggregate_id")
+            .to_string();
+        per_aggregate
+            .entry(aggregate)
+            .or_default()
+            .push(d.header_id);
+    }
+    for (aggregate, ids) in per_aggregate {
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "aggregate {aggregate} delivered out of order: {ids:?}"
+        );
+    }
+}
+
+/// Asserts that a run without failures delivered each of `expected` once,
+/// well-formed and in per-aggregate order, and acknowledged every delivery.
+async fn assert_delivered_once_each(
+    deliveries: &[Delivery],
+    expected: &BTreeSet<i64>,
+    su: &Client,
+) {
+    assert_well_formed(deliveries);
+    assert_eq!(&event_ids(deliveries), expected, "an event was lost");
+    assert_eq!(
+        deliveries.len(),
+        expected.len(),
+        "an event was delivered twice"
+    );
+    assert_eq!(undelivered(su).await, 0, "a delivery was not acknowledged");
+    assert_aggregate_order(deliveries);
+}
+
 async fn all_ids(su: &Client) -> BTreeSet<i64> {
-    su.query("SELECT id FROM private.outbox", &[])
+    query_column(su, "SELECT id FROM private.outbox", &[])
         .await
-        .expect("ids")
-        .iter()
-        .map(|r| r.get(0))
+        .into_iter()
         .collect()
 }
 
 async fn undelivered(su: &Client) -> i64 {
-    su.query_one(
+    count(
+        su,
         "SELECT count(*) FROM private.outbox WHERE status <> 'delivered'",
-        &[],
     )
     .await
-    .expect("count")
-    .get(0)
 }
 
 /// Polls the outbox until every event is delivered (acknowledged), or fails.
@@ -322,36 +369,12 @@ async fn the_relay_delivers_every_event_signed_and_in_aggregate_order() {
     assert_eq!(expected.len(), 33);
 
     receiver
-        .wait_for("every event", Duration::from_secs(30), |d| {
-            d.iter().map(|d| d.header_id).collect::<BTreeSet<_>>() == expected
-        })
+        .wait_for_every(&expected, Duration::from_secs(30))
         .await;
     relay.stop(Duration::from_secs(10)).await;
 
     let deliveries = receiver.deliveries();
-    assert_well_formed(&deliveries);
-    assert_eq!(
-        deliveries.len(),
-        expected.len(),
-        "a healthy run delivered something twice"
-    );
-    assert_eq!(undelivered(&su).await, 0, "a delivery was not acknowledged");
-    let mut per_aggregate: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for d in &deliveries {
-        let aggregate = d.json["aggregate_id"]
-            .as_str()
-            .expect("aggregate_id")
-            .to_string();
-        per_aggregate
-            .entry(aggregate)
-            .or_default()
-            .push(d.header_id);
-    }
-    for (aggregate, ids) in per_aggregate {
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        assert_eq!(ids, sorted, "aggregate {aggregate} delivered out of order");
-    }
+    assert_delivered_once_each(&deliveries, &expected, &su).await;
     let signed = deliveries
         .iter()
         .find(|d| d.header_type == "contract.signed")
@@ -454,8 +477,7 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_redelivers_with_the_same_ids
     let deliveries = receiver.deliveries();
     assert_well_formed(&deliveries);
     let expected = all_ids(&su).await;
-    let received: BTreeSet<i64> = deliveries.iter().map(|d| d.header_id).collect();
-    assert_eq!(received, expected, "an event was lost");
+    assert_eq!(event_ids(&deliveries), expected, "an event was lost");
 
     let mut by_id: BTreeMap<i64, Vec<&Delivery>> = BTreeMap::new();
     for d in &deliveries {
@@ -526,40 +548,13 @@ async fn several_relays_never_deliver_an_event_twice_within_its_lease() {
         })
         .collect();
     receiver
-        .wait_for("every event", Duration::from_secs(60), |d| {
-            d.iter().map(|d| d.header_id).collect::<BTreeSet<_>>() == expected
-        })
+        .wait_for_every(&expected, Duration::from_secs(60))
         .await;
     for relay in relays {
         relay.stop(Duration::from_secs(10)).await;
     }
-    let deliveries = receiver.deliveries();
-    assert_well_formed(&deliveries);
-    assert_eq!(
-        deliveries.len(),
-        expected.len(),
-        "an event was delivered twice"
-    );
-    assert_eq!(undelivered(&su).await, 0);
-    // Per-aggregate order held across relays.
-    let mut per_aggregate: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for d in &deliveries {
-        per_aggregate
-            .entry(
-                d.json["aggregate_id"]
-                    .as_str()
-                    .expect("aggregate")
-                    .to_string(),
-            )
-            .or_default()
-            .push(d.header_id);
-    }
-    for (aggregate, ids) in per_aggregate {
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "aggregate {aggregate} out of order: {ids:?}"
-        );
-    }
+    // Per-aggregate order held across relays too.
+    assert_delivered_once_each(&receiver.deliveries(), &expected, &su).await;
 }
 
 /// Shutdown lets the requests in flight finish and acknowledges them before the relay returns.
@@ -586,6 +581,17 @@ async fn shutdown_finishes_and_acknowledges_the_batch_in_flight() {
     assert_eq!(receiver.deliveries().len(), 3);
 }
 
+/// Runs the relay with `config` and asserts that it fails at once, naming `setting`.
+async fn assert_bad_setting(config: RelayConfig, setting: &str) {
+    let err = relay::run(config, std::future::pending())
+        .await
+        .expect_err(setting);
+    assert!(
+        matches!(&err, RelayError::Config { setting: named, .. } if *named == setting),
+        "{err}"
+    );
+}
+
 /// Bad settings fail fast, naming the setting; an unreachable database fails at startup.
 #[tokio::test]
 async fn bad_settings_fail_fast_and_name_the_setting() {
@@ -593,35 +599,11 @@ async fn bad_settings_fail_fast_and_name_the_setting() {
     let receiver = Receiver::accepting().await;
     let mut weak = config(&db, &receiver, "x");
     weak.signing_secret = "short".into();
-    let err = relay::run(weak, std::future::pending())
-        .await
-        .expect_err("weak secret");
-    assert!(
-        matches!(
-            err,
-            RelayError::Config {
-                setting: "signing_secret",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_bad_setting(weak, "signing_secret").await;
 
     let mut tls = config(&db, &receiver, "x");
     tls.webhook_url = "https://example.invalid/hook".into();
-    let err = relay::run(tls, std::future::pending())
-        .await
-        .expect_err("https");
-    assert!(
-        matches!(
-            err,
-            RelayError::Config {
-                setting: "webhook_url",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_bad_setting(tls, "webhook_url").await;
 
     let mut unreachable = config(&db, &receiver, "x");
     unreachable.database_url = "postgresql://nobody:wrong@127.0.0.1:1/none".into();

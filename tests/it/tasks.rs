@@ -13,7 +13,15 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::support::{self, Resp, TestDb, TestServer};
+use crate::support::api::{
+    create_opportunity, create_organization, create_site, create_suggestion, id_of, service_ok,
+};
+use crate::support::db::{
+    aggregate_payloads, assert_documented, assert_refused, count, count_for, db_error,
+    holds_privilege, outbox_count, query_column, query_value, table_privileges, updatable_columns,
+    PRIVILEGED_ROLES_AND_SUPERUSER,
+};
+use crate::support::{self, assert_error, split_refusals, Resp, TestDb, TestServer};
 
 const CLOUD_ID: &str = "6f1d2c3a-1111-4222-8333-123456789abc";
 const STATUSES: [&str; 5] = [
@@ -31,31 +39,9 @@ fn jira_metadata() -> Value {
     json!({"cloudId": CLOUD_ID, "scopes": ["read:jira-work", "write:jira-work"]})
 }
 
-/// Calls `function` as the service and insists on 200.
-async fn service_ok(server: &TestServer, function: &str, body: Value) -> Value {
-    let r = server
-        .rpc(function, Some(&support::service_token()), body)
-        .await;
-    assert_eq!(r.status, 200, "{function}: {}", r.text);
-    r.body
-}
-
-/// Asserts an HTTP error's status and stable key (its `message`).
-fn assert_error(r: &Resp, status: u16, key: &str) {
-    assert_eq!(r.status, status, "expected {status} {key}, got {}", r.text);
-    assert_eq!(r.error_key(), key, "{}", r.text);
-}
-
 /// The `details` of an error body.
 fn details(r: &Resp) -> String {
     r.body["details"].as_str().unwrap_or_default().to_string()
-}
-
-fn id_of(v: &Value) -> String {
-    v["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {v}"))
-        .to_string()
 }
 
 fn uuid(s: &str) -> Uuid {
@@ -70,35 +56,12 @@ struct Org {
 }
 
 async fn org_with_suggestions(server: &TestServer, n: usize) -> Org {
-    let org = service_ok(
-        server,
-        "create_organization",
-        json!({"name": "Acme", "plan": "paid"}),
-    )
-    .await;
-    let org_id = id_of(&org);
-    let site = service_ok(
-        server,
-        "create_site",
-        json!({"organization_id": org_id, "base_url": "https://acme.test"}),
-    )
-    .await;
-    let opp = service_ok(
-        server,
-        "create_opportunity",
-        json!({"site_id": id_of(&site), "type": "broken-backlinks"}),
-    )
-    .await;
-    let opportunity = id_of(&opp);
+    let org_id = create_organization(server, "Acme", "paid").await;
+    let site = create_site(server, &org_id, "https://acme.test").await;
+    let opportunity = create_opportunity(server, &site, "broken-backlinks").await;
     let mut suggestions = Vec::with_capacity(n);
     for i in 0..n {
-        let s = service_ok(
-            server,
-            "create_suggestion",
-            json!({"opportunity_id": opportunity, "data": {"n": i}}),
-        )
-        .await;
-        suggestions.push(id_of(&s));
+        suggestions.push(create_suggestion(server, &opportunity, json!({"n": i}), None).await);
     }
     Org {
         id: org_id,
@@ -143,33 +106,26 @@ fn ticket_body<S: AsRef<str>>(connection: &str, key: &str, suggestions: &[S]) ->
 
 async fn set_status(server: &TestServer, connection: &str, status: &str) -> Resp {
     server
-        .rpc(
+        .service_rpc(
             "set_connection_status",
-            Some(&support::service_token()),
             json!({"connection_id": connection, "status": status}),
         )
         .await
 }
 
-/// The single bigint a query with one uuid parameter answers.
-async fn count_for(c: &Client, sql: &str, id: &Uuid) -> i64 {
-    c.query_one(sql, &[id])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 /// How many connection_status_changed events a connection has emitted.
 async fn status_events(c: &Client, connection: &str) -> i64 {
-    c.query_one(
-        "SELECT count(*) FROM private.outbox \
-         WHERE aggregate_type = 'task_management_connection' AND aggregate_id = $1 \
-           AND event_type = 'task_management.connection_status_changed'",
-        &[&connection],
+    aggregate_payloads(c, STATUS_EVENT, "task_management_connection", connection)
+        .await
+        .len() as i64
+}
+
+/// How many tickets and ticket-suggestion links there are.
+async fn ticket_rows(c: &Client) -> (i64, i64) {
+    (
+        count(c, "SELECT count(*) FROM private.tickets").await,
+        count(c, "SELECT count(*) FROM private.ticket_suggestions").await,
     )
-    .await
-    .expect("count events")
-    .get(0)
 }
 
 /// A connection's last_used_at, as text.
@@ -181,22 +137,6 @@ async fn last_used_at(c: &Client, connection: &Uuid) -> Option<String> {
     .await
     .expect("last_used_at")
     .get(0)
-}
-
-/// The single bigint a query answers.
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-/// The SQLSTATE and message of a database error.
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {e}"));
-    (db.code().code().to_string(), db.message().to_string())
 }
 
 /// What SQL made as a service would leave: an organization, an opportunity
@@ -214,40 +154,32 @@ async fn sql_fixture(c: &Client) -> SqlFixture {
     c.batch_execute("SELECT set_config('request.jwt.claims', '{\"sub\":\"svc-sql\"}', false)")
         .await
         .expect("claims");
-    let org: Uuid = c
-        .query_one(
-            "SELECT id FROM api.create_organization('SQL org', 'paid')",
-            &[],
-        )
-        .await
-        .expect("organization")
-        .get(0);
-    let site: Uuid = c
-        .query_one(
-            "SELECT id FROM api.create_site($1, 'https://sql.test')",
-            &[&org],
-        )
-        .await
-        .expect("site")
-        .get(0);
-    let opportunity: Uuid = c
-        .query_one(
-            "SELECT id FROM api.create_opportunity($1, 'broken-backlinks')",
-            &[&site],
-        )
-        .await
-        .expect("opportunity")
-        .get(0);
+    let org: Uuid = query_value(
+        c,
+        "SELECT id FROM api.create_organization('SQL org', 'paid')",
+        &[],
+    )
+    .await;
+    let site: Uuid = query_value(
+        c,
+        "SELECT id FROM api.create_site($1, 'https://sql.test')",
+        &[&org],
+    )
+    .await;
+    let opportunity: Uuid = query_value(
+        c,
+        "SELECT id FROM api.create_opportunity($1, 'broken-backlinks')",
+        &[&site],
+    )
+    .await;
     let mut suggestions = Vec::new();
     for _ in 0..2 {
-        let s: Uuid = c
-            .query_one(
-                "SELECT id FROM api.create_suggestion($1, '{}')",
-                &[&opportunity],
-            )
-            .await
-            .expect("suggestion")
-            .get(0);
+        let s: Uuid = query_value(
+            c,
+            "SELECT id FROM api.create_suggestion($1, '{}')",
+            &[&opportunity],
+        )
+        .await;
         suggestions.push(s);
     }
     let connection: Uuid = c
@@ -369,13 +301,7 @@ async fn invalid_metadata_shapes_are_refused_with_a_400_naming_the_field() {
     for (metadata, expected) in &cases {
         let mut body = connect_body(&org.id, "acme");
         body["metadata"] = metadata.clone();
-        let r = server
-            .rpc(
-                "connect_task_management",
-                Some(&support::service_token()),
-                body,
-            )
-            .await;
+        let r = server.service_rpc("connect_task_management", body).await;
         assert_error(&r, 400, "invalid_metadata");
         assert_eq!(r.error_code(), "PT400", "{}", r.text);
         assert!(
@@ -388,26 +314,14 @@ async fn invalid_metadata_shapes_are_refused_with_a_400_naming_the_field() {
     // JSON null is no metadata at all: the NOT NULL column refuses it (400).
     let mut body = connect_body(&org.id, "acme");
     body["metadata"] = Value::Null;
-    let r = server
-        .rpc(
-            "connect_task_management",
-            Some(&support::service_token()),
-            body,
-        )
-        .await;
+    let r = server.service_rpc("connect_task_management", body).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.error_code(), "23502", "{}", r.text);
 
     // There is no default: leaving metadata out matches no function.
     let mut body = connect_body(&org.id, "acme");
     body.as_object_mut().expect("object").remove("metadata");
-    let r = server
-        .rpc(
-            "connect_task_management",
-            Some(&support::service_token()),
-            body,
-        )
-        .await;
+    let r = server.service_rpc("connect_task_management", body).await;
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(r.error_code(), "PGRST202", "{}", r.text);
 
@@ -439,13 +353,7 @@ async fn an_unknown_provider_is_a_400() {
     let org = org_with_suggestions(&server, 0).await;
     let mut body = connect_body(&org.id, "acme");
     body["provider"] = json!("github");
-    let r = server
-        .rpc(
-            "connect_task_management",
-            Some(&support::service_token()),
-            body,
-        )
-        .await;
+    let r = server.service_rpc("connect_task_management", body).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.error_code(), "23514", "{}", r.text);
     assert!(
@@ -503,13 +411,7 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
     for &(url, expected) in bad_instance_urls {
         let mut body = connect_body(&org.id, "acme");
         body["instance_url"] = json!(url);
-        let r = server
-            .rpc(
-                "connect_task_management",
-                Some(&support::service_token()),
-                body,
-            )
-            .await;
+        let r = server.service_rpc("connect_task_management", body).await;
         assert_error(&r, 400, "invalid_url");
         assert!(
             details(&r).starts_with("instance_url") && details(&r).contains(expected),
@@ -550,9 +452,7 @@ async fn urls_that_are_not_absolute_with_a_host_are_refused_with_invalid_url() {
     ] {
         let mut body = ticket_body(&conn_id, "ACME-1", &NO_SUGGESTIONS);
         body["ticket_url"] = json!(url);
-        let r = server
-            .rpc("create_ticket", Some(&support::service_token()), body)
-            .await;
+        let r = server.service_rpc("create_ticket", body).await;
         assert_error(&r, 400, "invalid_url");
         assert!(details(&r).starts_with("ticket_url"), "{}", r.text);
     }
@@ -597,14 +497,12 @@ async fn every_status_transition_follows_the_state_machine() {
     let su = server.db.superuser().await;
     for (from, to, conn, r) in results {
         let conn_id = uuid(&conn);
-        let status: String = su
-            .query_one(
-                "SELECT status FROM private.task_management_connections WHERE id = $1",
-                &[&conn_id],
-            )
-            .await
-            .expect("status")
-            .get(0);
+        let status: String = query_value(
+            &su,
+            "SELECT status FROM private.task_management_connections WHERE id = $1",
+            &[&conn_id],
+        )
+        .await;
         let allowed = transition_allowed(from, to);
         if allowed {
             assert_eq!(r.status, 200, "{from} -> {to} must be allowed: {}", r.text);
@@ -647,9 +545,8 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
     ];
     for (status, message, expected) in steps {
         let r = server
-            .rpc(
+            .service_rpc(
                 "set_connection_status",
-                Some(&support::service_token()),
                 json!({"connection_id": conn, "status": status, "error_message": message}),
             )
             .await;
@@ -660,16 +557,14 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
     }
 
     let su = server.db.superuser().await;
-    let rows = su
-        .query(
-            "SELECT payload FROM private.outbox \
-             WHERE aggregate_type = 'task_management_connection' AND aggregate_id = $1 \
-             ORDER BY id",
-            &[&conn],
-        )
-        .await
-        .expect("events");
-    let payloads: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let payloads: Vec<Value> = query_column(
+        &su,
+        "SELECT payload FROM private.outbox \
+         WHERE aggregate_type = 'task_management_connection' AND aggregate_id = $1 \
+         ORDER BY id",
+        &[&conn],
+    )
+    .await;
     let moves: Vec<(String, String, Value)> = payloads
         .iter()
         .map(|p| {
@@ -700,11 +595,7 @@ async fn status_changes_that_need_attention_emit_one_event_each() {
         assert_eq!(p["organization_id"], json!(org.id));
         assert_eq!(p["provider"], json!("jira_cloud"));
     }
-    let all_status_events = count(
-        &su,
-        "SELECT count(*) FROM private.outbox WHERE event_type = 'task_management.connection_status_changed'",
-    )
-    .await;
+    let all_status_events = outbox_count(&su, STATUS_EVENT).await;
     assert_eq!(
         all_status_events, 3,
         "{STATUS_EVENT} emitted once per entry"
@@ -729,17 +620,15 @@ async fn connecting_the_same_instance_again_reauthorizes_and_restores_active() {
     );
 
     let r = server
-        .rpc(
+        .service_rpc(
             "set_connection_status",
-            Some(&support::service_token()),
             json!({"connection_id": conn, "status": "requires_reauth", "error_message": "token expired"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let r = server
-        .rpc(
+        .service_rpc(
             "create_ticket",
-            Some(&support::service_token()),
             ticket_body(&conn, "ACME-1", &[&org.suggestions[0]]),
         )
         .await;
@@ -784,11 +673,7 @@ async fn connecting_the_same_instance_again_reauthorizes_and_restores_active() {
 
     // disconnected is terminal: the next connect is a new connection.
     let r = server
-        .rpc(
-            "disconnect_task_management",
-            Some(&support::service_token()),
-            json!({"connection_id": conn}),
-        )
+        .service_rpc("disconnect_task_management", json!({"connection_id": conn}))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], json!("disconnected"));
@@ -799,9 +684,8 @@ async fn connecting_the_same_instance_again_reauthorizes_and_restores_active() {
     assert_error(&r, 409, "invalid_transition");
 
     let active = server
-        .rpc_get(
+        .service_rpc_get(
             "active_task_management_connection",
-            Some(&support::service_token()),
             &[("organization_id", &org.id), ("provider", "jira_cloud")],
         )
         .await;
@@ -818,11 +702,7 @@ async fn a_second_active_connection_per_organization_and_provider_is_a_409() {
     let first = id_of(&connect(&server, &org.id, "acme").await);
 
     let r = server
-        .rpc(
-            "connect_task_management",
-            Some(&support::service_token()),
-            connect_body(&org.id, "acme-eu"),
-        )
+        .service_rpc("connect_task_management", connect_body(&org.id, "acme-eu"))
         .await;
     assert_error(&r, 409, "active_connection_exists");
     assert!(details(&r).contains(&first), "{}", r.text);
@@ -870,32 +750,15 @@ async fn ten_concurrent_tickets_for_one_suggestion_make_exactly_one() {
     }))
     .await;
 
-    let created: Vec<&Resp> = responses.iter().filter(|r| r.status == 200).collect();
+    let (created, _) = split_refusals(&responses, 409, "suggestion_already_ticketed");
     assert_eq!(created.len(), 1, "{responses:#?}");
-    for r in responses.iter().filter(|r| r.status != 200) {
-        assert_error(r, 409, "suggestion_already_ticketed");
-    }
     let ticket_id = id_of(&created[0].body);
 
     let su = server.db.superuser().await;
-    assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(
-        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
-        1
-    );
-    assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
-        )
-        .await,
-        1
-    );
-    let linked: Uuid = su
-        .query_one("SELECT ticket_id FROM private.ticket_suggestions", &[])
-        .await
-        .expect("link")
-        .get(0);
+    assert_eq!(ticket_rows(&su).await, (1, 1));
+    assert_eq!(outbox_count(&su, "ticket.created").await, 1);
+    let linked: Uuid =
+        query_value(&su, "SELECT ticket_id FROM private.ticket_suggestions", &[]).await;
     assert_eq!(linked, uuid(&ticket_id));
 }
 
@@ -929,14 +792,12 @@ async fn create_ticket_links_every_suggestion_or_none() {
     let after_first = last_used_at(&su, &conn_uuid).await;
     assert!(after_first.is_some(), "create_ticket sets last_used_at");
 
-    let event: Value = su
-        .query_one(
-            "SELECT payload FROM private.outbox WHERE event_type = 'ticket.created' AND aggregate_id = $1",
-            &[&id_of(&first)],
-        )
-        .await
-        .expect("ticket.created")
-        .get(0);
+    let event: Value = query_value(
+        &su,
+        "SELECT payload FROM private.outbox WHERE event_type = 'ticket.created' AND aggregate_id = $1",
+        &[&id_of(&first)],
+    )
+    .await;
     assert_eq!(event["ticket_key"], json!("ACME-1"));
     assert_eq!(event["connection_id"], json!(conn_id));
     let mut expected = vec![a, b];
@@ -949,11 +810,7 @@ async fn create_ticket_links_every_suggestion_or_none() {
 
     // c is free but b is taken: nothing at all happens.
     let r = server
-        .rpc(
-            "create_ticket",
-            Some(&support::service_token()),
-            ticket_body(&conn_id, "ACME-2", &[c, b]),
-        )
+        .service_rpc("create_ticket", ticket_body(&conn_id, "ACME-2", &[c, b]))
         .await;
     assert_error(&r, 409, "suggestion_already_ticketed");
     assert!(
@@ -961,19 +818,8 @@ async fn create_ticket_links_every_suggestion_or_none() {
         "{}",
         r.text
     );
-    assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(
-        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
-        2
-    );
-    assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(ticket_rows(&su).await, (1, 2));
+    assert_eq!(outbox_count(&su, "ticket.created").await, 1);
     assert_eq!(
         last_used_at(&su, &conn_uuid).await,
         after_first,
@@ -989,11 +835,7 @@ async fn create_ticket_links_every_suggestion_or_none() {
     .await;
     let ghost = Uuid::new_v4().to_string();
     let r = server
-        .rpc(
-            "create_ticket",
-            Some(&support::service_token()),
-            ticket_body(&conn_id, "ACME-4", &[&ghost]),
-        )
+        .service_rpc("create_ticket", ticket_body(&conn_id, "ACME-4", &[&ghost]))
         .await;
     assert_error(&r, 404, "not_found");
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 2);
@@ -1009,9 +851,8 @@ async fn create_ticket_requires_an_active_connection() {
         let conn = id_of(&connect(&server, &org.id, "acme").await);
         assert_eq!(set_status(&server, &conn, status).await.status, 200);
         let r = server
-            .rpc(
+            .service_rpc(
                 "create_ticket",
-                Some(&support::service_token()),
                 ticket_body(&conn, "ACME-1", &[&org.suggestions[0]]),
             )
             .await;
@@ -1019,11 +860,7 @@ async fn create_ticket_requires_an_active_connection() {
         assert!(details(&r).contains(status), "{}", r.text);
     }
     let su = server.db.superuser().await;
-    assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 0);
-    assert_eq!(
-        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
-        0
-    );
+    assert_eq!(ticket_rows(&su).await, (0, 0));
 }
 
 /// A user of the organization works within it: created_by defaults to its
@@ -1111,9 +948,8 @@ async fn users_create_and_find_tickets_within_their_organization() {
     assert_eq!(updated["ticket_status"], json!("In Progress"));
     assert_eq!(updated["ticket_key"], json!("ACME-1"));
     let r = server
-        .rpc(
+        .service_rpc(
             "update_ticket_status",
-            Some(&support::service_token()),
             json!({"ticket_id": Uuid::new_v4(), "ticket_status": "Done"}),
         )
         .await;
@@ -1211,20 +1047,14 @@ async fn a_user_of_another_organization_gets_403() {
     assert_error(&r, 403, "forbidden");
 
     let su = server.db.superuser().await;
-    let status: String = su
-        .query_one(
-            "SELECT status FROM private.task_management_connections WHERE id = $1",
-            &[&uuid(&conn)],
-        )
-        .await
-        .expect("status")
-        .get(0);
+    let status: String = query_value(
+        &su,
+        "SELECT status FROM private.task_management_connections WHERE id = $1",
+        &[&uuid(&conn)],
+    )
+    .await;
     assert_eq!(status, "active");
-    assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 1);
-    assert_eq!(
-        count(&su, "SELECT count(*) FROM private.ticket_suggestions").await,
-        1
-    );
+    assert_eq!(ticket_rows(&su).await, (1, 1));
 }
 
 /// A 403 for linking another organization's opportunity or suggestion names
@@ -1282,14 +1112,12 @@ async fn deleting_a_connection_cascades_to_tickets_and_their_suggestion_links() 
     .expect("second ticket");
 
     let admin = db.as_role("pgrpc_admin").await;
-    let report: Value = admin
-        .query_one(
-            "SELECT admin.delete_task_management_connection($1)",
-            &[&doomed.connection],
-        )
-        .await
-        .expect("admin delete")
-        .get(0);
+    let report: Value = query_value(
+        &admin,
+        "SELECT admin.delete_task_management_connection($1)",
+        &[&doomed.connection],
+    )
+    .await;
     assert_eq!(report["tickets_deleted"], json!(2));
     assert_eq!(report["ticket_suggestions_deleted"], json!(2));
 
@@ -1398,24 +1226,13 @@ async fn ticket_suggestions_refuse_update_delete_and_truncate_for_every_role() {
         "TRUNCATE private.tickets CASCADE".to_string(),
         "TRUNCATE private.task_management_connections CASCADE".to_string(),
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let c = db.as_role(role).await;
-        for stmt in &statements {
-            let err = c
-                .batch_execute(stmt)
-                .await
-                .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {stmt}: {err}"
-            );
-            if role == "pgrpc_owner" || role == "postgres" {
-                // Privileges cannot stop these roles; the triggers did.
-                assert_eq!(db_error(&err).1, "append_only", "{role}: {stmt}");
-            }
-        }
-    }
+    assert_refused(
+        &db,
+        &PRIVILEGED_ROLES_AND_SUPERUSER,
+        &statements,
+        &["append_only"],
+    )
+    .await;
 
     let row = su
         .query_one(
@@ -1473,23 +1290,13 @@ async fn write_once_columns_refuse_changes_for_every_role() {
             f.ticket
         ));
     }
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let c = db.as_role(role).await;
-        for stmt in &statements {
-            let err = c
-                .batch_execute(stmt)
-                .await
-                .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {stmt}: {err}"
-            );
-            if role == "pgrpc_owner" || role == "postgres" {
-                assert_eq!(db_error(&err).1, "write_once", "{role}: {stmt}");
-            }
-        }
-    }
+    assert_refused(
+        &db,
+        &PRIVILEGED_ROLES_AND_SUPERUSER,
+        &statements,
+        &["write_once"],
+    )
+    .await;
 
     let row = su
         .query_one(
@@ -1569,16 +1376,7 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
 
 /// The ticket.created events of one ticket, as payloads.
 async fn ticket_created_events(c: &Client, ticket: &Uuid) -> Vec<Value> {
-    c.query(
-        "SELECT payload FROM private.outbox \
-         WHERE event_type = 'ticket.created' AND aggregate_type = 'ticket' AND aggregate_id = $1::uuid::text",
-        &[ticket],
-    )
-    .await
-    .expect("ticket.created events")
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
+    aggregate_payloads(c, "ticket.created", "ticket", &ticket.to_string()).await
 }
 
 /// A ticket inserted directly in SQL, by pgrpc_owner or a superuser, emits
@@ -1597,14 +1395,12 @@ async fn a_ticket_inserted_directly_emits_one_ticket_created_with_its_links() {
         "INSERT INTO private.ticket_suggestions (ticket_id, suggestion_id) VALUES ($1, $2)";
 
     for (role, key) in [("pgrpc_owner", "OWN-1"), ("postgres", "SU-1")] {
-        let suggestion: Uuid = su
-            .query_one(
-                "SELECT id FROM api.create_suggestion($1, '{}')",
-                &[&f.opportunity],
-            )
-            .await
-            .expect("suggestion")
-            .get(0);
+        let suggestion: Uuid = query_value(
+            &su,
+            "SELECT id FROM api.create_suggestion($1, '{}')",
+            &[&f.opportunity],
+        )
+        .await;
         let c = db.as_role(role).await;
         let ticket = Uuid::new_v4();
         c.batch_execute("BEGIN").await.expect("begin");
@@ -1657,11 +1453,7 @@ async fn a_ticket_inserted_directly_emits_one_ticket_created_with_its_links() {
         );
     }
     assert_eq!(
-        count(
-            &su,
-            "SELECT count(*) FROM private.outbox WHERE event_type = 'ticket.created'"
-        )
-        .await,
+        outbox_count(&su, "ticket.created").await,
         count(&su, "SELECT count(*) FROM private.tickets").await,
         "one ticket.created per committed ticket"
     );
@@ -1675,21 +1467,14 @@ async fn create_ticket_lists_its_suggestions_even_when_constraints_are_immediate
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let f = sql_fixture(&su).await;
-    let second: Uuid = su
-        .query_one(
-            "SELECT id FROM api.create_suggestion($1, '{}')",
-            &[&f.opportunity],
-        )
-        .await
-        .expect("suggestion")
-        .get(0);
+    let second: Uuid = query_value(
+        &su,
+        "SELECT id FROM api.create_suggestion($1, '{}')",
+        &[&f.opportunity],
+    )
+    .await;
 
-    let service = db
-        .as_request(
-            "pgrpc_service",
-            &json!({"role": "pgrpc_service", "sub": "svc"}),
-        )
-        .await;
+    let service = db.as_service("svc").await;
     service
         .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE")
         .await
@@ -1816,43 +1601,14 @@ async fn every_update_of_a_connection_or_ticket_advances_updated_at() {
 async fn pgrpc_api_holds_only_the_privileges_its_functions_need() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
-    let rows = su
-        .query(
-            "SELECT p, has_table_privilege('pgrpc_api', 'private.ticket_suggestions', p) \
-             FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p",
-            &[],
-        )
-        .await
-        .expect("table privileges");
-    for row in rows {
-        let (privilege, held): (String, bool) = (row.get(0), row.get(1));
-        assert_eq!(
-            held,
-            privilege == "SELECT" || privilege == "INSERT",
-            "ticket_suggestions {privilege}"
-        );
-    }
-
-    let updatable = |table: &'static str| {
-        let su = &su;
-        async move {
-            let rows = su
-                .query(
-                    "SELECT a.attname::text FROM pg_attribute a \
-                     WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-                       AND has_column_privilege('pgrpc_api', a.attrelid, a.attnum, 'UPDATE') \
-                     ORDER BY a.attname",
-                    &[&table],
-                )
-                .await
-                .expect("column privileges");
-            rows.iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect::<Vec<_>>()
-        }
-    };
     assert_eq!(
-        updatable("private.task_management_connections").await,
+        table_privileges(&su, "pgrpc_api", "private.ticket_suggestions").await,
+        ["SELECT", "INSERT"],
+        "pgrpc_api on ticket_suggestions"
+    );
+
+    assert_eq!(
+        updatable_columns(&su, "pgrpc_api", "private.task_management_connections").await,
         vec![
             "display_name",
             "error_message",
@@ -1862,23 +1618,20 @@ async fn pgrpc_api_holds_only_the_privileges_its_functions_need() {
             "status"
         ]
     );
-    assert_eq!(updatable("private.tickets").await, vec!["ticket_status"]);
-    let row = su
-        .query_one(
-            "SELECT has_table_privilege('pgrpc_api', 'private.tickets', 'DELETE'), \
-                    has_table_privilege('pgrpc_admin', 'private.tickets', 'SELECT'), \
-                    has_table_privilege('pgrpc_admin', 'private.task_management_connections', 'DELETE')",
-            &[],
+    assert_eq!(
+        updatable_columns(&su, "pgrpc_api", "private.tickets").await,
+        vec!["ticket_status"]
+    );
+    assert!(!holds_privilege(&su, "pgrpc_api", "private.tickets", "DELETE").await);
+    assert!(holds_privilege(&su, "pgrpc_admin", "private.tickets", "SELECT").await);
+    assert!(
+        !holds_privilege(
+            &su,
+            "pgrpc_admin",
+            "private.task_management_connections",
+            "DELETE"
         )
         .await
-        .expect("privileges");
-    assert_eq!(
-        (
-            row.get::<_, bool>(0),
-            row.get::<_, bool>(1),
-            row.get::<_, bool>(2)
-        ),
-        (false, true, false)
     );
 }
 
@@ -1921,10 +1674,10 @@ async fn every_task_management_function_is_documented_and_granted_as_specified()
         ),
     ];
     for (name, read_only, callers) in functions {
+        assert_documented(&su, name, read_only).await;
         let row = su
             .query_one(
-                "SELECT obj_description(p.oid, 'pg_proc'), p.provolatile::text, p.prosecdef, \
-                        array_to_string(p.proconfig, ','), \
+                "SELECT p.prosecdef, array_to_string(p.proconfig, ','), \
                         ARRAY(SELECT r FROM unnest(ARRAY['pgrpc_anon', 'pgrpc_user', 'pgrpc_service', 'pgrpc_admin']) r \
                               WHERE has_function_privilege(r, p.oid, 'EXECUTE') ORDER BY r) \
                  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -1933,20 +1686,8 @@ async fn every_task_management_function_is_documented_and_granted_as_specified()
             )
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let comment: Option<String> = row.get(0);
-        let comment = comment.unwrap_or_else(|| panic!("{name} has no COMMENT"));
-        assert!(
-            comment.contains("\n\n"),
-            "{name}: summary, blank line, details"
-        );
-        let volatility: String = row.get(1);
-        assert_eq!(
-            volatility == "s",
-            read_only,
-            "{name} volatility {volatility}"
-        );
-        assert!(row.get::<_, bool>(2), "{name} is SECURITY DEFINER");
-        let config: Option<String> = row.get(3);
+        assert!(row.get::<_, bool>(0), "{name} is SECURITY DEFINER");
+        let config: Option<String> = row.get(1);
         assert_eq!(
             config.as_deref(),
             Some("search_path=pg_catalog, pg_temp"),
@@ -1954,6 +1695,6 @@ async fn every_task_management_function_is_documented_and_granted_as_specified()
         );
         let mut expected: Vec<&str> = callers.to_vec();
         expected.sort_unstable();
-        assert_eq!(row.get::<_, Vec<String>>(4), expected, "{name} callers");
+        assert_eq!(row.get::<_, Vec<String>>(2), expected, "{name} callers");
     }
 }

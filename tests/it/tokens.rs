@@ -12,21 +12,20 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::support::{self, Resp, TestDb, TestServer};
+use crate::support::api::{
+    create_opportunity, create_organization, create_site, create_suggestion, service_ok,
+};
+use crate::support::db::{
+    assert_documented, assert_refused, assert_refused_as, assert_violates, count, count_for,
+    db_error, error_of, holds_privilege, query_column, query_value, table_privileges,
+    updatable_columns, PRIVILEGED_ROLES_AND_SUPERUSER,
+};
+use crate::support::{self, assert_error, split_refusals, TestDb, TestServer};
 
 /// The seeded freemium allowance of every token type (V4).
 const FREEMIUM_PER_CYCLE: i64 = 10;
 
 // Helpers -------------------------------------------------------------------
-
-/// Calls `function` as the service and insists on 200.
-async fn service_ok(server: &TestServer, function: &str, body: Value) -> Value {
-    let r = server
-        .rpc(function, Some(&support::service_token()), body)
-        .await;
-    assert_eq!(r.status, 200, "{function}: {}", r.text);
-    r.body
-}
 
 /// Opens the proxy's pool connections before a burst, so that the burst
 /// measures the database's concurrency rather than how fast a loaded machine
@@ -34,12 +33,10 @@ async fn service_ok(server: &TestServer, function: &str, body: Value) -> Value {
 /// rounds of pool-size concurrent reads until a whole round succeeds.
 async fn warm_pool(server: &TestServer, site_id: &str) {
     let pool_size = pgrpc::config::ServeConfig::new(String::new()).pool_size;
-    let svc = support::service_token();
     let query = [("site_id", site_id), ("token_type", "alt_text")];
     for _ in 0..20 {
         let round =
-            join_all((0..pool_size).map(|_| server.rpc_get("token_balance", Some(&svc), &query)))
-                .await;
+            join_all((0..pool_size).map(|_| server.service_rpc_get("token_balance", &query))).await;
         if round.iter().all(|r| r.status == 200) {
             return;
         }
@@ -49,52 +46,24 @@ async fn warm_pool(server: &TestServer, site_id: &str) {
 
 /// A new organization on `plan` with one site; returns (organization_id, site_id).
 async fn org_with_site(server: &TestServer, plan: &str) -> (String, String) {
-    let org = service_ok(
-        server,
-        "create_organization",
-        json!({"name": format!("{plan} org"), "plan": plan}),
-    )
-    .await;
-    let org_id = org["id"].as_str().expect("organization id").to_string();
-    let site = service_ok(
-        server,
-        "create_site",
-        json!({"organization_id": org_id, "base_url": "https://site.test"}),
-    )
-    .await;
-    (org_id, site["id"].as_str().expect("site id").to_string())
+    let org_id = create_organization(server, &format!("{plan} org"), plan).await;
+    let site_id = create_site(server, &org_id, "https://site.test").await;
+    (org_id, site_id)
 }
 
-/// A new opportunity of `opportunity_type` on the site; returns its id.
-async fn opportunity(server: &TestServer, site_id: &str, opportunity_type: &str) -> String {
-    let opp = service_ok(
-        server,
-        "create_opportunity",
-        json!({"site_id": site_id, "type": opportunity_type}),
-    )
-    .await;
-    opp["id"].as_str().expect("opportunity id").to_string()
-}
-
-/// A new suggestion; returns its id.
+/// A new suggestion in `status`; returns its id.
 async fn suggestion(
     server: &TestServer,
     opportunity_id: &str,
     data: Value,
     status: &str,
 ) -> String {
-    let s = service_ok(
-        server,
-        "create_suggestion",
-        json!({"opportunity_id": opportunity_id, "data": data, "status": status}),
-    )
-    .await;
-    s["id"].as_str().expect("suggestion id").to_string()
+    create_suggestion(server, opportunity_id, data, Some(status)).await
 }
 
 /// A complete, NEW meta-tags suggestion on a new opportunity of the site.
 async fn complete_meta_tags_suggestion(server: &TestServer, site_id: &str) -> String {
-    let opp = opportunity(server, site_id, "meta-tags").await;
+    let opp = create_opportunity(server, site_id, "meta-tags").await;
     suggestion(
         server,
         &opp,
@@ -106,9 +75,8 @@ async fn complete_meta_tags_suggestion(server: &TestServer, site_id: &str) -> St
 
 async fn balance(server: &TestServer, site_id: &str, token_type: &str) -> Value {
     let r = server
-        .rpc_get(
+        .service_rpc_get(
             "token_balance",
-            Some(&support::service_token()),
             &[("site_id", site_id), ("token_type", token_type)],
         )
         .await;
@@ -120,13 +88,6 @@ fn int(v: &Value, key: &str) -> i64 {
     v[key]
         .as_i64()
         .unwrap_or_else(|| panic!("{key} is not an integer in {v}"))
-}
-
-/// Asserts an HTTP error's status and stable key (the `message`, or the
-/// `code` for errors raised in the PGRST form, where both are the key).
-fn assert_error(r: &Resp, status: u16, key: &str) {
-    assert_eq!(r.status, status, "expected {status} {key}, got {}", r.text);
-    assert_eq!(r.error_key(), key, "{}", r.text);
 }
 
 /// Seconds from now until the first instant of the next UTC month.
@@ -157,43 +118,31 @@ async fn sql_org_with_site(c: &Client, plan: &str) -> (Uuid, Uuid) {
     (row.get(0), row.get(1))
 }
 
-/// A granted meta-tags suggestion on the site, created in SQL; returns its id.
-async fn sql_granted_suggestion(c: &Client, site: Uuid) -> Uuid {
+/// A complete meta-tags suggestion on a new opportunity of the site,
+/// created in SQL; returns (opportunity, suggestion).
+async fn sql_meta_tags_suggestion(c: &Client, site: Uuid) -> (Uuid, Uuid) {
     let row = c
         .query_one(
-            "SELECT s.id FROM api.create_opportunity($1, 'meta-tags') o, \
+            "SELECT o.id, s.id FROM api.create_opportunity($1, 'meta-tags') o, \
              LATERAL api.create_suggestion(o.id, '{\"tag\":\"title\",\"value\":\"x\"}') s",
             &[&site],
         )
         .await
         .expect("create suggestion");
-    let id: Uuid = row.get(0);
-    let newly: bool = c
-        .query_one(
-            "SELECT newly_granted FROM api.grant_suggestion($1, 'operator')",
-            &[&id],
-        )
-        .await
-        .expect("grant suggestion")
-        .get(0);
+    (row.get(0), row.get(1))
+}
+
+/// A granted meta-tags suggestion on the site, created in SQL; returns its id.
+async fn sql_granted_suggestion(c: &Client, site: Uuid) -> Uuid {
+    let (_, id) = sql_meta_tags_suggestion(c, site).await;
+    let newly: bool = query_value(
+        c,
+        "SELECT newly_granted FROM api.grant_suggestion($1, 'operator')",
+        &[&id],
+    )
+    .await;
     assert!(newly);
     id
-}
-
-/// The single bigint a query answers.
-async fn count(c: &Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-/// The SQLSTATE and message of a database error.
-fn db_error(e: &tokio_postgres::Error) -> (String, String) {
-    let db = e
-        .as_db_error()
-        .unwrap_or_else(|| panic!("not a database error: {e}"));
-    (db.code().code().to_string(), db.message().to_string())
 }
 
 // Spending tokens ---------------------------------------------------------------
@@ -209,17 +158,14 @@ async fn concurrent_consumers_never_overspend_the_budget() {
     assert_eq!(total, FREEMIUM_PER_CYCLE);
     let n = 5 * total;
 
-    let svc = support::service_token();
     let body = json!({"site_id": site, "token_type": "alt_text"});
     let responses =
-        join_all((0..n).map(|_| server.rpc("consume_token", Some(&svc), body.clone()))).await;
+        join_all((0..n).map(|_| server.service_rpc("consume_token", body.clone()))).await;
 
-    let ok: Vec<&Resp> = responses.iter().filter(|r| r.status == 200).collect();
-    let refused: Vec<&Resp> = responses.iter().filter(|r| r.status != 200).collect();
+    let (ok, refused) = split_refusals(&responses, 429, "tokens_exhausted");
     assert_eq!(ok.len() as i64, total, "successes");
     assert_eq!(refused.len() as i64, n - total, "refusals");
     for r in &refused {
-        assert_error(r, 429, "tokens_exhausted");
         let retry: i64 = r
             .header("retry-after")
             .expect("Retry-After on 429")
@@ -253,9 +199,7 @@ async fn exhaustion_answers_429_with_retry_after_until_the_next_utc_cycle() {
         assert_eq!(spent["site_id"].as_str(), Some(site.as_str()));
     }
 
-    let r = server
-        .rpc("consume_token", Some(&support::service_token()), body)
-        .await;
+    let r = server.service_rpc("consume_token", body).await;
     assert_error(&r, 429, "tokens_exhausted");
     assert_eq!(r.body["code"], "tokens_exhausted");
     let retry: i64 = r
@@ -276,7 +220,6 @@ async fn consume_token_rejects_bad_input_with_its_error_keys() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
     let (_, paid_site) = org_with_site(&server, "paid").await;
-    let svc = support::service_token();
     let cases = [
         (
             json!({"site_id": Uuid::new_v4(), "token_type": "alt_text"}),
@@ -316,18 +259,13 @@ async fn consume_token_rejects_bad_input_with_its_error_keys() {
         ),
     ];
     for (body, status, key) in cases {
-        let r = server.rpc("consume_token", Some(&svc), body.clone()).await;
+        let r = server.service_rpc("consume_token", body.clone()).await;
         assert_eq!(r.status, status, "{body}: {}", r.text);
         assert_eq!(r.error_key(), key, "{body}: {}", r.text);
     }
     // None of the refusals spent or created anything.
     let su = server.db.superuser().await;
-    let counters: i64 = su
-        .query_one("SELECT count(*) FROM private.tokens", &[])
-        .await
-        .expect("count counters")
-        .get(0);
-    assert_eq!(counters, 0);
+    assert_eq!(count(&su, "SELECT count(*) FROM private.tokens").await, 0);
 }
 
 /// A future cycle has its own budget, created from the allowance.
@@ -361,7 +299,6 @@ async fn each_cycle_has_its_own_budget() {
 async fn balances_answer_get_and_create_no_counter() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
-    let svc = support::service_token();
 
     let one = balance(&server, &site, "alt_text").await;
     assert_eq!(
@@ -374,9 +311,8 @@ async fn balances_answer_get_and_create_no_counter() {
     );
 
     let all = server
-        .rpc_get(
+        .service_rpc_get(
             "token_balances",
-            Some(&svc),
             &[("site_id", site.as_str()), ("cycle", "2999-01")],
         )
         .await;
@@ -392,25 +328,22 @@ async fn balances_answer_get_and_create_no_counter() {
         .all(|r| r["cycle"] == "2999-01" && int(r, "remaining") == FREEMIUM_PER_CYCLE));
 
     let bad = server
-        .rpc_get(
+        .service_rpc_get(
             "token_balances",
-            Some(&svc),
             &[("site_id", site.as_str()), ("cycle", "2999-00")],
         )
         .await;
     assert_error(&bad, 400, "invalid_cycle");
     let unknown = server
-        .rpc_get(
+        .service_rpc_get(
             "token_balance",
-            Some(&svc),
             &[("site_id", site.as_str()), ("token_type", "gold")],
         )
         .await;
     assert_error(&unknown, 400, "unknown_token_type");
     let missing = server
-        .rpc_get(
+        .service_rpc_get(
             "token_balance",
-            Some(&svc),
             &[
                 ("site_id", &Uuid::new_v4().to_string()),
                 ("token_type", "alt_text"),
@@ -420,12 +353,11 @@ async fn balances_answer_get_and_create_no_counter() {
     assert_error(&missing, 404, "not_found");
 
     let su = server.db.superuser().await;
-    let counters: i64 = su
-        .query_one("SELECT count(*) FROM private.tokens", &[])
-        .await
-        .expect("count counters")
-        .get(0);
-    assert_eq!(counters, 0, "reading a balance created a counter");
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.tokens").await,
+        0,
+        "reading a balance created a counter"
+    );
 
     service_ok(
         &server,
@@ -525,11 +457,7 @@ async fn only_the_service_role_spends_tokens_or_grants() {
 
     assert_eq!(int(&balance(&server, &site, "meta_tags").await, "used"), 0);
     let granted = server
-        .rpc_get(
-            "is_granted",
-            Some(&support::service_token()),
-            &[("suggestion_id", sug.as_str())],
-        )
+        .service_rpc_get("is_granted", &[("suggestion_id", sug.as_str())])
         .await;
     assert_eq!(granted.body, json!(false));
 }
@@ -545,10 +473,9 @@ async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
     warm_pool(&server, &site).await;
     let sug = complete_meta_tags_suggestion(&server, &site).await;
 
-    let svc = support::service_token();
     let body = json!({"suggestion_id": sug});
     let responses =
-        join_all((0..20).map(|_| server.rpc("grant_suggestion", Some(&svc), body.clone()))).await;
+        join_all((0..20).map(|_| server.service_rpc("grant_suggestion", body.clone()))).await;
 
     for r in &responses {
         assert_eq!(r.status, 200, "{}", r.text);
@@ -570,25 +497,21 @@ async fn concurrent_grants_of_one_suggestion_spend_exactly_one_token() {
 
     let su = server.db.superuser().await;
     let sug_id: Uuid = sug.parse().expect("uuid");
-    let grants: i64 = su
-        .query_one(
-            "SELECT count(*) FROM private.suggestion_grants WHERE suggestion_id = $1",
-            &[&sug_id],
-        )
-        .await
-        .expect("count grants")
-        .get(0);
+    let grants = count_for(
+        &su,
+        "SELECT count(*) FROM private.suggestion_grants WHERE suggestion_id = $1",
+        &sug_id,
+    )
+    .await;
     assert_eq!(grants, 1);
-    let events: i64 = su
-        .query_one(
-            "SELECT count(*) FROM private.outbox \
-             WHERE event_type = 'suggestion.granted' AND aggregate_type = 'suggestion' \
-               AND aggregate_id = $1 AND payload->>'suggestion_id' = $1",
-            &[&sug],
-        )
-        .await
-        .expect("count events")
-        .get(0);
+    let events = count_for(
+        &su,
+        "SELECT count(*) FROM private.outbox \
+         WHERE event_type = 'suggestion.granted' AND aggregate_type = 'suggestion' \
+           AND aggregate_id = $1 AND payload->>'suggestion_id' = $1",
+        &sug,
+    )
+    .await;
     assert_eq!(events, 1, "suggestion.granted events");
 }
 
@@ -599,7 +522,7 @@ async fn concurrent_grants_of_many_suggestions_never_exceed_the_allowance() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
     warm_pool(&server, &site).await;
-    let opp = opportunity(&server, &site, "alt-text").await;
+    let opp = create_opportunity(&server, &site, "alt-text").await;
     let n = 3 * FREEMIUM_PER_CYCLE;
     let mut suggestions = Vec::new();
     for i in 0..n {
@@ -607,21 +530,18 @@ async fn concurrent_grants_of_many_suggestions_never_exceed_the_allowance() {
         suggestions.push(suggestion(&server, &opp, data, "NEW").await);
     }
 
-    let svc = support::service_token();
     let responses = join_all(
         suggestions
             .iter()
-            .map(|s| server.rpc("grant_suggestion", Some(&svc), json!({"suggestion_id": s}))),
+            .map(|s| server.service_rpc("grant_suggestion", json!({"suggestion_id": s}))),
     )
     .await;
-    let granted = responses
+    let (ok, _) = split_refusals(&responses, 429, "tokens_exhausted");
+    let granted = ok
         .iter()
-        .filter(|r| r.status == 200 && r.body["newly_granted"] == json!(true))
+        .filter(|r| r.body["newly_granted"] == json!(true))
         .count() as i64;
     assert_eq!(granted, FREEMIUM_PER_CYCLE);
-    for r in responses.iter().filter(|r| r.status != 200) {
-        assert_error(r, 429, "tokens_exhausted");
-    }
 
     let su = server.db.superuser().await;
     let row = su
@@ -657,11 +577,7 @@ async fn grant_suggestion_is_idempotent_and_records_the_jwt_sub() {
     assert_eq!(int(&balance(&server, &site, "meta_tags").await, "used"), 1);
 
     let granted = server
-        .rpc_get(
-            "is_granted",
-            Some(&support::service_token()),
-            &[("suggestion_id", sug.as_str())],
-        )
+        .service_rpc_get("is_granted", &[("suggestion_id", sug.as_str())])
         .await;
     assert_eq!((granted.status, granted.body), (200, json!(true)));
 
@@ -691,14 +607,12 @@ async fn grant_suggestion_is_idempotent_and_records_the_jwt_sub() {
     )
     .await;
     let other_id: Uuid = other.parse().expect("uuid");
-    let by: String = su
-        .query_one(
-            "SELECT granted_by FROM private.suggestion_grants WHERE suggestion_id = $1",
-            &[&other_id],
-        )
-        .await
-        .expect("read grant")
-        .get(0);
+    let by: String = query_value(
+        &su,
+        "SELECT granted_by FROM private.suggestion_grants WHERE suggestion_id = $1",
+        &[&other_id],
+    )
+    .await;
     assert_eq!(by, "ops@acme.test");
 }
 
@@ -709,10 +623,9 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     let server = TestServer::start().await;
     let (_, site) = org_with_site(&server, "freemium").await;
     let (_, paid_site) = org_with_site(&server, "paid").await;
-    let svc = support::service_token();
 
     let paid = complete_meta_tags_suggestion(&server, &paid_site).await;
-    let opp = opportunity(&server, &site, "meta-tags").await;
+    let opp = create_opportunity(&server, &site, "meta-tags").await;
     let approved = suggestion(
         &server,
         &opp,
@@ -723,7 +636,7 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     let missing_key = suggestion(&server, &opp, json!({"tag": "title"}), "NEW").await;
     let null_key = suggestion(&server, &opp, json!({"tag": "title", "value": null}), "NEW").await;
     let blank_key = suggestion(&server, &opp, json!({"tag": "title", "value": "  "}), "NEW").await;
-    let unmapped_opp = opportunity(&server, &site, "keyword-gaps").await;
+    let unmapped_opp = create_opportunity(&server, &site, "keyword-gaps").await;
     let unmapped = suggestion(&server, &unmapped_opp, json!({}), "NEW").await;
 
     let cases = [
@@ -737,11 +650,7 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     ];
     for (sug, status, key) in cases {
         let r = server
-            .rpc(
-                "grant_suggestion",
-                Some(&svc),
-                json!({"suggestion_id": sug}),
-            )
+            .service_rpc("grant_suggestion", json!({"suggestion_id": sug}))
             .await;
         assert_eq!(r.status, status, "{key}: {}", r.text);
         assert_eq!(r.error_key(), key, "{}", r.text);
@@ -770,11 +679,7 @@ async fn grant_suggestion_refusals_carry_their_keys_and_spend_nothing() {
     }
     let late = complete_meta_tags_suggestion(&server, &site).await;
     let r = server
-        .rpc(
-            "grant_suggestion",
-            Some(&svc),
-            json!({"suggestion_id": late}),
-        )
+        .service_rpc("grant_suggestion", json!({"suggestion_id": late}))
         .await;
     assert_error(&r, 429, "tokens_exhausted");
     assert!(r.header("retry-after").is_some());
@@ -816,28 +721,13 @@ async fn grants_refuse_update_delete_and_truncate_for_every_role() {
         "TRUNCATE private.suggestion_grants",
         "TRUNCATE private.suggestions CASCADE",
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let c = db.as_role(role).await;
-        for stmt in statements {
-            let err = c
-                .batch_execute(stmt)
-                .await
-                .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {stmt}: {err}"
-            );
-            if role == "pgrpc_owner" || role == "postgres" {
-                // Privileges cannot stop these roles; the triggers did.
-                let (_, message) = db_error(&err);
-                assert!(
-                    message == "write_once" || message == "append_only",
-                    "{role}: {stmt}: {message}"
-                );
-            }
-        }
-    }
+    assert_refused(
+        &db,
+        &PRIVILEGED_ROLES_AND_SUPERUSER,
+        &statements,
+        &["write_once", "append_only"],
+    )
+    .await;
 
     let row = su
         .query_one(
@@ -856,45 +746,18 @@ async fn grants_refuse_update_delete_and_truncate_for_every_role() {
 async fn pgrpc_api_holds_only_insert_and_select_on_grants() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
-    let rows = su
-        .query(
-            "SELECT p, has_table_privilege('pgrpc_api', 'private.suggestion_grants', p) \
-             FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) p",
-            &[],
-        )
-        .await
-        .expect("table privileges");
-    for row in rows {
-        let (privilege, held): (String, bool) = (row.get(0), row.get(1));
-        assert_eq!(
-            held,
-            privilege == "SELECT" || privilege == "INSERT",
-            "pgrpc_api {privilege}"
-        );
-    }
-    let row = su
-        .query_one(
-            "SELECT has_column_privilege('pgrpc_api', 'private.tokens', 'used', 'UPDATE'), \
-                    has_column_privilege('pgrpc_api', 'private.tokens', 'total', 'UPDATE'), \
-                    has_column_privilege('pgrpc_api', 'private.tokens', 'cycle', 'UPDATE'), \
-                    has_table_privilege('pgrpc_admin', 'private.suggestion_grants', 'SELECT'), \
-                    has_table_privilege('pgrpc_admin', 'private.suggestion_grants', 'DELETE')",
-            &[],
-        )
-        .await
-        .expect("column privileges");
     assert_eq!(
-        (
-            row.get::<_, bool>(0),
-            row.get::<_, bool>(1),
-            row.get::<_, bool>(2)
-        ),
-        (true, false, false)
+        table_privileges(&su, "pgrpc_api", "private.suggestion_grants").await,
+        ["SELECT", "INSERT"],
+        "pgrpc_api on suggestion_grants"
     );
     assert_eq!(
-        (row.get::<_, bool>(3), row.get::<_, bool>(4)),
-        (true, false)
+        updatable_columns(&su, "pgrpc_api", "private.tokens").await,
+        ["used"],
+        "pgrpc_api updates only the used column of the counters"
     );
+    assert!(holds_privilege(&su, "pgrpc_admin", "private.suggestion_grants", "SELECT").await);
+    assert!(!holds_privilege(&su, "pgrpc_admin", "private.suggestion_grants", "DELETE").await);
 }
 
 /// A grant disappears only by cascade, when its suggestion is purged.
@@ -923,13 +786,12 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
         .execute("DELETE FROM private.suggestions WHERE id = $1", &[&purged])
         .await
         .expect("purging a suggestion cascades to its grant");
-    let left: Vec<Uuid> = su
-        .query("SELECT suggestion_id FROM private.suggestion_grants", &[])
-        .await
-        .expect("grants")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let left: Vec<Uuid> = query_column(
+        &su,
+        "SELECT suggestion_id FROM private.suggestion_grants",
+        &[],
+    )
+    .await;
     assert_eq!(left, vec![kept]);
 
     // Purging the whole organization cascades through sites to grants too.
@@ -937,12 +799,10 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
         .execute("DELETE FROM private.organizations WHERE id = $1", &[&org])
         .await
         .expect("purging an organization cascades");
-    let grants: i64 = su
-        .query_one("SELECT count(*) FROM private.suggestion_grants", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(grants, 0);
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.suggestion_grants").await,
+        0
+    );
 }
 
 // Constraints and operators, in SQL ----------------------------------------------------
@@ -982,42 +842,33 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
         .execute(insert, &[&site, &"alt_text", &"2025-01", &2i32, &2i32])
         .await
         .expect("a full counter");
-    let err = owner
-        .execute(
-            "UPDATE private.tokens SET used = used + 1 WHERE site_id = $1",
-            &[&site],
-        )
-        .await
-        .expect_err("over-spend");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("tokens_used_within_total")
-    );
+    assert_violates(
+        &owner,
+        &format!("UPDATE private.tokens SET used = used + 1 WHERE site_id = '{site}'"),
+        "tokens_used_within_total",
+    )
+    .await;
 
-    let err = owner
-        .batch_execute("INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('gold', 'alt_text', 1)")
-        .await
-        .expect_err("unknown plan");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("token_allowances_plan_known")
-    );
-    let err = owner
-        .batch_execute("INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('paid', 'alt-text', 1)")
-        .await
-        .expect_err("unknown token type");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("token_allowances_token_type_exists")
-    );
-    let err = owner
-        .batch_execute("INSERT INTO private.suggestion_completeness (opportunity_type, required_keys) VALUES ('alt_text', '{}')")
-        .await
-        .expect_err("a rule for a token type name, not an opportunity type");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("suggestion_completeness_opportunity_type_exists")
-    );
+    // An unknown plan, an unknown token type, and a rule for a token type
+    // name instead of an opportunity type.
+    assert_violates(
+        &owner,
+        "INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('gold', 'alt_text', 1)",
+        "token_allowances_plan_known",
+    )
+    .await;
+    assert_violates(
+        &owner,
+        "INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('paid', 'alt-text', 1)",
+        "token_allowances_token_type_exists",
+    )
+    .await;
+    assert_violates(
+        &owner,
+        "INSERT INTO private.suggestion_completeness (opportunity_type, required_keys) VALUES ('alt_text', '{}')",
+        "suggestion_completeness_opportunity_type_exists",
+    )
+    .await;
 
     // The seeds: the three mappings, freemium's allowances, and a rule per type.
     let row = su
@@ -1062,17 +913,9 @@ async fn prune_token_cycles_deletes_only_cycles_older_than_the_horizon() {
     .expect("old counters");
 
     let admin = db.as_role("pgrpc_admin").await;
-    let deleted: i64 = admin
-        .query_one("SELECT admin.prune_token_cycles()", &[])
-        .await
-        .expect("prune")
-        .get(0);
+    let deleted: i64 = query_value(&admin, "SELECT admin.prune_token_cycles()", &[]).await;
     assert_eq!(deleted, 2, "the cycles 14 and 30 months back");
-    let deleted: i64 = admin
-        .query_one("SELECT admin.prune_token_cycles('1 month')", &[])
-        .await
-        .expect("prune")
-        .get(0);
+    let deleted: i64 = query_value(&admin, "SELECT admin.prune_token_cycles('1 month')", &[]).await;
     assert_eq!(deleted, 1, "the cycle 13 months back");
 
     let row = su
@@ -1088,20 +931,19 @@ async fn prune_token_cycles_deletes_only_cycles_older_than_the_horizon() {
         "current and last month kept; grant kept"
     );
 
-    let err = admin
-        .batch_execute("SELECT admin.prune_token_cycles('-1 day')")
-        .await
-        .expect_err("a negative horizon");
     assert_eq!(
-        db_error(&err),
-        ("PT400".to_string(), "invalid_interval".to_string())
+        error_of(&admin, "SELECT admin.prune_token_cycles('-1 day')").await,
+        ("PT400".to_string(), "invalid_interval".to_string()),
+        "a negative horizon"
     );
     let service = db.as_role("pgrpc_service").await;
-    let err = service
-        .batch_execute("SELECT admin.prune_token_cycles()")
-        .await
-        .expect_err("services do not prune");
-    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_refused_as(
+        &service,
+        "pgrpc_service",
+        &["SELECT admin.prune_token_cycles()"],
+        &[],
+    )
+    .await;
 }
 
 /// Operators decide by data which plans are metered: a first allowance
@@ -1129,11 +971,7 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
         .await
         .expect("set allowance");
     for expected in 1..=2 {
-        let used: i32 = service
-            .query_one(spend, &[&site])
-            .await
-            .expect("spend")
-            .get(0);
+        let used: i32 = query_value(&service, spend, &[&site]).await;
         assert_eq!(used, expected);
     }
     let err = service
@@ -1145,31 +983,25 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
     let message: Value = serde_json::from_str(&message).expect("PGRST message is JSON");
     assert_eq!(message["code"], "tokens_exhausted");
 
-    let err = admin
-        .batch_execute("SELECT admin.set_token_allowance('gold', 'alt_text', 2)")
-        .await
-        .expect_err("unknown plan");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("token_allowances_plan_known")
-    );
-    let err = admin
-        .batch_execute("SELECT admin.set_token_allowance('free', 'alt_text', -1)")
-        .await
-        .expect_err("negative allowance");
-    assert_eq!(
-        err.as_db_error().and_then(|e| e.constraint()),
-        Some("token_allowances_per_cycle_non_negative")
-    );
+    assert_violates(
+        &admin,
+        "SELECT admin.set_token_allowance('gold', 'alt_text', 2)",
+        "token_allowances_plan_known",
+    )
+    .await;
+    assert_violates(
+        &admin,
+        "SELECT admin.set_token_allowance('free', 'alt_text', -1)",
+        "token_allowances_per_cycle_non_negative",
+    )
+    .await;
 
-    let removed: bool = admin
-        .query_one(
-            "SELECT admin.remove_token_allowance('free', 'alt_text')",
-            &[],
-        )
-        .await
-        .expect("remove")
-        .get(0);
+    let removed: bool = query_value(
+        &admin,
+        "SELECT admin.remove_token_allowance('free', 'alt_text')",
+        &[],
+    )
+    .await;
     assert!(removed);
     let err = service
         .query_one(spend, &[&site])
@@ -1178,11 +1010,13 @@ async fn operators_set_allowances_and_thereby_decide_which_plans_are_metered() {
     assert_eq!(db_error(&err).1, "plan_not_token_metered");
 
     // Operators cannot edit the allowances or counters behind the functions' back.
-    let err = admin
-        .batch_execute("UPDATE private.tokens SET used = 0")
-        .await
-        .expect_err("admin reads only");
-    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_refused_as(
+        &admin,
+        "pgrpc_admin",
+        &["UPDATE private.tokens SET used = 0"],
+        &[],
+    )
+    .await;
 }
 
 /// site_tokens reports every counter to operators and services, filtered
@@ -1222,22 +1056,17 @@ async fn site_tokens_reports_counters_for_operators() {
         .await,
         1
     );
-    let for_a: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM api.site_tokens($1) WHERE used = 1 AND remaining = total - 1",
-            &[&org_a],
-        )
-        .await
-        .expect("per organization")
-        .get(0);
+    let for_a = count_for(
+        &admin,
+        "SELECT count(*) FROM api.site_tokens($1) WHERE used = 1 AND remaining = total - 1",
+        &org_a,
+    )
+    .await;
     assert_eq!(for_a, 3);
-    let err = admin
-        .batch_execute("SELECT * FROM api.site_tokens(NULL, '2999-1')")
-        .await
-        .expect_err("bad cycle");
     assert_eq!(
-        db_error(&err),
-        ("PT400".to_string(), "invalid_cycle".to_string())
+        error_of(&admin, "SELECT * FROM api.site_tokens(NULL, '2999-1')").await,
+        ("PT400".to_string(), "invalid_cycle".to_string()),
+        "bad cycle"
     );
 }
 
@@ -1259,31 +1088,11 @@ async fn every_tokens_function_is_documented() {
         "admin.remove_token_allowance",
     ];
     for name in names {
-        let row = su
-            .query_one(
-                "SELECT obj_description(p.oid, 'pg_proc'), p.provolatile::text \
-                 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-                 WHERE n.nspname || '.' || p.proname = $1",
-                &[&name],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let comment: Option<String> = row.get(0);
-        let comment = comment.unwrap_or_else(|| panic!("{name} has no COMMENT"));
-        assert!(
-            comment.contains("\n\n"),
-            "{name}: summary, blank line, details"
-        );
-        let volatility: String = row.get(1);
         let read_only = matches!(
             name,
             "api.token_balance" | "api.token_balances" | "api.is_granted" | "api.site_tokens"
         );
-        assert_eq!(
-            volatility == "s",
-            read_only,
-            "{name} volatility {volatility}"
-        );
+        assert_documented(&su, name, read_only).await;
     }
 }
 
@@ -1313,28 +1122,13 @@ async fn token_counters_cannot_be_rewound_retotalled_deleted_or_truncated_by_any
         "TRUNCATE private.tokens",
         "TRUNCATE private.sites CASCADE",
     ];
-    for role in ["pgrpc_api", "pgrpc_admin", "pgrpc_owner", "postgres"] {
-        let c = db.as_role(role).await;
-        for stmt in statements {
-            let err = c
-                .batch_execute(stmt)
-                .await
-                .expect_err(&format!("{role} may not run {stmt}"));
-            assert_eq!(
-                err.code(),
-                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-                "{role}: {stmt}: {err}"
-            );
-            if role == "pgrpc_owner" || role == "postgres" {
-                // Privileges cannot stop these roles; the triggers did.
-                let (_, message) = db_error(&err);
-                assert!(
-                    ["used_only_grows", "write_once", "prune_only"].contains(&message.as_str()),
-                    "{role}: {stmt}: {message}"
-                );
-            }
-        }
-    }
+    assert_refused(
+        &db,
+        &PRIVILEGED_ROLES_AND_SUPERUSER,
+        &statements,
+        &["used_only_grows", "write_once", "prune_only"],
+    )
+    .await;
 
     let row = su
         .query_one(
@@ -1352,14 +1146,12 @@ async fn token_counters_cannot_be_rewound_retotalled_deleted_or_truncated_by_any
         (FREEMIUM_PER_CYCLE as i32, 3, true)
     );
     // The sanctioned step, n -> n + 1, still works, up to the total.
-    let used: i32 = su
-        .query_one(
-            "SELECT used FROM api.consume_token($1, 'alt_text')",
-            &[&site],
-        )
-        .await
-        .expect("spend after the refusals")
-        .get(0);
+    let used: i32 = query_value(
+        &su,
+        "SELECT used FROM api.consume_token($1, 'alt_text')",
+        &[&site],
+    )
+    .await;
     assert_eq!(used, 4);
 }
 
@@ -1384,26 +1176,21 @@ async fn a_counter_is_deleted_only_by_prune_token_cycles_or_with_its_site() {
     let old = "DELETE FROM private.tokens WHERE cycle < private.current_cycle()";
 
     for role in ["pgrpc_owner", "postgres"] {
-        let err = db
-            .as_role(role)
-            .await
-            .batch_execute(old)
-            .await
-            .expect_err(&format!("{role} deletes a past cycle directly"));
         assert_eq!(
-            db_error(&err),
+            error_of(&db.as_role(role).await, old).await,
             ("42501".to_string(), "prune_only".to_string()),
-            "{role}"
+            "{role} deletes a past cycle directly"
         );
     }
     let api = db.as_role("pgrpc_api").await;
-    let err = api
-        .batch_execute("DELETE FROM private.tokens WHERE cycle = private.current_cycle()")
-        .await
-        .expect_err("the current cycle is never deleted");
     assert_eq!(
-        db_error(&err),
-        ("42501".to_string(), "prune_only".to_string())
+        error_of(
+            &api,
+            "DELETE FROM private.tokens WHERE cycle = private.current_cycle()"
+        )
+        .await,
+        ("42501".to_string(), "prune_only".to_string()),
+        "the current cycle is never deleted"
     );
     assert_eq!(count(&su, "SELECT count(*) FROM private.tokens").await, 2);
 
@@ -1469,15 +1256,7 @@ async fn a_grant_written_directly_emits_its_suggestion_granted_event() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let (org, site) = sql_org_with_site(&su, "freemium").await;
-    let row = su
-        .query_one(
-            "SELECT o.id, s.id FROM api.create_opportunity($1, 'meta-tags') o, \
-             LATERAL api.create_suggestion(o.id, '{\"tag\":\"title\",\"value\":\"x\"}') s",
-            &[&site],
-        )
-        .await
-        .expect("create suggestion");
-    let (opp, direct): (Uuid, Uuid) = (row.get(0), row.get(1));
+    let (opp, direct) = sql_meta_tags_suggestion(&su, site).await;
     db.as_role("pgrpc_owner")
         .await
         .execute(
@@ -1550,15 +1329,7 @@ async fn a_grant_in_progress_does_not_block_foreign_key_checks_on_its_suggestion
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let (_, site) = sql_org_with_site(&su, "freemium").await;
-    let sug: Uuid = su
-        .query_one(
-            "SELECT s.id FROM api.create_opportunity($1, 'meta-tags') o, \
-             LATERAL api.create_suggestion(o.id, '{\"tag\":\"title\",\"value\":\"x\"}') s",
-            &[&site],
-        )
-        .await
-        .expect("create suggestion")
-        .get(0);
+    let (_, sug) = sql_meta_tags_suggestion(&su, site).await;
     // Test-only: a table referencing suggestions, as ticket links do.
     su.batch_execute(
         "CREATE TABLE public.test_suggestion_refs (
@@ -1606,14 +1377,12 @@ async fn a_grant_in_progress_does_not_block_foreign_key_checks_on_its_suggestion
     assert_eq!(err.code(), Some(&SqlState::LOCK_NOT_AVAILABLE), "{err}");
 
     tx.commit().await.expect("commit");
-    let again: bool = rival
-        .query_one(
-            "SELECT newly_granted FROM api.grant_suggestion($1, 'ops')",
-            &[&sug],
-        )
-        .await
-        .expect("after the commit")
-        .get(0);
+    let again: bool = query_value(
+        &rival,
+        "SELECT newly_granted FROM api.grant_suggestion($1, 'ops')",
+        &[&sug],
+    )
+    .await;
     assert!(!again);
     assert_eq!(
         count(&su, "SELECT count(*) FROM public.test_suggestion_refs").await,

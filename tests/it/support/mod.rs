@@ -7,6 +7,9 @@
 //! when the run ends, since a static container is never dropped.
 #![allow(dead_code)]
 
+pub mod api;
+pub mod db;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -227,6 +230,16 @@ impl TestDb {
         client
     }
 
+    /// A connection that runs as the service with the claims of a service
+    /// token for `sub`, as the proxy would set them for one request.
+    pub async fn as_service(&self, sub: &str) -> Client {
+        self.as_request(
+            "pgrpc_service",
+            &json!({"role": "pgrpc_service", "sub": sub}),
+        )
+        .await
+    }
+
     /// A connection that runs as `role` with the given JWT claims set for the
     /// session, as the proxy would set them for one request.
     pub async fn as_request(&self, role: &str, claims: &Value) -> Client {
@@ -368,6 +381,16 @@ impl TestServer {
         send(req).await
     }
 
+    /// `POST /rpc/<function>` with a JSON body, as the service.
+    pub async fn service_rpc(&self, function: &str, body: Value) -> Resp {
+        self.rpc(function, Some(&service_token()), body).await
+    }
+
+    /// `GET /rpc/<function>?<query>`, as the service.
+    pub async fn service_rpc_get(&self, function: &str, query: &[(&str, &str)]) -> Resp {
+        self.rpc_get(function, Some(&service_token()), query).await
+    }
+
     /// Makes the proxy reload its function cache and waits until `function`
     /// resolves (no longer answers 404 PGRST202).
     pub async fn reload_and_wait(&self, function: &str) {
@@ -449,6 +472,38 @@ impl Resp {
     }
 }
 
+/// Asserts an HTTP error's status and stable key (the `message`, or the
+/// `code` for errors raised in the PGRST form, where both are the key).
+pub fn assert_error(r: &Resp, status: u16, key: &str) {
+    assert_eq!(r.status, status, "expected {status} {key}, got {}", r.text);
+    assert_eq!(r.error_key(), key, "{}", r.text);
+}
+
+/// Splits concurrent responses into the successes (200) and the refusals,
+/// asserting that every refusal is `status` with the error key `key`.
+pub fn split_refusals<'a>(
+    responses: &'a [Resp],
+    status: u16,
+    key: &str,
+) -> (Vec<&'a Resp>, Vec<&'a Resp>) {
+    let (ok, refused): (Vec<&Resp>, Vec<&Resp>) = responses.iter().partition(|r| r.status == 200);
+    for r in &refused {
+        assert_error(r, status, key);
+    }
+    (ok, refused)
+}
+
+/// Waits for every spawned task and returns their outputs in order; fails
+/// if any task panicked.
+pub async fn join_tasks<T>(tasks: impl IntoIterator<Item = JoinHandle<T>>) -> Vec<T> {
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("task failed: {e}")))
+        .collect()
+}
+
+/// Sends a request and reads the whole response.
 pub async fn send(req: reqwest::RequestBuilder) -> Resp {
     let r = req.send().await.expect("http request");
     let status = r.status().as_u16();
