@@ -7,7 +7,6 @@
 //! `idempotency_key_reused`).
 
 use deadpool_postgres::Object;
-use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -16,8 +15,7 @@ use tokio_postgres::Statement;
 use crate::db::call::{self, RequestSettings};
 use crate::db::schema::Routine;
 use crate::error::ApiError;
-use crate::http::{build_response, db_error, Built};
-use crate::server::AppState;
+use crate::http::{build_response, db_error, not_one_row, parse_response_headers, Built};
 
 const CLAIM_SQL: &str = "SELECT state, response_status, response_headers::text, response_body \
      FROM private.http_idempotency_claim($1, $2)";
@@ -39,7 +37,6 @@ pub fn request_hash(method: &str, path: &str, profile: &str, body: &str) -> Stri
 
 #[allow(clippy::too_many_arguments)]
 pub async fn call(
-    state: &AppState,
     client: &Object,
     settings: &RequestSettings<'_>,
     stmt: &Statement,
@@ -50,7 +47,7 @@ pub async fn call(
     hash: &str,
     anon: bool,
 ) -> Result<Built, ApiError> {
-    let fail = |e: tokio_postgres::Error| db_error(state, &e, anon);
+    let fail = |e: tokio_postgres::Error| db_error(&e, anon);
     call::begin_with_settings(client, false, settings)
         .await
         .map_err(fail)?;
@@ -83,12 +80,7 @@ pub async fn call(
             .await
             .map_err(fail)?;
         if singular && result.rows != 1 {
-            return Err(ApiError::new(
-                StatusCode::NOT_ACCEPTABLE,
-                "PGRST116",
-                "JSON object requested, multiple (or no) rows returned",
-            )
-            .details(format!("The result contains {} rows", result.rows)));
+            return Err(not_one_row(result.rows));
         }
         let stored_headers = result.headers.clone();
         let built = build_response(routine, result, singular)?;
@@ -124,30 +116,15 @@ fn replayed(
         .and_then(|s| u16::try_from(s).ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
-    if let Some(text) = headers {
-        if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) {
-            for item in items {
-                if let Value::Object(obj) = item {
-                    for (k, v) in obj {
-                        let v = match v {
-                            Value::String(s) => s,
-                            other => other.to_string(),
-                        };
-                        if let (Ok(n), Ok(v)) = (
-                            HeaderName::from_bytes(k.as_bytes()),
-                            HeaderValue::from_str(&v),
-                        ) {
-                            out.push((n, v));
-                        }
-                    }
-                }
-            }
-        }
-    }
+    // Stored as the response.headers setting was, which build_response
+    // already validated when the response was first made.
+    let headers = match headers {
+        Some(text) => parse_response_headers(text)?,
+        None => Vec::new(),
+    };
     Ok(Built {
         status,
-        headers: out,
+        headers,
         body,
         content_type: "application/json; charset=utf-8",
         replayed: true,

@@ -236,12 +236,12 @@ async fn rpc(
     let stmt = client
         .prepare_cached(&sql)
         .await
-        .map_err(|e| db_error(state, &e, identity.anon))?;
+        .map_err(|e| db_error(&e, identity.anon))?;
 
-    let outcome = if let Some(key) = idempotency_key {
+    let head = method == Method::HEAD;
+    if let Some(key) = idempotency_key {
         let hash = crate::idempotency::request_hash(method.as_str(), &path, schema, args_json.0);
         return crate::idempotency::call(
-            state,
             &client,
             &settings,
             &stmt,
@@ -253,41 +253,37 @@ async fn rpc(
             identity.anon,
         )
         .await
-        .map(|r| finish(r, schema, state, method == Method::HEAD));
-    } else if singular {
+        .map(|r| finish(r, schema, state, head));
+    }
+    let outcome = if singular {
         call::begin_with_settings(&client, !write, &settings)
             .await
-            .map_err(|e| db_error(state, &e, identity.anon))?;
+            .map_err(|e| db_error(&e, identity.anon))?;
         let result = call::call_in_transaction(&client, &stmt, args_json.0).await;
         match result {
             Ok(r) if r.rows == 1 => {
                 client
                     .batch_execute("COMMIT")
                     .await
-                    .map_err(|e| db_error(state, &e, identity.anon))?;
+                    .map_err(|e| db_error(&e, identity.anon))?;
                 r
             }
             Ok(r) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Err(ApiError::new(
-                    StatusCode::NOT_ACCEPTABLE,
-                    "PGRST116",
-                    "JSON object requested, multiple (or no) rows returned",
-                )
-                .details(format!("The result contains {} rows", r.rows)));
+                return Err(not_one_row(r.rows));
             }
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Err(db_error(state, &e, identity.anon));
+                return Err(db_error(&e, identity.anon));
             }
         }
     } else {
         call::call_pipelined(&client, !write, &settings, &stmt, args_json.0)
             .await
-            .map_err(|e| db_error(state, &e, identity.anon))?
+            .map_err(|e| db_error(&e, identity.anon))?
     };
     let built = build_response(&routine, outcome, singular)?;
-    Ok(finish(built, schema, state, method == Method::HEAD))
+    Ok(finish(built, schema, state, head))
 }
 
 /// A response computed from a call, before the transport headers.
@@ -373,8 +369,19 @@ pub fn build_response(routine: &Routine, r: CallResult, singular: bool) -> Resul
     })
 }
 
+/// 406 PGRST116: a single object was asked for, and the call returned
+/// another number of rows.
+pub fn not_one_row(rows: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "PGRST116",
+        "JSON object requested, multiple (or no) rows returned",
+    )
+    .details(format!("The result contains {rows} rows"))
+}
+
 /// `response.headers`: a JSON array of single-key objects.
-fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
+pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
     let bad = || {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -599,11 +606,10 @@ pub async fn checkout(state: &AppState) -> Result<Object, ApiError> {
 
 /// Maps an error of the call. A lost connection is 503; PostgreSQL's own
 /// errors follow the SQLSTATE map.
-pub fn db_error(state: &AppState, e: &tokio_postgres::Error, anon: bool) -> ApiError {
+pub fn db_error(e: &tokio_postgres::Error, anon: bool) -> ApiError {
     if let Some(db) = e.as_db_error() {
         return ApiError::from_db(db, anon);
     }
     error!(cause = %e, "database connection error");
-    let _ = state;
     ApiError::unavailable("Database connection lost").details(e.to_string())
 }
