@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -82,24 +83,23 @@ impl Auth {
                 "Server lacks JWT secret: tokens cannot be verified",
             ));
         };
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::ExpiredSignature => ApiError::unauthorized("PGRST303", "JWT expired"),
-                    K::ImmatureSignature => {
-                        ApiError::unauthorized("PGRST303", "JWT not yet valid (nbf)")
-                    }
-                    K::InvalidSignature => {
-                        ApiError::unauthorized("PGRST301", "JWT signature does not match")
-                    }
-                    K::InvalidAlgorithm => {
-                        ApiError::unauthorized("PGRST301", "JWT algorithm must be HS256")
-                    }
-                    _ => ApiError::unauthorized("PGRST301", "JWT cannot be decoded"),
+        jsonwebtoken::decode::<IgnoredAny>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => ApiError::unauthorized("PGRST303", "JWT expired"),
+                K::ImmatureSignature => {
+                    ApiError::unauthorized("PGRST303", "JWT not yet valid (nbf)")
                 }
-            })?;
-        let claims = data.claims;
+                K::InvalidSignature => {
+                    ApiError::unauthorized("PGRST301", "JWT signature does not match")
+                }
+                K::InvalidAlgorithm => {
+                    ApiError::unauthorized("PGRST301", "JWT algorithm must be HS256")
+                }
+                _ => ApiError::unauthorized("PGRST301", "JWT cannot be decoded"),
+            }
+        })?;
+        let claims = strict_claims(token)?;
         let role = match claims.get("role") {
             None | Some(Value::Null) => self.anon_role.clone(),
             Some(Value::String(r)) => r.clone(),
@@ -125,6 +125,99 @@ impl Auth {
             claims: Value::Object(claims).to_string(),
             anon,
         })
+    }
+}
+
+/// The verified token's claims, read strictly: a member name given twice
+/// (`{"role":"a","role":"b"}`) is refused rather than resolved one way
+/// here and maybe another by the next reader, and so is a `crit` header,
+/// since this server implements no JWS extension (RFC 7515 §4.1.11).
+fn strict_claims(token: &str) -> Result<Map<String, Value>, ApiError> {
+    let refuse = |why: String| ApiError::unauthorized("PGRST301", why);
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+        return Err(refuse("JWT must have three parts".into()));
+    };
+    let header = strict_object(header).map_err(|e| refuse(format!("JWT header: {e}")))?;
+    if header.contains_key("crit") {
+        return Err(refuse(
+            "JWT header 'crit' names extensions this server does not implement".into(),
+        ));
+    }
+    strict_object(payload).map_err(|e| refuse(format!("JWT claims: {e}")))
+}
+
+fn strict_object(segment: &str) -> Result<Map<String, Value>, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .map_err(|e| e.to_string())?;
+    match serde_json::from_slice::<Strict>(&bytes).map_err(|e| e.to_string())? {
+        Strict(Value::Object(map)) => Ok(map),
+        Strict(_) => Err("not a JSON object".into()),
+    }
+}
+
+/// A JSON value whose objects never repeat a member name.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "member {key:?} is given twice"
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -202,6 +295,49 @@ mod tests {
                 .expect_err(header);
             assert_eq!(err.status.as_u16(), 401, "{header}");
             assert_eq!(err.code, code, "{header}");
+        }
+    }
+
+    /// Signs `header.payload` as given, byte for byte.
+    fn sign_raw(header: &str, payload: &str) -> String {
+        use base64::Engine as _;
+        use hmac::{Hmac, Mac};
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let input = format!("{}.{}", b64(header), b64(payload));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+        mac.update(input.as_bytes());
+        format!("Bearer {input}.{}", b64_bytes(&mac.finalize().into_bytes()))
+    }
+
+    fn b64_bytes(b: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    }
+
+    #[test]
+    fn duplicate_claims_and_unknown_crit_are_refused() {
+        let auth = Auth::new(Some(SECRET), 30, "pgrpc_anon");
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let ok = sign_raw(hs, r#"{"role":"pgrpc_user"}"#);
+        assert!(auth.identify(Some(ok.as_bytes()), &roles()).is_ok());
+        for t in [
+            sign_raw(hs, r#"{"role":"pgrpc_anon","role":"pgrpc_user"}"#),
+            sign_raw(hs, r#"{"role":"pgrpc_user","app":{"a":1,"a":2}}"#),
+            sign_raw(
+                r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+                r#"{"role":"pgrpc_user"}"#,
+            ),
+            sign_raw(
+                r#"{"alg":"HS256","alg":"none"}"#,
+                r#"{"role":"pgrpc_user"}"#,
+            ),
+        ] {
+            let err = auth.identify(Some(t.as_bytes()), &roles()).expect_err(&t);
+            assert_eq!(
+                (err.status.as_u16(), err.code.as_str()),
+                (401, "PGRST301"),
+                "{t}"
+            );
         }
     }
 

@@ -27,6 +27,13 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers, idle
+    /// keep-alive time included, before its connection is closed
+    /// (`PGRPC_HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout: Duration,
+    /// Open client connections at most (`PGRPC_MAX_CONNECTIONS`); further
+    /// clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -44,6 +51,8 @@ impl ServeConfig {
             pool_timeout: Duration::from_millis(10_000),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1000,
         }
     }
 
@@ -65,6 +74,12 @@ impl ServeConfig {
         }
         if self.max_body_bytes == 0 {
             return Err("PGRPC_MAX_BODY_BYTES must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("PGRPC_MAX_CONNECTIONS must be at least 1".into());
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err("PGRPC_HEADER_READ_TIMEOUT_MS must be at least 1".into());
         }
         if self.anon_role.trim().is_empty() {
             return Err("PGRPC_ANON_ROLE must name a role".into());

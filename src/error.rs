@@ -96,8 +96,16 @@ impl ApiError {
         if code == "PGRST" {
             return from_raise_pgrst(err);
         }
+        let mut status = status_for_sqlstate(err.code(), anon);
+        // Too many array dimensions comes from the request's own input (an
+        // argument such as '{{{{{{{1}}}}}}}'), not from the server.
+        if *err.code() == SqlState::PROGRAM_LIMIT_EXCEEDED
+            && err.message().starts_with("number of array dimensions")
+        {
+            status = StatusCode::BAD_REQUEST;
+        }
         let mut api = ApiError {
-            status: status_for_sqlstate(err.code(), anon),
+            status,
             code: code.to_string(),
             message: err.message().to_string(),
             details: err.detail().map(str::to_string),

@@ -1,4 +1,6 @@
-//! The `Idempotency-Key` header on `POST /rpc/*`. The key is claimed, the
+//! The `Idempotency-Key` header on `POST /rpc/*`: the request hash, and the
+//! response stored and replayed. `db::exec` claims the key, runs the call
+//! and stores the response in one transaction. The key is claimed, the
 //! function runs and its response is stored in one transaction, through
 //! `private.http_idempotency_claim` / `_store`, which also compute the
 //! caller's scope from the JWT claims. A concurrent duplicate blocks on the
@@ -6,20 +8,17 @@
 //! another request is refused by the claim itself (422
 //! `idempotency_key_reused`).
 
-use deadpool_postgres::Object;
-use hyper::StatusCode;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tokio_postgres::Statement;
+use std::sync::Arc;
 
-use crate::db::call::{self, RequestSettings};
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::db::call::CallResult;
+use crate::db::exec::{Shaper, StoredResponse};
 use crate::db::schema::Routine;
 use crate::error::ApiError;
-use crate::http::{build_response, db_error, not_one_row, parse_response_headers, Built};
-
-const CLAIM_SQL: &str = "SELECT state, response_status, response_headers::text, response_body \
-     FROM private.http_idempotency_claim($1, $2)";
-const STORE_SQL: &str = "SELECT private.http_idempotency_store($1, $2, $3::text::jsonb, $4)";
+use crate::http::{build_response, parse_response_headers, Built};
 
 /// SHA-256 over method, path, profile and the canonical body (keys sorted,
 /// insignificant whitespace removed), so that re-serialized retries match.
@@ -35,97 +34,38 @@ pub fn request_hash(method: &str, path: &str, profile: &str, body: &str) -> Stri
     hex::encode(h.finalize())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn call(
-    client: &Object,
-    settings: &RequestSettings<'_>,
-    stmt: &Statement,
-    args: &str,
-    routine: &Routine,
-    singular: bool,
-    key: &str,
-    hash: &str,
-    anon: bool,
-) -> Result<Built, ApiError> {
-    let fail = |e: tokio_postgres::Error| db_error(&e, anon);
-    call::begin_with_settings(client, false, settings)
-        .await
-        .map_err(fail)?;
-    let outcome = async {
-        let claim = client.prepare_cached(CLAIM_SQL).await.map_err(fail)?;
-        let row = client
-            .query_one(&claim, &[&key, &hash])
-            .await
-            .map_err(fail)?;
-        let claim_state: String = row.get(0);
-        match claim_state.as_str() {
-            "claimed" => {}
-            "replay" => {
-                let status: Option<i32> = row.get(1);
-                let headers: Option<String> = row.get(2);
-                let body: Option<String> = row.get(3);
-                return Ok((replayed(status, headers.as_deref(), body)?, false));
-            }
-            other => {
-                // The claim raises 422 idempotency_key_reused itself; any
-                // other state is a contract break between SQL and proxy.
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "PGRPC500",
-                    format!("unexpected idempotency claim state {other:?}"),
-                ));
-            }
+/// The response stored under a key: status, the headers (the media type
+/// first, so a replay answers with the type of the first response, then
+/// the function's `response.headers`) and the body.
+pub fn shaper(routine: Arc<Routine>, singular: bool) -> Shaper {
+    Box::new(move |result: &CallResult| {
+        let built = build_response(&routine, result.clone(), singular)?;
+        let mut headers = Vec::new();
+        if built.body.is_some() {
+            headers.push(json!({ "content-type": built.content_type }));
         }
-        let result = call::call_in_transaction(client, stmt, args)
-            .await
-            .map_err(fail)?;
-        if singular && result.rows != 1 {
-            return Err(not_one_row(result.rows));
+        // build_response validated the setting: an array of objects.
+        if let Some(Ok(Value::Array(items))) = result.headers.as_deref().map(serde_json::from_str) {
+            headers.extend(items);
         }
-        let stored_headers = result.headers.clone();
-        let built = build_response(routine, result, singular)?;
-        let store = client.prepare_cached(STORE_SQL).await.map_err(fail)?;
-        let status = i32::from(built.status.as_u16());
-        let headers_json = stored_headers.unwrap_or_else(|| "[]".to_string());
-        client
-            .query_one(&store, &[&key, &status, &headers_json, &built.body])
-            .await
-            .map_err(fail)?;
-        Ok((built, true))
-    }
-    .await;
-    match outcome {
-        Ok((built, commit)) => {
-            let end = if commit { "COMMIT" } else { "ROLLBACK" };
-            client.batch_execute(end).await.map_err(fail)?;
-            Ok(built)
-        }
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+        Ok(StoredResponse {
+            status: i32::from(built.status.as_u16()),
+            headers_json: Value::Array(headers).to_string(),
+            body: built.body,
+        })
+    })
 }
 
-fn replayed(
-    status: Option<i32>,
-    headers: Option<&str>,
-    body: Option<String>,
-) -> Result<Built, ApiError> {
-    let status = status
-        .and_then(|s| u16::try_from(s).ok())
+/// A stored response, replayed.
+pub fn replayed(stored: StoredResponse) -> Result<Built, ApiError> {
+    let status = u16::try_from(stored.status)
+        .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    // Stored as the response.headers setting was, which build_response
-    // already validated when the response was first made.
-    let headers = match headers {
-        Some(text) => parse_response_headers(text)?,
-        None => Vec::new(),
-    };
     Ok(Built {
         status,
-        headers,
-        body,
+        headers: parse_response_headers(&stored.headers_json)?,
+        body: stored.body,
         content_type: "application/json; charset=utf-8",
         replayed: true,
     })

@@ -74,6 +74,13 @@ struct ServeArgs {
     /// How long SIGTERM waits for in-flight requests, in ms [default: 30000].
     #[arg(long, env = "PGRPC_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
+    /// Time a client has to send a request's headers, idle keep-alive
+    /// included, in ms [default: 10000].
+    #[arg(long, env = "PGRPC_HEADER_READ_TIMEOUT_MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Open client connections at most [default: 1000].
+    #[arg(long, env = "PGRPC_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Embedded mode: data directory.
     #[arg(long, env = "PGRPC_DATA_DIR", default_value = "./.pgrpc")]
     data_dir: PathBuf,
@@ -239,6 +246,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(v) = args.shutdown_grace_ms {
         config.shutdown_grace = Duration::from_millis(v);
+    }
+    if let Some(v) = args.header_read_timeout_ms {
+        config.header_read_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = args.max_connections {
+        config.max_connections = v;
     }
     let result = pgrpc::server::serve(listener, config, shutdown_signal()).await;
     if let Some(pg) = embedded_server {

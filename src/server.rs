@@ -11,10 +11,10 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::auth::Auth;
@@ -87,8 +87,18 @@ where
     }
 
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: further clients wait in the kernel's
+        // backlog instead of costing memory here.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
@@ -101,17 +111,21 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let header_read_timeout = state.config.header_read_timeout;
                 let state = state.clone();
                 let service = service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(crate::http::handle(state, req).await) }
                 });
                 let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_read_timeout)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             _ = &mut shutdown => break,

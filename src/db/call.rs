@@ -1,20 +1,19 @@
 //! The call: one statement per (routine, provided arguments) that turns the
 //! JSON arguments into typed named arguments, calls the routine, shapes its
-//! result as JSON text and reads the `response.*` settings, and the pipelined
-//! transaction around it.
+//! result as JSON text and reads the `response.*` settings; and the
+//! per-request settings statement. `db::exec` runs them.
 //!
 //! Every identifier spliced into SQL comes from the catalog (see
 //! `schema.rs`), quoted; request data only ever travels as `$1`.
 
 use std::fmt::Write as _;
 
-use deadpool_postgres::Object;
-use tokio_postgres::Statement;
+use std::sync::Arc;
 
-use super::schema::{Routine, Shape};
+use super::schema::{RoleSettings, Routine, Shape};
 
 /// What the call statement returns: `(body, rows, response.headers, response.status)`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CallResult {
     pub body: Option<String>,
     pub rows: i64,
@@ -23,23 +22,28 @@ pub struct CallResult {
 }
 
 /// The per-request settings, applied with `set_config(..., true)` so they
-/// last for the transaction only.
-pub struct RequestSettings<'a> {
-    pub role: &'a str,
-    pub claims: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub headers: &'a str,
+/// last for the transaction only: the role, the request GUCs PostgREST
+/// sets, and the role's own settings (`ALTER ROLE … SET`), which `SET ROLE`
+/// alone would not apply.
+pub struct RequestSettings {
+    pub role: String,
+    pub claims: String,
+    pub method: String,
+    pub path: String,
+    pub headers: String,
+    pub role_settings: Arc<RoleSettings>,
 }
 
-impl RequestSettings<'_> {
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
+impl RequestSettings {
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
         [
             &self.role,
             &self.claims,
             &self.method,
             &self.path,
             &self.headers,
+            &self.role_settings.names,
+            &self.role_settings.values,
         ]
     }
 }
@@ -48,7 +52,8 @@ pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
      set_config('request.jwt.claims', $2, true), \
      set_config('request.method', $3, true), \
      set_config('request.path', $4, true), \
-     set_config('request.headers', $5, true)";
+     set_config('request.headers', $5, true), \
+     (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
 
 pub fn quote_ident(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -131,73 +136,7 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
     }
 }
 
-/// Runs `BEGIN; settings; call; COMMIT` as one pipeline: a single round trip
-/// once the statements are prepared. An error anywhere aborts the
-/// transaction, and the trailing COMMIT then rolls it back.
-pub async fn call_pipelined(
-    client: &Object,
-    read_only: bool,
-    settings: &RequestSettings<'_>,
-    call: &Statement,
-    args: &str,
-) -> Result<CallResult, tokio_postgres::Error> {
-    let settings_stmt = client.prepare_cached(SETTINGS_SQL).await?;
-    let begin = if read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
-    };
-    let params = settings.params();
-    let args = [&args as &(dyn tokio_postgres::types::ToSql + Sync)];
-    let (b, s, c, e) = futures_util::join!(
-        client.batch_execute(begin),
-        client.query_one(&settings_stmt, &params,),
-        client.query_one(call, &args),
-        client.batch_execute("COMMIT"),
-    );
-    b?;
-    s?;
-    let row = c?;
-    e?;
-    Ok(read_call_row(&row))
-}
-
-/// Starts the transaction and applies the settings (one round trip), for
-/// requests that must decide between COMMIT and ROLLBACK after the call.
-pub async fn begin_with_settings(
-    client: &Object,
-    read_only: bool,
-    settings: &RequestSettings<'_>,
-) -> Result<(), tokio_postgres::Error> {
-    let settings_stmt = client.prepare_cached(SETTINGS_SQL).await?;
-    let begin = if read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
-    };
-    let params = settings.params();
-    let (b, s) = futures_util::join!(
-        client.batch_execute(begin),
-        client.query_one(&settings_stmt, &params,),
-    );
-    if let Err(e) = b.and(s.map(|_| ())) {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Runs the call inside a transaction opened by `begin_with_settings`.
-pub async fn call_in_transaction(
-    client: &Object,
-    call: &Statement,
-    args: &str,
-) -> Result<CallResult, tokio_postgres::Error> {
-    let row = client.query_one(call, &[&args]).await?;
-    Ok(read_call_row(&row))
-}
-
-fn read_call_row(row: &tokio_postgres::Row) -> CallResult {
+pub(super) fn read_call_row(row: &tokio_postgres::Row) -> CallResult {
     CallResult {
         body: row.get(0),
         rows: row.get(1),

@@ -1,7 +1,9 @@
 //! The database side: the connection pool, the function cache and its
-//! reload listener, and the call itself.
+//! reload listener, the call statement (`call`) and the executor that owns
+//! each call's transaction (`exec`).
 
 pub mod call;
+pub mod exec;
 pub mod schema;
 
 use std::str::FromStr;

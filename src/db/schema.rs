@@ -109,6 +109,24 @@ pub struct SchemaCache {
     /// Roles the authenticator may SET ROLE to: members, not superusers,
     /// not BYPASSRLS.
     pub roles: HashSet<String>,
+    /// Per-role settings (`ALTER ROLE … SET`, this database's over the
+    /// cluster-wide ones). `SET ROLE` does not apply them, so every
+    /// transaction applies its role's, as PostgREST does.
+    pub role_settings: HashMap<String, Arc<RoleSettings>>,
+}
+
+/// One role's settings as two parallel arrays, ready to bind.
+#[derive(Debug, Default)]
+pub struct RoleSettings {
+    pub names: Vec<String>,
+    pub values: Vec<String>,
+}
+
+impl SchemaCache {
+    /// The settings of `role`; empty when it has none.
+    pub fn settings_of(&self, role: &str) -> Arc<RoleSettings> {
+        self.role_settings.get(role).cloned().unwrap_or_default()
+    }
 }
 
 impl SchemaCache {
@@ -225,13 +243,41 @@ impl SchemaCache {
                     sql: RwLock::new(HashMap::new()),
                 }));
         }
-        let roles = client
+        let roles: HashSet<String> = client
             .query(ROLES_SQL, &[])
             .await?
             .into_iter()
             .map(|r| r.get::<_, String>(0))
             .collect();
-        Ok(SchemaCache { routines, roles })
+        let mut role_settings: HashMap<String, RoleSettings> = HashMap::new();
+        for row in client.query(ROLE_SETTINGS_SQL, &[]).await? {
+            let role: String = row.get(0);
+            let entries: Vec<String> = row.get(1);
+            let settings = role_settings.entry(role).or_default();
+            for entry in entries {
+                let Some((name, value)) = entry.split_once('=') else {
+                    continue;
+                };
+                // A database-specific value comes later and replaces the
+                // cluster-wide one.
+                match settings.names.iter().position(|n| n == name) {
+                    Some(i) => settings.values[i] = value.to_string(),
+                    None => {
+                        settings.names.push(name.to_string());
+                        settings.values.push(value.to_string());
+                    }
+                }
+            }
+        }
+        let role_settings = role_settings
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
+        Ok(SchemaCache {
+            routines,
+            roles,
+            role_settings,
+        })
     }
 }
 
@@ -271,6 +317,19 @@ WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
   AND r.rolname <> current_user
   AND NOT r.rolsuper
   AND NOT r.rolbypassrls
+"#;
+
+/// Settings of the roles the authenticator may assume, cluster-wide ones
+/// first, then this database's.
+const ROLE_SETTINGS_SQL: &str = r#"
+SELECT r.rolname::text, s.setconfig
+FROM pg_catalog.pg_db_role_setting s
+JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+WHERE s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                            WHERE d.datname = current_database()))
+  AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
+  AND r.rolname <> current_user
+ORDER BY r.rolname, s.setdatabase
 "#;
 
 fn levenshtein(a: &str, b: &str) -> usize {

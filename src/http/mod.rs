@@ -7,15 +7,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use deadpool_postgres::{Object, PoolError, TimeoutType};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tracing::{error, info};
+use tracing::info;
 
-use crate::db::call::{self, CallResult, RequestSettings};
+use crate::db::call::{CallResult, RequestSettings};
+use crate::db::exec::{self, CallJob, Executed, IdempotentCall};
 use crate::db::schema::{Routine, SchemaCache, Shape};
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -218,71 +218,38 @@ async fn rpc(
         let bytes = read_body(req, state.config.max_body_bytes).await?;
         match kind {
             BodyKind::Json => request::parse_json_body(&bytes)?,
-            BodyKind::Form => request::parse_pairs(&bytes),
+            BodyKind::Form => request::parse_pairs(&bytes)?,
         }
     } else {
-        request::parse_pairs(req.uri().query().unwrap_or("").as_bytes())
+        request::parse_pairs(req.uri().query().unwrap_or("").as_bytes())?
     };
     let (routine, args_json) = resolve(&cache, schema, name, &args, write)?;
-    let settings = RequestSettings {
-        role: &identity.role,
-        claims: &identity.claims,
-        method: method.as_str(),
-        path: &path,
-        headers: &headers_json,
-    };
-    let client = checkout(state).await?;
-    let sql = routine.call_sql(args_json.1, singular);
-    let stmt = client
-        .prepare_cached(&sql)
-        .await
-        .map_err(|e| db_error(&e, identity.anon))?;
-
     let head = method == Method::HEAD;
-    if let Some(key) = idempotency_key {
-        let hash = crate::idempotency::request_hash(method.as_str(), &path, schema, args_json.0);
-        return crate::idempotency::call(
-            &client,
-            &settings,
-            &stmt,
-            args_json.0,
-            &routine,
-            singular,
-            &key,
-            &hash,
-            identity.anon,
-        )
-        .await
-        .map(|r| finish(r, schema, state, head));
-    }
-    let outcome = if singular {
-        call::begin_with_settings(&client, !write, &settings)
-            .await
-            .map_err(|e| db_error(&e, identity.anon))?;
-        let result = call::call_in_transaction(&client, &stmt, args_json.0).await;
-        match result {
-            Ok(r) if r.rows == 1 => {
-                client
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(|e| db_error(&e, identity.anon))?;
-                r
-            }
-            Ok(r) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(not_one_row(r.rows));
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(db_error(&e, identity.anon));
-            }
-        }
-    } else {
-        call::call_pipelined(&client, !write, &settings, &stmt, args_json.0)
-            .await
-            .map_err(|e| db_error(&e, identity.anon))?
+    let idempotency = idempotency_key.map(|key| IdempotentCall {
+        request_hash: crate::idempotency::request_hash(method.as_str(), &path, schema, args_json.0),
+        key,
+        shape: crate::idempotency::shaper(routine.clone(), singular),
+    });
+    let job = CallJob {
+        sql: routine.call_sql(args_json.1, singular),
+        args: args_json.0.to_string(),
+        read_only: !write,
+        singular,
+        settings: RequestSettings {
+            role_settings: cache.settings_of(&identity.role),
+            role: identity.role,
+            claims: identity.claims,
+            method: method.as_str().to_string(),
+            path,
+            headers: headers_json,
+        },
+        idempotency,
+        anon: identity.anon,
     };
-    let built = build_response(&routine, outcome, singular)?;
+    let built = match exec::execute(&state.pool, job).await? {
+        Executed::Called(result) => build_response(&routine, result, singular)?,
+        Executed::Replayed(stored) => crate::idempotency::replayed(stored)?,
+    };
     Ok(finish(built, schema, state, head))
 }
 
@@ -367,17 +334,6 @@ pub fn build_response(routine: &Routine, r: CallResult, singular: bool) -> Resul
         content_type,
         replayed: false,
     })
-}
-
-/// 406 PGRST116: a single object was asked for, and the call returned
-/// another number of rows.
-pub fn not_one_row(rows: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "PGRST116",
-        "JSON object requested, multiple (or no) rows returned",
-    )
-    .details(format!("The result contains {rows} rows"))
 }
 
 /// `response.headers`: a JSON array of single-key objects.
@@ -582,34 +538,4 @@ fn headers_json(headers: &hyper::HeaderMap) -> String {
         );
     }
     Value::Object(map).to_string()
-}
-
-/// A pooled connection, or 504 when the pool stays exhausted past its
-/// timeout, or 503 when the database cannot be reached.
-pub async fn checkout(state: &AppState) -> Result<Object, ApiError> {
-    match state.pool.get().await {
-        Ok(c) => Ok(c),
-        Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "PGRST003",
-            "Timed out acquiring connection from connection pool.",
-        )),
-        Err(e) => {
-            error!(cause = %e, "cannot get a database connection");
-            Err(
-                ApiError::unavailable("Database client error. Retrying the connection.")
-                    .details(e.to_string()),
-            )
-        }
-    }
-}
-
-/// Maps an error of the call. A lost connection is 503; PostgreSQL's own
-/// errors follow the SQLSTATE map.
-pub fn db_error(e: &tokio_postgres::Error, anon: bool) -> ApiError {
-    if let Some(db) = e.as_db_error() {
-        return ApiError::from_db(db, anon);
-    }
-    error!(cause = %e, "database connection error");
-    ApiError::unavailable("Database connection lost").details(e.to_string())
 }

@@ -35,6 +35,57 @@ impl Args {
     }
 }
 
+/// How deep arrays and objects may nest in a request, in JSON and in the
+/// array or json literals of its values. Deeper input would exhaust
+/// PostgreSQL's parser stack (a 500); it is refused here with 400.
+pub const MAX_NESTING: usize = 512;
+
+/// The deepest nesting of `[`/`{` in `text`: structural nesting when
+/// `json` (outside strings), and within each string or plain value (the
+/// array and json literals PostgreSQL will parse from it).
+fn nesting(text: &str, json: bool) -> usize {
+    let (mut outer, mut inner, mut max) = (0usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (!json, false);
+    for b in text.bytes() {
+        if in_string {
+            if json && escaped {
+                escaped = false;
+            } else if json && b == b'\\' {
+                escaped = true;
+            } else if json && b == b'"' {
+                in_string = false;
+                inner = 0;
+            } else if b == b'[' || b == b'{' {
+                inner += 1;
+                max = max.max(inner);
+            } else if (b == b']' || b == b'}') && inner > 0 {
+                inner -= 1;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'[' || b == b'{' {
+            outer += 1;
+            max = max.max(outer);
+        } else if (b == b']' || b == b'}') && outer > 0 {
+            outer -= 1;
+        }
+    }
+    max
+}
+
+fn too_deep(depth: usize) -> ApiError {
+    invalid_json(format!(
+        "Arrays and objects nest {depth} levels deep; at most {MAX_NESTING} are accepted"
+    ))
+}
+
+fn check_nesting(text: &str, json: bool) -> Result<(), ApiError> {
+    match nesting(text, json) {
+        d if d > MAX_NESTING => Err(too_deep(d)),
+        _ => Ok(()),
+    }
+}
+
 fn invalid_json(details: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json").details(details)
 }
@@ -46,6 +97,7 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Args, ApiError> {
     if trimmed.is_empty() {
         return Ok(Args::empty());
     }
+    check_nesting(trimmed, true)?;
     match trimmed.as_bytes()[0] {
         b'{' => {
             let keys = object_keys(trimmed)?;
@@ -89,13 +141,14 @@ fn object_keys(json: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
-pub fn parse_pairs(query: &[u8]) -> Args {
+pub fn parse_pairs(query: &[u8]) -> Result<Args, ApiError> {
     let mut map = Map::new();
     for (k, v) in form_urlencoded::parse(query) {
+        check_nesting(&v, false)?;
         map.insert(k.into_owned(), Value::String(v.into_owned()));
     }
     let keys = map.keys().cloned().collect();
-    Args::from_object(keys, Value::Object(map).to_string())
+    Ok(Args::from_object(keys, Value::Object(map).to_string()))
 }
 
 /// How the body is to be read, from Content-Type (missing means JSON).
@@ -217,8 +270,37 @@ mod tests {
     }
 
     #[test]
+    fn nesting_counts_structure_and_literals_in_strings() {
+        assert_eq!(nesting(r#"{"a":[1,{"b":[]}]}"#, true), 4);
+        assert_eq!(nesting(r#"{"a":"[[[x]]] ]]"}"#, true), 3);
+        assert_eq!(nesting(r#"{"a":"\"[[","b":1}"#, true), 2);
+        assert_eq!(nesting("{{1,2},{3}}", false), 2);
+        assert_eq!(nesting("plain", false), 0);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_database() {
+        let deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        );
+        let e = parse_json_body(deep.as_bytes()).expect_err("too deep");
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "PGRST102"));
+        let ok = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_NESTING - 1),
+            "]".repeat(MAX_NESTING - 1)
+        );
+        assert!(parse_json_body(ok.as_bytes()).is_ok());
+        let query = format!("a={}", "%7B".repeat(MAX_NESTING + 1));
+        let e = parse_pairs(query.as_bytes()).expect_err("too deep");
+        assert_eq!(e.code, "PGRST102");
+    }
+
+    #[test]
     fn repeated_query_parameter_keeps_the_last_value() {
-        let a = parse_pairs(b"a=1&a=2&b=x%20y");
+        let a = parse_pairs(b"a=1&a=2&b=x%20y").expect("pairs");
         let (_, json) = a.object.expect("object");
         let v: Value = serde_json::from_str(&json).expect("json");
         assert_eq!(v["a"], "2");

@@ -9,6 +9,7 @@ mod support;
 mod contracts;
 mod embedded;
 mod feed;
+mod hostile;
 mod idempotency;
 mod integrity;
 mod nonces;

@@ -505,7 +505,10 @@ pub async fn join_tasks<T>(tasks: impl IntoIterator<Item = JoinHandle<T>>) -> Ve
 
 /// Sends a request and reads the whole response.
 pub async fn send(req: reqwest::RequestBuilder) -> Resp {
-    let r = req.send().await.expect("http request");
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("http request: {}", e.without_url()));
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let text = r.text().await.expect("http body");
