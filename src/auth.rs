@@ -8,7 +8,57 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::error::{Fault, Pgrst};
+
+/// Why a request's credentials are refused: 401, nothing runs.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authorization header is not valid UTF-8")]
+    HeaderNotUtf8,
+    #[error("Authorization header must be 'Bearer <token>'")]
+    NotBearer,
+    #[error("Empty JWT in the Authorization header")]
+    EmptyToken,
+    #[error("Server lacks JWT secret: tokens cannot be verified")]
+    SecretMissing,
+    #[error("JWT expired")]
+    Expired,
+    #[error("JWT not yet valid (nbf)")]
+    NotYetValid,
+    #[error("JWT signature does not match")]
+    BadSignature,
+    #[error("JWT algorithm must be HS256")]
+    BadAlgorithm,
+    #[error("JWT cannot be decoded")]
+    Undecodable,
+    #[error("{0}")]
+    Malformed(String),
+    #[error("JWT role claim must be a string")]
+    RoleNotString,
+    #[error("JWT role claim names a role this server may not assume")]
+    RoleNotAssumable(String),
+}
+
+impl Fault for AuthError {
+    fn pgrst(&self) -> Pgrst {
+        match self {
+            AuthError::SecretMissing => Pgrst::JwtSecretMissing,
+            AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::RoleNotString
+            | AuthError::RoleNotAssumable(_) => Pgrst::JwtClaims,
+            _ => Pgrst::JwtDecode,
+        }
+    }
+    fn details(&self) -> Option<String> {
+        match self {
+            AuthError::RoleNotAssumable(role) => Some(format!(
+                "role {role:?} is not a request role of the authenticator"
+            )),
+            _ => None,
+        }
+    }
+}
 
 /// Who a request runs as.
 #[derive(Debug)]
@@ -51,7 +101,7 @@ impl Auth {
         &self,
         authorization: Option<&[u8]>,
         assumable: &HashSet<String>,
-    ) -> Result<Identity, ApiError> {
+    ) -> Result<Identity, AuthError> {
         let Some(raw) = authorization else {
             return Ok(Identity {
                 role: self.anon_role.clone(),
@@ -59,65 +109,35 @@ impl Auth {
                 anon: true,
             });
         };
-        let header = std::str::from_utf8(raw).map_err(|_| {
-            ApiError::unauthorized("PGRST301", "Authorization header is not valid UTF-8")
-        })?;
+        let header = std::str::from_utf8(raw).map_err(|_| AuthError::HeaderNotUtf8)?;
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "PGRST301",
-                    "Authorization header must be 'Bearer <token>'",
-                ))
-            }
+            _ => return Err(AuthError::NotBearer),
         };
         if token.is_empty() {
-            return Err(ApiError::unauthorized(
-                "PGRST301",
-                "Empty JWT in the Authorization header",
-            ));
+            return Err(AuthError::EmptyToken);
         }
         let Some(key) = &self.key else {
-            return Err(ApiError::unauthorized(
-                "PGRST300",
-                "Server lacks JWT secret: tokens cannot be verified",
-            ));
+            return Err(AuthError::SecretMissing);
         };
         jsonwebtoken::decode::<IgnoredAny>(token, key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
-                K::ExpiredSignature => ApiError::unauthorized("PGRST303", "JWT expired"),
-                K::ImmatureSignature => {
-                    ApiError::unauthorized("PGRST303", "JWT not yet valid (nbf)")
-                }
-                K::InvalidSignature => {
-                    ApiError::unauthorized("PGRST301", "JWT signature does not match")
-                }
-                K::InvalidAlgorithm => {
-                    ApiError::unauthorized("PGRST301", "JWT algorithm must be HS256")
-                }
-                _ => ApiError::unauthorized("PGRST301", "JWT cannot be decoded"),
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidSignature => AuthError::BadSignature,
+                K::InvalidAlgorithm => AuthError::BadAlgorithm,
+                _ => AuthError::Undecodable,
             }
         })?;
         let claims = strict_claims(token)?;
         let role = match claims.get("role") {
             None | Some(Value::Null) => self.anon_role.clone(),
             Some(Value::String(r)) => r.clone(),
-            Some(_) => {
-                return Err(ApiError::unauthorized(
-                    "PGRST303",
-                    "JWT role claim must be a string",
-                ))
-            }
+            Some(_) => return Err(AuthError::RoleNotString),
         };
         if role != self.anon_role && !assumable.contains(&role) {
-            return Err(ApiError::unauthorized(
-                "PGRST303",
-                "JWT role claim names a role this server may not assume",
-            )
-            .details(format!(
-                "role {role:?} is not a request role of the authenticator"
-            )));
+            return Err(AuthError::RoleNotAssumable(role));
         }
         let anon = role == self.anon_role;
         Ok(Identity {
@@ -132,8 +152,8 @@ impl Auth {
 /// (`{"role":"a","role":"b"}`) is refused rather than resolved one way
 /// here and maybe another by the next reader, and so is a `crit` header,
 /// since this server implements no JWS extension (RFC 7515 §4.1.11).
-fn strict_claims(token: &str) -> Result<Map<String, Value>, ApiError> {
-    let refuse = |why: String| ApiError::unauthorized("PGRST301", why);
+fn strict_claims(token: &str) -> Result<Map<String, Value>, AuthError> {
+    let refuse = AuthError::Malformed;
     let mut parts = token.split('.');
     let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
         return Err(refuse("JWT must have three parts".into()));
@@ -290,9 +310,10 @@ mod tests {
             ("Basic abc", "PGRST301"),
             ("Bearer ", "PGRST301"),
         ] {
-            let err = auth
-                .identify(Some(header.as_bytes()), &roles())
-                .expect_err(header);
+            let err = crate::error::ApiError::from(
+                auth.identify(Some(header.as_bytes()), &roles())
+                    .expect_err(header),
+            );
             assert_eq!(err.status.as_u16(), 401, "{header}");
             assert_eq!(err.code, code, "{header}");
         }
@@ -332,7 +353,9 @@ mod tests {
                 r#"{"role":"pgrpc_user"}"#,
             ),
         ] {
-            let err = auth.identify(Some(t.as_bytes()), &roles()).expect_err(&t);
+            let err = crate::error::ApiError::from(
+                auth.identify(Some(t.as_bytes()), &roles()).expect_err(&t),
+            );
             assert_eq!(
                 (err.status.as_u16(), err.code.as_str()),
                 (401, "PGRST301"),

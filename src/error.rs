@@ -1,5 +1,12 @@
-//! The one place where failures become HTTP: the SQLSTATE → status map and
-//! the PostgREST error body `{"code","message","details","hint"}`.
+//! The one place where failures become HTTP.
+//!
+//! Each layer has its own error enum: `auth::AuthError`,
+//! `http::request::RequestError`, `plan::PlanError` and `db::exec::ExecError`.
+//! Each names its [`Pgrst`] code; [`Pgrst::status`] is the table of every
+//! PGRST code this proxy answers with its status, after PostgREST's
+//! `Error.hs`. PostgreSQL's own errors keep their SQLSTATE as the code and
+//! take their status from [`status_for_sqlstate`]. Everything ends up as an
+//! [`ApiError`], the PostgREST body `{"code","message","details","hint"}`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -7,6 +14,175 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTH
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::error::{DbError, SqlState};
+
+/// Every PGRST code the proxy answers, grouped as PostgREST groups them:
+/// 0xx connection, 1xx request, 2xx schema cache, 3xx JWT. `PGRPC…` codes
+/// are pgrpc's own, for cases PostgREST has no code for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pgrst {
+    /// PGRST001: the database cannot be reached.
+    Connection,
+    /// PGRST002: the function cache is not loaded yet.
+    SchemaCacheMissing,
+    /// PGRST003: no pooled connection within the pool timeout.
+    PoolTimeout,
+    /// PGRST100: a malformed query parameter or header.
+    QueryParam,
+    /// PGRST101: a method the resource does not allow.
+    InvalidMethod,
+    /// PGRST102: a body that is not valid (or too deeply nested) JSON.
+    InvalidBody,
+    /// PGRST106: a profile that is not an exposed schema.
+    UnacceptableSchema,
+    /// PGRST107 (406): an Accept that cannot be served.
+    MediaType,
+    /// PGRST107 (415): a Content-Type that cannot be read.
+    ContentType,
+    /// PGRST111: an invalid `response.headers` setting.
+    GucHeaders,
+    /// PGRST112: an invalid `response.status` setting.
+    GucStatus,
+    /// PGRST116: a singular response whose call returned another count of rows.
+    Singularity,
+    /// PGRST121: a `RAISE SQLSTATE 'PGRST'` whose JSON cannot be read.
+    RaiseParse,
+    /// PGRST125: a path that is not served.
+    InvalidPath,
+    /// PGRST202: no function matches the name and arguments.
+    NoRpc,
+    /// PGRST203: more than one function matches.
+    AmbiguousRpc,
+    /// PGRST300: a token arrived, and the server has no key to check it.
+    JwtSecretMissing,
+    /// PGRST301: a token that cannot be decoded or verified.
+    JwtDecode,
+    /// PGRST303: a verified token whose claims are refused.
+    JwtClaims,
+    /// PGRPC413: a body over `PGRPC_MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// PGRPC500: a fault of the proxy itself.
+    Internal,
+}
+
+impl Pgrst {
+    /// The code and status of each, in one table.
+    pub const fn code_and_status(self) -> (&'static str, StatusCode) {
+        use Pgrst::*;
+        match self {
+            Connection => ("PGRST001", StatusCode::SERVICE_UNAVAILABLE),
+            SchemaCacheMissing => ("PGRST002", StatusCode::SERVICE_UNAVAILABLE),
+            PoolTimeout => ("PGRST003", StatusCode::GATEWAY_TIMEOUT),
+            QueryParam => ("PGRST100", StatusCode::BAD_REQUEST),
+            InvalidMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
+            InvalidBody => ("PGRST102", StatusCode::BAD_REQUEST),
+            UnacceptableSchema => ("PGRST106", StatusCode::NOT_ACCEPTABLE),
+            MediaType => ("PGRST107", StatusCode::NOT_ACCEPTABLE),
+            ContentType => ("PGRST107", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            GucHeaders => ("PGRST111", StatusCode::INTERNAL_SERVER_ERROR),
+            GucStatus => ("PGRST112", StatusCode::INTERNAL_SERVER_ERROR),
+            Singularity => ("PGRST116", StatusCode::NOT_ACCEPTABLE),
+            RaiseParse => ("PGRST121", StatusCode::INTERNAL_SERVER_ERROR),
+            InvalidPath => ("PGRST125", StatusCode::NOT_FOUND),
+            NoRpc => ("PGRST202", StatusCode::NOT_FOUND),
+            AmbiguousRpc => ("PGRST203", StatusCode::MULTIPLE_CHOICES),
+            JwtSecretMissing => ("PGRST300", StatusCode::UNAUTHORIZED),
+            JwtDecode => ("PGRST301", StatusCode::UNAUTHORIZED),
+            JwtClaims => ("PGRST303", StatusCode::UNAUTHORIZED),
+            BodyTooLarge => ("PGRPC413", StatusCode::PAYLOAD_TOO_LARGE),
+            Internal => ("PGRPC500", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    pub const ALL: [Pgrst; 21] = {
+        use Pgrst::*;
+        [
+            Connection,
+            SchemaCacheMissing,
+            PoolTimeout,
+            QueryParam,
+            InvalidMethod,
+            InvalidBody,
+            UnacceptableSchema,
+            MediaType,
+            ContentType,
+            GucHeaders,
+            GucStatus,
+            Singularity,
+            RaiseParse,
+            InvalidPath,
+            NoRpc,
+            AmbiguousRpc,
+            JwtSecretMissing,
+            JwtDecode,
+            JwtClaims,
+            BodyTooLarge,
+            Internal,
+        ]
+    };
+}
+
+/// A layer's error: its message is its `Display`; the rest it names here.
+pub trait Fault: std::fmt::Display {
+    /// The code and status; unused when [`Fault::postgres`] or
+    /// [`Fault::answer`] gives the answer.
+    fn pgrst(&self) -> Pgrst;
+    /// PostgreSQL's own error, answered with its SQLSTATE, and whether the
+    /// request ran as the anonymous role.
+    fn postgres(&self) -> Option<(&DbError, bool)> {
+        None
+    }
+    /// An answer already made (a replayed or stored error).
+    fn answer(&self) -> Option<&ApiError> {
+        None
+    }
+    fn details(&self) -> Option<String> {
+        None
+    }
+    fn hint(&self) -> Option<String> {
+        None
+    }
+    /// Extra response headers (`Allow`, `Retry-After`, …).
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        Vec::new()
+    }
+}
+
+impl<E: Fault> From<E> for ApiError {
+    fn from(e: E) -> ApiError {
+        if let Some((db, anon)) = e.postgres() {
+            return ApiError::from_db(db, anon);
+        }
+        if let Some(answer) = e.answer() {
+            return answer.clone();
+        }
+        let (code, status) = e.pgrst().code_and_status();
+        let message = e.to_string();
+        let mut headers = e.headers();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                let challenge = format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                    message.replace('"', "'")
+                );
+                let value = HeaderValue::from_str(&challenge)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+                headers.push((WWW_AUTHENTICATE, value));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            _ => {}
+        }
+        ApiError {
+            status,
+            code: code.to_string(),
+            details: e.details(),
+            hint: e.hint(),
+            message,
+            headers,
+        }
+    }
+}
 
 /// An error answered to the client. Every field maps onto the PostgREST
 /// body; `headers` carries extras such as `Retry-After`.
@@ -21,50 +197,6 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code: code.to_string(),
-            message: message.into(),
-            details: None,
-            hint: None,
-            headers: Vec::new(),
-        }
-    }
-
-    pub fn details(mut self, details: impl Into<String>) -> Self {
-        self.details = Some(details.into());
-        self
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-
-    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// 401 for a token problem, with the `WWW-Authenticate` challenge.
-    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        let challenge = format!(
-            "Bearer error=\"invalid_token\", error_description=\"{}\"",
-            message.replace('"', "'")
-        );
-        let value = HeaderValue::from_str(&challenge)
-            .unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
-        ApiError::new(StatusCode::UNAUTHORIZED, code, message).header(WWW_AUTHENTICATE, value)
-    }
-
-    /// 503 with `Retry-After`, for a database that cannot be reached.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST001", message)
-            .header(RETRY_AFTER, HeaderValue::from_static("1"))
-    }
-
     pub fn body_json(&self) -> Value {
         json!({
             "code": self.code,
@@ -172,14 +304,7 @@ pub fn status_for_sqlstate(state: &SqlState, anon: bool) -> StatusCode {
 /// the message carries code/message/details/hint, the detail carries the
 /// status and headers.
 fn from_raise_pgrst(err: &DbError) -> ApiError {
-    let bad = || {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "PGRST121",
-            "Could not parse JSON in the RAISE SQLSTATE 'PGRST' error",
-        )
-        .details(err.message().to_string())
-    };
+    let bad = || ApiError::from(RaiseParseError(err.message().to_string()));
     let Ok(msg) = serde_json::from_str::<Value>(err.message()) else {
         return bad();
     };
@@ -230,6 +355,19 @@ fn from_raise_pgrst(err: &DbError) -> ApiError {
     api
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("Could not parse JSON in the RAISE SQLSTATE 'PGRST' error")]
+struct RaiseParseError(String);
+
+impl Fault for RaiseParseError {
+    fn pgrst(&self) -> Pgrst {
+        Pgrst::RaiseParse
+    }
+    fn details(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +407,25 @@ mod tests {
         assert_eq!(status("42501", true), 401);
         assert_eq!(status("42501", false), 403);
         assert_eq!(status("PTabc", false), 500);
+    }
+
+    #[test]
+    fn every_code_is_listed_once_in_its_range() {
+        let mut seen = std::collections::HashSet::new();
+        for p in Pgrst::ALL {
+            let (code, status) = p.code_and_status();
+            assert!(seen.insert((code, status)), "{code} twice");
+            assert!(status.is_client_error() || status.is_server_error() || status.as_u16() == 300);
+            if let Some(n) = code.strip_prefix("PGRST") {
+                let group = n.as_bytes()[0];
+                let want = match p {
+                    Pgrst::Connection | Pgrst::SchemaCacheMissing | Pgrst::PoolTimeout => b'0',
+                    Pgrst::NoRpc | Pgrst::AmbiguousRpc => b'2',
+                    Pgrst::JwtSecretMissing | Pgrst::JwtDecode | Pgrst::JwtClaims => b'3',
+                    _ => b'1',
+                };
+                assert_eq!(group, want, "{code} is in the wrong range");
+            }
+        }
     }
 }

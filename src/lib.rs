@@ -6,20 +6,29 @@
 //!
 //! ## Layout
 //!
+//! A request walks once through these rooms: `http` parses it into an
+//! `ApiRequest`, `auth` names its role, `plan` resolves the function and its
+//! SQL against the cache, `db::exec` runs it in its own transaction, and
+//! `http` turns the outcome into a response. Errors of every layer become
+//! the PostgREST body in `error`.
+//!
 //! - [`config`]: `ServeConfig`, every setting and its default.
 //! - [`server`]: the accept loop, `serve(listener, config, shutdown)`,
-//!   graceful drain, and `AppState` shared by requests.
-//! - [`http`] (frontend): routing, `/rpc/<fn>` per PostgREST, body, query
-//!   and header parsing (`http::request`), response shaping, `/live`,
-//!   `/ready`.
-//! - [`auth`]: the JWT check (HS256, expiry with leeway) and role selection.
-//! - [`error`]: `ApiError`, the PostgREST error body, and the one
-//!   SQLSTATE → HTTP status map.
+//!   connection limits, graceful drain.
+//! - [`app`]: `AppState`, shared by every request.
+//! - [`http`] (frontend): routing, `/rpc/<fn>` per PostgREST, `/live`,
+//!   `/ready`, `/metrics`, `/`; `http::request` parses the wire into an
+//!   [`api_request::ApiRequest`].
+//! - [`api_request`]: what a client asked for, as plain data.
+//! - [`auth`]: the JWT check (HS256, expiry with leeway, strict claims) and
+//!   role selection.
+//! - [`plan`]: overload resolution, the call statement, the response's
+//!   shape, and the `Idempotency-Key` request hash and stored response.
+//! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
+//!   codes and statuses, and the one SQLSTATE → HTTP status map.
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
-//!   pg_catalog and reloaded on `NOTIFY pgrst`; `db::call`, the generated
-//!   call statement and the pipelined transaction.
-//! - [`idempotency`]: the `Idempotency-Key` header, on top of the SQL in
-//!   `sql/V10__http_idempotency.sql`.
+//!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
+//!   `db::exec`, the executor that owns every call's transaction.
 //! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
 //! - [`metrics`]: `GET /metrics`, Prometheus text.
 //! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
@@ -31,15 +40,17 @@
 // only travels on the error path, where boxing would buy nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod api_request;
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod embedded;
 pub mod error;
 pub mod http;
-pub mod idempotency;
 pub mod metrics;
 pub mod migrate;
 pub mod openapi;
+pub mod plan;
 pub mod relay;
 pub mod server;

@@ -5,10 +5,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,10 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::auth::Auth;
+use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::db::{self, Catalog};
-use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -30,24 +27,6 @@ pub enum ServeError {
     Db(#[from] db::DbError),
     #[error("accept failed: {0}")]
     Accept(#[from] std::io::Error),
-}
-
-/// Everything a request needs, shared by all connections.
-pub struct AppState {
-    pub config: ServeConfig,
-    pub pool: Pool,
-    pub catalog: Arc<Catalog>,
-    pub auth: Auth,
-    pub metrics: Metrics,
-    request_seq: AtomicU64,
-    instance: u32,
-}
-
-impl AppState {
-    pub fn next_request_id(&self) -> String {
-        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n:012x}", self.instance)
-    }
 }
 
 pub async fn serve<F>(
@@ -69,19 +48,7 @@ where
         pool.clone(),
         stop_rx,
     ));
-    let state = Arc::new(AppState {
-        auth: Auth::new(
-            config.jwt_secret.as_deref(),
-            config.jwt_leeway_secs,
-            &config.anon_role,
-        ),
-        pool,
-        catalog,
-        metrics: Metrics::default(),
-        request_seq: AtomicU64::new(0),
-        instance: rand::random(),
-        config,
-    });
+    let state = Arc::new(AppState::new(config, pool, catalog));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
     }

@@ -12,12 +12,128 @@
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool, PoolError, TimeoutType};
-use hyper::StatusCode;
 use tokio_postgres::Statement;
 use tracing::error;
 
-use super::call::{read_call_row, CallResult, RequestSettings, SETTINGS_SQL};
-use crate::error::ApiError;
+use super::schema::RoleSettings;
+use crate::error::{ApiError, Fault, Pgrst};
+
+/// Why a call did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("Timed out acquiring connection from connection pool.")]
+    PoolTimeout,
+    #[error("Database client error. Retrying the connection.")]
+    Unavailable(String),
+    #[error("Database connection lost")]
+    Lost(String),
+    /// PostgreSQL refused the call: its SQLSTATE decides the answer.
+    #[error("{}", .error.message())]
+    Postgres {
+        error: Box<tokio_postgres::error::DbError>,
+        anon: bool,
+    },
+    #[error("JSON object requested, multiple (or no) rows returned")]
+    Singularity(i64),
+    /// The call's result cannot become the response stored for its key.
+    #[error("{}", .0.message)]
+    Rejected(ApiError),
+    #[error("The call's task failed")]
+    TaskFailed,
+    #[error("unexpected idempotency claim state {0:?}")]
+    ClaimState(String),
+}
+
+impl ExecError {
+    fn from_pg(e: tokio_postgres::Error, anon: bool) -> ExecError {
+        match e.as_db_error() {
+            Some(db) => ExecError::Postgres {
+                error: Box::new(db.clone()),
+                anon,
+            },
+            None => {
+                error!(cause = %e, "database connection error");
+                ExecError::Lost(e.to_string())
+            }
+        }
+    }
+}
+
+impl Fault for ExecError {
+    fn pgrst(&self) -> Pgrst {
+        match self {
+            ExecError::PoolTimeout => Pgrst::PoolTimeout,
+            ExecError::Unavailable(_) | ExecError::Lost(_) => Pgrst::Connection,
+            ExecError::Singularity(_) => Pgrst::Singularity,
+            ExecError::TaskFailed
+            | ExecError::ClaimState(_)
+            | ExecError::Postgres { .. }
+            | ExecError::Rejected(_) => Pgrst::Internal,
+        }
+    }
+    fn postgres(&self) -> Option<(&tokio_postgres::error::DbError, bool)> {
+        match self {
+            ExecError::Postgres { error, anon } => Some((error, *anon)),
+            _ => None,
+        }
+    }
+    fn answer(&self) -> Option<&ApiError> {
+        match self {
+            ExecError::Rejected(api) => Some(api),
+            _ => None,
+        }
+    }
+    fn details(&self) -> Option<String> {
+        match self {
+            ExecError::Unavailable(d) | ExecError::Lost(d) => Some(d.clone()),
+            ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
+            _ => None,
+        }
+    }
+}
+
+/// What the call statement returns: `(body, rows, response.headers, response.status)`.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    pub body: Option<String>,
+    pub rows: i64,
+    pub headers: Option<String>,
+    pub status: Option<String>,
+}
+
+/// The per-request settings, applied with `set_config(..., true)` so they
+/// last for the transaction only: the role, the request GUCs PostgREST
+/// sets, and the role's own settings (`ALTER ROLE … SET`), which `SET ROLE`
+/// alone would not apply.
+pub struct RequestSettings {
+    pub role: String,
+    pub claims: String,
+    pub method: String,
+    pub path: String,
+    pub headers: String,
+    pub role_settings: Arc<RoleSettings>,
+}
+
+impl RequestSettings {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [
+            &self.role,
+            &self.claims,
+            &self.method,
+            &self.path,
+            &self.headers,
+            &self.role_settings.names,
+            &self.role_settings.values,
+        ]
+    }
+}
+
+pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
+     set_config('request.jwt.claims', $2, true), \
+     set_config('request.method', $3, true), \
+     set_config('request.path', $4, true), \
+     set_config('request.headers', $5, true), \
+     (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
 
 /// What the caller's HTTP layer stores for an `Idempotency-Key`, and what a
 /// replay gives back.
@@ -65,24 +181,20 @@ const STORE_SQL: &str = "SELECT private.http_idempotency_store($1, $2, $3::text:
 
 /// Runs the call in its own task and waits for it. The task always ends
 /// the transaction, even when the waiting request is dropped.
-pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ApiError> {
+pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let pool = pool.clone();
     match tokio::spawn(async move { run(&pool, job).await }).await {
         Ok(result) => result,
         Err(e) => {
             error!(cause = %e, "call task failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "PGRPC500",
-                "The call's task failed",
-            ))
+            Err(ExecError::TaskFailed)
         }
     }
 }
 
-async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ApiError> {
+async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let anon = job.anon;
-    let fail = |e: tokio_postgres::Error| db_error(&e, anon);
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     let client = checkout(pool).await?;
     let call = client.prepare_cached(&job.sql).await.map_err(fail)?;
     let settings = client.prepare_cached(SETTINGS_SQL).await.map_err(fail)?;
@@ -161,9 +273,9 @@ async fn stepwise(
     client: &Object,
     job: CallJob,
     call: &Statement,
-) -> Result<(Executed, bool), ApiError> {
+) -> Result<(Executed, bool), ExecError> {
     let anon = job.anon;
-    let fail = |e: tokio_postgres::Error| db_error(&e, anon);
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     if let Some(idem) = &job.idempotency {
         let claim = client.prepare_cached(CLAIM_SQL).await.map_err(fail)?;
         let row = client
@@ -183,24 +295,18 @@ async fn stepwise(
                 };
                 return Ok((Executed::Replayed(stored), false));
             }
-            other => {
-                // The claim raises 422 idempotency_key_reused itself; any
-                // other state is a contract break between SQL and proxy.
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "PGRPC500",
-                    format!("unexpected idempotency claim state {other:?}"),
-                ));
-            }
+            // The claim raises 422 idempotency_key_reused itself; any
+            // other state is a contract break between SQL and proxy.
+            other => return Err(ExecError::ClaimState(other.to_string())),
         }
     }
     let row = client.query_one(call, &[&job.args]).await.map_err(fail)?;
     let result = read_call_row(&row);
     if job.singular && result.rows != 1 {
-        return Err(not_one_row(result.rows));
+        return Err(ExecError::Singularity(result.rows));
     }
     if let Some(idem) = job.idempotency {
-        let stored = (idem.shape)(&result)?;
+        let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
         let store = client.prepare_cached(STORE_SQL).await.map_err(fail)?;
         client
             .query_one(
@@ -218,43 +324,24 @@ async fn stepwise(
     Ok((Executed::Called(result), true))
 }
 
-/// 406 PGRST116: a single object was asked for, and the call returned
-/// another number of rows.
-pub fn not_one_row(rows: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "PGRST116",
-        "JSON object requested, multiple (or no) rows returned",
-    )
-    .details(format!("The result contains {rows} rows"))
-}
-
 /// A pooled connection, or 504 when the pool stays exhausted past its
 /// timeout, or 503 when the database cannot be reached.
-async fn checkout(pool: &Pool) -> Result<Object, ApiError> {
+async fn checkout(pool: &Pool) -> Result<Object, ExecError> {
     match pool.get().await {
         Ok(c) => Ok(c),
-        Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "PGRST003",
-            "Timed out acquiring connection from connection pool.",
-        )),
+        Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ExecError::PoolTimeout),
         Err(e) => {
             error!(cause = %e, "cannot get a database connection");
-            Err(
-                ApiError::unavailable("Database client error. Retrying the connection.")
-                    .details(e.to_string()),
-            )
+            Err(ExecError::Unavailable(e.to_string()))
         }
     }
 }
 
-/// Maps an error of the call. A lost connection is 503; PostgreSQL's own
-/// errors follow the SQLSTATE map.
-pub fn db_error(e: &tokio_postgres::Error, anon: bool) -> ApiError {
-    if let Some(db) = e.as_db_error() {
-        return ApiError::from_db(db, anon);
+fn read_call_row(row: &tokio_postgres::Row) -> CallResult {
+    CallResult {
+        body: row.get(0),
+        rows: row.get(1),
+        headers: row.get::<_, Option<String>>(2).filter(|s| !s.is_empty()),
+        status: row.get::<_, Option<String>>(3).filter(|s| !s.is_empty()),
     }
-    error!(cause = %e, "database connection error");
-    ApiError::unavailable("Database connection lost").details(e.to_string())
 }

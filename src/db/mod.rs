@@ -1,8 +1,7 @@
-//! The database side: the connection pool, the function cache and its
-//! reload listener, the call statement (`call`) and the executor that owns
-//! each call's transaction (`exec`).
+//! The database side: the connection pool, the function cache (`schema`)
+//! and its reload listener, and the executor that owns each call's
+//! transaction (`exec`).
 
-pub mod call;
 pub mod exec;
 pub mod schema;
 
@@ -182,4 +181,18 @@ async fn reload(
     // Statements prepared against the old catalog may no longer be valid.
     pool.manager().statement_caches.clear();
     Ok(())
+}
+
+/// A quoted SQL identifier, for names that come from the catalog.
+pub fn quote_ident(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }

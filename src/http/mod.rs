@@ -1,5 +1,6 @@
-//! The HTTP side: routing, the `/rpc/<function>` contract of PostgREST, and
-//! the operational endpoints. A request walks once from here into `db`.
+//! The HTTP side (frontend): routing, the `/rpc/<function>` contract of
+//! PostgREST, and the operational endpoints. An RPC request walks once
+//! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
 pub mod request;
 
@@ -7,19 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tracing::info;
 
-use crate::db::call::{CallResult, RequestSettings};
-use crate::db::exec::{self, CallJob, Executed, IdempotentCall};
-use crate::db::schema::{Routine, SchemaCache, Shape};
+use crate::app::AppState;
+use crate::db::exec::{self, CallJob, ExecError, Executed, IdempotentCall, RequestSettings};
 use crate::error::ApiError;
-use crate::server::AppState;
-use request::{Args, BodyKind};
+use crate::plan::{self, PlanError, Reply};
+use request::RequestError;
 
 pub type Body = Full<Bytes>;
 
@@ -85,9 +85,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             if state.catalog.is_ready() {
                 json_response(StatusCode::OK, json!({"status": "ready"}).to_string())
             } else {
-                ApiError::unavailable(
-                    "The database is not reachable or the function cache is not loaded yet",
-                )
+                ApiError::from(ExecError::Unavailable(
+                    "The database is not reachable or the function cache is not loaded yet".into(),
+                ))
                 .into_response()
             }
         }
@@ -112,30 +112,16 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
                     );
                     r
                 }
-                Err(e) => e.into_response(),
+                Err(e) => ApiError::from(e).into_response(),
             },
-            None => schema_cache_missing().into_response(),
+            None => ApiError::from(PlanError::SchemaCacheMissing).into_response(),
         },
-        "/live" | "/ready" | "/metrics" | "/" => {
-            let mut r = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "PGRST101",
-                "Only GET and HEAD are allowed here",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET,HEAD"));
-            r
-        }
-        _ => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "PGRST125",
-            "Invalid path specified in request URL",
-        )
-        .details(format!(
-            "{path} is not served; functions are under /rpc/<name>"
-        ))
+        "/live" | "/ready" | "/metrics" | "/" => ApiError::from(RequestError::MethodNotAllowed {
+            message: "Only GET and HEAD are allowed here",
+            allow: "GET,HEAD",
+        })
         .into_response(),
+        _ => ApiError::from(RequestError::InvalidPath(path.to_string())).into_response(),
     };
     let resp = if method == Method::HEAD {
         strip_body(resp)
@@ -143,15 +129,6 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         resp
     };
     (resp, label)
-}
-
-fn schema_cache_missing() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "PGRST002",
-        "Could not query the database for the schema cache. Retrying.",
-    )
-    .header(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
@@ -169,292 +146,109 @@ fn strip_body(resp: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
-/// `/rpc/<name>` for GET, HEAD, POST and OPTIONS.
+/// `/rpc/<name>` for GET, HEAD, POST and OPTIONS: parse → plan → execute
+/// → respond.
 async fn rpc(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let method = req.method().clone();
-    let write = match method {
-        Method::GET | Method::HEAD => false,
-        Method::POST => true,
+    match *req.method() {
+        Method::GET | Method::HEAD | Method::POST => {}
         Method::OPTIONS => return options(state, &req, name),
         _ => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "PGRST101",
-                "For functions, only GET, HEAD, POST and OPTIONS are allowed",
-            )
-            .header(ALLOW, HeaderValue::from_static(RPC_ALLOW_READ)))
+            return Err(RequestError::MethodNotAllowed {
+                message: "For functions, only GET, HEAD, POST and OPTIONS are allowed",
+                allow: RPC_ALLOW_READ,
+            }
+            .into())
         }
-    };
-    let cache = state.catalog.get().ok_or_else(schema_cache_missing)?;
-    let schema = request::profile(req.headers(), write, &state.config.schemas)?;
-    let identity = state.auth.identify(
-        req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes),
-        &cache.roles,
+    }
+    let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
+    let request = request::parse(
+        req,
+        name,
+        &state.config.schemas,
+        state.config.max_body_bytes,
+    )
+    .await?;
+    let identity = state
+        .auth
+        .identify(request.authorization.as_deref(), &cache.roles)?;
+    let write = request.is_write();
+    let plan = plan::plan(
+        &cache,
+        &request.schema,
+        name,
+        &request.args,
+        write,
+        request.singular,
     )?;
-    let singular = request::wants_single_object(req.headers())?;
-    let headers_json = headers_json(req.headers());
-    let idempotency_key = if write {
-        req.headers()
-            .get("idempotency-key")
-            .map(|v| v.to_str().map(str::to_string))
-            .transpose()
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "PGRST100",
-                    "Idempotency-Key must be visible ASCII",
-                )
-            })?
-    } else {
-        None
-    };
-    let path = req.uri().path().to_string();
-    let args = if write {
-        let kind = request::body_kind(req.headers())?;
-        let bytes = read_body(req, state.config.max_body_bytes).await?;
-        match kind {
-            BodyKind::Json => request::parse_json_body(&bytes)?,
-            BodyKind::Form => request::parse_pairs(&bytes)?,
-        }
-    } else {
-        request::parse_pairs(req.uri().query().unwrap_or("").as_bytes())?
-    };
-    let (routine, args_json) = resolve(&cache, schema, name, &args, write)?;
-    let head = method == Method::HEAD;
-    let idempotency = idempotency_key.map(|key| IdempotentCall {
-        request_hash: crate::idempotency::request_hash(method.as_str(), &path, schema, args_json.0),
+    let idempotency = request.idempotency_key.clone().map(|key| IdempotentCall {
+        request_hash: plan::request_hash(
+            request.method.as_str(),
+            &request.path,
+            &request.schema,
+            &plan.args,
+        ),
         key,
-        shape: crate::idempotency::shaper(routine.clone(), singular),
+        shape: plan::shaper(plan.routine.clone(), plan.singular),
     });
     let job = CallJob {
-        sql: routine.call_sql(args_json.1, singular),
-        args: args_json.0.to_string(),
-        read_only: !write,
-        singular,
+        sql: plan.sql.clone(),
+        args: plan.args,
+        read_only: plan.read_only,
+        singular: plan.singular,
         settings: RequestSettings {
             role_settings: cache.settings_of(&identity.role),
             role: identity.role,
             claims: identity.claims,
-            method: method.as_str().to_string(),
-            path,
-            headers: headers_json,
+            method: request.method.as_str().to_string(),
+            path: request.path,
+            headers: request.headers_json,
         },
         idempotency,
         anon: identity.anon,
     };
-    let built = match exec::execute(&state.pool, job).await? {
-        Executed::Called(result) => build_response(&routine, result, singular)?,
-        Executed::Replayed(stored) => crate::idempotency::replayed(stored)?,
+    let reply = match exec::execute(&state.pool, job).await? {
+        Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular)?,
+        Executed::Replayed(stored) => plan::replayed(stored)?,
     };
-    Ok(finish(built, schema, state, head))
+    Ok(respond(
+        reply,
+        &request.schema,
+        state,
+        request.method == Method::HEAD,
+    ))
 }
 
-/// A response computed from a call, before the transport headers.
-pub struct Built {
-    pub status: StatusCode,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Option<String>,
-    pub content_type: &'static str,
-    pub replayed: bool,
-}
-
-fn finish(built: Built, schema: &str, state: &AppState, head: bool) -> Response<Body> {
-    let body = match (&built.body, head) {
+/// The response for a reply: body, media type, profile and replay headers.
+fn respond(reply: Reply, schema: &str, state: &AppState, head: bool) -> Response<Body> {
+    let body = match (&reply.body, head) {
         (Some(b), false) => Bytes::from(b.clone()),
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = built.status;
+    *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
-    if built.body.is_some() {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(built.content_type));
+    if reply.body.is_some() {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
     }
     if state.config.schemas.len() > 1 {
         if let Ok(v) = HeaderValue::from_str(schema) {
             h.insert(HeaderName::from_static("content-profile"), v);
         }
     }
-    if built.replayed {
+    if reply.replayed {
         h.insert(
             HeaderName::from_static("idempotent-replayed"),
             HeaderValue::from_static("true"),
         );
     }
-    for (name, value) in built.headers {
+    for (name, value) in reply.headers {
         h.insert(name, value);
     }
     resp
-}
-
-/// Turns the call's row into status, headers and body.
-pub fn build_response(routine: &Routine, r: CallResult, singular: bool) -> Result<Built, ApiError> {
-    let headers = match &r.headers {
-        None => Vec::new(),
-        Some(text) => parse_response_headers(text)?,
-    };
-    let status = match &r.status {
-        None => None,
-        Some(s) => Some(
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .and_then(|n| StatusCode::from_u16(n).ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "PGRST112",
-                        "The status code must be a positive integer",
-                    )
-                    .details(format!("response.status was set to {s:?}"))
-                })?,
-        ),
-    };
-    let content_type = if singular {
-        "application/vnd.pgrst.object+json; charset=utf-8"
-    } else {
-        "application/json; charset=utf-8"
-    };
-    if routine.shape == Shape::Void {
-        return Ok(Built {
-            status: status.unwrap_or(StatusCode::NO_CONTENT),
-            headers,
-            body: None,
-            content_type,
-            replayed: false,
-        });
-    }
-    Ok(Built {
-        status: status.unwrap_or(StatusCode::OK),
-        headers,
-        body: Some(r.body.unwrap_or_else(|| "null".to_string())),
-        content_type,
-        replayed: false,
-    })
-}
-
-/// `response.headers`: a JSON array of single-key objects.
-pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
-    let bad = || {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "PGRST111",
-            "The response.headers setting must be a JSON array of objects",
-        )
-        .details(text.to_string())
-    };
-    let value: Value = serde_json::from_str(text).map_err(|_| bad())?;
-    let list = value.as_array().ok_or_else(bad)?;
-    let mut out = Vec::new();
-    for item in list {
-        let obj = item.as_object().ok_or_else(bad)?;
-        for (k, v) in obj {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
-            let value = HeaderValue::from_str(&v).map_err(|_| bad())?;
-            out.push((name, value));
-        }
-    }
-    Ok(out)
-}
-
-/// Picks the one routine the arguments call, or answers 404 / 300.
-fn resolve<'a>(
-    cache: &SchemaCache,
-    schema: &str,
-    name: &str,
-    args: &'a Args,
-    write: bool,
-) -> Result<(Arc<Routine>, (&'a str, u64)), ApiError> {
-    let overloads = cache.overloads(schema, name).unwrap_or(&[]);
-    let mut named: Vec<(&Arc<Routine>, u64)> = Vec::new();
-    if let Some((keys, _)) = &args.object {
-        for r in overloads.iter().filter(|r| !r.takes_body) {
-            if let Some(mask) = r.match_keys(keys.iter().map(String::as_str)) {
-                named.push((r, mask));
-            }
-        }
-    }
-    if named.len() == 1 {
-        let (r, mask) = named[0];
-        let json = args
-            .object
-            .as_ref()
-            .map(|(_, j)| j.as_str())
-            .unwrap_or("{}");
-        return Ok((r.clone(), (json, mask)));
-    }
-    if named.len() > 1 {
-        let list: Vec<String> = named
-            .iter()
-            .map(|(r, _)| {
-                let params: Vec<String> = r
-                    .params
-                    .iter()
-                    .map(|p| format!("{} => {}", p.name, p.type_sql))
-                    .collect();
-                format!("{}.{}({})", r.schema, r.name, params.join(", "))
-            })
-            .collect();
-        return Err(ApiError::new(
-            StatusCode::MULTIPLE_CHOICES,
-            "PGRST203",
-            format!(
-                "Could not choose the best candidate function between: {}",
-                list.join(", ")
-            ),
-        )
-        .hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved"));
-    }
-    if write {
-        if let Some(r) = overloads.iter().find(|r| r.takes_body) {
-            return Ok((r.clone(), (args.whole.as_str(), 0)));
-        }
-    }
-    let keys: Vec<&str> = match &args.object {
-        Some((keys, _)) => {
-            let mut k: Vec<&str> = keys.iter().map(String::as_str).collect();
-            k.sort_unstable();
-            k
-        }
-        None => Vec::new(),
-    };
-    if args.object.is_none() && !overloads.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "PGRST102",
-            "Invalid body: expected a JSON object (or an array of them)",
-        ));
-    }
-    let mut err = ApiError::new(
-        StatusCode::NOT_FOUND,
-        "PGRST202",
-        format!(
-            "Could not find the function {schema}.{name}({}) in the schema cache",
-            keys.join(", ")
-        ),
-    )
-    .details(format!(
-        "Searched for the function {schema}.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
-        if keys.is_empty() { "()".to_string() } else { keys.join(", ") }
-    ));
-    if let Some(first) = overloads.first() {
-        err = err.hint(format!(
-            "Perhaps you meant to call the function {}",
-            first.signature()
-        ));
-    } else if let Some(similar) = cache.similar_name(schema, name) {
-        err = err.hint(format!(
-            "Perhaps you meant to call the function {schema}.{similar}"
-        ));
-    }
-    Err(err)
 }
 
 fn options(
@@ -462,23 +256,10 @@ fn options(
     req: &Request<Incoming>,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let cache = state.catalog.get().ok_or_else(schema_cache_missing)?;
+    let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
     let schema = request::profile(req.headers(), true, &state.config.schemas)
         .or_else(|_| request::profile(req.headers(), false, &state.config.schemas))?;
-    let overloads = cache.overloads(schema, name).unwrap_or(&[]);
-    if overloads.is_empty() {
-        let mut err = ApiError::new(
-            StatusCode::NOT_FOUND,
-            "PGRST202",
-            format!("Could not find the function {schema}.{name} in the schema cache"),
-        );
-        if let Some(similar) = cache.similar_name(schema, name) {
-            err = err.hint(format!(
-                "Perhaps you meant to call the function {schema}.{similar}"
-            ));
-        }
-        return Err(err);
-    }
+    let overloads = plan::overloads(&cache, schema, name)?;
     let allow = if overloads.iter().all(|r| r.is_read_only()) {
         RPC_ALLOW_READ
     } else {
@@ -488,54 +269,4 @@ fn options(
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     Ok(r)
-}
-
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PGRPC413",
-            format!("The request body is larger than {limit} bytes"),
-        )
-        .hint("Send a smaller body, or raise PGRPC_MAX_BODY_BYTES")
-    };
-    if let Some(len) = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        if len > limit {
-            return Err(too_large());
-        }
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_large())
-            } else {
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "PGRST100",
-                    "Could not read the request body",
-                )
-                .details(e.to_string()))
-            }
-        }
-    }
-}
-
-/// All request headers as a JSON object with lowercase names.
-fn headers_json(headers: &hyper::HeaderMap) -> String {
-    let mut map = Map::with_capacity(headers.len());
-    for (name, value) in headers {
-        map.insert(
-            name.as_str().to_string(),
-            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-        );
-    }
-    Value::Object(map).to_string()
 }

@@ -1,38 +1,182 @@
-//! Reading a request: the body and query string become the JSON argument
-//! object, the Accept header picks the response form, the profile headers
-//! pick the schema.
+//! Reading a request into an [`ApiRequest`]: the body and query string
+//! become the JSON argument object, the Accept header picks the response
+//! form, the profile headers pick the schema.
 
 use std::collections::HashMap;
 
-use hyper::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
-use hyper::StatusCode;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::api_request::{ApiRequest, Args};
+use crate::error::{Fault, Pgrst};
 
-/// The arguments of one call.
-#[derive(Debug)]
-pub struct Args {
-    /// The whole body as sent (for a single unnamed json parameter).
-    pub whole: String,
-    /// Keys and JSON text of the argument object, when the body is an object
-    /// (or an array whose first element is one).
-    pub object: Option<(Vec<String>, String)>,
+/// Why a request cannot even be planned: its body, headers or form.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("Empty or invalid json")]
+    InvalidJson(String),
+    #[error("Empty or invalid json")]
+    NestedTooDeep(usize),
+    #[error("Content-Type not acceptable: {0}")]
+    UnsupportedContentType(String),
+    #[error("None of these media types are available: {0}")]
+    NotAcceptable(String),
+    #[error("The schema must be one of the following: {}", .0.join(", "))]
+    UnknownProfile(Vec<String>),
+    #[error("Idempotency-Key must be visible ASCII")]
+    BadIdempotencyKey,
+    #[error("The request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("Could not read the request body")]
+    BodyUnreadable(String),
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: &'static str,
+        allow: &'static str,
+    },
+    #[error("Invalid path specified in request URL")]
+    InvalidPath(String),
 }
 
-impl Args {
-    fn from_object(keys: Vec<String>, json: String) -> Args {
-        Args {
-            whole: json.clone(),
-            object: Some((keys, json)),
+impl Fault for RequestError {
+    fn pgrst(&self) -> Pgrst {
+        match self {
+            RequestError::InvalidJson(_) | RequestError::NestedTooDeep(_) => Pgrst::InvalidBody,
+            RequestError::UnsupportedContentType(_) => Pgrst::ContentType,
+            RequestError::NotAcceptable(_) => Pgrst::MediaType,
+            RequestError::UnknownProfile(_) => Pgrst::UnacceptableSchema,
+            RequestError::BadIdempotencyKey | RequestError::BodyUnreadable(_) => Pgrst::QueryParam,
+            RequestError::BodyTooLarge(_) => Pgrst::BodyTooLarge,
+            RequestError::MethodNotAllowed { .. } => Pgrst::InvalidMethod,
+            RequestError::InvalidPath(_) => Pgrst::InvalidPath,
         }
     }
-
-    pub fn empty() -> Args {
-        Args::from_object(Vec::new(), "{}".to_string())
+    fn details(&self) -> Option<String> {
+        match self {
+            RequestError::InvalidJson(d) | RequestError::BodyUnreadable(d) => Some(d.clone()),
+            RequestError::NestedTooDeep(depth) => Some(format!(
+                "Arrays and objects nest {depth} levels deep; at most {MAX_NESTING} are accepted"
+            )),
+            RequestError::InvalidPath(path) => Some(format!(
+                "{path} is not served; functions are under /rpc/<name>"
+            )),
+            _ => None,
+        }
     }
+    fn hint(&self) -> Option<String> {
+        match self {
+            RequestError::UnsupportedContentType(_) => {
+                Some("Send application/json or application/x-www-form-urlencoded".into())
+            }
+            RequestError::BodyTooLarge(_) => {
+                Some("Send a smaller body, or raise PGRPC_MAX_BODY_BYTES".into())
+            }
+            _ => None,
+        }
+    }
+    fn headers(&self) -> Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> {
+        match self {
+            RequestError::MethodNotAllowed { allow, .. } => vec![(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static(allow),
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Reads everything a call needs from the request: arguments (body or
+/// query string), profile, Accept, the `Idempotency-Key`, and the headers
+/// as JSON for `request.headers`.
+pub async fn parse(
+    req: Request<Incoming>,
+    function: &str,
+    schemas: &[String],
+    max_body_bytes: usize,
+) -> Result<ApiRequest, RequestError> {
+    let method = req.method().clone();
+    let write = method == Method::POST;
+    let schema = profile(req.headers(), write, schemas)?.to_string();
+    let singular = wants_single_object(req.headers())?;
+    let headers_json = headers_json(req.headers());
+    let authorization = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let idempotency_key = if write {
+        req.headers()
+            .get("idempotency-key")
+            .map(|v| v.to_str().map(str::to_string))
+            .transpose()
+            .map_err(|_| RequestError::BadIdempotencyKey)?
+    } else {
+        None
+    };
+    let path = req.uri().path().to_string();
+    let args = if write {
+        let kind = body_kind(req.headers())?;
+        let bytes = read_body(req, max_body_bytes).await?;
+        match kind {
+            BodyKind::Json => parse_json_body(&bytes)?,
+            BodyKind::Form => parse_pairs(&bytes)?,
+        }
+    } else {
+        parse_pairs(req.uri().query().unwrap_or("").as_bytes())?
+    };
+    Ok(ApiRequest {
+        method,
+        function: function.to_string(),
+        path,
+        schema,
+        args,
+        singular,
+        idempotency_key,
+        authorization,
+        headers_json,
+    })
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(RequestError::BodyTooLarge(limit));
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(RequestError::BodyTooLarge(limit))
+            } else {
+                Err(RequestError::BodyUnreadable(e.to_string()))
+            }
+        }
+    }
+}
+
+/// All request headers as a JSON object with lowercase names.
+fn headers_json(headers: &HeaderMap) -> String {
+    let mut map = Map::with_capacity(headers.len());
+    for (name, value) in headers {
+        map.insert(
+            name.as_str().to_string(),
+            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        );
+    }
+    Value::Object(map).to_string()
 }
 
 /// How deep arrays and objects may nest in a request, in JSON and in the
@@ -73,25 +217,19 @@ fn nesting(text: &str, json: bool) -> usize {
     max
 }
 
-fn too_deep(depth: usize) -> ApiError {
-    invalid_json(format!(
-        "Arrays and objects nest {depth} levels deep; at most {MAX_NESTING} are accepted"
-    ))
-}
-
-fn check_nesting(text: &str, json: bool) -> Result<(), ApiError> {
+fn check_nesting(text: &str, json: bool) -> Result<(), RequestError> {
     match nesting(text, json) {
-        d if d > MAX_NESTING => Err(too_deep(d)),
+        d if d > MAX_NESTING => Err(RequestError::NestedTooDeep(d)),
         _ => Ok(()),
     }
 }
 
-fn invalid_json(details: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json").details(details)
+fn invalid_json(details: impl Into<String>) -> RequestError {
+    RequestError::InvalidJson(details.into())
 }
 
 /// A JSON body: `{}` when empty; an array uses its first element.
-pub fn parse_json_body(bytes: &[u8]) -> Result<Args, ApiError> {
+pub fn parse_json_body(bytes: &[u8]) -> Result<Args, RequestError> {
     let text = std::str::from_utf8(bytes).map_err(|_| invalid_json("the body is not UTF-8"))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -134,14 +272,14 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Args, ApiError> {
     }
 }
 
-fn object_keys(json: &str) -> Result<Vec<String>, ApiError> {
+fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
     let map: HashMap<String, IgnoredAny> =
         serde_json::from_str(json).map_err(|e| invalid_json(e.to_string()))?;
     Ok(map.into_keys().collect())
 }
 
 /// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
-pub fn parse_pairs(query: &[u8]) -> Result<Args, ApiError> {
+pub fn parse_pairs(query: &[u8]) -> Result<Args, RequestError> {
     let mut map = Map::new();
     for (k, v) in form_urlencoded::parse(query) {
         check_nesting(&v, false)?;
@@ -157,7 +295,7 @@ pub enum BodyKind {
     Form,
 }
 
-pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, RequestError> {
     let Some(ct) = headers.get(CONTENT_TYPE) else {
         return Ok(BodyKind::Json);
     };
@@ -171,18 +309,13 @@ pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     match media.as_str() {
         "" | "application/json" | "*/*" => Ok(BodyKind::Json),
         "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
-        _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "PGRST107",
-            format!("Content-Type not acceptable: {media}"),
-        )
-        .hint("Send application/json or application/x-www-form-urlencoded")),
+        _ => Err(RequestError::UnsupportedContentType(media)),
     }
 }
 
 /// Whether the client asked for a single object
 /// (`application/vnd.pgrst.object+json`) or JSON in general.
-pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, ApiError> {
+pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, RequestError> {
     let Some(accept) = headers.get(ACCEPT) else {
         return Ok(false);
     };
@@ -205,11 +338,7 @@ pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, ApiError> {
             _ => {}
         }
     }
-    Err(ApiError::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "PGRST107",
-        format!("None of these media types are available: {accept}"),
-    ))
+    Err(RequestError::NotAcceptable(accept.to_string()))
 }
 
 /// The schema a request addresses: `Accept-Profile` for reads,
@@ -218,7 +347,7 @@ pub fn profile<'a>(
     headers: &HeaderMap,
     write: bool,
     schemas: &'a [String],
-) -> Result<&'a str, ApiError> {
+) -> Result<&'a str, RequestError> {
     let name = if write {
         "content-profile"
     } else {
@@ -232,21 +361,13 @@ pub fn profile<'a>(
         .iter()
         .find(|s| s.as_str() == wanted)
         .map(String::as_str)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_ACCEPTABLE,
-                "PGRST106",
-                format!(
-                    "The schema must be one of the following: {}",
-                    schemas.join(", ")
-                ),
-            )
-        })
+        .ok_or_else(|| RequestError::UnknownProfile(schemas.to_vec()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ApiError;
 
     #[test]
     fn empty_body_is_an_empty_object() {
@@ -264,7 +385,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_pgrst102() {
-        let e = parse_json_body(b"{\"a\":").expect_err("malformed");
+        let e = ApiError::from(parse_json_body(b"{\"a\":").expect_err("malformed"));
         assert_eq!(e.code, "PGRST102");
         assert_eq!(e.status.as_u16(), 400);
     }
@@ -285,7 +406,7 @@ mod tests {
             "[".repeat(MAX_NESTING),
             "]".repeat(MAX_NESTING)
         );
-        let e = parse_json_body(deep.as_bytes()).expect_err("too deep");
+        let e = ApiError::from(parse_json_body(deep.as_bytes()).expect_err("too deep"));
         assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "PGRST102"));
         let ok = format!(
             "{{\"a\":{}{}}}",
@@ -294,7 +415,7 @@ mod tests {
         );
         assert!(parse_json_body(ok.as_bytes()).is_ok());
         let query = format!("a={}", "%7B".repeat(MAX_NESTING + 1));
-        let e = parse_pairs(query.as_bytes()).expect_err("too deep");
+        let e = ApiError::from(parse_pairs(query.as_bytes()).expect_err("too deep"));
         assert_eq!(e.code, "PGRST102");
     }
 

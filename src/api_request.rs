@@ -1,0 +1,53 @@
+//! What a client asked for, as plain data: `http` builds it from the wire,
+//! `plan` resolves it against the function cache.
+
+use hyper::Method;
+
+/// One RPC request, parsed.
+#[derive(Debug)]
+pub struct ApiRequest {
+    /// GET, HEAD or POST.
+    pub method: Method,
+    pub function: String,
+    pub path: String,
+    /// The profile: one of the exposed schemas.
+    pub schema: String,
+    pub args: Args,
+    /// `Accept: application/vnd.pgrst.object+json`.
+    pub singular: bool,
+    pub idempotency_key: Option<String>,
+    /// The raw `Authorization` header, checked by `auth`.
+    pub authorization: Option<Vec<u8>>,
+    /// Every header as a JSON object, for `request.headers`.
+    pub headers_json: String,
+}
+
+impl ApiRequest {
+    /// POST writes; GET and HEAD run READ ONLY.
+    pub fn is_write(&self) -> bool {
+        self.method == Method::POST
+    }
+}
+
+/// The arguments of one call.
+#[derive(Debug)]
+pub struct Args {
+    /// The whole body as sent (for a single unnamed json parameter).
+    pub whole: String,
+    /// Keys and JSON text of the argument object, when the body is an object
+    /// (or an array whose first element is one).
+    pub object: Option<(Vec<String>, String)>,
+}
+
+impl Args {
+    pub fn from_object(keys: Vec<String>, json: String) -> Args {
+        Args {
+            whole: json.clone(),
+            object: Some((keys, json)),
+        }
+    }
+
+    pub fn empty() -> Args {
+        Args::from_object(Vec::new(), "{}".to_string())
+    }
+}
