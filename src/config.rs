@@ -1,58 +1,83 @@
-//! Server configuration: one struct, with every default visible here.
-//! `main` builds it from flags and environment (clap); tests build it with
-//! `ServeConfig::new` and change fields.
+//! Server configuration: one struct whose fields are the command-line flags
+//! and environment variables of `pgrpc serve`, each default written once,
+//! here. Tests build it with `ServeConfig::new` (the defaults, no
+//! environment) and change fields.
 
 use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
+
 /// Everything `serve` needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
-    /// The `pgrpc_authenticator` connection (`PGRPC_DATABASE_URL`).
+    /// The `pgrpc_authenticator` connection; `main` sets it from
+    /// `PGRPC_DATABASE_URL` or from the embedded server.
+    #[arg(skip)]
     pub database_url: String,
-    /// HS256 secret (`PGRPC_JWT_SECRET`), at least 32 characters. Without
-    /// one, every request with a token is refused with 401.
+    /// HS256 secret, at least 32 characters (embedded mode generates one).
+    /// Without one, every request with a token is refused with 401.
+    #[arg(long, env = "PGRPC_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    /// Clock skew allowed on token expiry (exp, nbf), in seconds.
+    #[arg(long, env = "PGRPC_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
-    /// Exposed schemas (`PGRPC_SCHEMAS`); the first is the default profile.
+    /// Exposed schemas, comma-separated; the first is the default profile.
+    #[arg(
+        long,
+        env = "PGRPC_SCHEMAS",
+        value_delimiter = ',',
+        default_value = "api"
+    )]
     pub schemas: Vec<String>,
-    /// Role for requests without a token (`PGRPC_ANON_ROLE`).
+    /// Role for requests without a token.
+    #[arg(long, env = "PGRPC_ANON_ROLE", default_value = "pgrpc_anon")]
     pub anon_role: String,
-    /// Maximum pooled connections (`PGRPC_POOL_SIZE`).
+    /// Pooled database connections.
+    #[arg(long, env = "PGRPC_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
-    /// How long a request waits for a pooled connection before 504
-    /// (`PGRPC_POOL_TIMEOUT_MS`).
+    /// How long a request waits for a pooled connection before 504, in ms.
+    #[arg(long = "pool-timeout-ms", env = "PGRPC_POOL_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub pool_timeout: Duration,
-    /// Largest accepted request body (`PGRPC_MAX_BODY_BYTES`).
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PGRPC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// How long SIGTERM waits for in-flight requests, in ms.
+    #[arg(long = "shutdown-grace-ms", env = "PGRPC_SHUTDOWN_GRACE_MS", default_value = "30000", value_parser = millis)]
     pub shutdown_grace: Duration,
     /// How long a client may take to send a request's headers, idle
-    /// keep-alive time included, before its connection is closed
-    /// (`PGRPC_HEADER_READ_TIMEOUT_MS`).
+    /// keep-alive time included, before its connection is closed, in ms.
+    #[arg(long = "header-read-timeout-ms", env = "PGRPC_HEADER_READ_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub header_read_timeout: Duration,
-    /// Open client connections at most (`PGRPC_MAX_CONNECTIONS`); further
-    /// clients wait in the listen backlog until one closes.
+    /// Open client connections at most; further clients wait in the listen
+    /// backlog until one closes.
+    #[arg(long, env = "PGRPC_MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
+/// A duration given in milliseconds.
+pub fn millis(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("expected milliseconds: {e}"))
+}
+
+/// A clap-derived settings struct from `args` and its declared defaults,
+/// without reading the environment: how code and tests build one.
+pub fn from_args<T: Args + FromArgMatches>(args: &[&str]) -> Result<T, clap::Error> {
+    let cmd = T::augment_args(clap::Command::new("pgrpc")).mut_args(|a| a.env(None::<&str>));
+    let matches = cmd.try_get_matches_from(std::iter::once("pgrpc").chain(args.iter().copied()))?;
+    T::from_arg_matches(&matches)
+}
+
 impl ServeConfig {
     pub fn new(database_url: impl Into<String>) -> Self {
         ServeConfig {
             database_url: database_url.into(),
-            jwt_secret: None,
-            jwt_leeway_secs: 30,
-            schemas: vec!["api".to_string()],
-            anon_role: "pgrpc_anon".to_string(),
-            pool_size: 16,
-            pool_timeout: Duration::from_millis(10_000),
-            max_body_bytes: 1024 * 1024,
-            shutdown_grace: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 1000,
+            ..from_args(&[]).expect("every setting of ServeConfig has a default")
         }
     }
 
@@ -85,5 +110,22 @@ impl ServeConfig {
             return Err("PGRPC_ANON_ROLE must name a role".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_one_declaration() {
+        let c = ServeConfig::new("postgres://x");
+        assert_eq!(c.schemas, vec!["api".to_string()]);
+        assert_eq!(c.pool_size, 16);
+        assert_eq!(c.pool_timeout, Duration::from_secs(10));
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.jwt_secret, None);
+        assert!(c.validate().is_ok());
     }
 }

@@ -49,6 +49,8 @@ pub enum EmbeddedError {
     },
     #[error("cannot create the {DATABASE} database: {0}")]
     CreateDb(#[source] tokio_postgres::Error),
+    #[error("embedded migration failed: {0}")]
+    Migrate(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EmbeddedError {
@@ -341,6 +343,40 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Everything `pgrpc serve` does without a database URL: starts the
+/// server, migrates it, points `config` at it as the authenticator, and
+/// gives it the data directory's JWT secret unless one is set.
+pub async fn serve_setup(
+    data_dir: &Path,
+    bin_dir: Option<&Path>,
+    config: &mut crate::config::ServeConfig,
+) -> Result<Embedded, EmbeddedError> {
+    let pg = Embedded::start(data_dir, bin_dir).await?;
+    match crate::migrate::run(&pg.superuser_url()).await {
+        Ok(report) => {
+            for name in &report.applied {
+                info!(migration = %name, "applied");
+            }
+        }
+        Err(e) => {
+            pg.stop().await;
+            return Err(EmbeddedError::Migrate(e.to_string()));
+        }
+    }
+    config.database_url = pg.authenticator_url();
+    if config.jwt_secret.is_none() {
+        match jwt_secret(&pg.data_dir) {
+            Ok(secret) => config.jwt_secret = Some(secret),
+            Err(e) => {
+                pg.stop().await;
+                return Err(e);
+            }
+        }
+        info!(file = %pg.data_dir.join("jwt_secret").display(), "JWT secret of the embedded mode");
+    }
+    Ok(pg)
 }
 
 /// The JWT secret kept in the data directory, created on first start, so

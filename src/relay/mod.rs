@@ -15,24 +15,27 @@
 //! aggregate, so the events of a batch are delivered concurrently without
 //! breaking per-aggregate order.
 
-use std::fmt;
+mod config;
+mod lease;
+mod signature;
+
+pub use config::RelayConfig;
+pub use signature::{signature_header, verify_signature};
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::FutureExt;
 use futures_util::stream::{self, StreamExt};
-use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use lease::Db;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -51,150 +54,6 @@ const ERROR_SNIPPET_CHARS: usize = 300;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Everything `pgrpc relay` needs; `new` fills in the defaults.
-#[derive(Clone)]
-pub struct RelayConfig {
-    /// A connection that may become `db_role` (for example as
-    /// `pgrpc_authenticator`, or a login role granted `pgrpc_service`).
-    pub database_url: String,
-    /// Role taken with `SET ROLE` after connecting; needs EXECUTE on
-    /// `api.outbox_claim/ack/nack`.
-    pub db_role: String,
-    /// `http://` URL the events are POSTed to.
-    pub webhook_url: String,
-    /// HMAC-SHA256 key for the signature header; at least 32 bytes.
-    pub signing_secret: String,
-    /// Name recorded on each lease (`private.outbox.leased_by`).
-    pub consumer: String,
-    /// Deliver only these event types; `None` delivers all.
-    pub event_types: Option<Vec<String>>,
-    /// Events leased per claim (1..=1000).
-    pub batch_size: u32,
-    /// Lease length; must exceed `request_timeout`.
-    pub lease_seconds: u32,
-    /// Requests in flight at once within a batch.
-    pub concurrency: usize,
-    /// How often to claim when no notification arrives.
-    pub poll_interval: Duration,
-    /// Limit for one POST, connection included.
-    pub request_timeout: Duration,
-}
-
-impl RelayConfig {
-    pub fn new(
-        database_url: impl Into<String>,
-        webhook_url: impl Into<String>,
-        signing_secret: impl Into<String>,
-    ) -> RelayConfig {
-        RelayConfig {
-            database_url: database_url.into(),
-            db_role: "pgrpc_service".to_string(),
-            webhook_url: webhook_url.into(),
-            signing_secret: signing_secret.into(),
-            consumer: format!("pgrpc-relay-{}", std::process::id()),
-            event_types: None,
-            batch_size: 100,
-            lease_seconds: 60,
-            concurrency: 8,
-            poll_interval: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// Checks every setting and returns the parsed webhook URL; the error
-    /// names the setting to fix.
-    fn validate(&self) -> Result<Uri, RelayError> {
-        let uri: Uri = self
-            .webhook_url
-            .parse()
-            .map_err(|e| RelayError::config("webhook_url", format!("not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(RelayError::config(
-                    "webhook_url",
-                    "https is not supported by this build; point the relay at a local \
-                     TLS-terminating proxy over http",
-                ))
-            }
-            _ => return Err(RelayError::config("webhook_url", "must start with http://")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(RelayError::config("webhook_url", "has no host"));
-        }
-        if self.signing_secret.len() < 32 {
-            return Err(RelayError::config(
-                "signing_secret",
-                "must be at least 32 bytes",
-            ));
-        }
-        if self.consumer.trim().is_empty() || self.consumer.len() > 200 {
-            return Err(RelayError::config(
-                "consumer",
-                "must be 1 to 200 characters",
-            ));
-        }
-        if self.db_role.trim().is_empty() {
-            return Err(RelayError::config("db_role", "must name a role"));
-        }
-        if !(1..=1000).contains(&self.batch_size) {
-            return Err(RelayError::config(
-                "batch_size",
-                "must be between 1 and 1000",
-            ));
-        }
-        if self.concurrency == 0 {
-            return Err(RelayError::config("concurrency", "must be at least 1"));
-        }
-        if self.poll_interval.is_zero() {
-            return Err(RelayError::config("poll_interval", "must be positive"));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(RelayError::config("request_timeout", "must be positive"));
-        }
-        if !(1..=86_400).contains(&self.lease_seconds)
-            || Duration::from_secs(self.lease_seconds.into()) <= self.request_timeout
-        {
-            return Err(RelayError::config(
-                "lease_seconds",
-                "must be at most 86400 and longer than request_timeout",
-            ));
-        }
-        if let Some(types) = &self.event_types {
-            if types.iter().any(|t| t.trim().is_empty()) {
-                return Err(RelayError::config("event_types", "contains an empty type"));
-            }
-        }
-        Ok(uri)
-    }
-
-    /// An empty filter would match nothing; treat it as "all types".
-    fn event_filter(&self) -> Option<Vec<String>> {
-        self.event_types.clone().filter(|types| !types.is_empty())
-    }
-}
-
-impl fmt::Debug for RelayConfig {
-    // The secret and the database password stay out of logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayConfig")
-            .field("database_url", &"<redacted>")
-            .field("db_role", &self.db_role)
-            .field("webhook_url", &self.webhook_url)
-            .field("signing_secret", &"<redacted>")
-            .field("consumer", &self.consumer)
-            .field("event_types", &self.event_types)
-            .field("batch_size", &self.batch_size)
-            .field("lease_seconds", &self.lease_seconds)
-            .field("concurrency", &self.concurrency)
-            .field("poll_interval", &self.poll_interval)
-            .field("request_timeout", &self.request_timeout)
-            .finish()
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("invalid relay setting {setting}: {reason}")]
@@ -209,7 +68,7 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    fn config(setting: &'static str, reason: impl Into<String>) -> RelayError {
+    pub(crate) fn config(setting: &'static str, reason: impl Into<String>) -> RelayError {
         RelayError::Config {
             setting,
             reason: reason.into(),
@@ -227,43 +86,6 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     pub attempts: i32,
     pub created_at: String,
-}
-
-/// The value of the signature header for `body` sent at `timestamp`:
-/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
-/// Signing the timestamp lets a receiver refuse old replays.
-pub fn signature_header(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac(secret, timestamp, body).finalize().into_bytes())
-    )
-}
-
-/// Checks a signature header against `body`; returns its timestamp when the
-/// signature is valid (the receiver then decides how old is too old).
-pub fn verify_signature(secret: &[u8], header: &str, body: &[u8]) -> Option<i64> {
-    let mut timestamp = None;
-    let mut signature = None;
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => timestamp = v.parse::<i64>().ok(),
-            Some(("v1", v)) => signature = hex::decode(v).ok(),
-            _ => {}
-        }
-    }
-    let (timestamp, signature) = (timestamp?, signature?);
-    mac(secret, timestamp, body)
-        .verify_slice(&signature)
-        .ok()
-        .map(|()| timestamp)
-}
-
-fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
 }
 
 /// Runs the relay until `shutdown` completes. A batch in flight is finished
@@ -340,79 +162,6 @@ pub async fn run(
     }
     info!(consumer = %relay.config.consumer, "relay stopped");
     Ok(())
-}
-
-/// The relay's database session: one connection, used for claims and acks
-/// and for LISTEN, whose notifications arrive on `notifications`.
-struct Db {
-    client: Client,
-    notifications: mpsc::UnboundedReceiver<String>,
-    claim: Statement,
-    ack: Statement,
-    nack: Statement,
-}
-
-impl Db {
-    async fn connect(config: &RelayConfig) -> Result<Db, RelayError> {
-        let (client, mut connection) = tokio_postgres::connect(&config.database_url, NoTls).await?;
-        let (tx, notifications) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_string()).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(AsyncMessage::Notice(notice)) => debug!(notice = %notice, "database notice"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(cause = %e, "database connection error");
-                        break;
-                    }
-                }
-            }
-            // Dropping tx tells the relay that the connection is gone.
-        });
-        client
-            .batch_execute(&format!(
-                "SET ROLE {}; LISTEN {CHANNEL}",
-                quote_ident(&config.db_role)
-            ))
-            .await?;
-        client
-            .execute(
-                "SELECT pg_catalog.set_config('application_name', $1, false)",
-                &[&format!("pgrpc-relay {}", config.consumer)],
-            )
-            .await?;
-        let claim = client
-            .prepare(
-                "SELECT lease_token, events \
-                 FROM api.outbox_claim($1::text, $2::integer, $3::integer, $4::text[])",
-            )
-            .await?;
-        let ack = client
-            .prepare("SELECT api.outbox_ack($1::uuid, $2::bigint[])")
-            .await?;
-        let nack = client
-            .prepare(
-                "SELECT status FROM api.outbox_nack($1::uuid, $2::bigint, $3::text, $4::integer)",
-            )
-            .await?;
-        Ok(Db {
-            client,
-            notifications,
-            claim,
-            ack,
-            nack,
-        })
-    }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// What became of one event.
