@@ -140,7 +140,7 @@ BEGIN
         IF NOT private.caller_is_anonymous() THEN
             RAISE SQLSTATE 'PT400' USING
                 MESSAGE = 'idempotency_key_requires_sub',
-                DETAIL = format('An Idempotency-Key needs a token with a sub claim to tell callers apart; this %s token has none.',
+                DETAIL = format('An Idempotency-Key needs a sub claim to tell callers apart, and this request, as %s, has none.',
                                 private.request_role()),
                 HINT = 'Issue the token with a sub naming the caller (the service''s name, say), or send the request without Idempotency-Key.';
         END IF;

@@ -1187,3 +1187,33 @@ async fn an_anonymous_call_in_flight_does_not_hold_up_another_with_the_same_key(
     assert_eq!(effects(&server.db, "slow").await, 1);
     assert_eq!(effects(&server.db, "fast").await, 1);
 }
+
+/// Concurrent identical anonymous requests with one key still take effect once: the request scope keeps exactly-once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_anonymous_requests_take_effect_once() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    server
+        .db
+        .superuser()
+        .await
+        .batch_execute(
+            "GRANT EXECUTE ON FUNCTION api.idem_record(text, double precision) TO pgrpc_anon",
+        )
+        .await
+        .expect("grant to anon");
+    let body = json!({"label": "anon-once", "pause": 0.3});
+    let responses = join_all(
+        (0..4).map(|_| anonymous_post_with_key(&server, "idem_record", "k-same", body.clone())),
+    )
+    .await;
+
+    assert_eq!(effects(&server.db, "anon-once").await, 1);
+    let replayed = responses
+        .iter()
+        .filter(|r| r.status == 200 && r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(replayed, 3, "{responses:#?}");
+    let bodies: HashSet<&str> = responses.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(bodies.len(), 1, "responses differ: {bodies:#?}");
+}
