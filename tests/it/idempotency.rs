@@ -10,12 +10,12 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
-use crate::support::api::create_organization;
+use crate::support::api::{create_organization, create_site, service_ok};
 use crate::support::db::{
     assert_refused, assert_refused_as, count, count_for, error_of, query_column, query_value,
     PRIVILEGED_ROLES,
 };
-use crate::support::{send, service_token, token, Resp, TestDb, TestServer};
+use crate::support::{assert_error, send, service_token, token, Resp, TestDb, TestServer};
 
 async fn create_org(server: &TestServer) -> String {
     create_organization(server, "Idempotent Inc", "free").await
@@ -654,7 +654,14 @@ async fn keys_are_scoped_to_the_caller() {
         &[],
     )
     .await;
-    assert_eq!(scopes, ["pgrpc_service:sub:alice", "pgrpc_service:sub:bob"]);
+    assert_eq!(scopes.len(), 2, "{scopes:?}");
+    assert_ne!(scopes[0], scopes[1]);
+    for scope in &scopes {
+        assert!(
+            scope.starts_with("pgrpc_service:claims:"),
+            "a caller with a sub is scoped by role and claims: {scope}"
+        );
+    }
 }
 
 /// Once the idempotency_ttl has passed, the key is forgotten and the same request runs again.
@@ -867,4 +874,346 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     let (_, (state, status, _)) = waiter.await.expect("join");
     assert_eq!(state, "claimed");
     assert_eq!(status, None);
+}
+
+// --- The Idempotency-Key scope: a replay never crosses callers -----------------
+
+/// A POST with an Idempotency-Key header and no token (the anonymous role).
+async fn anonymous_post_with_key(
+    server: &TestServer,
+    function: &str,
+    key: &str,
+    body: Value,
+) -> Resp {
+    send(
+        server
+            .http
+            .post(server.url(&format!("/rpc/{function}")))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string()),
+    )
+    .await
+}
+
+/// A pgrpc_user token with exactly these identity claims.
+fn user_claims_token(sub: &str, org_id: &str, email: &str) -> String {
+    token(json!({"role": "pgrpc_user", "sub": sub, "org_id": org_id, "email": email}))
+}
+
+/// Asserts that `r` ran as a call of its own: not a replay, and not `first`'s body.
+fn assert_not_a_replay_of(r: &Resp, first: &Resp) {
+    assert_eq!(r.header("idempotent-replayed"), None, "{}", r.text);
+    assert_ne!(r.text, first.text, "the first caller's response leaked");
+}
+
+/// Asserts that `r` is `first`'s stored response, replayed.
+fn assert_replay_of(r: &Resp, first: &Resp) {
+    assert_eq!(r.status, first.status, "{}", r.text);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"), "{}", r.text);
+    assert_eq!(r.text, first.text);
+}
+
+/// A user of another organization with the same sub, reusing a key on token_balances, gets its own 403, never the first user's balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_from_another_organization_never_replays_token_balances() {
+    let server = TestServer::start().await;
+    let org_a = create_organization(&server, "Org A", "freemium").await;
+    let site_a = create_site(&server, &org_a, "https://a.example.com").await;
+    let org_b = create_organization(&server, "Org B", "freemium").await;
+    let user_a = user_claims_token("same-sub", &org_a, "ann@example.com");
+    let user_b = user_claims_token("same-sub", &org_b, "ann@example.com");
+    let body = json!({"site_id": site_a});
+
+    let first = post_with_key(&server, "token_balances", &user_a, "k-bal", body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(
+        first.body.as_array().is_some_and(|a| !a.is_empty()),
+        "{}",
+        first.text
+    );
+
+    let other_org = post_with_key(&server, "token_balances", &user_b, "k-bal", body.clone()).await;
+    assert_error(&other_org, 403, "forbidden");
+    assert_not_a_replay_of(&other_org, &first);
+
+    let retry = post_with_key(&server, "token_balances", &user_a, "k-bal", body).await;
+    assert_replay_of(&retry, &first);
+}
+
+/// A user of another organization with the same sub, reusing a key on recent_receives, gets its own 403 and never sees the sender IPs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_from_another_organization_never_replays_recent_receives() {
+    let server = TestServer::start().await;
+    let org_a = uuid::Uuid::new_v4().to_string();
+    let org_b = uuid::Uuid::new_v4().to_string();
+    service_ok(
+        &server,
+        "finalize_receive",
+        json!({"reservation_id": uuid::Uuid::new_v4(), "owner_email": "ann@example.com",
+               "file_count": 1, "total_bytes": 10, "sender_ip": "203.0.113.7"}),
+    )
+    .await;
+    let user_a = user_claims_token("same-sub", &org_a, "ann@example.com");
+    let intruder = user_claims_token("same-sub", &org_b, "eve@example.com");
+    let namesake = user_claims_token("same-sub", &org_b, "ann@example.com");
+    let body = json!({"owner_email": "ann@example.com"});
+
+    let first = post_with_key(&server, "recent_receives", &user_a, "k-feed", body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(first.text.contains("203.0.113.7"), "{}", first.text);
+
+    let stolen = post_with_key(
+        &server,
+        "recent_receives",
+        &intruder,
+        "k-feed",
+        body.clone(),
+    )
+    .await;
+    assert_error(&stolen, 403, "forbidden");
+    assert!(!stolen.text.contains("203.0.113.7"), "{}", stolen.text);
+
+    // Even a token that could read the mailbox runs its own call under another org_id.
+    let own_call = post_with_key(
+        &server,
+        "recent_receives",
+        &namesake,
+        "k-feed",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(own_call.status, 200, "{}", own_call.text);
+    assert_eq!(
+        own_call.header("idempotent-replayed"),
+        None,
+        "{}",
+        own_call.text
+    );
+
+    let retry = post_with_key(&server, "recent_receives", &user_a, "k-feed", body).await;
+    assert_replay_of(&retry, &first);
+}
+
+/// A token with the same sub and organization but another email, reusing a key, gets its own 403, not the first mailbox's feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_under_another_email_never_replays_the_first_mailbox() {
+    let server = TestServer::start().await;
+    let org = uuid::Uuid::new_v4().to_string();
+    service_ok(
+        &server,
+        "finalize_receive",
+        json!({"reservation_id": uuid::Uuid::new_v4(), "owner_email": "ann@example.com",
+               "file_count": 1, "total_bytes": 10, "sender_ip": "198.51.100.4"}),
+    )
+    .await;
+    let ann = user_claims_token("same-sub", &org, "ann@example.com");
+    let bob = user_claims_token("same-sub", &org, "bob@example.com");
+    let body = json!({"owner_email": "ann@example.com"});
+
+    let first = post_with_key(&server, "recent_receives", &ann, "k-mail", body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(first.text.contains("198.51.100.4"), "{}", first.text);
+
+    let other_mailbox = post_with_key(&server, "recent_receives", &bob, "k-mail", body).await;
+    assert_error(&other_mailbox, 403, "forbidden");
+    assert!(
+        !other_mailbox.text.contains("198.51.100.4"),
+        "{}",
+        other_mailbox.text
+    );
+}
+
+/// A fresh token of the same caller (new exp, iat and jti) still replays: only lifetime claims are left out of the scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_of_the_same_caller_still_replays() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let claims = |exp: i64, jti: &str| {
+        token(
+            json!({"role": "pgrpc_service", "sub": "billing", "exp": exp,
+                     "iat": exp - 3600, "jti": jti}),
+        )
+    };
+    let now = chrono::Utc::now().timestamp();
+    let body = json!({"label": "refresh"});
+
+    let first = post_with_key(
+        &server,
+        "idem_record",
+        &claims(now + 600, "t-1"),
+        "k-fresh",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let after_refresh = post_with_key(
+        &server,
+        "idem_record",
+        &claims(now + 3600, "t-2"),
+        "k-fresh",
+        body,
+    )
+    .await;
+    assert_replay_of(&after_refresh, &first);
+    assert_eq!(effects(&server.db, "refresh").await, 1);
+}
+
+/// A token without sub (a service's, here) cannot use the header: 400 idempotency_key_requires_sub, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_sub_is_refused_the_header_with_400() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let no_sub = token(json!({"role": "pgrpc_service"}));
+    let body = json!({"label": "anonymous service"});
+
+    let refused = post_with_key(&server, "idem_record", &no_sub, "k-nosub", body.clone()).await;
+    assert_error(&refused, 400, "idempotency_key_requires_sub");
+    assert_eq!(refused.body["code"], "PT400", "{}", refused.text);
+    assert!(refused.body["details"].is_string() && refused.body["hint"].is_string());
+    assert_eq!(
+        effects(&server.db, "anonymous service").await,
+        0,
+        "nothing ran"
+    );
+    let su = server.db.superuser().await;
+    assert_eq!(
+        count(&su, "SELECT count(*) FROM private.http_idempotency_keys").await,
+        0,
+        "nothing was stored"
+    );
+
+    // The same token may still call without the header.
+    let plain = server.rpc("idem_record", Some(&no_sub), body).await;
+    assert_eq!(plain.status, 200, "{}", plain.text);
+}
+
+/// Two anonymous signers reusing one key with different contract tokens both sign, and each replay returns only its own response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_reusing_a_key_neither_block_nor_see_each_other() {
+    let server = TestServer::start().await;
+    let team = service_ok(
+        &server,
+        "create_team",
+        json!({"tenant_id": 7, "name": "U12"}),
+    )
+    .await;
+    let parent = service_ok(
+        &server,
+        "create_parent",
+        json!({"tenant_id": 7, "name": "Pat", "email": "pat@example.com"}),
+    )
+    .await;
+    let mut players = Vec::new();
+    for name in ["Sam", "Alex"] {
+        players.push(
+            service_ok(
+                &server,
+                "create_player",
+                json!({"tenant_id": 7, "team_id": team["id"], "parent_id": parent["id"], "name": name}),
+            )
+            .await,
+        );
+    }
+    let sign = |player: &Value| json!({"contract_token": player["contract_token"], "signature_ref": "esign-1"});
+
+    let a = anonymous_post_with_key(&server, "sign_contract", "k-anon", sign(&players[0])).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["player_id"], players[0]["id"]);
+    let b = anonymous_post_with_key(&server, "sign_contract", "k-anon", sign(&players[1])).await;
+    assert_eq!(
+        b.status, 200,
+        "the second signer is not refused: {}",
+        b.text
+    );
+    assert_eq!(b.body["player_id"], players[1]["id"]);
+    assert_not_a_replay_of(&b, &a);
+
+    for (player, first) in [(&players[0], &a), (&players[1], &b)] {
+        let retry = anonymous_post_with_key(&server, "sign_contract", "k-anon", sign(player)).await;
+        assert_replay_of(&retry, first);
+    }
+}
+
+/// While one anonymous call holds a key, another anonymous call with that key and another body runs at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_anonymous_call_in_flight_does_not_hold_up_another_with_the_same_key() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let su = server.db.superuser().await;
+    su.batch_execute(
+        "GRANT EXECUTE ON FUNCTION api.idem_record(text, double precision) TO pgrpc_anon",
+    )
+    .await
+    .expect("grant to anon");
+
+    let slow = {
+        let http = server.http.clone();
+        let url = server.url("/rpc/idem_record");
+        tokio::spawn(async move {
+            send(
+                http.post(url)
+                    .header("idempotency-key", "k-busy")
+                    .body(json!({"label": "slow", "pause": 3}).to_string()),
+            )
+            .await
+        })
+    };
+    // The slow call has claimed the key once its function sleeps.
+    let mut sleeping = 0;
+    for _ in 0..200 {
+        sleeping = count(
+            &su,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        )
+        .await;
+        if sleeping == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(sleeping, 1, "the slow call never started");
+
+    let fast =
+        anonymous_post_with_key(&server, "idem_record", "k-busy", json!({"label": "fast"})).await;
+    assert_eq!(fast.status, 200, "{}", fast.text);
+    assert_eq!(fast.body["label"], "fast");
+    assert!(!slow.is_finished(), "the fast call waited for the slow one");
+
+    let slow = slow.await.expect("join");
+    assert_eq!(slow.status, 200, "{}", slow.text);
+    assert_eq!(slow.body["label"], "slow");
+    assert_eq!(slow.header("idempotent-replayed"), None);
+    assert_eq!(effects(&server.db, "slow").await, 1);
+    assert_eq!(effects(&server.db, "fast").await, 1);
+}
+
+/// Concurrent identical anonymous requests with one key still take effect once: the request scope keeps exactly-once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_anonymous_requests_take_effect_once() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    server
+        .db
+        .superuser()
+        .await
+        .batch_execute(
+            "GRANT EXECUTE ON FUNCTION api.idem_record(text, double precision) TO pgrpc_anon",
+        )
+        .await
+        .expect("grant to anon");
+    let body = json!({"label": "anon-once", "pause": 0.3});
+    let responses = join_all(
+        (0..4).map(|_| anonymous_post_with_key(&server, "idem_record", "k-same", body.clone())),
+    )
+    .await;
+
+    assert_eq!(effects(&server.db, "anon-once").await, 1);
+    let replayed = responses
+        .iter()
+        .filter(|r| r.status == 200 && r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(replayed, 3, "{responses:#?}");
+    let bodies: HashSet<&str> = responses.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(bodies.len(), 1, "responses differ: {bodies:#?}");
 }
