@@ -360,14 +360,16 @@ pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue
     Ok(out)
 }
 
-/// SHA-256 over method, path, profile and the canonical body (keys sorted,
-/// insignificant whitespace removed), so that re-serialized retries match.
-pub fn request_hash(method: &str, path: &str, profile: &str, body: &str) -> String {
+/// SHA-256 over method, path, profile, the response form asked for and the
+/// canonical body (keys sorted, insignificant whitespace removed), so that
+/// re-serialized retries match and a retry asking for another form does not.
+pub fn request_hash(method: &str, path: &str, profile: &str, singular: bool, body: &str) -> String {
     let canonical = serde_json::from_str::<Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| body.to_string());
     let mut h = Sha256::new();
-    for part in [method, path, profile, canonical.as_str()] {
+    let form = if singular { "object" } else { "json" };
+    for part in [method, path, profile, form, canonical.as_str()] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -417,12 +419,14 @@ mod tests {
 
     #[test]
     fn hash_ignores_key_order_and_whitespace() {
-        let a = request_hash("POST", "/rpc/f", "api", r#"{"a":1,"b":[1,2]}"#);
-        let b = request_hash("POST", "/rpc/f", "api", r#"{ "b": [1, 2], "a": 1 }"#);
+        let a = request_hash("POST", "/rpc/f", "api", false, r#"{"a":1,"b":[1,2]}"#);
+        let b = request_hash("POST", "/rpc/f", "api", false, r#"{ "b": [1, 2], "a": 1 }"#);
         assert_eq!(a, b);
-        let c = request_hash("POST", "/rpc/f", "api", r#"{"a":2,"b":[1,2]}"#);
+        let c = request_hash("POST", "/rpc/f", "api", false, r#"{"a":2,"b":[1,2]}"#);
         assert_ne!(a, c);
-        let d = request_hash("POST", "/rpc/g", "api", r#"{"a":1,"b":[1,2]}"#);
+        let d = request_hash("POST", "/rpc/g", "api", false, r#"{"a":1,"b":[1,2]}"#);
         assert_ne!(a, d);
+        let e = request_hash("POST", "/rpc/f", "api", true, r#"{"a":1,"b":[1,2]}"#);
+        assert_ne!(a, e);
     }
 }

@@ -5,6 +5,9 @@
     helpers.py jwt SECRET ROLE           an HS256 token with {"role": ROLE}, valid 1 day
     helpers.py wrk FILE                  wrk --latency output -> "rps p50_ms p99_ms non2xx errors"
     helpers.py pgbench OUT LOGPREFIX     pgbench output + per-transaction logs -> "tps p50_ms p99_ms failed"
+    helpers.py cpu-per-request WRKFILE TICKS
+                                         CPU microseconds per request: TICKS clock ticks
+                                         over the requests wrk counted
     helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID
                                          samples CPU time per process group until SIGTERM,
                                          then writes "group NN%, ..." (percent of one core)
@@ -63,6 +66,15 @@ def wrk(path):
         err_count = sum(int(n) for n in re.findall(r"\d+", errors.group(0)))
     print(f"{float(rps.group(1)):.0f} {to_ms(p50.group(1)):.3f} {to_ms(p99.group(1)):.3f} "
           f"{int(non2xx.group(1)) if non2xx else 0} {err_count}")
+
+
+def cpu_per_request(path, ticks):
+    text = open(path).read()
+    m = re.search(r"^\s*(\d+) requests in", text, re.M)
+    if not m or int(m.group(1)) == 0:
+        raise SystemExit(f"cannot find the request count in wrk output:\n{text}")
+    seconds = int(ticks) / os.sysconf("SC_CLK_TCK")
+    print(f"{seconds * 1e6 / int(m.group(1)):.1f}")
 
 
 def percentile(sorted_values, q):
@@ -179,6 +191,8 @@ def main():
         wrk(*args)
     elif cmd == "pgbench":
         pgbench(*args)
+    elif cmd == "cpu-per-request":
+        cpu_per_request(*args)
     elif cmd == "cpu":
         cpu(args[0], int(args[1]), int(args[2]))
     else:

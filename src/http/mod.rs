@@ -189,6 +189,7 @@ async fn rpc(
             request.method.as_str(),
             &request.path,
             &request.schema,
+            plan.singular,
             &plan.args,
         ),
         key,

@@ -212,6 +212,17 @@ async fn a_replayed_singular_response_keeps_its_media_type() {
             Some("application/vnd.pgrst.object+json; charset=utf-8")
         );
     }
+    // The same key asking for an array is another request, not a replay.
+    let other = send(
+        s.http
+            .post(s.url("/rpc/gated_hit"))
+            .bearer_auth(service_token())
+            .header("Idempotency-Key", "singular-media-type")
+            .json(&json!({ "note": "media" })),
+    )
+    .await;
+    assert_eq!(other.status, 422, "{}", other.text);
+    assert_eq!(other.error_code(), "PT422");
 }
 
 fn nested(open: &str, close: &str, depth: usize, inner: &str) -> String {
