@@ -17,3 +17,4 @@ mod proxy;
 mod relay;
 mod tasks;
 mod tokens;
+mod trust;
