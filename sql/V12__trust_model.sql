@@ -294,6 +294,11 @@ $$;
 -- is refused if it touched an object of pgrpc's schemas, or if anything
 -- protected differs from the baseline (GRANT, CREATE TRIGGER, CREATE RULE
 -- and CREATE POLICY report no schema, so only the comparison sees them).
+--
+-- While any role is a member of pgrpc_migrator, superuser DDL is refused
+-- too, so pgrpc migrate stops rather than carry on with a login that can
+-- act as the owner of everything. GRANT of a role fires no event trigger,
+-- and REVOKE neither, so the fix is always at hand.
 CREATE FUNCTION pgrpc_guard.on_ddl_command_end()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -305,6 +310,19 @@ DECLARE
     v_changes text;
 BEGIN
     IF pgrpc_guard.caller_is_superuser() THEN
+        SELECT string_agg(pg_catalog.pg_get_userbyid(m.member), ', ' ORDER BY 1)
+        INTO v_changes
+        FROM pg_catalog.pg_auth_members m
+        JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
+        WHERE r.rolname = 'pgrpc_migrator';
+        IF v_changes IS NOT NULL THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = 'migrator_role_has_members',
+                DETAIL = format('%s is refused while %s may act as pgrpc_migrator, the owner of pgrpc''s objects.',
+                                tg_tag, v_changes),
+                HINT = format('REVOKE pgrpc_migrator FROM %s; then run it again.', v_changes);
+        END IF;
         PERFORM pgrpc_guard.refresh_baseline();
         RETURN;
     END IF;

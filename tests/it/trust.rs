@@ -523,13 +523,15 @@ async fn api_login_cannot_redefine_regrant_or_drop_api_functions() {
     let su = db.superuser().await;
     let version: String = query_value(&su, "SELECT api.version()", &[]).await;
     assert_eq!(version, "0.1.0");
-    // Superuser DDL refreshes the baseline, so the next login DDL outside
-    // pgrpc's schemas still passes.
+    // Superuser DDL refreshes the baseline, as a migration that switched
+    // role makes it, so the next login DDL outside pgrpc's schemas passes.
     su.batch_execute(
-        "CREATE FUNCTION api.added_by_migration() RETURNS int LANGUAGE sql STABLE AS 'SELECT 1'",
+        "CREATE FUNCTION api.added_by_migration() RETURNS int LANGUAGE sql STABLE AS 'SELECT 1'; \
+         BEGIN; SET LOCAL ROLE pgrpc_migrator; \
+         CREATE TABLE private.added_by_migration (id int); COMMIT",
     )
     .await
-    .expect("a migration adds a function");
+    .expect("a migration adds a function and a table");
     api.run(
         None,
         "CREATE SCHEMA scratch; CREATE TABLE scratch.t (x int)",
@@ -630,4 +632,29 @@ async fn authenticator_sessions_end_idle_transactions() {
     let auth = connect(&db.authenticator_url()).await;
     let timeout: String = query_value(&auth, "SHOW idle_in_transaction_session_timeout", &[]).await;
     assert_eq!(timeout, "1min");
+}
+
+/// While a role is a member of pgrpc_migrator, even a superuser's DDL (pgrpc migrate) is refused.
+#[tokio::test]
+async fn migrations_stop_while_a_role_can_act_as_the_migrator() {
+    let db = TestDb::new().await;
+    let role = format!("mig_{}", db.name);
+    let su = db.superuser().await;
+    // Roles are cluster-wide: the membership stays inside this transaction,
+    // invisible to the tests running beside it.
+    su.batch_execute(&format!(
+        "BEGIN; CREATE ROLE {role} NOLOGIN; GRANT pgrpc_migrator TO {role}"
+    ))
+    .await
+    .expect("a member of pgrpc_migrator");
+    let err = su
+        .batch_execute("CREATE TABLE public.after_the_grant (x int)")
+        .await
+        .expect_err("superuser DDL while the migrator has a member");
+    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    assert_eq!(message(&err), "migrator_role_has_members");
+    su.batch_execute("ROLLBACK").await.expect("rollback");
+    su.batch_execute("CREATE TABLE public.after_the_revoke (x int)")
+        .await
+        .expect("superuser DDL once nobody is a member");
 }
