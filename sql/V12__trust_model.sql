@@ -130,7 +130,8 @@ Owned by the superuser that migrated; no other role has any privilege here.$$;
 -- What the guard protects, by name: everything in pgrpc's schemas, the
 -- guard's own schema, and the default privileges of pgrpc's roles. Keyed by
 -- names, never OIDs, so a database cloned from a template or restored from
--- a dump keeps matching its baseline.
+-- a dump keeps matching its baseline; a NULL (default) ACL is spelled out,
+-- because a restore writes an explicit ACL that equals the default as NULL.
 CREATE FUNCTION pgrpc_guard.fingerprint()
 RETURNS TABLE (kind text, name text, detail text)
 LANGUAGE sql
@@ -143,18 +144,19 @@ AS $$
         WHERE n.nspname IN ('private', 'api', 'admin', 'pgrpc_guard')
     )
     SELECT 'schema', ns.nspname::text,
-           concat_ws(' ', pg_catalog.pg_get_userbyid(n.nspowner), n.nspacl::text)
+           concat_ws(' ', pg_catalog.pg_get_userbyid(n.nspowner), coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))::text)
     FROM ns JOIN pg_catalog.pg_namespace n ON n.oid = ns.oid
     UNION ALL
     SELECT 'relation', ns.nspname || '.' || c.relname,
-           concat_ws(' ', c.relkind, pg_catalog.pg_get_userbyid(c.relowner), c.relacl::text,
+           concat_ws(' ', c.relkind, pg_catalog.pg_get_userbyid(c.relowner),
+                     coalesce(c.relacl, pg_catalog.acldefault(CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", c.relowner))::text,
                      c.relrowsecurity, c.relforcerowsecurity, c.relpersistence,
                      c.relreplident, c.reloptions::text, c.relispartition)
     FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
     UNION ALL
     SELECT 'column', ns.nspname || '.' || c.relname || '.' || a.attname,
-           concat_ws(' ', a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod),
-                     a.attnotnull, a.attidentity, a.attgenerated, a.attacl::text,
+           concat_ws(' ', pg_catalog.format_type(a.atttypid, a.atttypmod),
+                     a.attnotnull, a.attidentity, a.attgenerated, nullif(a.attacl::text, '{}'),
                      pg_catalog.pg_get_expr(d.adbin, d.adrelid))
     FROM pg_catalog.pg_attribute a
     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -200,7 +202,7 @@ AS $$
     JOIN ns ON ns.oid = c.relnamespace
     UNION ALL
     SELECT 'function', ns.nspname || '.' || p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid) || ')',
-           concat_ws(' ', p.prokind, pg_catalog.pg_get_userbyid(p.proowner), p.proacl::text,
+           concat_ws(' ', p.prokind, pg_catalog.pg_get_userbyid(p.proowner), coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))::text,
                      p.prosecdef, p.proconfig::text, p.provolatile, p.proisstrict,
                      p.proleakproof, p.proparallel, l.lanname,
                      pg_catalog.pg_get_function_result(p.oid), pg_catalog.md5(p.prosrc),
@@ -210,7 +212,7 @@ AS $$
     JOIN pg_catalog.pg_language l ON l.oid = p.prolang
     UNION ALL
     SELECT 'type', ns.nspname || '.' || t.typname,
-           concat_ws(' ', t.typtype, pg_catalog.pg_get_userbyid(t.typowner), t.typacl::text,
+           concat_ws(' ', t.typtype, pg_catalog.pg_get_userbyid(t.typowner), coalesce(t.typacl, pg_catalog.acldefault('T', t.typowner))::text,
                      CASE WHEN t.typbasetype <> 0 THEN pg_catalog.format_type(t.typbasetype, t.typtypmod) END,
                      t.typnotnull, t.typdefault)
     FROM pg_catalog.pg_type t
