@@ -69,8 +69,10 @@ ALTER ROLE pgrpc_migrator NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATED
 -- as pgrpc_migrator, which holds every privilege on its tables.
 REASSIGN OWNED BY pgrpc_owner TO pgrpc_migrator;
 
+-- A new table is read by nobody until its migration grants SELECT, column
+-- by column if it holds a credential: no default privilege can tell a
+-- credential from a name (trust.rs checks every private table is granted).
 ALTER DEFAULT PRIVILEGES FOR ROLE pgrpc_migrator REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
-ALTER DEFAULT PRIVILEGES FOR ROLE pgrpc_migrator IN SCHEMA private GRANT SELECT ON TABLES TO pgrpc_admin, pgrpc_owner;
 -- pgrpc_owner no longer creates anything.
 ALTER DEFAULT PRIVILEGES FOR ROLE pgrpc_owner IN SCHEMA private REVOKE SELECT ON TABLES FROM pgrpc_admin;
 

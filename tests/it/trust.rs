@@ -472,6 +472,8 @@ async fn owner_and_operator_logins_write_nothing_in_private_tables() {
                 ),
             )
             .await;
+            // New tables get no default SELECT: their migration grants it,
+            // leaving out any credential column.
             assert!(readable > 0, "{group} reads the non-secret columns of {t}");
         }
         login.drop(&db).await;
