@@ -1175,7 +1175,8 @@ async fn an_entry_inserted_directly_emits_one_receive_finalized() {
                   VALUES ($1, 'Direct@Example.com', 3, 300, 'ops', '192.0.2.1') \
                   ON CONFLICT DO NOTHING";
     let su = db.superuser().await;
-    for role in ["pgrpc_owner", "postgres"] {
+    {
+        let role = "postgres";
         let c = db.as_role(role).await;
         let id = Uuid::new_v4();
         assert_eq!(c.execute(insert, &[&id]).await.expect("insert"), 1);
@@ -1245,13 +1246,13 @@ async fn only_the_legacy_migration_inserts_entries_without_an_event() {
         "the caller's flag does not silence finalize_receive"
     );
 
-    let owner = db.as_role("pgrpc_owner").await;
-    owner
+    let superuser = db.superuser().await;
+    superuser
         .batch_execute("SET pgrpc.receive_legacy_migration = 'on'")
         .await
         .expect("flag");
     let direct = Uuid::new_v4();
-    owner
+    superuser
         .execute(
             "INSERT INTO private.receive_feed_entries (reservation_id, owner_email, file_count, total_bytes) \
              VALUES ($1, 'flag@example.com', 1, 1)",
@@ -1346,8 +1347,8 @@ async fn clearing_the_ip_advances_updated_at_and_nothing_else() {
     assert_eq!(fact_after, expected, "only sender_ip changed");
 
     // updated_at is the trigger's: a direct write is overwritten.
-    let owner = db.as_role("pgrpc_owner").await;
-    owner
+    let superuser = db.superuser().await;
+    superuser
         .execute(
             "UPDATE private.receive_feed_entries SET updated_at = '2000-01-01T00:00:00Z' \
              WHERE reservation_id = $1",

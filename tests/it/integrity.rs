@@ -76,7 +76,8 @@ async fn table_owner_cannot_switch_rules_off() {
         .batch_execute("SET ROLE pgrpc_owner")
         .await
         .expect("set role");
-    // Event triggers refuse schema changes to a login member that took the role.
+    // pgrpc_owner owns nothing since V12 (pgrpc_migrator does), so privileges
+    // refuse these first; the DDL guard stands behind them (trust.rs).
     assert_refused_as(
         &owner,
         "pgrpc_owner",

@@ -18,3 +18,4 @@ mod proxy;
 mod relay;
 mod tasks;
 mod tokens;
+mod trust;

@@ -625,8 +625,8 @@ async fn the_event_columns_refuse_update_for_every_role() {
     assert_eq!(row.get::<_, Value>(1), json!({"aggregate": "o1"}));
 
     // The delivery state machine: a delivered event is never pending again.
-    let owner = db.as_role("pgrpc_owner").await;
-    owner
+    let superuser = db.superuser().await;
+    superuser
         .batch_execute(&format!(
             "UPDATE private.outbox SET status = 'leased', lease_token = gen_random_uuid(),
                     lease_expires_at = now() WHERE id = {id};
@@ -634,7 +634,7 @@ async fn the_event_columns_refuse_update_for_every_role() {
         ))
         .await
         .expect("deliver by hand");
-    let err = owner
+    let err = superuser
         .execute(
             "UPDATE private.outbox SET status = 'pending', delivered_at = NULL WHERE id = $1",
             &[&id],
@@ -778,7 +778,7 @@ async fn updated_at_follows_every_delivery_change_and_cannot_be_forged() {
         .expect_err("pgrpc_api writes delivery columns only");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
 
-    db.as_role("pgrpc_owner")
+    db.superuser()
         .await
         .execute(
             "UPDATE private.outbox SET updated_at = '2000-01-01' WHERE id = $1",

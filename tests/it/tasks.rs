@@ -1331,13 +1331,13 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
     let su = db.superuser().await;
     let f = sql_fixture(&su).await;
     let other = sql_fixture(&su).await;
-    let owner = db.as_role("pgrpc_owner").await;
+    let superuser = db.superuser().await;
 
     let insert =
         "INSERT INTO private.tickets (connection_id, organization_id, external_ticket_id, \
                   ticket_key, ticket_url, ticket_provider, created_by) \
                   VALUES ($1, $2, $3, 'X-1', 'https://x.atlassian.net/browse/X-1', $4, 'owner')";
-    let err = owner
+    let err = superuser
         .execute(
             insert,
             &[&f.connection, &f.org, &"wrong-provider", &"asana"],
@@ -1345,7 +1345,7 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
         .await
         .expect_err("provider must be the connection's");
     assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION), "{err}");
-    let err = owner
+    let err = superuser
         .execute(
             insert,
             &[&f.connection, &other.org, &"wrong-org", &"jira_cloud"],
@@ -1353,13 +1353,13 @@ async fn a_ticket_must_match_its_connections_provider_and_organization() {
         .await
         .expect_err("organization must be the connection's");
     assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION), "{err}");
-    owner
+    superuser
         .execute(insert, &[&f.connection, &f.org, &"right", &"jira_cloud"])
         .await
         .expect("a consistent ticket is accepted");
 
     // A link's suggestion must belong to the ticket's organization.
-    let err = owner
+    let err = superuser
         .execute(
             "INSERT INTO private.ticket_suggestions (ticket_id, suggestion_id) VALUES ($1, $2)",
             &[&f.ticket, &other.free],
@@ -1394,7 +1394,8 @@ async fn a_ticket_inserted_directly_emits_one_ticket_created_with_its_links() {
     let insert_link =
         "INSERT INTO private.ticket_suggestions (ticket_id, suggestion_id) VALUES ($1, $2)";
 
-    for (role, key) in [("pgrpc_owner", "OWN-1"), ("postgres", "SU-1")] {
+    {
+        let (role, key) = ("postgres", "SU-1");
         let suggestion: Uuid = query_value(
             &su,
             "SELECT id FROM api.create_suggestion($1, '{}')",

@@ -769,8 +769,7 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
     let purged = sql_granted_suggestion(&su, site).await;
     let kept = sql_granted_suggestion(&su, site).await;
 
-    let owner = db.as_role("pgrpc_owner").await;
-    let err = owner
+    let err = su
         .execute(
             "DELETE FROM private.suggestion_grants WHERE suggestion_id = $1",
             &[&purged],
@@ -782,8 +781,7 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
         ("42501".to_string(), "append_only".to_string())
     );
 
-    owner
-        .execute("DELETE FROM private.suggestions WHERE id = $1", &[&purged])
+    su.execute("DELETE FROM private.suggestions WHERE id = $1", &[&purged])
         .await
         .expect("purging a suggestion cascades to its grant");
     let left: Vec<Uuid> = query_column(
@@ -795,8 +793,7 @@ async fn a_grant_disappears_only_when_its_suggestion_is_purged() {
     assert_eq!(left, vec![kept]);
 
     // Purging the whole organization cascades through sites to grants too.
-    owner
-        .execute("DELETE FROM private.organizations WHERE id = $1", &[&org])
+    su.execute("DELETE FROM private.organizations WHERE id = $1", &[&org])
         .await
         .expect("purging an organization cascades");
     assert_eq!(
@@ -813,7 +810,6 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
     let db = TestDb::new().await;
     let su = db.superuser().await;
     let (_, site) = sql_org_with_site(&su, "freemium").await;
-    let owner = db.as_role("pgrpc_owner").await;
 
     let insert = "INSERT INTO private.tokens (site_id, token_type, cycle, total, used) VALUES ($1, $2, $3, $4, $5)";
     let cases: [(&str, &str, i32, i32, &str); 6] = [
@@ -825,7 +821,7 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
         ("alt-text", "2025-01", 10, 0, "tokens_token_type_exists"),
     ];
     for (token_type, cycle, total, used, constraint) in cases {
-        let err = owner
+        let err = su
             .execute(insert, &[&site, &token_type, &cycle, &total, &used])
             .await
             .expect_err(constraint);
@@ -838,12 +834,11 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
     }
 
     // The conditional spend cannot be bypassed by a plain UPDATE either.
-    owner
-        .execute(insert, &[&site, &"alt_text", &"2025-01", &2i32, &2i32])
+    su.execute(insert, &[&site, &"alt_text", &"2025-01", &2i32, &2i32])
         .await
         .expect("a full counter");
     assert_violates(
-        &owner,
+        &su,
         &format!("UPDATE private.tokens SET used = used + 1 WHERE site_id = '{site}'"),
         "tokens_used_within_total",
     )
@@ -852,19 +847,19 @@ async fn token_tables_refuse_rows_that_break_their_named_rules() {
     // An unknown plan, an unknown token type, and a rule for a token type
     // name instead of an opportunity type.
     assert_violates(
-        &owner,
+        &su,
         "INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('gold', 'alt_text', 1)",
         "token_allowances_plan_known",
     )
     .await;
     assert_violates(
-        &owner,
+        &su,
         "INSERT INTO private.token_allowances (plan, token_type, per_cycle) VALUES ('paid', 'alt-text', 1)",
         "token_allowances_token_type_exists",
     )
     .await;
     assert_violates(
-        &owner,
+        &su,
         "INSERT INTO private.suggestion_completeness (opportunity_type, required_keys) VALUES ('alt_text', '{}')",
         "suggestion_completeness_opportunity_type_exists",
     )
@@ -1175,7 +1170,8 @@ async fn a_counter_is_deleted_only_by_prune_token_cycles_or_with_its_site() {
     .expect("an old counter");
     let old = "DELETE FROM private.tokens WHERE cycle < private.current_cycle()";
 
-    for role in ["pgrpc_owner", "postgres"] {
+    {
+        let role = "postgres";
         assert_eq!(
             error_of(&db.as_role(role).await, old).await,
             ("42501".to_string(), "prune_only".to_string()),
@@ -1203,7 +1199,7 @@ async fn a_counter_is_deleted_only_by_prune_token_cycles_or_with_its_site() {
         .get(0);
     assert_eq!(pruned, 1, "the cycle 20 months back");
 
-    db.as_role("pgrpc_owner")
+    db.superuser()
         .await
         .execute("DELETE FROM private.sites WHERE id = $1", &[&site])
         .await
@@ -1257,7 +1253,7 @@ async fn a_grant_written_directly_emits_its_suggestion_granted_event() {
     let su = db.superuser().await;
     let (org, site) = sql_org_with_site(&su, "freemium").await;
     let (opp, direct) = sql_meta_tags_suggestion(&su, site).await;
-    db.as_role("pgrpc_owner")
+    db.superuser()
         .await
         .execute(
             "INSERT INTO private.suggestion_grants (suggestion_id, site_id, token_type, cycle, granted_by) \
