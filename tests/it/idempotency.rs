@@ -280,7 +280,8 @@ async fn a_wrong_lease_token_gets_lease_lost() {
     assert_eq!(fail.status, 409, "{}", fail.text);
     assert_eq!(fail.error_key(), "lease_lost");
 
-    // The real holder is unaffected.
+    // The real holder is unaffected: the key is still processing, and its
+    // lease still completes it.
     let found = server
         .service_rpc_get(
             "find_active_idempotency_key",
@@ -288,7 +289,14 @@ async fn a_wrong_lease_token_gets_lease_lost() {
         )
         .await;
     assert_eq!(found.body["status"], "processing");
-    assert_eq!(found.body["lease_token"], started.body["lease_token"]);
+    let completed = server
+        .service_rpc(
+            "idempotency_complete",
+            json!({"organization_id": org, "key": "charge-5", "lease_token": started.body["lease_token"],
+                   "response_status": 200, "response_body": {}}),
+        )
+        .await;
+    assert_eq!(completed.status, 204, "{}", completed.text);
 }
 
 /// A retryable failure releases the key for a fresh start; a final failure is replayed.

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod api_types;
 mod contracts;
 mod embedded;
 mod feed;

@@ -325,7 +325,7 @@ async fn balances_answer_get_and_create_no_counter() {
     assert_eq!(types, ["alt_text", "broken_backlinks", "meta_tags"]);
     assert!(rows
         .iter()
-        .all(|r| r["cycle"] == "2999-01" && int(r, "remaining") == FREEMIUM_PER_CYCLE));
+        .all(|r| int(r, "remaining") == FREEMIUM_PER_CYCLE));
 
     let bad = server
         .service_rpc_get(
