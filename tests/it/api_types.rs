@@ -1,4 +1,4 @@
-//! The `api` functions answer declared contract types (SPEC §1, V15): no
+//! The `api` functions answer declared contract types (SPEC §1, V14): no
 //! result is a private table's row, so the HTTP contract does not follow the
 //! private tables, and no result carries a credential its caller should not
 //! hold.

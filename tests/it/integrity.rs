@@ -76,7 +76,7 @@ async fn table_owner_cannot_switch_rules_off() {
         .batch_execute("SET ROLE pgrpc_owner")
         .await
         .expect("set role");
-    // pgrpc_owner owns nothing since V12 (pgrpc_migrator does), so privileges
+    // pgrpc_owner owns nothing since V15 (pgrpc_migrator does), so privileges
     // refuse these first; the DDL guard stands behind them (trust.rs).
     assert_refused_as(
         &owner,

@@ -1,4 +1,4 @@
-//! The trust model (SPEC §1, V12): only a superuser bypasses a rule. Every
+//! The trust model (SPEC §1, V15): only a superuser bypasses a rule. Every
 //! attack here is run by a real login that is a member of pgrpc_owner,
 //! pgrpc_api or pgrpc_admin, the way an operator's psql session would be,
 //! never by `SET ROLE` from a superuser session.

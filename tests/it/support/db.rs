@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use super::TestDb;
 
 /// The roles that must never get past a rule: the API's functions, the
-/// operators, and pgrpc_owner (a reader since V12).
+/// operators, and pgrpc_owner (a reader since V15).
 pub const PRIVILEGED_ROLES: [&str; 3] = ["pgrpc_api", "pgrpc_admin", "pgrpc_owner"];
 
 /// `PRIVILEGED_ROLES` and a superuser.
@@ -203,7 +203,7 @@ pub async fn updatable_columns(c: &Client, role: &str, table: &str) -> Vec<Strin
 /// Asserts that `client`, acting as `role`, is refused every statement with
 /// 42501; when `trigger_messages` is not empty, the refusals of postgres
 /// (whom privileges cannot stop) must carry one of them. pgrpc_owner holds
-/// no write privilege since V12, so privileges stop it first.
+/// no write privilege since V15, so privileges stop it first.
 pub async fn assert_refused_as<S: AsRef<str>>(
     client: &Client,
     role: &str,

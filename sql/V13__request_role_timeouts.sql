@@ -8,7 +8,7 @@
 -- set (by an operator, or by this migration in another database) is kept.
 --
 -- The authenticator's own idle_in_transaction_session_timeout is set by
--- V12: it ends a session a crashed proxy left in a transaction.
+-- V15: it ends a session a crashed proxy left in a transaction.
 
 DO $timeouts$
 DECLARE

@@ -29,7 +29,7 @@
 DO $superuser$
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
-        RAISE EXCEPTION 'V12__trust_model must be applied by a superuser'
+        RAISE EXCEPTION 'V15__trust_model must be applied by a superuser'
             USING HINT = 'Run pgrpc migrate with a superuser connection.';
     END IF;
 END
