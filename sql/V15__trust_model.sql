@@ -21,7 +21,9 @@
 --    policies, functions, types, default privileges) with a baseline that
 --    every superuser DDL refreshes. That catches what carries no schema in
 --    pg_event_trigger_ddl_commands(): GRANT, CREATE TRIGGER, CREATE RULE,
---    CREATE POLICY.
+--    CREATE POLICY. The protected schemas are private, api, admin,
+--    pgrpc_guard and pgrpc_http (which V16 creates for the proxy's
+--    Idempotency-Key helpers).
 --
 -- Runs as the migrating superuser: event triggers, REASSIGN OWNED and ALTER
 -- ROLE ... SET need one.
@@ -143,7 +145,7 @@ AS $$
     WITH ns AS (
         SELECT n.oid, n.nspname
         FROM pg_catalog.pg_namespace n
-        WHERE n.nspname IN ('private', 'api', 'admin', 'pgrpc_guard')
+        WHERE n.nspname IN ('private', 'api', 'admin', 'pgrpc_guard', 'pgrpc_http')
     )
     SELECT 'schema', ns.nspname::text,
            concat_ws(' ', pg_catalog.pg_get_userbyid(n.nspowner), coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))::text)
@@ -226,7 +228,7 @@ AS $$
     FROM pg_catalog.pg_default_acl d
     LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
     WHERE pg_catalog.pg_get_userbyid(d.defaclrole) IN ('pgrpc_migrator', 'pgrpc_owner', 'pgrpc_api')
-       OR n.nspname IN ('private', 'api', 'admin', 'pgrpc_guard')
+       OR n.nspname IN ('private', 'api', 'admin', 'pgrpc_guard', 'pgrpc_http')
     UNION ALL
     SELECT 'event_trigger', e.evtname,
            concat_ws(' ', e.evtevent, e.evtenabled, pg_catalog.pg_get_userbyid(e.evtowner),
@@ -331,7 +333,7 @@ BEGIN
         RETURN;
     END IF;
     FOR v_cmd IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
-        IF v_cmd.schema_name IN ('private', 'api', 'admin', 'pgrpc_guard') THEN
+        IF v_cmd.schema_name IN ('private', 'api', 'admin', 'pgrpc_guard', 'pgrpc_http') THEN
             PERFORM pgrpc_guard.refuse(format('%s on %s is refused for %s.',
                 v_cmd.command_tag, v_cmd.object_identity, session_user));
         END IF;
@@ -368,9 +370,9 @@ BEGIN
         RETURN;
     END IF;
     FOR v_obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
-        IF v_obj.schema_name IN ('private', 'api', 'admin', 'pgrpc_guard')
+        IF v_obj.schema_name IN ('private', 'api', 'admin', 'pgrpc_guard', 'pgrpc_http')
            OR (v_obj.object_type = 'schema'
-               AND v_obj.object_name IN ('private', 'api', 'admin', 'pgrpc_guard')) THEN
+               AND v_obj.object_name IN ('private', 'api', 'admin', 'pgrpc_guard', 'pgrpc_http')) THEN
             PERFORM pgrpc_guard.refuse(format('DROP of %s %s is refused for %s.',
                 v_obj.object_type, v_obj.object_identity, session_user));
         END IF;

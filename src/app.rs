@@ -1,14 +1,15 @@
 //! `AppState`: everything a request needs, built once by `server::serve`
 //! and shared by every connection.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 
 use crate::auth::Auth;
 use crate::config::ServeConfig;
-use crate::db::Catalog;
+use crate::db::{quote_ident, Catalog};
 use crate::metrics::Metrics;
 
 pub struct AppState {
@@ -17,13 +18,33 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub auth: Auth,
     pub metrics: Metrics,
+    /// Each exposed schema's `search_path`: the schema, then
+    /// `PGRPC_EXTRA_SEARCH_PATH`, quoted.
+    search_paths: HashMap<String, String>,
     request_seq: AtomicU64,
     instance: u32,
 }
 
 impl AppState {
     pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>) -> AppState {
+        let search_paths = config
+            .schemas
+            .iter()
+            .map(|schema| {
+                let path: Vec<String> = std::iter::once(schema)
+                    .chain(
+                        config
+                            .extra_search_path
+                            .iter()
+                            .filter(|s| !s.trim().is_empty()),
+                    )
+                    .map(|s| quote_ident(s.trim()))
+                    .collect();
+                (schema.clone(), path.join(", "))
+            })
+            .collect();
         AppState {
+            search_paths,
             auth: Auth::new(
                 config.jwt_secret.as_deref(),
                 config.jwt_leeway_secs,
@@ -36,6 +57,10 @@ impl AppState {
             instance: rand::random(),
             config,
         }
+    }
+
+    pub fn search_path(&self, schema: &str) -> String {
+        self.search_paths.get(schema).cloned().unwrap_or_default()
     }
 
     /// A request id unique to this process: instance, then sequence.

@@ -29,6 +29,15 @@ pub struct ServeConfig {
         default_value = "api"
     )]
     pub schemas: Vec<String>,
+    /// Schemas searched after the profile's schema, comma-separated, as
+    /// PostgREST's db-extra-search-path.
+    #[arg(
+        long,
+        env = "PGRPC_EXTRA_SEARCH_PATH",
+        value_delimiter = ',',
+        default_value = "public"
+    )]
+    pub extra_search_path: Vec<String>,
     /// Role for requests without a token.
     #[arg(long, env = "PGRPC_ANON_ROLE", default_value = "pgrpc_anon")]
     pub anon_role: String,

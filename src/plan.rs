@@ -91,7 +91,8 @@ pub struct CallPlan {
     pub sql: Arc<str>,
     /// `$1`: the JSON argument object (or the whole body) as text.
     pub args: String,
-    /// GET and HEAD run READ ONLY.
+    /// READ ONLY: GET and HEAD, and STABLE or IMMUTABLE functions whatever
+    /// the method, as PostgREST runs them.
     pub read_only: bool,
     /// `Accept: application/vnd.pgrst.object+json`: exactly one row.
     pub singular: bool,
@@ -110,9 +111,9 @@ pub fn plan(
     let (routine, json, mask) = resolve(cache, schema, name, args, write)?;
     Ok(CallPlan {
         sql: call_sql(&routine, mask, singular),
+        read_only: !write || routine.is_read_only(),
         routine,
         args: json.to_string(),
-        read_only: !write,
         singular,
     })
 }

@@ -11,8 +11,10 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::{Object, Pool, PoolError, TimeoutType};
+use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::Statement;
+
+use super::pool::{Conn, PgConn, Pool};
 use tracing::error;
 
 use super::schema::RoleSettings;
@@ -112,10 +114,13 @@ pub struct RequestSettings {
     pub path: String,
     pub headers: String,
     pub role_settings: Arc<RoleSettings>,
+    /// The profile's schema, then `PGRPC_EXTRA_SEARCH_PATH`, quoted.
+    pub search_path: String,
 }
 
 impl RequestSettings {
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+    /// The parameters of `pool::SETTINGS_SQL`.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
         [
             &self.role,
             &self.claims,
@@ -124,16 +129,10 @@ impl RequestSettings {
             &self.headers,
             &self.role_settings.names,
             &self.role_settings.values,
+            &self.search_path,
         ]
     }
 }
-
-pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
-     set_config('request.jwt.claims', $2, true), \
-     set_config('request.method', $3, true), \
-     set_config('request.path', $4, true), \
-     set_config('request.headers', $5, true), \
-     (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
 
 /// What the caller's HTTP layer stores for an `Idempotency-Key`, and what a
 /// replay gives back.
@@ -160,6 +159,8 @@ pub struct CallJob {
     pub sql: Arc<str>,
     /// `$1` of the call statement: the JSON arguments as text.
     pub args: String,
+    /// The call runs READ ONLY: GET and HEAD, and STABLE or IMMUTABLE
+    /// functions whatever the method.
     pub read_only: bool,
     /// Exactly one row is required (406 `PGRST116` otherwise).
     pub singular: bool,
@@ -176,8 +177,8 @@ pub enum Executed {
 }
 
 const CLAIM_SQL: &str = "SELECT state, response_status, response_headers::text, response_body \
-     FROM private.http_idempotency_claim($1, $2)";
-const STORE_SQL: &str = "SELECT private.http_idempotency_store($1, $2, $3::text::jsonb, $4)";
+     FROM pgrpc_http.http_idempotency_claim($1, $2)";
+const STORE_SQL: &str = "SELECT pgrpc_http.http_idempotency_store($1, $2, $3::text::jsonb, $4)";
 
 /// Runs the call in its own task and waits for it. The task always ends
 /// the transaction, even when the waiting request is dropped.
@@ -195,41 +196,48 @@ pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
 async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
-    let client = checkout(pool).await?;
-    let call = client.prepare_cached(&job.sql).await.map_err(fail)?;
-    let settings = client.prepare_cached(SETTINGS_SQL).await.map_err(fail)?;
-    if !job.singular && job.idempotency.is_none() {
-        return pipelined(&client, &job, &settings, &call)
+    let mut conn = checkout(pool).await?;
+    let cached = conn.statement(&job.sql);
+    let simple = !job.singular && job.idempotency.is_none();
+    if let (true, Some(call)) = (simple, &cached) {
+        // The common case: one round trip.
+        return pipelined(&conn, &job, call)
             .await
             .map(Executed::Called)
             .map_err(fail);
     }
-
-    let begin = if job.read_only {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
-    };
-    let params = job.settings.params();
-    let (b, s) = futures_util::join!(
-        client.batch_execute(begin),
-        client.query_one(&settings, &params),
-    );
-    let started = b.and(s.map(|_| ()));
-    let outcome = match started {
-        Ok(()) => stepwise(&client, job, &call).await,
-        Err(e) => Err(fail(e)),
+    let outcome = match open(&mut conn, &job, cached).await {
+        Ok(call) if simple => {
+            // First call of this statement on this connection: the call and
+            // COMMIT go together, one round trip after the Parse.
+            let args = [&job.args as &(dyn tokio_postgres::types::ToSql + Sync)];
+            let (c, e) = futures_util::join!(
+                conn.client.query_one(&call, &args),
+                conn.client.batch_execute("COMMIT"),
+            );
+            return match (c, e) {
+                (Ok(row), Ok(())) => Ok(Executed::Called(read_call_row(&row))),
+                (Err(e), _) | (Ok(_), Err(e)) => {
+                    if conn.client.is_closed() {
+                        let _ = Object::take(conn);
+                    }
+                    Err(fail(e))
+                }
+            };
+        }
+        Ok(call) => stepwise(&mut conn, job, &call).await,
+        Err(e) => Err(e),
     };
     let end = match &outcome {
         Ok((_, true)) => "COMMIT",
         _ => "ROLLBACK",
     };
-    match client.batch_execute(end).await {
+    match conn.client.batch_execute(end).await {
         Ok(()) => outcome.map(|(executed, _)| executed),
         Err(e) => {
             // The transaction's fate is unknown: never hand this connection
             // to another request.
-            let _ = Object::take(client);
+            let _ = Object::take(conn);
             match outcome {
                 Ok(_) => Err(fail(e)),
                 Err(first) => Err(first),
@@ -238,25 +246,31 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     }
 }
 
-/// `BEGIN; settings; call; COMMIT` as one pipeline: one round trip once the
-/// statements are prepared. An error anywhere aborts the transaction, and
-/// the trailing COMMIT then rolls it back.
-async fn pipelined(
-    client: &Object,
-    job: &CallJob,
-    settings: &Statement,
-    call: &Statement,
-) -> Result<CallResult, tokio_postgres::Error> {
-    let begin = if job.read_only {
+/// How the transaction starts. A read-only call runs READ ONLY, except
+/// under an `Idempotency-Key`, whose bookkeeping writes: the call itself
+/// then runs READ ONLY inside a savepoint (see `stepwise`).
+fn begin_sql(job: &CallJob) -> &'static str {
+    if job.read_only && job.idempotency.is_none() {
         "BEGIN READ ONLY"
     } else {
         "BEGIN"
-    };
+    }
+}
+
+/// `BEGIN; settings; call; COMMIT` as one pipeline: one round trip once the
+/// call is prepared on this connection. An error anywhere aborts the
+/// transaction, and the trailing COMMIT then rolls it back.
+async fn pipelined(
+    conn: &PgConn,
+    job: &CallJob,
+    call: &Statement,
+) -> Result<CallResult, tokio_postgres::Error> {
+    let client = &conn.client;
     let args = [&job.args as &(dyn tokio_postgres::types::ToSql + Sync)];
     let params = job.settings.params();
     let (b, s, c, e) = futures_util::join!(
-        client.batch_execute(begin),
-        client.query_one(settings, &params),
+        client.batch_execute(begin_sql(job)),
+        client.query_one(&conn.settings, &params),
         client.query_one(call, &args),
         client.batch_execute("COMMIT"),
     );
@@ -267,18 +281,65 @@ async fn pipelined(
     Ok(read_call_row(&row))
 }
 
+/// Opens the transaction and applies the settings; when the call is not
+/// prepared on this connection yet, prepares it in the same round trip,
+/// after the role switch, so PostgreSQL parses it as the request role.
+/// The transaction stays open, whatever the outcome.
+async fn open(
+    conn: &mut PgConn,
+    job: &CallJob,
+    cached: Option<Statement>,
+) -> Result<Statement, ExecError> {
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
+    let params = job.settings.params();
+    let client = &conn.client;
+    let prepare = async {
+        match &cached {
+            Some(call) => Ok(call.clone()),
+            None => client.prepare(&job.sql).await,
+        }
+    };
+    let (b, s, p) = futures_util::join!(
+        client.batch_execute(begin_sql(job)),
+        client.query_one(&conn.settings, &params),
+        prepare,
+    );
+    b.map_err(fail)?;
+    s.map_err(fail)?;
+    let call = p.map_err(fail)?;
+    if cached.is_none() {
+        conn.keep(job.sql.clone(), call.clone());
+    }
+    Ok(call)
+}
+
+/// A statement of the proxy's own, prepared inside the transaction (as the
+/// request role) the first time this connection needs it.
+async fn own_statement(
+    conn: &mut PgConn,
+    sql: &'static str,
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some(s) = conn.statement(sql) {
+        return Ok(s);
+    }
+    let s = conn.client.prepare(sql).await?;
+    conn.keep(sql.into(), s.clone());
+    Ok(s)
+}
+
 /// The call inside an open transaction, for calls that decide between
 /// COMMIT and ROLLBACK afterwards. Returns whether to commit.
 async fn stepwise(
-    client: &Object,
+    conn: &mut PgConn,
     job: CallJob,
     call: &Statement,
 ) -> Result<(Executed, bool), ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     if let Some(idem) = &job.idempotency {
-        let claim = client.prepare_cached(CLAIM_SQL).await.map_err(fail)?;
-        let row = client
+        let claim = own_statement(conn, CLAIM_SQL).await.map_err(fail)?;
+        let row = conn
+            .client
             .query_one(&claim, &[&idem.key, &idem.request_hash])
             .await
             .map_err(fail)?;
@@ -300,15 +361,35 @@ async fn stepwise(
             other => return Err(ExecError::ClaimState(other.to_string())),
         }
     }
-    let row = client.query_one(call, &[&job.args]).await.map_err(fail)?;
+    // A read-only call under a key runs READ ONLY inside a savepoint that
+    // is then rolled back: it had no effects to keep, and the key's
+    // bookkeeping after it needs a writable transaction again.
+    let read_only_inside = job.read_only && job.idempotency.is_some();
+    if read_only_inside {
+        conn.client
+            .batch_execute("SAVEPOINT pgrpc_call; SET LOCAL transaction_read_only = on")
+            .await
+            .map_err(fail)?;
+    }
+    let row = conn
+        .client
+        .query_one(call, &[&job.args])
+        .await
+        .map_err(fail)?;
+    if read_only_inside {
+        conn.client
+            .batch_execute("ROLLBACK TO SAVEPOINT pgrpc_call")
+            .await
+            .map_err(fail)?;
+    }
     let result = read_call_row(&row);
     if job.singular && result.rows != 1 {
         return Err(ExecError::Singularity(result.rows));
     }
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
-        let store = client.prepare_cached(STORE_SQL).await.map_err(fail)?;
-        client
+        let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
+        conn.client
             .query_one(
                 &store,
                 &[
@@ -326,7 +407,7 @@ async fn stepwise(
 
 /// A pooled connection, or 504 when the pool stays exhausted past its
 /// timeout, or 503 when the database cannot be reached.
-async fn checkout(pool: &Pool) -> Result<Object, ExecError> {
+async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
     match pool.get().await {
         Ok(c) => Ok(c),
         Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ExecError::PoolTimeout),

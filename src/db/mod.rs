@@ -3,14 +3,15 @@
 //! transaction (`exec`).
 
 pub mod exec;
+pub mod pool;
 pub mod schema;
 
-use std::str::FromStr;
+pub use pool::{build_pool, Pool};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -24,35 +25,6 @@ pub enum DbError {
     Url(#[source] tokio_postgres::Error),
     #[error("cannot build the connection pool: {0}")]
     Pool(String),
-}
-
-/// Builds the pool. Connections are made lazily, so a server can start
-/// while its database is still down and recover once it is up.
-pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbError> {
-    let mut pg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
-    if pg.get_application_name().is_none() {
-        pg.application_name("pgrpc");
-    }
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(15));
-    }
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(wait))
-        // Connecting can be slow on a loaded host; give up only after the
-        // longer of the pool wait and 15 s, then answer 503.
-        .create_timeout(Some(wait.max(Duration::from_secs(15))))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| DbError::Pool(e.to_string()))
 }
 
 /// The shared, swappable function cache and the health flags `/ready` reads.
@@ -179,7 +151,7 @@ async fn reload(
     );
     catalog.set(cache);
     // Statements prepared against the old catalog may no longer be valid.
-    pool.manager().statement_caches.clear();
+    pool.manager().forget_statements();
     Ok(())
 }
 

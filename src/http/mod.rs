@@ -207,6 +207,7 @@ async fn rpc(
             method: request.method.as_str().to_string(),
             path: request.path,
             headers: request.headers_json,
+            search_path: state.search_path(&request.schema),
         },
         idempotency,
         anon: identity.anon,

@@ -819,7 +819,7 @@ fn spawn_claim(client: Client, key: &'static str) -> tokio::task::JoinHandle<(Cl
     tokio::spawn(async move {
         let row = client
             .query_one(
-                "SELECT state, response_status, response_body FROM private.http_idempotency_claim($1, 'h')",
+                "SELECT state, response_status, response_body FROM pgrpc_http.http_idempotency_claim($1, 'h')",
                 &[&key],
             )
             .await
@@ -841,7 +841,7 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     first.batch_execute("BEGIN").await.expect("begin");
     let state: String = query_value(
         &first,
-        "SELECT state FROM private.http_idempotency_claim('k', 'h')",
+        "SELECT state FROM pgrpc_http.http_idempotency_claim('k', 'h')",
         &[],
     )
     .await;
@@ -854,7 +854,7 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     );
     first
         .batch_execute(
-            "SELECT private.http_idempotency_store('k', 201, '[]', '{\"done\":true}'); COMMIT",
+            "SELECT pgrpc_http.http_idempotency_store('k', 201, '[]', '{\"done\":true}'); COMMIT",
         )
         .await
         .expect("store and commit");
@@ -867,7 +867,7 @@ async fn a_blocked_duplicate_claim_follows_the_first_claims_outcome() {
     first.batch_execute("BEGIN").await.expect("begin");
     first
         .query_one(
-            "SELECT state FROM private.http_idempotency_claim('k2', 'h')",
+            "SELECT state FROM pgrpc_http.http_idempotency_claim('k2', 'h')",
             &[],
         )
         .await

@@ -15,6 +15,7 @@ mod idempotency;
 mod integrity;
 mod nonces;
 mod outbox;
+mod postgrest_db;
 mod proxy;
 mod relay;
 mod tasks;

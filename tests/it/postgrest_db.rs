@@ -1,0 +1,216 @@
+//! A database set up for PostgREST, served unchanged (issue: deployment
+//! parity). The fixture follows PostgREST's tutorial and test fixtures: a
+//! NOINHERIT authenticator that is a member of the request roles and holds
+//! no privilege of its own, USAGE and EXECUTE granted to the request roles
+//! only. Nothing here is granted for pgrpc's sake.
+
+use serde_json::json;
+
+use crate::support::db::query_value;
+use crate::support::{send, token, TestDb, TestServer};
+
+/// The tutorial's setup, with names made unique per test database (roles
+/// are cluster-wide).
+fn fixture(suffix: &str) -> String {
+    format!(
+        r#"
+SET check_function_bodies = off;
+CREATE SCHEMA tut;
+CREATE ROLE web_anon_{suffix} NOLOGIN;
+CREATE ROLE todo_user_{suffix} NOLOGIN;
+CREATE ROLE authenticator_{suffix} NOINHERIT LOGIN PASSWORD 'tutorial';
+GRANT web_anon_{suffix}, todo_user_{suffix} TO authenticator_{suffix};
+
+CREATE TABLE tut.todos (id serial PRIMARY KEY, done boolean NOT NULL DEFAULT false, task text NOT NULL);
+INSERT INTO tut.todos (task) VALUES ('finish tutorial 0'), ('pat self on back');
+
+CREATE FUNCTION tut.todo_count() RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT count(*) FROM tut.todos $$;
+CREATE FUNCTION tut.todos_done(done boolean) RETURNS SETOF tut.todos LANGUAGE sql STABLE AS
+  $$ SELECT * FROM tut.todos t WHERE t.done = todos_done.done ORDER BY id $$;
+CREATE FUNCTION tut.first_todo() RETURNS tut.todos LANGUAGE sql STABLE AS $$ SELECT * FROM tut.todos ORDER BY id LIMIT 1 $$;
+CREATE FUNCTION tut.add_todo(task text) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO tut.todos (task) VALUES (task) RETURNING id $$;
+CREATE FUNCTION tut.counts(OUT total bigint, OUT open bigint) LANGUAGE sql STABLE AS
+  $$ SELECT count(*), count(*) FILTER (WHERE NOT done) FROM tut.todos $$;
+-- Unqualified calls: resolved through search_path, as PostgREST sets it
+-- (the profile's schema, then db-extra-search-path).
+CREATE FUNCTION tut.helper() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'helped' $$;
+CREATE FUNCTION tut.uses_helper() RETURNS text LANGUAGE sql STABLE AS $$ SELECT helper() $$;
+CREATE FUNCTION public.shared_helper_{suffix}() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'public' $$;
+CREATE FUNCTION tut.uses_public() RETURNS text LANGUAGE sql STABLE AS $$ SELECT shared_helper_{suffix}() $$;
+CREATE FUNCTION tut.search_path() RETURNS text LANGUAGE sql STABLE AS $$ SELECT current_setting('search_path') $$;
+-- Declared STABLE, yet it writes (through a VOLATILE helper, which
+-- PostgreSQL lets a STABLE function call): PostgREST runs it READ ONLY
+-- whatever the method.
+CREATE FUNCTION tut.do_write(task text) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO tut.todos (task) VALUES (task) RETURNING id $$;
+CREATE FUNCTION tut.sneaky_write(task text) RETURNS int LANGUAGE sql STABLE AS
+  $$ SELECT tut.do_write(task) $$;
+CREATE FUNCTION tut.whoami() RETURNS text LANGUAGE sql STABLE AS $$ SELECT current_user $$;
+
+GRANT USAGE ON SCHEMA tut TO web_anon_{suffix}, todo_user_{suffix};
+GRANT SELECT ON tut.todos TO web_anon_{suffix};
+GRANT ALL ON tut.todos TO todo_user_{suffix};
+GRANT USAGE, SELECT ON SEQUENCE tut.todos_id_seq TO todo_user_{suffix};
+GRANT EXECUTE ON FUNCTION public.shared_helper_{suffix}() TO web_anon_{suffix}, todo_user_{suffix};
+"#
+    )
+}
+
+async fn tutorial_server() -> (TestServer, String) {
+    let db = TestDb::new().await;
+    let suffix = db.name.clone();
+    db.superuser()
+        .await
+        .batch_execute(&fixture(&suffix))
+        .await
+        .expect("fixture");
+    let url = db.url_as(&format!("authenticator_{suffix}"), "tutorial");
+    let anon = format!("web_anon_{suffix}");
+    let server = TestServer::start_on_url(db, url, |c| {
+        c.schemas = vec!["tut".to_string()];
+        c.anon_role = anon;
+    })
+    .await;
+    (server, suffix)
+}
+
+/// Every result shape answers through a PostgREST-configured database with
+/// no grant beyond the tutorial's: the authenticator has no USAGE on the
+/// schema, and the calls are parsed as the request role.
+#[tokio::test]
+async fn a_postgrest_database_is_served_without_any_extra_grant() {
+    let (s, suffix) = tutorial_server().await;
+    let su = s.db.superuser().await;
+    let usage: bool = query_value(
+        &su,
+        "SELECT has_schema_privilege($1, 'tut', 'USAGE')",
+        &[&format!("authenticator_{suffix}")],
+    )
+    .await;
+    assert!(!usage, "the fixture must not grant the authenticator USAGE");
+
+    let get = |path: &str| send(s.http.get(s.url(path)));
+    let r = get("/rpc/todo_count").await;
+    assert_eq!((r.status, r.body.clone()), (200, json!(2)), "{}", r.text);
+    let r = get("/rpc/todos_done?done=false").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(2), "{}", r.text);
+    let r = get("/rpc/first_todo").await;
+    assert_eq!(r.body["task"], json!("finish tutorial 0"), "{}", r.text);
+    let r = get("/rpc/counts").await;
+    assert_eq!(r.body, json!({"total": 2, "open": 2}), "{}", r.text);
+    let r = get("/rpc/whoami").await;
+    assert_eq!(r.body, json!(format!("web_anon_{suffix}")), "{}", r.text);
+
+    // Writes need the role the tutorial gives them to.
+    let r = s.rpc("add_todo", None, json!({"task": "anon"})).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "42501".to_string()),
+        "{}",
+        r.text
+    );
+    let user = token(json!({"role": format!("todo_user_{suffix}")}));
+    let r = s
+        .rpc("add_todo", Some(&user), json!({"task": "user"}))
+        .await;
+    assert_eq!((r.status, r.body.clone()), (200, json!(3)), "{}", r.text);
+    // The same prepared statement, now used by another role on the same
+    // pooled connections: privileges are still checked for each caller.
+    for _ in 0..4 {
+        let r = s.rpc("add_todo", None, json!({"task": "anon again"})).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+}
+
+/// search_path is the profile's schema, then PGRPC_EXTRA_SEARCH_PATH
+/// (public), so a function may call a helper of its schema unqualified.
+#[tokio::test]
+async fn search_path_is_the_profile_then_the_extra_search_path() {
+    let (s, _) = tutorial_server().await;
+    let get = |path: &str| send(s.http.get(s.url(path)));
+    let r = get("/rpc/search_path").await;
+    assert_eq!(r.body, json!("\"tut\", \"public\""), "{}", r.text);
+    let r = get("/rpc/uses_helper").await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!("helped")),
+        "{}",
+        r.text
+    );
+    let r = get("/rpc/uses_public").await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!("public")),
+        "{}",
+        r.text
+    );
+}
+
+/// A STABLE function runs READ ONLY even when called by POST, as PostgREST
+/// runs it: one that writes anyway gets 405, and nothing is written.
+#[tokio::test]
+async fn a_stable_function_runs_read_only_whatever_the_method() {
+    let (s, suffix) = tutorial_server().await;
+    let user = token(json!({"role": format!("todo_user_{suffix}"), "sub": "tutorial"}));
+    let r = s
+        .rpc("sneaky_write", Some(&user), json!({"task": "sneaky"}))
+        .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (405, "25006".to_string()),
+        "{}",
+        r.text
+    );
+    // Under an Idempotency-Key (enabled for this role as an operator would,
+    // with the two helper functions), the call still runs READ ONLY.
+    s.db.superuser()
+        .await
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA pgrpc_http TO todo_user_{suffix}; \
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pgrpc_http TO todo_user_{suffix}"
+        ))
+        .await
+        .expect("grant the Idempotency-Key helpers");
+    let r = send(
+        s.http
+            .post(s.url("/rpc/sneaky_write"))
+            .bearer_auth(&user)
+            .header("Idempotency-Key", "sneaky")
+            .json(&json!({"task": "sneaky"})),
+    )
+    .await;
+    assert_eq!(r.status, 405, "{}", r.text);
+    let su = s.db.superuser().await;
+    let n: i64 = query_value(
+        &su,
+        "SELECT count(*) FROM tut.todos WHERE task = 'sneaky'",
+        &[],
+    )
+    .await;
+    assert_eq!(n, 0);
+}
+
+/// pgrpc's own database needs no extra grant either: the authenticator has
+/// no USAGE on api or private, and the request roles none on private.
+#[tokio::test]
+async fn pgrpcs_authenticator_holds_no_privilege_on_exposed_schemas() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    for (role, schema) in [
+        ("pgrpc_authenticator", "api"),
+        ("pgrpc_authenticator", "private"),
+        ("pgrpc_anon", "private"),
+        ("pgrpc_user", "private"),
+        ("pgrpc_service", "private"),
+    ] {
+        let usage: bool = query_value(
+            &su,
+            "SELECT has_schema_privilege($1, $2, 'USAGE')",
+            &[&role, &schema],
+        )
+        .await;
+        assert!(!usage, "{role} has USAGE on {schema}");
+    }
+}
