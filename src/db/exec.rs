@@ -184,7 +184,8 @@ const STORE_SQL: &str = "SELECT pgrpc_http.http_idempotency_store($1, $2, $3::te
 /// the transaction, even when the waiting request is dropped.
 pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let pool = pool.clone();
-    match tokio::spawn(async move { run(&pool, job).await }).await {
+    // Boxed, so that spawning moves a pointer, not the whole call's state.
+    match tokio::spawn(Box::pin(async move { run(&pool, job).await })).await {
         Ok(result) => result,
         Err(e) => {
             error!(cause = %e, "call task failed");

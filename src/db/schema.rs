@@ -91,7 +91,8 @@ impl Routine {
 /// A loaded snapshot of the catalog. Replaced whole on reload.
 #[derive(Debug, Default)]
 pub struct SchemaCache {
-    routines: HashMap<(String, String), Vec<Arc<Routine>>>,
+    /// Schema, then function name: looked up without allocating.
+    routines: HashMap<String, HashMap<String, Vec<Arc<Routine>>>>,
     /// Roles the authenticator may SET ROLE to: members, not superusers,
     /// not BYPASSRLS.
     pub roles: HashSet<String>,
@@ -117,34 +118,36 @@ impl SchemaCache {
 
 impl SchemaCache {
     pub fn overloads(&self, schema: &str, name: &str) -> Option<&[Arc<Routine>]> {
-        self.routines
-            .get(&(schema.to_string(), name.to_string()))
-            .map(Vec::as_slice)
+        self.routines.get(schema)?.get(name).map(Vec::as_slice)
     }
 
     /// Every routine of one schema, sorted by name (OpenAPI, hints).
     pub fn routines_in(&self, schema: &str) -> Vec<&Arc<Routine>> {
         let mut list: Vec<&Arc<Routine>> = self
             .routines
-            .iter()
-            .filter(|((s, _), _)| s == schema)
-            .flat_map(|(_, v)| v.iter())
+            .get(schema)
+            .into_iter()
+            .flat_map(|by_name| by_name.values().flatten())
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name).then(a.oid.cmp(&b.oid)));
         list
     }
 
     pub fn routine_count(&self) -> usize {
-        self.routines.values().map(Vec::len).sum()
+        self.routines
+            .values()
+            .flat_map(|by_name| by_name.values())
+            .map(Vec::len)
+            .sum()
     }
 
     /// The function name in `schema` closest to `name`, for a 404 hint.
     pub fn similar_name(&self, schema: &str, name: &str) -> Option<String> {
         let limit = (name.chars().count() / 3).max(2);
         self.routines
+            .get(schema)?
             .keys()
-            .filter(|(s, _)| s == schema)
-            .map(|(_, n)| (levenshtein(n, name), n))
+            .map(|n| (levenshtein(n, name), n))
             .filter(|(d, _)| *d <= limit)
             .min()
             .map(|(_, n)| n.clone())
@@ -155,7 +158,7 @@ impl SchemaCache {
         schemas: &[String],
     ) -> Result<Self, tokio_postgres::Error> {
         let rows = client.query(CATALOG_SQL, &[&schemas]).await?;
-        let mut routines: HashMap<(String, String), Vec<Arc<Routine>>> = HashMap::new();
+        let mut routines: HashMap<String, HashMap<String, Vec<Arc<Routine>>>> = HashMap::new();
         for row in rows {
             let oid: u32 = row.get("oid");
             let schema: String = row.get("schema");
@@ -214,7 +217,9 @@ impl SchemaCache {
                 Shape::Scalar
             };
             routines
-                .entry((schema.clone(), name.clone()))
+                .entry(schema.clone())
+                .or_default()
+                .entry(name.clone())
                 .or_default()
                 .push(Arc::new(Routine {
                     oid,

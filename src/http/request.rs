@@ -168,15 +168,34 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
 }
 
 /// All request headers as a JSON object with lowercase names.
+/// A header sent more than once keeps its last value, as before.
 fn headers_json(headers: &HeaderMap) -> String {
-    let mut map = Map::with_capacity(headers.len());
-    for (name, value) in headers {
-        map.insert(
-            name.as_str().to_string(),
-            Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+    let mut out = String::with_capacity(64 * headers.len() + 2);
+    out.push('{');
+    for (i, name) in headers.keys().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name.as_str());
+        out.push(':');
+        let value = headers.get_all(name).iter().last();
+        push_json_string(
+            &mut out,
+            &value
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .unwrap_or_default(),
         );
     }
-    Value::Object(map).to_string()
+    out.push('}');
+    out
+}
+
+/// `s` as a JSON string literal.
+fn push_json_string(out: &mut String, s: &str) {
+    let mut buf = Vec::new();
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut buf, s);
+    out.push_str(&String::from_utf8_lossy(&buf));
 }
 
 /// How deep arrays and objects may nest in a request, in JSON and in the
@@ -417,6 +436,16 @@ mod tests {
         let query = format!("a={}", "%7B".repeat(MAX_NESTING + 1));
         let e = ApiError::from(parse_pairs(query.as_bytes()).expect_err("too deep"));
         assert_eq!(e.code, "PGRST102");
+    }
+
+    #[test]
+    fn headers_become_a_json_object_with_the_last_value_of_each() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().expect("value"));
+        h.append("x-a", "2\"q".parse().expect("value"));
+        h.insert("host", "h".parse().expect("value"));
+        let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
+        assert_eq!(v, serde_json::json!({"x-a": "2\"q", "host": "h"}));
     }
 
     #[test]
