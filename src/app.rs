@@ -22,13 +22,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>) -> AppState {
+    pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>, auth: Auth) -> AppState {
         AppState {
-            auth: Auth::new(
-                config.jwt_secret.as_deref(),
-                config.jwt_leeway_secs,
-                &config.anon_role,
-            ),
+            auth,
             pool,
             catalog,
             metrics: Metrics::default(),
