@@ -26,7 +26,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>) -> AppState {
+    pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>, auth: Auth) -> AppState {
         let search_paths = config
             .schemas
             .iter()
@@ -45,11 +45,7 @@ impl AppState {
             .collect();
         AppState {
             search_paths,
-            auth: Auth::new(
-                config.jwt_secret.as_deref(),
-                config.jwt_leeway_secs,
-                &config.anon_role,
-            ),
+            auth,
             pool,
             catalog,
             metrics: Metrics::default(),

@@ -14,13 +14,28 @@ pub struct ServeConfig {
     /// `PGRPC_DATABASE_URL` or from the embedded server.
     #[arg(skip)]
     pub database_url: String,
-    /// HS256 secret, at least 32 characters (embedded mode generates one).
+    /// The key that verifies tokens, as PostgREST's `jwt-secret`: an HS256
+    /// secret of at least 32 characters (embedded mode generates one), a
+    /// JWK, or a JWK Set `{"keys":[...]}`; `@/path` reads it from a file.
     /// Without one, every request with a token is refused with 401.
     #[arg(long, env = "PGRPC_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Clock skew allowed on token expiry (exp, nbf), in seconds.
+    /// Clock skew allowed on token times (exp, nbf, iat), in seconds.
     #[arg(long, env = "PGRPC_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
+    /// Where the role is in the claims, as PostgREST's `jwt-role-claim-key`
+    /// JSPath: `.app_metadata.role`, `."https://example.com/role"`,
+    /// `.roles[0]`.
+    #[arg(long, env = "PGRPC_JWT_ROLE_CLAIM_KEY", default_value = ".role")]
+    pub jwt_role_claim_key: String,
+    /// When set, a token's `aud` claim (if it has one) must name this
+    /// audience, as PostgREST's `jwt-aud`.
+    #[arg(long, env = "PGRPC_JWT_AUD")]
+    pub jwt_aud: Option<String>,
+    /// Validated tokens remembered, so that a token seen again is not
+    /// verified again; 0 disables the cache.
+    #[arg(long, env = "PGRPC_JWT_CACHE_MAX_ENTRIES", default_value_t = 1000)]
+    pub jwt_cache_max_entries: usize,
     /// Exposed schemas, comma-separated; the first is the default profile.
     #[arg(
         long,
@@ -93,12 +108,12 @@ impl ServeConfig {
     /// Checks the settings that would otherwise fail later, naming the
     /// setting to fix.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.jwt_secret {
-            if secret.chars().count() < MIN_JWT_SECRET_LEN {
-                return Err(format!(
-                    "PGRPC_JWT_SECRET must be at least {MIN_JWT_SECRET_LEN} characters"
-                ));
-            }
+        // PGRPC_JWT_SECRET may name a file, so `auth::Auth::new` reads and
+        // checks it, as it does the role claim key it parses.
+        crate::auth::role_claim::RoleClaimKey::parse(&self.jwt_role_claim_key)
+            .map_err(|e| format!("PGRPC_JWT_ROLE_CLAIM_KEY: {e}"))?;
+        if self.jwt_aud.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            return Err("PGRPC_JWT_AUD must not be empty; unset it to accept any audience".into());
         }
         if self.schemas.is_empty() || self.schemas.iter().any(|s| s.trim().is_empty()) {
             return Err("PGRPC_SCHEMAS must list at least one schema".into());
@@ -135,6 +150,22 @@ mod tests {
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1000);
         assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.jwt_role_claim_key, ".role");
+        assert_eq!(c.jwt_aud, None);
+        assert_eq!(c.jwt_cache_max_entries, 1000);
         assert!(c.validate().is_ok());
+    }
+
+    // A role claim key that is not a JSPath, or an empty audience, stops startup naming the setting.
+    #[test]
+    fn bad_jwt_settings_name_the_setting() {
+        let mut c = ServeConfig::new("postgres://x");
+        c.jwt_role_claim_key = "app_metadata.role".into();
+        let err = c.validate().expect_err("not a JSPath");
+        assert!(err.starts_with("PGRPC_JWT_ROLE_CLAIM_KEY"), "{err}");
+        let mut c = ServeConfig::new("postgres://x");
+        c.jwt_aud = Some(" ".into());
+        let err = c.validate().expect_err("empty audience");
+        assert!(err.starts_with("PGRPC_JWT_AUD"), "{err}");
     }
 }

@@ -20,8 +20,9 @@
 //!   `/ready`, `/metrics`, `/`; `http::request` parses the wire into an
 //!   [`api_request::ApiRequest`].
 //! - [`api_request`]: what a client asked for, as plain data.
-//! - [`auth`]: the JWT check (HS256, expiry with leeway, strict claims) and
-//!   role selection.
+//! - [`auth`]: the JWT check (HS256 secret, JWK or JWK Set; `exp`, `nbf`,
+//!   `iat`, `aud`; strict claims), the role claim key, the validated-token
+//!   cache, and role selection.
 //! - [`plan`]: overload resolution, the call statement, the response's
 //!   shape, and the `Idempotency-Key` request hash and stored response.
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::app::AppState;
+use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::db::{self, Catalog};
 
@@ -38,6 +39,7 @@ where
     F: Future<Output = ()> + Send,
 {
     config.validate().map_err(ServeError::Config)?;
+    let auth = Auth::new(&config).map_err(ServeError::Config)?;
     let pool = db::build_pool(&config.database_url, config.pool_size, config.pool_timeout)?;
     let catalog = Arc::new(Catalog::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -48,7 +50,7 @@ where
         pool.clone(),
         stop_rx,
     ));
-    let state = Arc::new(AppState::new(config, pool, catalog));
+    let state = Arc::new(AppState::new(config, pool, catalog, auth));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
     }

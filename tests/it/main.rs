@@ -13,6 +13,7 @@ mod feed;
 mod hostile;
 mod idempotency;
 mod integrity;
+mod jwt;
 mod nonces;
 mod outbox;
 mod postgrest_db;
