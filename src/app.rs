@@ -62,6 +62,36 @@ impl AppState {
     /// A request id unique to this process: instance, then sequence.
     pub fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n:012x}", self.instance)
+        let mut id = String::with_capacity(21);
+        push_hex(&mut id, u64::from(self.instance), 8);
+        id.push('-');
+        push_hex(&mut id, n, 12);
+        id
+    }
+}
+
+/// The low `digits` hex digits of `n`, zero-padded (what `{:0N$x}` gives,
+/// without the formatting machinery on every request).
+fn push_hex(out: &mut String, n: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((n >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_zero_padded_like_format() {
+        for (n, d) in [
+            (0u64, 8),
+            (0xabc, 12),
+            (u64::from(u32::MAX), 8),
+            (0x1234_5678_9abc, 12),
+        ] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n, d);
+            assert_eq!(s, format!("{n:0width$x}", width = d as usize));
+        }
     }
 }

@@ -320,11 +320,11 @@ async fn own_statement(
     conn: &mut PgConn,
     sql: &'static str,
 ) -> Result<Statement, tokio_postgres::Error> {
-    if let Some(s) = conn.statement(sql) {
+    if let Some(s) = conn.own_statement(sql) {
         return Ok(s);
     }
     let s = conn.client.prepare(sql).await?;
-    conn.keep(sql.into(), s.clone());
+    conn.keep_own(sql, s.clone());
     Ok(s)
 }
 

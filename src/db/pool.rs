@@ -41,19 +41,34 @@ pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
 pub struct PgConn {
     pub client: Client,
     pub settings: Statement,
-    /// Statements prepared on this connection, by their SQL.
-    statements: HashMap<Arc<str>, Statement>,
+    /// Call statements prepared on this connection, by the address of
+    /// their SQL, which each entry keeps alive (so the address cannot be
+    /// reused for another SQL while the entry exists).
+    statements: HashMap<usize, (Arc<str>, Statement)>,
+    /// The proxy's own statements (`&'static` SQL), by address.
+    own: HashMap<usize, Statement>,
     generation: u64,
     driver: JoinHandle<()>,
 }
 
 impl PgConn {
-    pub fn statement(&self, sql: &str) -> Option<Statement> {
-        self.statements.get(sql).cloned()
+    pub fn statement(&self, sql: &Arc<str>) -> Option<Statement> {
+        self.statements
+            .get(&(Arc::as_ptr(sql) as *const u8 as usize))
+            .map(|(_, s)| s.clone())
     }
 
     pub fn keep(&mut self, sql: Arc<str>, statement: Statement) {
-        self.statements.insert(sql, statement);
+        let key = Arc::as_ptr(&sql) as *const u8 as usize;
+        self.statements.insert(key, (sql, statement));
+    }
+
+    pub fn own_statement(&self, sql: &'static str) -> Option<Statement> {
+        self.own.get(&(sql.as_ptr() as usize)).cloned()
+    }
+
+    pub fn keep_own(&mut self, sql: &'static str, statement: Statement) {
+        self.own.insert(sql.as_ptr() as usize, statement);
     }
 }
 
@@ -96,6 +111,7 @@ impl managed::Manager for PgManager {
             client,
             settings,
             statements: HashMap::new(),
+            own: HashMap::new(),
             generation: self.generation.load(Ordering::Relaxed),
             driver,
         })
@@ -112,6 +128,7 @@ impl managed::Manager for PgManager {
         let generation = self.generation.load(Ordering::Relaxed);
         if conn.generation != generation {
             conn.statements.clear();
+            conn.own.clear();
             conn.generation = generation;
         }
         Ok(())

@@ -190,12 +190,23 @@ fn headers_json(headers: &HeaderMap) -> String {
     out
 }
 
-/// `s` as a JSON string literal.
+/// `s` as a JSON string literal (RFC 8259 §7 escapes).
 fn push_json_string(out: &mut String, s: &str) {
-    let mut buf = Vec::new();
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut buf, s);
-    out.push_str(&String::from_utf8_lossy(&buf));
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// How deep arrays and objects may nest in a request, in JSON and in the
@@ -387,6 +398,7 @@ pub fn profile<'a>(
 mod tests {
     use super::*;
     use crate::error::ApiError;
+    use hyper::header::HeaderValue;
 
     #[test]
     fn empty_body_is_an_empty_object() {
@@ -444,8 +456,15 @@ mod tests {
         h.insert("x-a", "1".parse().expect("value"));
         h.append("x-a", "2\"q".parse().expect("value"));
         h.insert("host", "h".parse().expect("value"));
+        h.insert(
+            "x-c",
+            HeaderValue::from_bytes(b"a\\b\tc\x01\xff").expect("value"),
+        );
         let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
-        assert_eq!(v, serde_json::json!({"x-a": "2\"q", "host": "h"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"x-a": "2\"q", "host": "h", "x-c": "a\\b\tc\u{1}\u{fffd}"})
+        );
     }
 
     #[test]
