@@ -18,8 +18,10 @@ pub struct ApiRequest {
     pub idempotency_key: Option<String>,
     /// The raw `Authorization` header, checked by `auth`.
     pub authorization: Option<Vec<u8>>,
-    /// Every header as a JSON object, for `request.headers`.
+    /// Every header but `Cookie` as a JSON object, for `request.headers`.
     pub headers_json: String,
+    /// The cookies as a JSON object, for `request.cookies`.
+    pub cookies_json: String,
 }
 
 impl ApiRequest {

@@ -21,6 +21,8 @@ pub struct AppState {
     /// Each exposed schema's `search_path`: the schema, then
     /// `PGRPC_EXTRA_SEARCH_PATH`, quoted.
     search_paths: HashMap<String, String>,
+    /// `SELECT "schema"."function"()` for `PGRPC_PRE_REQUEST`.
+    pub pre_request: Option<Arc<str>>,
     request_seq: AtomicU64,
     instance: u32,
 }
@@ -43,8 +45,17 @@ impl AppState {
                 (schema.clone(), path.join(", "))
             })
             .collect();
+        let pre_request = config
+            .pre_request
+            .as_deref()
+            .and_then(crate::config::pre_request_parts)
+            .map(|parts| {
+                let quoted: Vec<String> = parts.iter().map(|p| quote_ident(p)).collect();
+                Arc::from(format!("SELECT {}()", quoted.join(".")))
+            });
         AppState {
             search_paths,
+            pre_request,
             auth,
             pool,
             catalog,

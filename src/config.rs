@@ -53,6 +53,20 @@ pub struct ServeConfig {
         default_value = "public"
     )]
     pub extra_search_path: Vec<String>,
+    /// A function's own settings applied to its whole transaction, as
+    /// PostgREST's db-hoisted-tx-settings.
+    #[arg(
+        long,
+        env = "PGRPC_HOISTED_TX_SETTINGS",
+        value_delimiter = ',',
+        default_value = "statement_timeout,plan_filter.statement_cost_limit,default_transaction_isolation"
+    )]
+    pub hoisted_tx_settings: Vec<String>,
+    /// A function called after the settings and before every call, as
+    /// PostgREST's db-pre-request (for example `api.check_request`); its
+    /// errors answer like the call's.
+    #[arg(long, env = "PGRPC_PRE_REQUEST")]
+    pub pre_request: Option<String>,
     /// Role for requests without a token.
     #[arg(long, env = "PGRPC_ANON_ROLE", default_value = "pgrpc_anon")]
     pub anon_role: String,
@@ -80,6 +94,17 @@ pub struct ServeConfig {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// `schema.function` or `function`, each part a plain identifier.
+pub fn pre_request_parts(name: &str) -> Option<Vec<&str>> {
+    let parts: Vec<&str> = name.trim().split('.').collect();
+    let plain = |p: &&str| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_alphabetic() || c == '_')
+            && chars.all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+    };
+    (parts.len() <= 2 && parts.iter().all(plain)).then_some(parts)
+}
 
 /// A duration given in milliseconds.
 pub fn millis(s: &str) -> Result<Duration, String> {
@@ -132,6 +157,13 @@ impl ServeConfig {
         }
         if self.anon_role.trim().is_empty() {
             return Err("PGRPC_ANON_ROLE must name a role".into());
+        }
+        if let Some(name) = &self.pre_request {
+            if pre_request_parts(name).is_none() {
+                return Err(format!(
+                    "PGRPC_PRE_REQUEST must name a function as schema.function or function, got {name:?}"
+                ));
+            }
         }
         Ok(())
     }

@@ -36,7 +36,7 @@ enum Command {
     /// Apply the pending migrations of sql/ (as a superuser).
     Migrate(MigrateArgs),
     /// Serve the exposed schemas over HTTP.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Deliver outbox events to an HTTP endpoint.
     Relay(RelayConfig),
 }
@@ -104,7 +104,7 @@ async fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Relay(config) => pgrpc::relay::run(config, shutdown_signal())
             .await
             .map_err(|e| e.to_string()),

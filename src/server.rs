@@ -30,6 +30,54 @@ pub enum ServeError {
     Accept(#[from] std::io::Error),
 }
 
+/// Fails fast when `PGRPC_PRE_REQUEST` names a function the database does
+/// not have. A database that does not answer yet is not waited for: the
+/// server starts, and calls fail until the function exists.
+async fn check_pre_request(config: &ServeConfig) -> Result<(), ServeError> {
+    let Some(parts) = config
+        .pre_request
+        .as_deref()
+        .and_then(crate::config::pre_request_parts)
+    else {
+        return Ok(());
+    };
+    let connect = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls);
+    let Ok(Ok((client, connection))) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), connect).await
+    else {
+        warn!("the database does not answer yet; PGRPC_PRE_REQUEST is checked by its first call");
+        return Ok(());
+    };
+    let driver = tokio::spawn(connection);
+    let (schema, name) = match parts.as_slice() {
+        [schema, name] => (Some(*schema), *name),
+        _ => (None, parts[0]),
+    };
+    let found = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             WHERE p.proname = $2 AND p.pronargs = 0 \
+               AND (n.nspname = $1 OR ($1 IS NULL AND n.nspname = ANY($3)))",
+            &[&schema, &name, &config.schemas],
+        )
+        .await
+        .map(|row| row.get::<_, i64>(0) > 0);
+    drop(client);
+    let _ = driver.await;
+    match found {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ServeError::Config(format!(
+            "PGRPC_PRE_REQUEST names {}(), which the database does not have (a function without arguments)",
+            parts.join(".")
+        ))),
+        Err(e) => {
+            warn!(cause = %e, "cannot check PGRPC_PRE_REQUEST");
+            Ok(())
+        }
+    }
+}
+
 pub async fn serve<F>(
     listener: TcpListener,
     config: ServeConfig,
@@ -41,6 +89,7 @@ where
     config.validate().map_err(ServeError::Config)?;
     let auth = Auth::new(&config).map_err(ServeError::Config)?;
     let pool = db::build_pool(&config.database_url, config.pool_size, config.pool_timeout)?;
+    check_pre_request(&config).await?;
     let catalog = Arc::new(Catalog::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener_task = tokio::spawn(db::maintain_catalog(

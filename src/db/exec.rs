@@ -9,10 +9,11 @@
 //! ROLLBACK itself failed) is detached from the pool and closed, so nothing
 //! ever rides on another request's COMMIT.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use deadpool::managed::{Object, PoolError, TimeoutType};
-use tokio_postgres::Statement;
+use tokio_postgres::{Client, Statement};
 
 use super::pool::{Conn, PgConn, Pool};
 use tracing::error;
@@ -116,11 +117,12 @@ pub struct RequestSettings {
     pub role_settings: Arc<RoleSettings>,
     /// The profile's schema, then `PGRPC_EXTRA_SEARCH_PATH`, quoted.
     pub search_path: String,
+    pub cookies: String,
 }
 
 impl RequestSettings {
     /// The parameters of `pool::SETTINGS_SQL`.
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
         [
             &self.role,
             &self.claims,
@@ -130,6 +132,7 @@ impl RequestSettings {
             &self.role_settings.names,
             &self.role_settings.values,
             &self.search_path,
+            &self.cookies,
         ]
     }
 }
@@ -165,6 +168,11 @@ pub struct CallJob {
     /// Exactly one row is required (406 `PGRST116` otherwise).
     pub singular: bool,
     pub settings: RequestSettings,
+    /// `ISOLATION LEVEL …` the function asks for (hoisted
+    /// default_transaction_isolation).
+    pub isolation: Option<&'static str>,
+    /// `SELECT <PGRPC_PRE_REQUEST>()`, run after the settings.
+    pub pre_request: Option<Arc<str>>,
     pub idempotency: Option<IdempotentCall>,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
@@ -199,15 +207,20 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     let mut conn = checkout(pool).await?;
     let cached = conn.statement(&job.sql);
+    // The pre-request function's statement: Some(None) when there is none.
+    let pre_cached = match &job.pre_request {
+        None => Some(None),
+        Some(sql) => conn.statement(sql).map(Some),
+    };
     let simple = !job.singular && job.idempotency.is_none();
-    if let (true, Some(call)) = (simple, &cached) {
+    if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
-        return pipelined(&conn, &job, call)
+        return pipelined(&conn, &job, pre.as_ref(), call)
             .await
             .map(Executed::Called)
             .map_err(fail);
     }
-    let outcome = match open(&mut conn, &job, cached).await {
+    let outcome = match open(&mut conn, &job, cached, pre_cached).await {
         Ok(call) if simple => {
             // First call of this statement on this connection: the call and
             // COMMIT go together, one round trip after the Parse.
@@ -247,67 +260,102 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     }
 }
 
-/// How the transaction starts. A read-only call runs READ ONLY, except
-/// under an `Idempotency-Key`, whose bookkeeping writes: the call itself
-/// then runs READ ONLY inside a savepoint (see `stepwise`).
-fn begin_sql(job: &CallJob) -> &'static str {
-    if job.read_only && job.idempotency.is_none() {
-        "BEGIN READ ONLY"
-    } else {
-        "BEGIN"
+/// How the transaction starts: with the isolation level the function
+/// asks for, if any, and READ ONLY for a read-only call, except under an
+/// `Idempotency-Key`, whose bookkeeping writes: the call itself then runs
+/// READ ONLY inside a savepoint (see `stepwise`).
+fn begin_sql(job: &CallJob) -> Cow<'static, str> {
+    let read_only = job.read_only && job.idempotency.is_none();
+    match (job.isolation, read_only) {
+        (None, true) => Cow::Borrowed("BEGIN READ ONLY"),
+        (None, false) => Cow::Borrowed("BEGIN"),
+        (Some(level), true) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level} READ ONLY")),
+        (Some(level), false) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level}")),
     }
 }
 
-/// `BEGIN; settings; call; COMMIT` as one pipeline: one round trip once the
-/// call is prepared on this connection. An error anywhere aborts the
-/// transaction, and the trailing COMMIT then rolls it back.
+/// The pre-request function, if there is one, run after the settings.
+async fn pre_request(
+    client: &Client,
+    pre: Option<&Statement>,
+) -> Result<(), tokio_postgres::Error> {
+    match pre {
+        Some(statement) => client.query(statement, &[]).await.map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// `BEGIN; settings; [pre-request;] call; COMMIT` as one pipeline: one
+/// round trip once the statements are prepared on this connection. An
+/// error anywhere aborts the transaction, and the trailing COMMIT then
+/// rolls it back.
 async fn pipelined(
     conn: &PgConn,
     job: &CallJob,
+    pre: Option<&Statement>,
     call: &Statement,
 ) -> Result<CallResult, tokio_postgres::Error> {
     let client = &conn.client;
     let args = [&job.args as &(dyn tokio_postgres::types::ToSql + Sync)];
     let params = job.settings.params();
-    let (b, s, c, e) = futures_util::join!(
-        client.batch_execute(begin_sql(job)),
+    let begin = begin_sql(job);
+    let (b, s, p, c, e) = futures_util::join!(
+        client.batch_execute(&begin),
         client.query_one(&conn.settings, &params),
+        pre_request(client, pre),
         client.query_one(call, &args),
         client.batch_execute("COMMIT"),
     );
     b?;
     s?;
+    p?;
     let row = c?;
     e?;
     Ok(read_call_row(&row))
 }
 
-/// Opens the transaction and applies the settings; when the call is not
-/// prepared on this connection yet, prepares it in the same round trip,
-/// after the role switch, so PostgreSQL parses it as the request role.
-/// The transaction stays open, whatever the outcome.
+/// Opens the transaction and applies the settings, preparing the call and
+/// the pre-request function in the same round trip when this connection
+/// has not prepared them yet (after the role switch, so PostgreSQL parses
+/// them as the request role); then runs the pre-request function. The
+/// transaction stays open, whatever the outcome.
 async fn open(
     conn: &mut PgConn,
     job: &CallJob,
     cached: Option<Statement>,
+    pre_cached: Option<Option<Statement>>,
 ) -> Result<Statement, ExecError> {
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
     let params = job.settings.params();
+    let begin = begin_sql(job);
     let client = &conn.client;
-    let prepare = async {
+    let prepare_pre = async {
+        match (&pre_cached, &job.pre_request) {
+            (Some(pre), _) => Ok(pre.clone()),
+            (None, Some(sql)) => client.prepare(sql).await.map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let prepare_call = async {
         match &cached {
             Some(call) => Ok(call.clone()),
             None => client.prepare(&job.sql).await,
         }
     };
-    let (b, s, p) = futures_util::join!(
-        client.batch_execute(begin_sql(job)),
+    let (b, s, p, c) = futures_util::join!(
+        client.batch_execute(&begin),
         client.query_one(&conn.settings, &params),
-        prepare,
+        prepare_pre,
+        prepare_call,
     );
     b.map_err(fail)?;
     s.map_err(fail)?;
-    let call = p.map_err(fail)?;
+    let pre = p.map_err(fail)?;
+    let call = c.map_err(fail)?;
+    pre_request(client, pre.as_ref()).await.map_err(fail)?;
+    if let (None, Some(sql), Some(statement)) = (&pre_cached, &job.pre_request, &pre) {
+        conn.keep(sql.clone(), statement.clone());
+    }
     if cached.is_none() {
         conn.keep(job.sql.clone(), call.clone());
     }

@@ -35,6 +35,7 @@ pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
      set_config('request.path', $4, true), \
      set_config('request.headers', $5, true), \
      set_config('search_path', $8, true), \
+     set_config('request.cookies', $9, true), \
      (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
 
 /// One pooled connection.

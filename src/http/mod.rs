@@ -200,14 +200,21 @@ async fn rpc(
         args: plan.args,
         read_only: plan.read_only,
         singular: plan.singular,
+        isolation: isolation_level(plan.routine.isolation(&state.config.hoisted_tx_settings)),
+        pre_request: state.pre_request.clone(),
         settings: RequestSettings {
-            role_settings: cache.settings_of(&identity.role),
+            role_settings: cache.settings_for(
+                &identity.role,
+                &plan.routine,
+                &state.config.hoisted_tx_settings,
+            ),
             role: identity.role,
             claims: identity.claims,
             method: request.method.as_str().to_string(),
             path: request.path,
             headers: request.headers_json,
             search_path: state.search_path(&request.schema),
+            cookies: request.cookies_json,
         },
         idempotency,
         anon: identity.anon,
@@ -222,6 +229,18 @@ async fn rpc(
         state,
         request.method == Method::HEAD,
     ))
+}
+
+/// The SQL of a function's `default_transaction_isolation`; anything else
+/// leaves the transaction at the default.
+fn isolation_level(setting: Option<&str>) -> Option<&'static str> {
+    match setting?.trim().to_ascii_lowercase().as_str() {
+        "serializable" => Some("SERIALIZABLE"),
+        "repeatable read" => Some("REPEATABLE READ"),
+        "read committed" => Some("READ COMMITTED"),
+        "read uncommitted" => Some("READ UNCOMMITTED"),
+        _ => None,
+    }
 }
 
 /// The response for a reply: body, media type, profile and replay headers.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use hyper::{Method, Request};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -105,6 +105,7 @@ pub async fn parse(
     let schema = profile(req.headers(), write, schemas)?.to_string();
     let singular = wants_single_object(req.headers())?;
     let headers_json = headers_json(req.headers());
+    let cookies_json = cookies_json(req.headers());
     let authorization = req
         .headers()
         .get(AUTHORIZATION)
@@ -139,6 +140,7 @@ pub async fn parse(
         idempotency_key,
         authorization,
         headers_json,
+        cookies_json,
     })
 }
 
@@ -168,23 +170,56 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
 }
 
 /// All request headers as a JSON object with lowercase names.
-/// A header sent more than once keeps its last value, as before.
+/// A header sent more than once keeps its last value. `Cookie` is left
+/// out, as PostgREST leaves it out: the cookies are in `request.cookies`.
 fn headers_json(headers: &HeaderMap) -> String {
     let mut out = String::with_capacity(64 * headers.len() + 2);
     out.push('{');
-    for (i, name) in headers.keys().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    for name in headers.keys() {
+        if name == COOKIE {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
             out.push(',');
         }
         push_json_string(&mut out, name.as_str());
         out.push(':');
-        let value = headers.get_all(name).iter().last();
-        push_json_string(
-            &mut out,
-            &value
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                .unwrap_or_default(),
-        );
+        match headers.get_all(name).iter().next_back() {
+            Some(v) => push_json_string(&mut out, &String::from_utf8_lossy(v.as_bytes())),
+            None => out.push_str("\"\""),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The `Cookie` headers as a JSON object of name → value (the last value of
+/// a repeated name wins), for `request.cookies`.
+fn cookies_json(headers: &HeaderMap) -> String {
+    let mut cookies: Vec<(&str, &str)> = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let (name, value) = (name.trim(), value.trim());
+            if name.is_empty() {
+                continue;
+            }
+            cookies.retain(|(n, _)| *n != name);
+            cookies.push((name, value.trim_matches('"')));
+        }
+    }
+    let mut out = String::from("{");
+    for (i, (name, value)) in cookies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        push_json_string(&mut out, value);
     }
     out.push('}');
     out
@@ -458,13 +493,25 @@ mod tests {
         h.insert("host", "h".parse().expect("value"));
         h.insert(
             "x-c",
-            HeaderValue::from_bytes(b"a\\b\tc\x01\xff").expect("value"),
+            HeaderValue::from_bytes(b"a\\b\tc\xff").expect("value"),
         );
         let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
         assert_eq!(
             v,
-            serde_json::json!({"x-a": "2\"q", "host": "h", "x-c": "a\\b\tc\u{1}\u{fffd}"})
+            serde_json::json!({"x-a": "2\"q", "host": "h", "x-c": "a\\b\tc\u{fffd}"})
         );
+    }
+
+    #[test]
+    fn cookies_are_parsed_and_left_out_of_the_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, "a=1; b=\"two\"; a=3; junk".parse().expect("value"));
+        h.insert("x-b", "v".parse().expect("value"));
+        let cookies: Value = serde_json::from_str(&cookies_json(&h)).expect("json");
+        assert_eq!(cookies, serde_json::json!({"a": "3", "b": "two"}));
+        let headers: Value = serde_json::from_str(&headers_json(&h)).expect("json");
+        assert_eq!(headers, serde_json::json!({"x-b": "v"}));
+        assert_eq!(cookies_json(&HeaderMap::new()), "{}");
     }
 
     #[test]

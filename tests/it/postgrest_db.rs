@@ -47,6 +47,21 @@ CREATE FUNCTION tut.do_write(task text) RETURNS int LANGUAGE sql VOLATILE AS
 CREATE FUNCTION tut.sneaky_write(task text) RETURNS int LANGUAGE sql STABLE AS
   $$ SELECT tut.do_write(task) $$;
 CREATE FUNCTION tut.whoami() RETURNS text LANGUAGE sql STABLE AS $$ SELECT current_user $$;
+CREATE FUNCTION tut.request_gucs() RETURNS json LANGUAGE sql STABLE AS $$
+  SELECT json_build_object('cookies', current_setting('request.cookies', true)::json,
+                           'headers', current_setting('request.headers', true)::json) $$;
+-- A function's own settings, hoisted to its transaction (db-hoisted-tx-settings).
+CREATE FUNCTION tut.slow_hoisted(seconds float8) RETURNS text LANGUAGE sql VOLATILE
+  SET statement_timeout = '300ms' AS $$ SELECT pg_sleep(seconds)::text $$;
+CREATE FUNCTION tut.isolation() RETURNS text LANGUAGE sql STABLE
+  SET default_transaction_isolation = 'serializable' AS $$ SELECT current_setting('transaction_isolation') $$;
+-- db-pre-request: ban a caller by a header.
+CREATE FUNCTION tut.check_request() RETURNS void LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  IF current_setting('request.headers', true)::json ->> 'x-tenant' = 'banned' THEN
+    RAISE SQLSTATE 'PT403' USING MESSAGE = 'tenant_banned', DETAIL = 'This tenant is banned.';
+  END IF;
+END $$;
 
 GRANT USAGE ON SCHEMA tut TO web_anon_{suffix}, todo_user_{suffix};
 GRANT SELECT ON tut.todos TO web_anon_{suffix};
@@ -58,6 +73,12 @@ GRANT EXECUTE ON FUNCTION public.shared_helper_{suffix}() TO web_anon_{suffix}, 
 }
 
 async fn tutorial_server() -> (TestServer, String) {
+    tutorial_server_with(|_| {}).await
+}
+
+async fn tutorial_server_with(
+    tune: impl FnOnce(&mut pgrpc::config::ServeConfig),
+) -> (TestServer, String) {
     let db = TestDb::new().await;
     let suffix = db.name.clone();
     db.superuser()
@@ -70,6 +91,7 @@ async fn tutorial_server() -> (TestServer, String) {
     let server = TestServer::start_on_url(db, url, |c| {
         c.schemas = vec!["tut".to_string()];
         c.anon_role = anon;
+        tune(c);
     })
     .await;
     (server, suffix)
@@ -213,4 +235,82 @@ async fn pgrpcs_authenticator_holds_no_privilege_on_exposed_schemas() {
         .await;
         assert!(!usage, "{role} has USAGE on {schema}");
     }
+}
+
+/// request.cookies holds the parsed cookies, and request.headers leaves the
+/// Cookie header out, as PostgREST sets them.
+#[tokio::test]
+async fn cookies_are_their_own_setting() {
+    let (s, _) = tutorial_server().await;
+    let r = send(
+        s.http
+            .get(s.url("/rpc/request_gucs"))
+            .header("Cookie", "session=abc; theme=dark")
+            .header("X-Custom", "yes"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["cookies"],
+        json!({"session": "abc", "theme": "dark"})
+    );
+    assert_eq!(r.body["headers"]["x-custom"], json!("yes"));
+    assert!(r.body["headers"].get("cookie").is_none(), "{}", r.text);
+}
+
+/// A function's own statement_timeout and isolation level apply to its
+/// whole transaction (PostgREST's db-hoisted-tx-settings), so the timeout
+/// stops the call itself.
+#[tokio::test]
+async fn a_functions_own_settings_are_hoisted_to_its_transaction() {
+    let (s, _) = tutorial_server().await;
+    let started = std::time::Instant::now();
+    let r = s.rpc("slow_hoisted", None, json!({"seconds": 3})).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (500, "57014".to_string()),
+        "{}",
+        r.text
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let r = send(s.http.get(s.url("/rpc/isolation"))).await;
+    assert_eq!(r.body, json!("serializable"), "{}", r.text);
+    let r = s.rpc("slow_hoisted", None, json!({"seconds": 0})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// PGRPC_PRE_REQUEST runs before every call, and its error answers like the
+/// call's; one that names a missing function stops the server at startup.
+#[tokio::test]
+async fn the_pre_request_function_runs_before_every_call() {
+    let (s, _) = tutorial_server_with(|c| c.pre_request = Some("tut.check_request".into())).await;
+    for _ in 0..3 {
+        let r = send(s.http.get(s.url("/rpc/todo_count"))).await;
+        assert_eq!((r.status, r.body.clone()), (200, json!(2)), "{}", r.text);
+        let r = send(
+            s.http
+                .get(s.url("/rpc/todo_count"))
+                .header("X-Tenant", "banned"),
+        )
+        .await;
+        assert_eq!(r.status, 403, "{}", r.text);
+        assert_eq!(r.body["message"], json!("tenant_banned"));
+        let r = s.rpc("add_todo", None, json!({"task": "x"})).await;
+        assert_eq!(r.status, 401, "{}", r.text);
+    }
+
+    let mut config = pgrpc::config::ServeConfig::new(s.db.authenticator_url());
+    config.pre_request = Some("tut.no_such_check".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = pgrpc::server::serve(listener, config, std::future::pending())
+        .await
+        .expect_err("a missing pre-request function stops the server");
+    assert!(err.to_string().contains("PGRPC_PRE_REQUEST"), "{err}");
+    let mut config = pgrpc::config::ServeConfig::new(s.db.authenticator_url());
+    config.pre_request = Some("tut.check(); DROP".into());
+    assert!(config
+        .validate()
+        .is_err_and(|e| e.contains("PGRPC_PRE_REQUEST")));
 }
