@@ -8,6 +8,7 @@ mod support;
 
 mod api_types;
 mod contracts;
+mod docs;
 mod embedded;
 mod feed;
 mod hostile;

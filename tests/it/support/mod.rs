@@ -614,3 +614,35 @@ impl Drop for Gate {
         self.accept.abort();
     }
 }
+
+/// Runs `pg_dump` inside the test container on `db`, so that its version
+/// is the server's, and returns its output.
+pub fn pg_dump(db: &TestDb, args: &[&str]) -> String {
+    let mut cmd = vec![
+        "env".to_string(),
+        "PGPASSWORD=postgres".to_string(),
+        "pg_dump".to_string(),
+        "--host=127.0.0.1".to_string(),
+        "--username=postgres".to_string(),
+        format!("--dbname={}", db.name),
+    ];
+    cmd.extend(args.iter().map(|a| a.to_string()));
+    // The blocking exec runs a runtime of its own: not on a test's runtime.
+    std::thread::spawn(move || {
+        let mut result = cluster()
+            ._container
+            .exec(testcontainers::core::ExecCommand::new(cmd))
+            .expect("exec pg_dump in the test container");
+        let stdout = result.stdout_to_vec().expect("pg_dump output");
+        let stderr = result.stderr_to_vec().unwrap_or_default();
+        let code = result.exit_code().ok().flatten();
+        assert!(
+            code == Some(0),
+            "pg_dump exited with {code:?}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        String::from_utf8(stdout).expect("pg_dump output is UTF-8")
+    })
+    .join()
+    .expect("pg_dump thread panicked")
+}

@@ -1,0 +1,369 @@
+//! The documentation kept true by tests: every error a client or operator
+//! can meet is in docs/errors.md with its status, and sql/schema.sql is the
+//! schema the migrations build.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pgrpc::error::{status_for_sqlstate, Pgrst};
+use tokio_postgres::error::SqlState;
+
+use crate::support::{self, TestDb};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// An error the SQL raises: its key, its SQLSTATE, and where it was seen.
+#[derive(Debug)]
+struct Raised {
+    key: String,
+    sqlstate: String,
+    status: u16,
+    file: String,
+}
+
+/// The SQLSTATE of the condition names the migrations raise with
+/// (`RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege'`).
+fn condition_code(name: &str) -> &str {
+    match name {
+        "insufficient_privilege" => "42501",
+        "check_violation" => "23514",
+        "undefined_object" => "42704",
+        "invalid_text_representation" => "22P02",
+        "raise_exception" => "P0001",
+        code if code.len() == 5 && code.chars().all(|c| c.is_ascii_alphanumeric()) => code,
+        other => {
+            panic!("condition name {other} is not known to tests/it/docs.rs; add its SQLSTATE")
+        }
+    }
+}
+
+fn is_key(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+}
+
+/// The text after `marker` up to the next single quote:
+/// `quoted_after(stmt, "MESSAGE='")`. The caller removes the spaces around
+/// `=` first.
+fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+    let start = text.find(marker)? + marker.len();
+    let end = text[start..].find('\'')?;
+    Some(&text[start..start + end])
+}
+
+/// The SQL without its `--` comments, whose apostrophes would otherwise
+/// read as string quotes.
+fn without_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for line in sql.lines() {
+        let mut in_string = false;
+        let mut cut = line.len();
+        let bytes = line.as_bytes();
+        for i in 0..bytes.len() {
+            match bytes[i] {
+                b'\'' => in_string = !in_string,
+                b'-' if !in_string && bytes.get(i + 1) == Some(&b'-') => {
+                    cut = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push_str(&line[..cut]);
+        out.push('\n');
+    }
+    out
+}
+
+/// Statements of one file that start with RAISE, cut at the first `;`
+/// outside a string literal, with whitespace collapsed.
+fn raise_statements(sql: &str) -> Vec<String> {
+    let sql = &without_comments(sql);
+    let mut out = Vec::new();
+    let upper = sql.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(at) = upper[from..].find("RAISE ") {
+        let begin = from + at;
+        let mut in_string = false;
+        let mut end = sql.len();
+        for (i, c) in sql[begin..].char_indices() {
+            match c {
+                '\'' => in_string = !in_string,
+                ';' if !in_string => {
+                    end = begin + i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push(
+            sql[begin..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        from = end.max(begin + 1);
+    }
+    out
+}
+
+fn status_of(sqlstate: &str) -> u16 {
+    status_for_sqlstate(&SqlState::from_code(sqlstate), false).as_u16()
+}
+
+/// Every error key the migrations raise: `MESSAGE = '<key>'` with its
+/// SQLSTATE, the `code` of `RAISE SQLSTATE 'PGRST'` JSON with its `status`,
+/// and the rule names given to `private.tg_forbid(...)`.
+fn raised_in_sql() -> Vec<Raised> {
+    let mut raised = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("sql"))
+        .expect("read sql/")
+        .map(|e| e.expect("sql/ entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.starts_with('V') && name.ends_with(".sql")
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 15,
+        "expected the migrations in sql/, found {files:?}"
+    );
+    for path in files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let sql = read(&path);
+        for stmt in raise_statements(&sql) {
+            let stmt = stmt.replace(" =", "=").replace("= ", "=");
+            if stmt.contains("SQLSTATE 'PGRST'") {
+                let key = quoted_after(&stmt, "'code', '").expect("PGRST raise without a code");
+                let status = stmt
+                    .split("'status', ")
+                    .nth(1)
+                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("PGRST raise of {key} in {file} without a status"));
+                raised.push(Raised {
+                    key: key.to_string(),
+                    sqlstate: "PGRST".into(),
+                    status,
+                    file: file.clone(),
+                });
+                continue;
+            }
+            let Some(key) = quoted_after(&stmt, "MESSAGE='").filter(|k| is_key(k)) else {
+                continue;
+            };
+            let sqlstate = if let Some(code) = quoted_after(&stmt, "SQLSTATE '") {
+                code.to_string()
+            } else if let Some(name) = quoted_after(&stmt, "ERRCODE='") {
+                condition_code(name).to_string()
+            } else {
+                // RAISE <condition> USING ...
+                let name = stmt.split_whitespace().nth(1).unwrap_or_default();
+                let name = if name.eq_ignore_ascii_case("EXCEPTION") {
+                    "raise_exception"
+                } else {
+                    name
+                };
+                condition_code(name).to_string()
+            };
+            raised.push(Raised {
+                key: key.to_string(),
+                status: status_of(&sqlstate),
+                sqlstate,
+                file: file.clone(),
+            });
+        }
+        // tg_forbid raises its first argument as the message, as 42501.
+        for part in sql.split("private.tg_forbid('").skip(1) {
+            let key = &part[..part.find('\'').expect("tg_forbid argument")];
+            raised.push(Raised {
+                key: key.to_string(),
+                sqlstate: "42501".into(),
+                status: status_of("42501"),
+                file: file.clone(),
+            });
+        }
+    }
+    raised
+}
+
+/// `(file, key)` for every `MESSAGE = '<snake_case key>'` in the
+/// migrations, found without parsing statements.
+fn message_keys_by_scan() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(repo().join("sql")).expect("read sql/") {
+        let path = entry.expect("sql/ entry").path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(file.starts_with('V') && file.ends_with(".sql")) {
+            continue;
+        }
+        let sql = read(&path).replace(" =", "=").replace("= ", "=");
+        for part in sql.split("MESSAGE='").skip(1) {
+            let key = &part[..part.find('\'').unwrap_or(0)];
+            if is_key(key) {
+                found.push((file.clone(), key.to_string()));
+            }
+        }
+    }
+    found
+}
+
+/// The rows of every table in docs/errors.md: each backticked name of the
+/// first cell, with the row's other cells as one text.
+fn documented(errors_md: &str) -> BTreeMap<String, Vec<String>> {
+    let mut rows: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in errors_md.lines() {
+        let line = line.trim();
+        if !line.starts_with('|') || line.starts_with("|---") || line.starts_with("| ---") {
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').collect();
+        let Some((first, rest)) = cells.split_first() else {
+            continue;
+        };
+        let rest = rest.join("|");
+        for (i, name) in first.split('`').enumerate() {
+            if i % 2 == 1 {
+                rows.entry(name.to_string()).or_default().push(rest.clone());
+            }
+        }
+    }
+    rows
+}
+
+/// Whether `text` holds `number` as a whole number (409, not 4090).
+fn has_number(text: &str, number: u16) -> bool {
+    text.split(|c: char| !c.is_ascii_digit())
+        .any(|n| n == number.to_string())
+}
+
+/// Whether `text` holds `word` with no letter or digit on either side.
+fn has_word(text: &str, word: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w == word)
+}
+
+// Every key the SQL raises and every PGRST/PGRPC code of the proxy has a
+// row in docs/errors.md naming its status (and its SQLSTATE where that is
+// not a PTnnn code), so a client can look up any error it receives.
+#[test]
+fn every_error_key_and_code_is_in_the_docs_error_table() {
+    let doc = documented(&read(&repo().join("docs/errors.md")));
+    let mut missing = Vec::new();
+
+    let raised = raised_in_sql();
+    assert!(
+        raised
+            .iter()
+            .any(|r| r.key == "tokens_exhausted" && r.status == 429),
+        "the SQL parser found no PGRST raise: {raised:?}"
+    );
+    // The parser reads whole RAISE statements; a plain scan of the files
+    // for `MESSAGE = '<key>'` must find no key it missed.
+    for (file, key) in message_keys_by_scan() {
+        assert!(
+            raised.iter().any(|r| r.key == key && r.file == file),
+            "{file}: MESSAGE = '{key}' was not read from a RAISE statement"
+        );
+    }
+    for r in &raised {
+        let rows = doc.get(&r.key).map(Vec::as_slice).unwrap_or_default();
+        let found = rows.iter().any(|row| {
+            has_number(row, r.status)
+                && (r.sqlstate.starts_with("PT") || has_word(row, &r.sqlstate))
+        });
+        if !found {
+            missing.push(format!(
+                "`{}`: status {} (SQLSTATE {}), raised in {}",
+                r.key, r.status, r.sqlstate, r.file
+            ));
+        }
+    }
+
+    for p in Pgrst::ALL {
+        let (code, status) = p.code_and_status();
+        let rows = doc.get(code).map(Vec::as_slice).unwrap_or_default();
+        if !rows.iter().any(|row| has_number(row, status.as_u16())) {
+            missing.push(format!(
+                "`{code}`: status {} (proxy, {p:?})",
+                status.as_u16()
+            ));
+        }
+    }
+
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "docs/errors.md lacks a row (key in the first cell, status in another) for:\n  {}",
+        missing.join("\n  ")
+    );
+}
+
+/// `pg_dump --schema-only` of pgrpc's schemas, without the lines that vary
+/// from one pg_dump run or version to the next.
+fn normalized_dump(raw: &str) -> String {
+    let mut out = String::from(
+        "-- The current schema of pgrpc: pg_dump --schema-only of the schemas api,\n\
+         -- private, admin, pgrpc_guard and pgrpc_http after every migration of\n\
+         -- sql/V*.sql.\n\
+         -- Generated by scripts/schema-dump; do not edit. A test fails when it is\n\
+         -- stale. The migrations are the history; this file is where they lead.\n",
+    );
+    for line in raw.lines() {
+        if line.starts_with("-- Dumped from database version")
+            || line.starts_with("-- Dumped by pg_dump version")
+            || line.starts_with("\\restrict")
+            || line.starts_with("\\unrestrict")
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+// sql/schema.sql is what the migrations build today: a migration added
+// without regenerating it (scripts/schema-dump) fails here.
+#[tokio::test]
+async fn schema_sql_is_the_migrated_schema() {
+    let db = TestDb::new().await;
+    let dump = normalized_dump(&support::pg_dump(
+        &db,
+        &[
+            "--schema-only",
+            "--schema=api",
+            "--schema=private",
+            "--schema=admin",
+            "--schema=pgrpc_guard",
+            "--schema=pgrpc_http",
+        ],
+    ));
+    let path = repo().join("sql/schema.sql");
+    if std::env::var_os("PGRPC_WRITE_SCHEMA").is_some() {
+        std::fs::write(&path, &dump).expect("write sql/schema.sql");
+        return;
+    }
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current != dump {
+        let first = current
+            .lines()
+            .zip(dump.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| current.lines().count().min(dump.lines().count()));
+        panic!(
+            "sql/schema.sql is stale (first difference at line {}: {:?} should be {:?}); \
+             run scripts/schema-dump",
+            first + 1,
+            current.lines().nth(first).unwrap_or("<end of file>"),
+            dump.lines().nth(first).unwrap_or("<end of file>"),
+        );
+    }
+}
