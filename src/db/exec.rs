@@ -41,6 +41,10 @@ pub enum ExecError {
     /// The call's result cannot become the response stored for its key.
     #[error("{}", .0.message)]
     Rejected(ApiError),
+    /// A write reached a node that only reads: a standby, or a primary
+    /// that was demoted or is still finishing its promotion. Retryable.
+    #[error("The database node is read-only; retry shortly")]
+    ReadOnlyNode(String),
     #[error("The call's task failed")]
     TaskFailed,
     #[error("unexpected idempotency claim state {0:?}")]
@@ -66,7 +70,9 @@ impl Fault for ExecError {
     fn pgrst(&self) -> Pgrst {
         match self {
             ExecError::PoolTimeout => Pgrst::PoolTimeout,
-            ExecError::Unavailable(_) | ExecError::Lost(_) => Pgrst::Connection,
+            ExecError::Unavailable(_) | ExecError::Lost(_) | ExecError::ReadOnlyNode(_) => {
+                Pgrst::Connection
+            }
             ExecError::Singularity(_) => Pgrst::Singularity,
             ExecError::TaskFailed
             | ExecError::ClaimState(_)
@@ -88,7 +94,9 @@ impl Fault for ExecError {
     }
     fn details(&self) -> Option<String> {
         match self {
-            ExecError::Unavailable(d) | ExecError::Lost(d) => Some(d.clone()),
+            ExecError::Unavailable(d) | ExecError::Lost(d) | ExecError::ReadOnlyNode(d) => {
+                Some(d.clone())
+            }
             ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
             _ => None,
         }
@@ -203,6 +211,23 @@ pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
 }
 
 async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
+    let read_only = job.read_only;
+    let result = run_call(pool, job).await;
+    match result {
+        // A call that may write was refused as read-only: not the caller's
+        // GET of a volatile function (405), but a node that cannot write.
+        Err(ExecError::Postgres { error, .. })
+            if !read_only
+                && *error.code() == tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            pool.manager().forget_connections();
+            Err(ExecError::ReadOnlyNode(error.message().to_string()))
+        }
+        other => other,
+    }
+}
+
+async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     let mut conn = checkout(pool).await?;

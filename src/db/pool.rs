@@ -49,6 +49,7 @@ pub struct PgConn {
     /// The proxy's own statements (`&'static` SQL), by address.
     own: HashMap<usize, Statement>,
     generation: u64,
+    epoch: u64,
     driver: JoinHandle<()>,
 }
 
@@ -82,6 +83,11 @@ impl Drop for PgConn {
 pub struct PgManager {
     config: tokio_postgres::Config,
     generation: AtomicU64,
+    /// Bumped when the database turned out to be read-only: every
+    /// connection made before is closed at its next checkout, so that the
+    /// pool reconnects (through a proxy such as HAProxy, to the new
+    /// primary) instead of reusing sessions of a demoted node.
+    epoch: AtomicU64,
 }
 
 impl PgManager {
@@ -89,6 +95,11 @@ impl PgManager {
     /// reload: they may no longer be valid).
     pub fn forget_statements(&self) {
         self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every pooled connection is closed at its next checkout.
+    pub fn forget_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -114,6 +125,7 @@ impl managed::Manager for PgManager {
             statements: HashMap::new(),
             own: HashMap::new(),
             generation: self.generation.load(Ordering::Relaxed),
+            epoch: self.epoch.load(Ordering::Relaxed),
             driver,
         })
     }
@@ -125,6 +137,9 @@ impl managed::Manager for PgManager {
     ) -> RecycleResult<tokio_postgres::Error> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
+        }
+        if conn.epoch != self.epoch.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("connection to a read-only node"));
         }
         let generation = self.generation.load(Ordering::Relaxed);
         if conn.generation != generation {
@@ -149,6 +164,7 @@ pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbErro
     let manager = PgManager {
         config: pg,
         generation: AtomicU64::new(0),
+        epoch: AtomicU64::new(0),
     };
     Pool::builder(manager)
         .max_size(size)

@@ -484,3 +484,70 @@ async fn ambiguous_or_critical_extension_tokens_are_refused() {
     let r = s.service_rpc("hit_count", json!({ "note": "jwt" })).await;
     assert_eq!(r.body, json!(0));
 }
+
+/// A write that reaches a node that cannot write (a standby, or a primary
+/// still finishing its promotion; here a database whose sessions default
+/// to read-only) is a retryable 503, not the 405 of a GET on a volatile
+/// function, and the proxy drops those sessions and reconnects.
+#[tokio::test]
+async fn a_write_on_a_read_only_node_is_a_retryable_503() {
+    let s = fixture_server(|c| c.pool_size = 2).await;
+    let su = s.db.superuser().await;
+    su.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        s.db.name
+    ))
+    .await
+    .expect("read-only database");
+    // Sessions made from now on read only, as on a standby.
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND usename = 'pgrpc_authenticator' AND pid <> pg_backend_pid()",
+        &[&s.db.name],
+    )
+    .await
+    .expect("end the pooled sessions");
+    let mut saw_503 = false;
+    for _ in 0..10 {
+        let r = send(
+            s.http
+                .post(s.url("/rpc/gated_hit"))
+                .bearer_auth(service_token())
+                .json(&json!({ "note": "ro" })),
+        )
+        .await;
+        assert_ne!(r.status, 500, "{}", r.text);
+        assert_ne!(r.status, 405, "{}", r.text);
+        if r.status == 503 {
+            assert_eq!(r.error_code(), "PGRST001");
+            assert_eq!(r.header("retry-after"), Some("1"));
+            saw_503 = true;
+            break;
+        }
+    }
+    assert!(saw_503, "no 503 for a write on a read-only node");
+    // The node can write again (the new primary): the proxy reconnects.
+    su.batch_execute(&format!(
+        "ALTER DATABASE {} RESET default_transaction_read_only",
+        s.db.name
+    ))
+    .await
+    .expect("writable again");
+    let mut wrote = false;
+    for _ in 0..20 {
+        let r = send(
+            s.http
+                .post(s.url("/rpc/gated_hit"))
+                .bearer_auth(service_token())
+                .json(&json!({ "note": "rw" })),
+        )
+        .await;
+        if r.status == 200 {
+            wrote = true;
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(wrote, "the proxy did not recover");
+}
