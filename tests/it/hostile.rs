@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_postgres::Client;
 
 use crate::support::db::query_value;
-use crate::support::{send, service_token, token, TestDb, TestServer};
+use crate::support::{send, service_token, token, TestServer};
 
 /// A row lock a test can hold, and a function that waits for it, then
 /// writes, so that a call can be caught in the middle of its transaction.
@@ -41,13 +41,7 @@ CREATE FUNCTION api.current_timeout() RETURNS text LANGUAGE sql STABLE AS $$
 "#;
 
 async fn fixture_server(tune: impl FnOnce(&mut pgrpc::config::ServeConfig)) -> TestServer {
-    let db = TestDb::new().await;
-    db.superuser()
-        .await
-        .batch_execute(FIXTURES)
-        .await
-        .expect("fixtures");
-    TestServer::start_on(db, tune).await
+    TestServer::start_with_sql(FIXTURES, tune).await
 }
 
 fn addr(s: &TestServer) -> String {

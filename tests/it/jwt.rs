@@ -10,7 +10,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use pgrpc::config::ServeConfig;
 use serde_json::{json, Value};
 
-use crate::support::{send, token, Resp, TestDb, TestServer};
+use crate::support::{send, token, Resp, TestServer};
 
 #[path = "../fixtures/jwt_test_keys.rs"]
 mod keys;
@@ -24,13 +24,7 @@ CREATE FUNCTION api.jwt_whoami() RETURNS jsonb LANGUAGE sql STABLE AS $$
 "#;
 
 async fn server(tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
-    let db = TestDb::new().await;
-    db.superuser()
-        .await
-        .batch_execute(FIXTURE)
-        .await
-        .expect("fixture");
-    TestServer::start_on(db, tune).await
+    TestServer::start_with_sql(FIXTURE, tune).await
 }
 
 /// `POST /rpc/jwt_whoami` with the Authorization header given as is.

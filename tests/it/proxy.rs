@@ -72,13 +72,7 @@ async fn fixture_server() -> TestServer {
 }
 
 async fn fixture_server_with(tune: impl FnOnce(&mut pgrpc::config::ServeConfig)) -> TestServer {
-    let db = TestDb::new().await;
-    db.superuser()
-        .await
-        .batch_execute(FIXTURES)
-        .await
-        .expect("fixtures");
-    TestServer::start_on(db, tune).await
+    TestServer::start_with_sql(FIXTURES, tune).await
 }
 
 fn anon() -> Option<&'static str> {

@@ -279,6 +279,18 @@ impl TestServer {
         Self::start_on(db, tune).await
     }
 
+    /// Starts a server on a fresh database that first runs `sql` (test
+    /// fixtures) as the superuser.
+    pub async fn start_with_sql(sql: &str, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
+        let db = TestDb::new().await;
+        db.superuser()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("fixtures: {e}"));
+        Self::start_on(db, tune).await
+    }
+
     /// Starts a server on an existing database.
     pub async fn start_on(db: TestDb, tune: impl FnOnce(&mut ServeConfig)) -> TestServer {
         let url = db.authenticator_url();
