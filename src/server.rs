@@ -78,6 +78,10 @@ async fn check_pre_request(config: &ServeConfig) -> Result<(), ServeError> {
     }
 }
 
+/// The most a request's line and headers may take; hyper answers 431
+/// beyond it. Ample for PostgREST clients' tokens and cookies.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 pub async fn serve<F>(
     listener: TcpListener,
     config: ServeConfig,
@@ -138,6 +142,9 @@ where
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_read_timeout)
+                    // Bounds each connection's read buffer, and so the
+                    // headers one request may send (a 1 MB token is 431).
+                    .max_buf_size(MAX_HEADER_BYTES)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
