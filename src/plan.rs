@@ -138,7 +138,11 @@ pub fn plan(
 ) -> Result<CallPlan, PlanError> {
     let write = req.is_write();
     let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
-    let window = window(&req.ops, req.range, max_rows);
+    // A range and PGRPC_MAX_ROWS page sets; a composite is one row.
+    let window = match routine.shape {
+        Shape::SetOf => window(&req.ops, req.range, max_rows),
+        _ => window(&req.ops, None, None),
+    };
     let rows = matches!(routine.shape, Shape::SetOf | Shape::Composite);
     let wrap = !req.ops.is_empty() || (rows && (window.0 > 0 || window.1.is_some()));
     if wrap && !rows {

@@ -22,6 +22,8 @@ CREATE FUNCTION api.numbers(n int) RETURNS SETOF int LANGUAGE sql STABLE AS $$ S
 CREATE FUNCTION api.make(n int) RETURNS TABLE(id int, n int) LANGUAGE sql VOLATILE AS $$
   INSERT INTO public.made (n) SELECT generate_series(1, n) RETURNING id, n $$;
 CREATE FUNCTION api.made_count() RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT count(*) FROM public.made $$;
+CREATE FUNCTION api.spans() RETURNS TABLE(id int, span int4range) LANGUAGE sql STABLE AS $$
+  SELECT g, int4range(g * 10, g * 10 + 10) FROM generate_series(1, 5) g $$;
 CREATE FUNCTION api.plus(a int, b int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT a + b $$;
 CREATE FUNCTION api.pairish(x int, OUT doubled int, OUT label text) LANGUAGE sql STABLE AS $$ SELECT x * 2, 'n' || x $$;
 "#;
@@ -117,6 +119,28 @@ async fn horizontal_filters_narrow_the_rows_on_get_and_post() {
         let r = post(&s, &format!("items?{query}&order=id"), json!({}), &[]).await;
         assert_eq!(r.status, 200, "POST {query}: {}", r.text);
         assert_eq!(ids(&r), want.to_vec(), "POST {query}");
+    }
+}
+
+/// The range operators compare a range column with a range literal.
+#[tokio::test]
+async fn range_operators_compare_ranges() {
+    let s = server().await;
+    let cases: &[(&str, &[i64])] = &[
+        ("span=sl.[35,100)", &[1, 2]),
+        ("span=sr.[0,25)", &[3, 4, 5]),
+        ("span=nxr.[0,30)", &[1, 2]),
+        ("span=nxl.[30,100)", &[3, 4, 5]),
+        ("span=adj.[30,40)", &[2, 4]),
+        ("span=cs.[25,26)", &[2]),
+        ("span=ov.[25,31)", &[2, 3]),
+        ("span=cd.[10,30)", &[1, 2]),
+        ("span=not.adj.[30,40)", &[1, 3, 5]),
+    ];
+    for (query, want) in cases {
+        let r = get(&s, &format!("spans?{query}&order=id"), &[]).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.text);
+        assert_eq!(ids(&r), want.to_vec(), "{query}");
     }
 }
 
