@@ -56,6 +56,9 @@ pub enum PlanError {
     Query(#[from] QueryError),
     #[error("Requested range not satisfiable")]
     RangeNotSatisfiable { offset: i64, total: i64 },
+    /// The `Range` header and `limit`/`offset` do not intersect.
+    #[error("Requested range not satisfiable")]
+    EmptyRange,
 }
 
 impl Fault for PlanError {
@@ -68,7 +71,7 @@ impl Fault for PlanError {
             PlanError::GucHeaders(_) => Pgrst::GucHeaders,
             PlanError::GucStatus(_) => Pgrst::GucStatus,
             PlanError::Query(e) => e.pgrst(),
-            PlanError::RangeNotSatisfiable { .. } => Pgrst::InvalidRange,
+            PlanError::RangeNotSatisfiable { .. } | PlanError::EmptyRange => Pgrst::InvalidRange,
         }
     }
     fn details(&self) -> Option<String> {
@@ -85,6 +88,9 @@ impl Fault for PlanError {
             PlanError::RangeNotSatisfiable { offset, total } => Some(format!(
                 "An offset of {offset} was requested, but there are only {total} rows."
             )),
+            PlanError::EmptyRange => Some(
+                "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
+            ),
             _ => None,
         }
     }
@@ -140,8 +146,8 @@ pub fn plan(
     let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
     // A range and PGRPC_MAX_ROWS page sets; a composite is one row.
     let window = match routine.shape {
-        Shape::SetOf => window(&req.ops, req.range, max_rows),
-        _ => window(&req.ops, None, None),
+        Shape::SetOf => window(&req.ops, req.range, max_rows)?,
+        _ => window(&req.ops, None, None)?,
     };
     let rows = matches!(routine.shape, Shape::SetOf | Shape::Composite);
     let wrap = !req.ops.is_empty() || (rows && (window.0 > 0 || window.1.is_some()));
@@ -170,12 +176,13 @@ pub fn plan(
 }
 
 /// Offset and limit from `offset`/`limit`, the `Range` header (their
-/// intersection, as PostgREST takes it) and `max_rows`.
+/// intersection, as PostgREST takes it) and `max_rows`. An empty
+/// intersection is 416, unless `limit=0` asked for no rows.
 fn window(
     ops: &QueryOps,
     range: Option<(i64, Option<i64>)>,
     max_rows: Option<i64>,
-) -> (i64, Option<i64>) {
+) -> Result<(i64, Option<i64>), PlanError> {
     let q_first = ops.offset.unwrap_or(0);
     let q_last = ops
         .limit
@@ -186,11 +193,14 @@ fn window(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    if range.is_some() && last.is_some_and(|l| l < first) && ops.limit != Some(0) {
+        return Err(PlanError::EmptyRange);
+    }
     let mut limit = last.map(|l| l.saturating_sub(first).saturating_add(1).max(0));
     if let Some(max) = max_rows {
         limit = Some(limit.map_or(max, |l| l.min(max)));
     }
-    (first, limit)
+    Ok((first, limit))
 }
 
 /// The statement with query-string operations: the call's rows filtered

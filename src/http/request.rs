@@ -74,9 +74,9 @@ impl Fault for RequestError {
                 "{path} is not served; functions are under /rpc/<name>"
             )),
             RequestError::Query(e) => e.details(),
-            RequestError::InvalidRange(range) => {
-                Some(format!("The range {range:?} ends before it starts"))
-            }
+            RequestError::InvalidRange(_) => Some(
+                "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
+            ),
             _ => None,
         }
     }
@@ -133,11 +133,12 @@ pub async fn parse(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let count = wants_count(req.headers());
-    let range = if write {
-        // PostgREST 12 ignores Range on POST; limit/offset still apply.
-        None
-    } else {
+    let range = if method == Method::GET {
         range_header(req.headers())?
+    } else {
+        // As PostgREST (after RFC 9110), Range counts on GET only;
+        // limit/offset apply whatever the method.
+        None
     };
     let (query_args, ops) = parse_query(query.as_bytes(), !write)?;
     let args = if write {

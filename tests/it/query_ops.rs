@@ -286,6 +286,24 @@ async fn ranges_and_counts_follow_postgrest() {
         "{}",
         r.text
     );
+    // A Range and an offset that do not meet are 416 too; limit=0 is not.
+    let r = get(&s, "items?offset=10", &[("range", "0-4")]).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (416, "PGRST103".into()),
+        "{}",
+        r.text
+    );
+    let r = get(&s, "items?limit=0", &[("range", "0-4")]).await;
+    assert_eq!((r.status, r.body.clone()), (200, json!([])), "{}", r.text);
+    // Range counts on GET only, as in PostgREST (RFC 9110); HEAD and POST ignore it.
+    let r = send(s.http.head(s.url("/rpc/items")).header("range", "0-1")).await;
+    assert_eq!((r.status, r.header("content-range")), (200, Some("0-14/*")));
+    let r = post(&s, "items", json!({}), &[("range", "0-1")]).await;
+    assert_eq!((r.status, r.header("content-range")), (200, Some("0-14/*")));
+    // PostgREST's RpcSpec: a scalar counts as one row.
+    let r = get(&s, "plus?a=3&b=4", &[("prefer", "count=exact")]).await;
+    assert_eq!((r.status, r.header("content-range")), (200, Some("0-0/1")));
     let r = get(&s, "items?offset=20", &[("prefer", "count=exact")]).await;
     assert_eq!(
         (r.status, r.error_code()),
