@@ -196,7 +196,10 @@ fn window(
     if range.is_some() && last.is_some_and(|l| l < first) && ops.limit != Some(0) {
         return Err(PlanError::EmptyRange);
     }
-    let mut limit = last.map(|l| l.saturating_sub(first).saturating_add(1).max(0));
+    let mut limit = match range {
+        None => ops.limit,
+        Some(_) => last.map(|l| l.saturating_sub(first).saturating_add(1).max(0)),
+    };
     if let Some(max) = max_rows {
         limit = Some(limit.map_or(max, |l| l.min(max)));
     }
@@ -642,6 +645,47 @@ pub fn replayed(stored: StoredResponse) -> Result<Reply, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ops(limit: Option<i64>, offset: Option<i64>) -> QueryOps {
+        QueryOps {
+            limit,
+            offset,
+            ..QueryOps::default()
+        }
+    }
+
+    #[test]
+    fn window_intersects_range_and_limit_then_caps_at_max_rows() {
+        assert_eq!(window(&ops(None, None), None, None).ok(), Some((0, None)));
+        assert_eq!(
+            window(&ops(Some(10), Some(2)), Some((0, Some(4))), None).ok(),
+            Some((2, Some(3)))
+        );
+        assert_eq!(
+            window(&ops(None, None), Some((10, None)), Some(3)).ok(),
+            Some((10, Some(3)))
+        );
+        assert_eq!(
+            window(&ops(Some(50), None), None, Some(5)).ok(),
+            Some((0, Some(5)))
+        );
+        assert_eq!(
+            window(&ops(Some(5), None), Some((3, None)), None).ok(),
+            Some((3, Some(2)))
+        );
+        assert!(matches!(
+            window(&ops(None, Some(10)), Some((0, Some(4))), None),
+            Err(PlanError::EmptyRange)
+        ));
+        assert_eq!(
+            window(&ops(Some(0), None), Some((0, Some(4))), None).ok(),
+            Some((0, Some(0)))
+        );
+        assert_eq!(
+            window(&ops(Some(i64::MAX), Some(i64::MAX)), None, None).ok(),
+            Some((i64::MAX, Some(i64::MAX)))
+        );
+    }
 
     #[test]
     fn hash_ignores_key_order_and_whitespace() {
