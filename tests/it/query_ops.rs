@@ -521,3 +521,50 @@ async fn postgrest_js_rpc_requests_get_what_postgrest_answers() {
     .await;
     assert_eq!((r.status, r.body["name"].clone()), (200, json!("Item 2")));
 }
+
+/// Under an `Idempotency-Key`, the query string is part of the request: a
+/// replay returns the filtered rows and their Content-Range, and the same
+/// key with other operations is refused.
+#[tokio::test]
+async fn idempotent_replays_keep_the_operations() {
+    let s = server().await;
+    let bearer = crate::support::service_token();
+    let call = |query: &'static str| {
+        send(
+            s.http
+                .post(s.url(&format!("/rpc/make?{query}")))
+                .bearer_auth(&bearer)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "qops-1")
+                .header("prefer", "count=exact")
+                .body(r#"{"n":3}"#),
+        )
+    };
+    let first = call("n=gt.1&select=n").await;
+    assert_eq!(
+        (first.status, first.body.clone()),
+        (200, json!([{"n": 2}, {"n": 3}])),
+        "{}",
+        first.text
+    );
+    let again = call("n=gt.1&select=n").await;
+    assert_eq!(
+        again.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        again.text
+    );
+    assert_eq!(
+        (again.status, again.text.as_str()),
+        (200, first.text.as_str())
+    );
+    assert_eq!(again.header("content-range"), Some("0-1/2"));
+    let other = call("n=gt.2&select=n").await;
+    assert_eq!(
+        (other.status, other.error_key()),
+        (422, "idempotency_key_reused".into()),
+        "{}",
+        other.text
+    );
+    assert_eq!(get(&s, "made_count", &[]).await.body, json!(3));
+}
