@@ -3,6 +3,8 @@
 
 use hyper::Method;
 
+use crate::query::QueryOps;
+
 /// One RPC request, parsed.
 #[derive(Debug)]
 pub struct ApiRequest {
@@ -13,6 +15,14 @@ pub struct ApiRequest {
     /// The profile: one of the exposed schemas.
     pub schema: String,
     pub args: Args,
+    /// `select`, filters, `order`, `limit`, `offset` from the query string.
+    pub ops: QueryOps,
+    /// The `Range` header (GET and HEAD): first item and last, if any.
+    pub range: Option<(i64, Option<i64>)>,
+    /// `Prefer: count=exact` (or `planned`/`estimated`, answered exactly).
+    pub count: bool,
+    /// The raw query string, part of the `Idempotency-Key` request hash.
+    pub query: String,
     /// `Accept: application/vnd.pgrst.object+json`.
     pub singular: bool,
     pub idempotency_key: Option<String>,

@@ -76,6 +76,10 @@ pub struct ServeConfig {
     /// How long a request waits for a pooled connection before 504, in ms.
     #[arg(long = "pool-timeout-ms", env = "PGRPC_POOL_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub pool_timeout: Duration,
+    /// The most rows a set-returning function's response carries, as
+    /// PostgREST's db-max-rows; unset, no limit.
+    #[arg(long, env = "PGRPC_MAX_ROWS")]
+    pub max_rows: Option<i64>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "PGRPC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -148,6 +152,9 @@ impl ServeConfig {
         }
         if self.max_body_bytes == 0 {
             return Err("PGRPC_MAX_BODY_BYTES must be at least 1".into());
+        }
+        if self.max_rows.is_some_and(|n| n < 0) {
+            return Err("PGRPC_MAX_ROWS must not be negative; unset it for no limit".into());
         }
         if self.max_connections == 0 {
             return Err("PGRPC_MAX_CONNECTIONS must be at least 1".into());

@@ -28,6 +28,11 @@ pub enum Pgrst {
     PoolTimeout,
     /// PGRST100: a malformed query parameter or header.
     QueryParam,
+    /// PGRST103 (416): a range that cannot be satisfied.
+    InvalidRange,
+    /// 42703: a column the function's result does not have (PostgREST
+    /// answers with PostgreSQL's code).
+    UndefinedColumn,
     /// PGRST101: a method the resource does not allow.
     InvalidMethod,
     /// PGRST102: a body that is not valid (or too deeply nested) JSON.
@@ -74,6 +79,8 @@ impl Pgrst {
             PoolTimeout => ("PGRST003", StatusCode::GATEWAY_TIMEOUT),
             QueryParam => ("PGRST100", StatusCode::BAD_REQUEST),
             InvalidMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
+            InvalidRange => ("PGRST103", StatusCode::RANGE_NOT_SATISFIABLE),
+            UndefinedColumn => ("42703", StatusCode::BAD_REQUEST),
             InvalidBody => ("PGRST102", StatusCode::BAD_REQUEST),
             UnacceptableSchema => ("PGRST106", StatusCode::NOT_ACCEPTABLE),
             MediaType => ("PGRST107", StatusCode::NOT_ACCEPTABLE),
@@ -93,7 +100,7 @@ impl Pgrst {
         }
     }
 
-    pub const ALL: [Pgrst; 21] = {
+    pub const ALL: [Pgrst; 23] = {
         use Pgrst::*;
         [
             Connection,
@@ -101,6 +108,8 @@ impl Pgrst {
             PoolTimeout,
             QueryParam,
             InvalidMethod,
+            InvalidRange,
+            UndefinedColumn,
             InvalidBody,
             UnacceptableSchema,
             MediaType,

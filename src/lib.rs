@@ -25,6 +25,8 @@
 //!   cache, and role selection.
 //! - [`plan`]: overload resolution, the call statement, the response's
 //!   shape, and the `Idempotency-Key` request hash and stored response.
+//! - [`query`]: query-string operations on a function's result (`select`,
+//!   filters, `order`, `limit`, `offset`), parsed and compiled to SQL.
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
 //!   codes and statuses, and the one SQLSTATE → HTTP status map.
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
@@ -53,5 +55,6 @@ pub mod metrics;
 pub mod migrate;
 pub mod openapi;
 pub mod plan;
+pub mod query;
 pub mod relay;
 pub mod server;

@@ -14,11 +14,17 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api_request::Args;
+use crate::api_request::{ApiRequest, Args};
 use crate::db::exec::{CallResult, Shaper, StoredResponse};
 use crate::db::quote_ident;
 use crate::db::schema::{Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
+use crate::query::{self, QueryError, QueryOps};
+
+/// How many statements with query-string operations a routine keeps; past
+/// it, such statements are built per request and not kept, so that
+/// requests cannot grow the caches without bound.
+const MAX_CACHED_SHAPES: usize = 64;
 
 /// Why no call can be made, or its result cannot become a response.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,13 @@ pub enum PlanError {
     GucHeaders(String),
     #[error("The status code must be a positive integer")]
     GucStatus(String),
+    #[error("{0}")]
+    Query(#[from] QueryError),
+    #[error("Requested range not satisfiable")]
+    RangeNotSatisfiable { offset: i64, total: i64 },
+    /// The `Range` header and `limit`/`offset` do not intersect.
+    #[error("Requested range not satisfiable")]
+    EmptyRange,
 }
 
 impl Fault for PlanError {
@@ -57,6 +70,8 @@ impl Fault for PlanError {
             PlanError::NotAnObject => Pgrst::InvalidBody,
             PlanError::GucHeaders(_) => Pgrst::GucHeaders,
             PlanError::GucStatus(_) => Pgrst::GucStatus,
+            PlanError::Query(e) => e.pgrst(),
+            PlanError::RangeNotSatisfiable { .. } | PlanError::EmptyRange => Pgrst::InvalidRange,
         }
     }
     fn details(&self) -> Option<String> {
@@ -69,6 +84,13 @@ impl Fault for PlanError {
             )),
             PlanError::GucHeaders(text) => Some(text.clone()),
             PlanError::GucStatus(text) => Some(format!("response.status was set to {text:?}")),
+            PlanError::Query(e) => e.details(),
+            PlanError::RangeNotSatisfiable { offset, total } => Some(format!(
+                "An offset of {offset} was requested, but there are only {total} rows."
+            )),
+            PlanError::EmptyRange => Some(
+                "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
+            ),
             _ => None,
         }
     }
@@ -96,26 +118,164 @@ pub struct CallPlan {
     pub read_only: bool,
     /// `Accept: application/vnd.pgrst.object+json`: exactly one row.
     pub singular: bool,
+    /// `$2`, `$3`, …: the values of filters, `limit` and `offset`.
+    pub params: Vec<String>,
+    /// The statement is one of many shapes: prepare it, do not keep it.
+    pub transient: bool,
+    pub page: Page,
+}
+
+/// What `Content-Range` and the status need besides the call's result.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Page {
+    /// The first row returned: `offset`, or the `Range` header's first item.
+    pub offset: i64,
+    /// `Prefer: count=…`: the total is counted and sent.
+    pub count: bool,
 }
 
 /// Picks the one routine the arguments call, or answers 404 / 300, and
-/// builds (or reuses) its call statement.
+/// builds (or reuses) its call statement, with the request's query-string
+/// operations, range and `PGRPC_MAX_ROWS` (`max_rows`).
 pub fn plan(
     cache: &SchemaCache,
-    schema: &str,
-    name: &str,
-    args: &Args,
-    write: bool,
-    singular: bool,
+    req: &ApiRequest,
+    max_rows: Option<i64>,
 ) -> Result<CallPlan, PlanError> {
-    let (routine, json, mask) = resolve(cache, schema, name, args, write)?;
+    let write = req.is_write();
+    let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
+    // A range and PGRPC_MAX_ROWS page sets; a composite is one row.
+    let window = match routine.shape {
+        Shape::SetOf => window(&req.ops, req.range, max_rows)?,
+        _ => window(&req.ops, None, None)?,
+    };
+    let rows = matches!(routine.shape, Shape::SetOf | Shape::Composite);
+    let wrap = !req.ops.is_empty() || (rows && (window.0 > 0 || window.1.is_some()));
+    if wrap && !rows {
+        return Err(QueryError::NotRows.into());
+    }
+    let page = Page {
+        offset: if wrap { window.0 } else { 0 },
+        count: req.count,
+    };
+    let (sql, params, transient) = if wrap {
+        ops_sql(&routine, mask, req.singular, &req.ops, window, req.count)?
+    } else {
+        (call_sql(&routine, mask, req.singular), Vec::new(), false)
+    };
     Ok(CallPlan {
-        sql: call_sql(&routine, mask, singular),
+        sql,
         read_only: !write || routine.is_read_only(),
         routine,
         args: json.to_string(),
-        singular,
+        singular: req.singular,
+        params,
+        transient,
+        page,
     })
+}
+
+/// Offset and limit from `offset`/`limit`, the `Range` header (their
+/// intersection, as PostgREST takes it) and `max_rows`. An empty
+/// intersection is 416, unless `limit=0` asked for no rows.
+fn window(
+    ops: &QueryOps,
+    range: Option<(i64, Option<i64>)>,
+    max_rows: Option<i64>,
+) -> Result<(i64, Option<i64>), PlanError> {
+    let q_first = ops.offset.unwrap_or(0);
+    let q_last = ops
+        .limit
+        .map(|l| q_first.saturating_add(l).saturating_sub(1));
+    let (h_first, h_last) = range.unwrap_or((0, None));
+    let first = q_first.max(h_first);
+    let last = match (q_last, h_last) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if range.is_some() && last.is_some_and(|l| l < first) && ops.limit != Some(0) {
+        return Err(PlanError::EmptyRange);
+    }
+    let mut limit = match range {
+        None => ops.limit,
+        Some(_) => last.map(|l| l.saturating_sub(first).saturating_add(1).max(0)),
+    };
+    if let Some(max) = max_rows {
+        limit = Some(limit.map_or(max, |l| l.min(max)));
+    }
+    Ok((first, limit))
+}
+
+/// The statement with query-string operations: the call's rows filtered
+/// in a CTE, then ordered, paginated and projected. Statements are cached
+/// per shape (the SQL text; values are parameters), up to
+/// `MAX_CACHED_SHAPES` per routine.
+fn ops_sql(
+    r: &Routine,
+    mask: u64,
+    singular: bool,
+    ops: &QueryOps,
+    (offset, limit): (i64, Option<i64>),
+    count: bool,
+) -> Result<(Arc<str>, Vec<String>, bool), PlanError> {
+    let scalar = r.shape == Shape::SetOf && r.columns.len() == 1 && is_scalar_set(r);
+    let c = query::compile(ops, &r.columns, scalar, 2)?;
+    let mut params = c.params;
+    let mut page = String::new();
+    if let Some(l) = limit {
+        params.push(l.to_string());
+        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
+    }
+    if offset > 0 {
+        params.push(offset.to_string());
+        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
+    }
+    let (call, from) = call_parts(r, mask);
+    let source = if from.is_empty() {
+        format!(" FROM {call} AS _r")
+    } else {
+        format!("{from} CROSS JOIN LATERAL {call} AS _r")
+    };
+    let agg = match &c.bare_column {
+        Some(col) => format!("json_agg(_s.{col})"),
+        None => "json_agg(_s)".to_string(),
+    };
+    let body = if singular || r.shape == Shape::Composite {
+        format!("({agg} -> 0)::text")
+    } else {
+        format!("coalesce({agg}, '[]')::text")
+    };
+    let total = if count {
+        "(SELECT count(*) FROM _f)"
+    } else {
+        "NULL::bigint"
+    };
+    let sql = format!(
+        "WITH _f AS (SELECT {}{source}{}) SELECT {body}, count(*), {TAIL}, {total} \
+         FROM (SELECT {} FROM _f{}{page}) AS _s",
+        c.source_cols, c.where_sql, c.select_sql, c.order_sql
+    );
+    let key = (mask, singular, sql);
+    if let Ok(cache) = r.sql_cache.read() {
+        if let Some(sql) = cache.get(&key) {
+            return Ok((sql.clone(), params, false));
+        }
+    }
+    let sql: Arc<str> = key.2.as_str().into();
+    if let Ok(mut cache) = r.sql_cache.write() {
+        if cache.len() < MAX_CACHED_SHAPES {
+            cache.insert(key, sql.clone());
+            return Ok((sql, params, false));
+        }
+    }
+    Ok((sql, params, true))
+}
+
+/// A SETOF of a base type: its one column is the row itself (`_r._r`).
+fn is_scalar_set(r: &Routine) -> bool {
+    r.columns
+        .first()
+        .is_some_and(|c| c.name == r.name && c.type_sql == r.return_type)
 }
 
 fn resolve<'a>(
@@ -208,22 +368,27 @@ pub fn overloads<'c>(
 /// (mask, singular) and kept with the routine, so that prepared statements
 /// can be cached per connection.
 fn call_sql(r: &Routine, mask: u64, singular: bool) -> Arc<str> {
+    let key = (mask, singular, String::new());
     if let Ok(cache) = r.sql_cache.read() {
-        if let Some(sql) = cache.get(&(mask, singular)) {
+        if let Some(sql) = cache.get(&key) {
             return sql.clone();
         }
     }
     let sql: Arc<str> = build_sql(r, mask, singular).into();
     if let Ok(mut cache) = r.sql_cache.write() {
-        cache.insert((mask, singular), sql.clone());
+        cache.insert(key, sql.clone());
     }
     sql
 }
 
-/// Builds the call statement: `$1` is the JSON argument object as text (or
-/// the whole body for a single unnamed json parameter). It returns
-/// `(body, rows, response.headers, response.status)`.
-pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
+/// `response.headers` and `response.status`, the third and fourth columns
+/// of every call statement.
+const TAIL: &str =
+    "current_setting('response.headers', true), current_setting('response.status', true)";
+
+/// The call expression and the `FROM` that binds its arguments from `$1`
+/// (empty for a single unnamed json parameter).
+fn call_parts(r: &Routine, mask: u64) -> (String, String) {
     let func = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
     let mut call = String::new();
     let mut from = String::new();
@@ -264,8 +429,16 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
             from.push_str(" FROM (SELECT $1::text) AS _a");
         }
     }
-    let tail =
-        "current_setting('response.headers', true), current_setting('response.status', true)";
+    (call, from)
+}
+
+/// Builds the call statement: `$1` is the JSON argument object as text (or
+/// the whole body for a single unnamed json parameter). It returns
+/// `(body, rows, response.headers, response.status, total)`; the total is
+/// NULL here (the row count is the total).
+pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
+    let (call, from) = call_parts(r, mask);
+    let tail = TAIL;
     match r.shape {
         Shape::SetOf => {
             let body = if singular {
@@ -278,13 +451,13 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
             } else {
                 format!("{from} CROSS JOIN LATERAL {call} AS _r")
             };
-            format!("SELECT {body}, count(*), {tail}{lateral}")
+            format!("SELECT {body}, count(*), {tail}, NULL::bigint{lateral}")
         }
         Shape::Void => {
-            format!("SELECT NULL::text, 1::bigint, {tail} FROM (SELECT {call}{from} OFFSET 0) AS _r")
+            format!("SELECT NULL::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call}{from} OFFSET 0) AS _r")
         }
         Shape::Scalar | Shape::Composite => format!(
-            "SELECT to_json(_r.v)::text, 1::bigint, {tail} FROM (SELECT {call} AS v{from} OFFSET 0) AS _r"
+            "SELECT to_json(_r.v)::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS v{from} OFFSET 0) AS _r"
         ),
     }
 }
@@ -303,11 +476,27 @@ const OBJECT_MEDIA_TYPE: &str = "application/vnd.pgrst.object+json; charset=utf-
 const JSON_MEDIA_TYPE: &str = "application/json; charset=utf-8";
 
 /// Turns the call's row into status, headers and body.
-pub fn reply(routine: &Routine, r: CallResult, singular: bool) -> Result<Reply, PlanError> {
-    let headers = match &r.headers {
+pub fn reply(
+    routine: &Routine,
+    r: CallResult,
+    singular: bool,
+    page: Page,
+) -> Result<Reply, PlanError> {
+    let mut headers = match &r.headers {
         None => Vec::new(),
         Some(text) => parse_response_headers(text)?,
     };
+    let (range_status, content_range) = content_range(&r, page)?;
+    headers.insert(0, (hyper::header::CONTENT_RANGE, content_range));
+    if page.count {
+        headers.insert(
+            1,
+            (
+                HeaderName::from_static("preference-applied"),
+                HeaderValue::from_static("count=exact"),
+            ),
+        );
+    }
     let status = match &r.status {
         None => None,
         Some(s) => Some(
@@ -327,7 +516,7 @@ pub fn reply(routine: &Routine, r: CallResult, singular: bool) -> Result<Reply, 
         (StatusCode::NO_CONTENT, None)
     } else {
         (
-            StatusCode::OK,
+            range_status,
             Some(r.body.unwrap_or_else(|| "null".to_string())),
         )
     };
@@ -338,6 +527,37 @@ pub fn reply(routine: &Routine, r: CallResult, singular: bool) -> Result<Reply, 
         content_type,
         replayed: false,
     })
+}
+
+/// The status a range gives (206 when the rows returned are fewer than
+/// the total, 416 when the offset is past it, as PostgREST's
+/// `rangeStatus`), and `Content-Range`: `first-last/total`, `*` for an
+/// empty range or an uncounted total.
+fn content_range(r: &CallResult, page: Page) -> Result<(StatusCode, HeaderValue), PlanError> {
+    let total = page.count.then(|| r.total.unwrap_or(r.rows));
+    let first = page.offset;
+    let last = first.saturating_add(r.rows).saturating_sub(1);
+    let mut status = StatusCode::OK;
+    if let Some(total) = total {
+        if first > total {
+            return Err(PlanError::RangeNotSatisfiable {
+                offset: first,
+                total,
+            });
+        }
+        if r.rows < total {
+            status = StatusCode::PARTIAL_CONTENT;
+        }
+    }
+    let range = if r.rows > 0 && total != Some(0) {
+        format!("{first}-{last}")
+    } else {
+        "*".to_string()
+    };
+    let total = total.map_or_else(|| "*".to_string(), |t| t.to_string());
+    let value = HeaderValue::from_str(&format!("{range}/{total}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("*/*"));
+    Ok((status, value))
 }
 
 /// `response.headers`: a JSON array of single-key objects.
@@ -380,12 +600,20 @@ pub fn request_hash(method: &str, path: &str, profile: &str, singular: bool, bod
 /// The response stored under an `Idempotency-Key`: status, the headers
 /// (the media type first, so a replay answers with the type of the first
 /// response, then the function's `response.headers`) and the body.
-pub fn shaper(routine: Arc<Routine>, singular: bool) -> Shaper {
+pub fn shaper(routine: Arc<Routine>, singular: bool, page: Page) -> Shaper {
     Box::new(move |result: &CallResult| {
-        let reply = reply(&routine, result.clone(), singular)?;
+        let reply = reply(&routine, result.clone(), singular, page)?;
         let mut headers = Vec::new();
         if reply.body.is_some() {
             headers.push(json!({ "content-type": reply.content_type }));
+        }
+        if let Some(Ok(range)) = reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == hyper::header::CONTENT_RANGE)
+            .map(|(_, v)| v.to_str())
+        {
+            headers.push(json!({ "content-range": range }));
         }
         // reply() validated the setting: an array of objects.
         if let Some(Ok(Value::Array(items))) = result.headers.as_deref().map(serde_json::from_str) {
@@ -417,6 +645,47 @@ pub fn replayed(stored: StoredResponse) -> Result<Reply, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ops(limit: Option<i64>, offset: Option<i64>) -> QueryOps {
+        QueryOps {
+            limit,
+            offset,
+            ..QueryOps::default()
+        }
+    }
+
+    #[test]
+    fn window_intersects_range_and_limit_then_caps_at_max_rows() {
+        assert_eq!(window(&ops(None, None), None, None).ok(), Some((0, None)));
+        assert_eq!(
+            window(&ops(Some(10), Some(2)), Some((0, Some(4))), None).ok(),
+            Some((2, Some(3)))
+        );
+        assert_eq!(
+            window(&ops(None, None), Some((10, None)), Some(3)).ok(),
+            Some((10, Some(3)))
+        );
+        assert_eq!(
+            window(&ops(Some(50), None), None, Some(5)).ok(),
+            Some((0, Some(5)))
+        );
+        assert_eq!(
+            window(&ops(Some(5), None), Some((3, None)), None).ok(),
+            Some((3, Some(2)))
+        );
+        assert!(matches!(
+            window(&ops(None, Some(10)), Some((0, Some(4))), None),
+            Err(PlanError::EmptyRange)
+        ));
+        assert_eq!(
+            window(&ops(Some(0), None), Some((0, Some(4))), None).ok(),
+            Some((0, Some(0)))
+        );
+        assert_eq!(
+            window(&ops(Some(i64::MAX), Some(i64::MAX)), None, None).ok(),
+            Some((i64::MAX, Some(i64::MAX)))
+        );
+    }
 
     #[test]
     fn hash_ignores_key_order_and_whitespace() {

@@ -110,6 +110,9 @@ pub struct CallResult {
     pub rows: i64,
     pub headers: Option<String>,
     pub status: Option<String>,
+    /// The rows before `limit`/`offset`, when a count was asked for and
+    /// the statement paginates; otherwise `rows` is the total.
+    pub total: Option<i64>,
 }
 
 /// The per-request settings, applied with `set_config(..., true)` so they
@@ -170,6 +173,10 @@ pub struct CallJob {
     pub sql: Arc<str>,
     /// `$1` of the call statement: the JSON arguments as text.
     pub args: String,
+    /// `$2`, `$3`, …: the values of the query-string operations, as text.
+    pub params: Vec<String>,
+    /// A statement of one request's own shape: prepared, never kept.
+    pub transient: bool,
     /// The call runs READ ONLY: GET and HEAD, and STABLE or IMMUTABLE
     /// functions whatever the method.
     pub read_only: bool,
@@ -184,6 +191,21 @@ pub struct CallJob {
     pub idempotency: Option<IdempotentCall>,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
+}
+
+impl CallJob {
+    /// `$1`, then the operations' values.
+    fn binds(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        let mut binds: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            Vec::with_capacity(1 + self.params.len());
+        binds.push(&self.args);
+        binds.extend(
+            self.params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
+        binds
+    }
 }
 
 #[derive(Debug)]
@@ -231,7 +253,11 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     let mut conn = checkout(pool).await?;
-    let cached = conn.statement(&job.sql);
+    let cached = if job.transient {
+        None
+    } else {
+        conn.statement(&job.sql)
+    };
     // The pre-request function's statement: Some(None) when there is none.
     let pre_cached = match &job.pre_request {
         None => Some(None),
@@ -249,7 +275,7 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         Ok(call) if simple => {
             // First call of this statement on this connection: the call and
             // COMMIT go together, one round trip after the Parse.
-            let args = [&job.args as &(dyn tokio_postgres::types::ToSql + Sync)];
+            let args = job.binds();
             let (c, e) = futures_util::join!(
                 conn.client.query_one(&call, &args),
                 conn.client.batch_execute("COMMIT"),
@@ -321,7 +347,7 @@ async fn pipelined(
     call: &Statement,
 ) -> Result<CallResult, tokio_postgres::Error> {
     let client = &conn.client;
-    let args = [&job.args as &(dyn tokio_postgres::types::ToSql + Sync)];
+    let args = job.binds();
     let params = job.settings.params();
     let begin = begin_sql(job);
     let (b, s, p, c, e) = futures_util::join!(
@@ -381,7 +407,7 @@ async fn open(
     if let (None, Some(sql), Some(statement)) = (&pre_cached, &job.pre_request, &pre) {
         conn.keep(sql.clone(), statement.clone());
     }
-    if cached.is_none() {
+    if cached.is_none() && !job.transient {
         conn.keep(job.sql.clone(), call.clone());
     }
     Ok(call)
@@ -447,7 +473,7 @@ async fn stepwise(
     }
     let row = conn
         .client
-        .query_one(call, &[&job.args])
+        .query_one(call, &job.binds())
         .await
         .map_err(fail)?;
     if read_only_inside {
@@ -498,5 +524,6 @@ fn read_call_row(row: &tokio_postgres::Row) -> CallResult {
         rows: row.get(1),
         headers: row.get::<_, Option<String>>(2).filter(|s| !s.is_empty()),
         status: row.get::<_, Option<String>>(3).filter(|s| !s.is_empty()),
+        total: row.get(4),
     }
 }

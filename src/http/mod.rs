@@ -175,29 +175,28 @@ async fn rpc(
     let identity = state
         .auth
         .identify(request.authorization.as_deref(), &cache.roles)?;
-    let write = request.is_write();
-    let plan = plan::plan(
-        &cache,
-        &request.schema,
-        name,
-        &request.args,
-        write,
-        request.singular,
-    )?;
+    let plan = plan::plan(&cache, &request, state.config.max_rows)?;
+    let hashed_path = if request.query.is_empty() {
+        request.path.clone()
+    } else {
+        format!("{}?{}", request.path, request.query)
+    };
     let idempotency = request.idempotency_key.clone().map(|key| IdempotentCall {
         request_hash: plan::request_hash(
             request.method.as_str(),
-            &request.path,
+            &hashed_path,
             &request.schema,
             plan.singular,
             &plan.args,
         ),
         key,
-        shape: plan::shaper(plan.routine.clone(), plan.singular),
+        shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
     });
     let job = CallJob {
         sql: plan.sql.clone(),
         args: plan.args,
+        params: plan.params,
+        transient: plan.transient,
         read_only: plan.read_only,
         singular: plan.singular,
         isolation: isolation_level(plan.routine.isolation(&state.config.hoisted_tx_settings)),
@@ -220,7 +219,7 @@ async fn rpc(
         anon: identity.anon,
     };
     let reply = match exec::execute(&state.pool, job).await? {
-        Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular)?,
+        Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular, plan.page)?,
         Executed::Replayed(stored) => plan::replayed(stored)?,
     };
     Ok(respond(

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api_request::{ApiRequest, Args};
 use crate::error::{Fault, Pgrst};
+use crate::query::{self, QueryError, QueryOps};
 
 /// Why a request cannot even be planned: its body, headers or form.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,10 @@ pub enum RequestError {
     },
     #[error("Invalid path specified in request URL")]
     InvalidPath(String),
+    #[error("{0}")]
+    Query(#[from] QueryError),
+    #[error("Requested range not satisfiable")]
+    InvalidRange(String),
 }
 
 impl Fault for RequestError {
@@ -55,6 +60,8 @@ impl Fault for RequestError {
             RequestError::BodyTooLarge(_) => Pgrst::BodyTooLarge,
             RequestError::MethodNotAllowed { .. } => Pgrst::InvalidMethod,
             RequestError::InvalidPath(_) => Pgrst::InvalidPath,
+            RequestError::Query(e) => e.pgrst(),
+            RequestError::InvalidRange(_) => Pgrst::InvalidRange,
         }
     }
     fn details(&self) -> Option<String> {
@@ -66,6 +73,10 @@ impl Fault for RequestError {
             RequestError::InvalidPath(path) => Some(format!(
                 "{path} is not served; functions are under /rpc/<name>"
             )),
+            RequestError::Query(e) => e.details(),
+            RequestError::InvalidRange(_) => Some(
+                "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
+            ),
             _ => None,
         }
     }
@@ -120,6 +131,16 @@ pub async fn parse(
         None
     };
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let count = wants_count(req.headers());
+    let range = if method == Method::GET {
+        range_header(req.headers())?
+    } else {
+        // As PostgREST (after RFC 9110), Range counts on GET only;
+        // limit/offset apply whatever the method.
+        None
+    };
+    let (query_args, ops) = parse_query(query.as_bytes(), !write)?;
     let args = if write {
         let kind = body_kind(req.headers())?;
         let bytes = read_body(req, max_body_bytes).await?;
@@ -128,7 +149,7 @@ pub async fn parse(
             BodyKind::Form => parse_pairs(&bytes)?,
         }
     } else {
-        parse_pairs(req.uri().query().unwrap_or("").as_bytes())?
+        query_args
     };
     Ok(ApiRequest {
         method,
@@ -136,6 +157,10 @@ pub async fn parse(
         path,
         schema,
         args,
+        ops,
+        range,
+        count,
+        query,
         singular,
         idempotency_key,
         authorization,
@@ -350,8 +375,79 @@ pub fn parse_pairs(query: &[u8]) -> Result<Args, RequestError> {
         check_nesting(&v, false)?;
         map.insert(k.into_owned(), Value::String(v.into_owned()));
     }
+    Ok(args_of(map))
+}
+
+fn args_of(map: Map<String, Value>) -> Args {
     let keys = map.keys().cloned().collect();
-    Ok(Args::from_object(keys, Value::Object(map).to_string()))
+    Args::from_object(keys, Value::Object(map).to_string())
+}
+
+/// The query string as function arguments and operations, by PostgREST's
+/// rule: on GET (`args`), a parameter is an argument unless its name is
+/// reserved (`select`, `order`, `limit`, `offset`, `or`, `and`) or its
+/// value starts with an operator (`eq.`, `not.in.`, …); otherwise (POST)
+/// every parameter is an operation.
+pub fn parse_query(query: &[u8], args: bool) -> Result<(Args, QueryOps), RequestError> {
+    let mut map = Map::new();
+    let mut ops = QueryOps::default();
+    for (k, v) in form_urlencoded::parse(query) {
+        check_nesting(&v, false)?;
+        let key = k.trim();
+        match key {
+            "select" => ops.select = query::parse_select(&v)?,
+            "order" => ops.order = query::parse_order(&v)?,
+            "limit" => ops.limit = Some(query::parse_count("limit", &v)?),
+            "offset" => ops.offset = Some(query::parse_count("offset", &v)?),
+            "or" | "and" | "not.or" | "not.and" => ops.filters.push(query::parse_tree(key, &v)?),
+            _ if args && !query::has_operator(&v) => {
+                map.insert(k.into_owned(), Value::String(v.into_owned()));
+            }
+            _ => ops.filters.push(query::parse_filter(key, &v)?),
+        }
+    }
+    Ok((args_of(map), ops))
+}
+
+/// `Range: items=0-9` (or `0-9`): the first and last item asked for. A
+/// value of another form is ignored, as PostgREST ignores it; a last item
+/// before the first is 416.
+pub fn range_header(headers: &HeaderMap) -> Result<Option<(i64, Option<i64>)>, RequestError> {
+    let Some(value) = headers.get(hyper::header::RANGE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let spec = text.strip_prefix("items=").unwrap_or(text);
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(first) || !(last.is_empty() || digits(last)) {
+        return Ok(None);
+    }
+    let (Ok(first), last) = (first.parse::<i64>(), last.parse::<i64>().ok()) else {
+        return Ok(None);
+    };
+    match last {
+        Some(l) if l < first => Err(RequestError::InvalidRange(text.to_string())),
+        _ => Ok(Some((first, last))),
+    }
+}
+
+/// `Prefer: count=exact|planned|estimated`; all three are answered with
+/// an exact count.
+pub fn wants_count(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            matches!(
+                p.trim(),
+                "count=exact" | "count=planned" | "count=estimated"
+            )
+        })
 }
 
 /// How the body is to be read, from Content-Type (missing means JSON).

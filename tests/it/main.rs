@@ -19,6 +19,7 @@ mod nonces;
 mod outbox;
 mod postgrest_db;
 mod proxy;
+mod query_ops;
 mod relay;
 mod tasks;
 mod tokens;

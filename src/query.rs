@@ -1,0 +1,642 @@
+//! Query-string operations on a function's result, as PostgREST reads them
+//! for RPC: `select`, horizontal filters (with `not.`, `or=()`, `and=()` and
+//! the `any`/`all` modifiers), `order`, `limit` and `offset`.
+//!
+//! `http::request` parses the query string into [`QueryOps`] (syntax only:
+//! a malformed operation is 400 `PGRST100`); `plan` compiles them against
+//! the routine's result columns from the schema cache (an unknown column is
+//! 400 `42703`). Column names are only ever looked up, never spliced from
+//! the request, and every value travels as a bound text parameter.
+
+use std::fmt::Write as _;
+
+use crate::db::quote_ident;
+use crate::db::schema::Column;
+use crate::error::{Fault, Pgrst};
+
+/// Why the query string's operations cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("\"failed to parse {what} ({value})\" (line 1, column 1)")]
+    Parse { what: &'static str, value: String },
+    #[error("column {0} does not exist")]
+    UnknownColumn(String),
+    #[error("A function returning a single value cannot be filtered, ordered or paginated")]
+    NotRows,
+}
+
+impl Fault for QueryError {
+    fn pgrst(&self) -> Pgrst {
+        match self {
+            QueryError::Parse { .. } | QueryError::NotRows => Pgrst::QueryParam,
+            QueryError::UnknownColumn(_) => Pgrst::UndefinedColumn,
+        }
+    }
+    fn details(&self) -> Option<String> {
+        match self {
+            QueryError::Parse { value, .. } => Some(format!("unexpected input in {value:?}")),
+            _ => None,
+        }
+    }
+}
+
+fn parse_err(what: &'static str, value: &str) -> QueryError {
+    QueryError::Parse {
+        what,
+        value: value.chars().take(200).collect(),
+    }
+}
+
+/// The operations of one request, as plain data.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QueryOps {
+    /// `select=`: `(alias, column)`; None for all columns.
+    pub select: Option<Vec<(String, String)>>,
+    /// Top-level conditions, joined with AND.
+    pub filters: Vec<Cond>,
+    pub order: Vec<OrderTerm>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl QueryOps {
+    /// Whether the result must be filtered, projected or paginated.
+    pub fn is_empty(&self) -> bool {
+        self == &QueryOps::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    Filter {
+        column: String,
+        negate: bool,
+        op: Op,
+    },
+    Tree {
+        or: bool,
+        negate: bool,
+        items: Vec<Cond>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Quant {
+    One,
+    Any,
+    All,
+}
+
+/// One operator with its operand(s).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// eq, neq, gt, gte, lt, lte, cs, cd, ov, sl, sr, nxr, nxl, adj,
+    /// isdistinct: compared with the value cast to the column's type.
+    Compare(&'static str, Quant, String),
+    /// like, ilike, match, imatch: compared as text.
+    Text(&'static str, Quant, String),
+    In(Vec<String>),
+    /// `IS NULL`, `IS NOT NULL`, `IS TRUE`, …
+    Is(&'static str),
+    /// fts, plfts, phfts, wfts: the tsquery function, language, query.
+    Fts(&'static str, Option<String>, String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderTerm {
+    pub column: String,
+    pub desc: bool,
+    /// Some(true): NULLS FIRST; Some(false): NULLS LAST.
+    pub nulls_first: Option<bool>,
+}
+
+fn comparison(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "eq" => "=",
+        "neq" => "<>",
+        "gt" => ">",
+        "gte" => ">=",
+        "lt" => "<",
+        "lte" => "<=",
+        "cs" => "@>",
+        "cd" => "<@",
+        "ov" => "&&",
+        "sl" => "<<",
+        "sr" => ">>",
+        "nxr" => "&<",
+        "nxl" => "&>",
+        "adj" => "-|-",
+        "isdistinct" => "IS DISTINCT FROM",
+        _ => return None,
+    })
+}
+
+fn text_op(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "like" => "LIKE",
+        "ilike" => "ILIKE",
+        "match" => "~",
+        "imatch" => "~*",
+        _ => return None,
+    })
+}
+
+fn fts_fn(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "fts" => "to_tsquery",
+        "plfts" => "plainto_tsquery",
+        "phfts" => "phraseto_tsquery",
+        "wfts" => "websearch_to_tsquery",
+        _ => return None,
+    })
+}
+
+/// Whether `value` starts with an operator (`eq.`, `not.in.`, `fts(en).`):
+/// on GET, such a parameter is a filter, any other a function argument.
+pub fn has_operator(value: &str) -> bool {
+    let v = value.strip_prefix("not.").unwrap_or(value);
+    let Some((head, _)) = v.split_once('.') else {
+        return false;
+    };
+    let name = head.split_once('(').map_or(head, |(n, _)| n);
+    comparison(name).is_some()
+        || text_op(name).is_some()
+        || fts_fn(name).is_some()
+        || matches!(name, "in" | "is")
+}
+
+/// `column=value` as a filter.
+pub fn parse_filter(column: &str, value: &str) -> Result<Cond, QueryError> {
+    let column = column.trim();
+    if column.is_empty() {
+        return Err(parse_err("filter", value));
+    }
+    let (negate, rest) = match value.strip_prefix("not.") {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let (head, operand) = rest
+        .split_once('.')
+        .ok_or_else(|| parse_err("filter", value))?;
+    let (name, modifier) = match head.split_once('(') {
+        Some((n, m)) => (
+            n,
+            Some(
+                m.strip_suffix(')')
+                    .ok_or_else(|| parse_err("filter", value))?,
+            ),
+        ),
+        None => (head, None),
+    };
+    let quant = match modifier {
+        None => Quant::One,
+        Some("any") => Quant::Any,
+        Some("all") => Quant::All,
+        Some(_) if fts_fn(name).is_some() => Quant::One,
+        Some(_) => return Err(parse_err("filter", value)),
+    };
+    let op = if let Some(sql) = comparison(name) {
+        if quant != Quant::One && !matches!(name, "eq" | "neq" | "gt" | "gte" | "lt" | "lte") {
+            return Err(parse_err("filter", value));
+        }
+        Op::Compare(sql, quant, operand.to_string())
+    } else if let Some(sql) = text_op(name) {
+        let operand = if matches!(name, "like" | "ilike") {
+            operand.replace('*', "%")
+        } else {
+            operand.to_string()
+        };
+        Op::Text(sql, quant, operand)
+    } else if let Some(func) = fts_fn(name) {
+        Op::Fts(func, modifier.map(str::to_string), operand.to_string())
+    } else if name == "in" && quant == Quant::One {
+        let inner = operand
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .ok_or_else(|| parse_err("filter", value))?;
+        let items = if inner.is_empty() {
+            Vec::new()
+        } else {
+            split_top(inner)
+                .ok_or_else(|| parse_err("filter", value))?
+                .into_iter()
+                .map(unquote)
+                .collect()
+        };
+        Op::In(items)
+    } else if name == "is" && quant == Quant::One {
+        Op::Is(match operand.to_ascii_lowercase().as_str() {
+            "null" => "IS NULL",
+            "not_null" => "IS NOT NULL",
+            "true" => "IS TRUE",
+            "false" => "IS FALSE",
+            "unknown" => "IS UNKNOWN",
+            _ => return Err(parse_err("filter", value)),
+        })
+    } else {
+        return Err(parse_err("filter", value));
+    };
+    Ok(Cond::Filter {
+        column: column.to_string(),
+        negate,
+        op,
+    })
+}
+
+/// `or=(a.eq.1,and(b.gt.2,c.is.null))`: `key` is `or`, `and`, `not.or` or
+/// `not.and`.
+pub fn parse_tree(key: &str, value: &str) -> Result<Cond, QueryError> {
+    let (negate, kind) = match key.strip_prefix("not.") {
+        Some(k) => (true, k),
+        None => (false, key),
+    };
+    let or = match kind {
+        "or" => true,
+        "and" => false,
+        _ => return Err(parse_err("logic tree", value)),
+    };
+    let inner = value
+        .trim()
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .ok_or_else(|| parse_err("logic tree", value))?;
+    let parts = split_top(inner).ok_or_else(|| parse_err("logic tree", value))?;
+    if parts.is_empty() {
+        return Err(parse_err("logic tree", value));
+    }
+    let mut items = Vec::new();
+    for part in parts {
+        let part = part.trim();
+        let nested = ["not.or(", "not.and(", "or(", "and("]
+            .iter()
+            .find(|p| part.starts_with(**p));
+        if let Some(prefix) = nested {
+            let key = &prefix[..prefix.len() - 1];
+            items.push(parse_tree(key, &part[key.len()..])?);
+        } else {
+            let (column, rest) = part
+                .split_once('.')
+                .ok_or_else(|| parse_err("logic tree", value))?;
+            let rest = unquote_operand(rest);
+            items.push(parse_filter(column, &rest)?);
+        }
+    }
+    Ok(Cond::Tree { or, negate, items })
+}
+
+/// In a logic tree, `col.eq."a,b"`: the operand may be double-quoted.
+fn unquote_operand(rest: &str) -> String {
+    match rest.rfind('.') {
+        Some(i) if rest[i + 1..].starts_with('"') && !rest[..i].ends_with("in") => {
+            format!("{}.{}", &rest[..i], unquote(&rest[i + 1..]))
+        }
+        _ => rest.to_string(),
+    }
+}
+
+fn unquote(s: &str) -> String {
+    let t = s.trim();
+    match t.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        Some(inner) => inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+        None => t.to_string(),
+    }
+}
+
+/// Splits on commas outside parentheses, braces and double quotes; None
+/// when they do not balance.
+fn split_top(s: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut escaped, mut start) = (0i32, false, false, 0usize);
+    for (i, c) in s.char_indices() {
+        if quoted {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 || quoted {
+        return None;
+    }
+    parts.push(&s[start..]);
+    Some(parts)
+}
+
+/// `select=a,alias:b,*`.
+pub fn parse_select(value: &str) -> Result<Option<Vec<(String, String)>>, QueryError> {
+    if value.trim() == "*" {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for item in value.split(',') {
+        let item = item.trim();
+        // `*` beside columns, casts, JSON paths and embedding splice more than a name.
+        if item.is_empty()
+            || item == "*"
+            || item.contains("::")
+            || item.contains("->")
+            || item.contains('(')
+        {
+            return Err(parse_err("select", value));
+        }
+        let (alias, column) = match item.split_once(':') {
+            Some((a, c)) => (a.trim(), c.trim()),
+            None => (item, item),
+        };
+        if alias.is_empty() || column.is_empty() {
+            return Err(parse_err("select", value));
+        }
+        out.push((alias.to_string(), column.to_string()));
+    }
+    Ok(Some(out))
+}
+
+/// `order=a.desc.nullslast,b`.
+pub fn parse_order(value: &str) -> Result<Vec<OrderTerm>, QueryError> {
+    let mut out = Vec::new();
+    for item in value.split(',') {
+        let mut parts = item.trim().split('.');
+        let column = parts.next().unwrap_or("").trim();
+        if column.is_empty() {
+            return Err(parse_err("order", value));
+        }
+        let mut term = OrderTerm {
+            column: column.to_string(),
+            desc: false,
+            nulls_first: None,
+        };
+        for p in parts {
+            match p {
+                "asc" => term.desc = false,
+                "desc" => term.desc = true,
+                "nullsfirst" => term.nulls_first = Some(true),
+                "nullslast" => term.nulls_first = Some(false),
+                _ => return Err(parse_err("order", value)),
+            }
+        }
+        out.push(term);
+    }
+    Ok(out)
+}
+
+/// A non-negative row count for `limit`/`offset`.
+pub fn parse_count(what: &'static str, value: &str) -> Result<i64, QueryError> {
+    value
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| parse_err(what, value))
+}
+
+/// The WHERE, ORDER BY and SELECT parts of a statement, and the text
+/// parameters they bind, from `$first` on.
+pub struct Compiled {
+    /// The CTE's column list: every result column, named.
+    pub source_cols: String,
+    pub where_sql: String,
+    pub order_sql: String,
+    /// The outer select list over the CTE `_f`.
+    pub select_sql: String,
+    /// The body expression is `json_agg(_s.<col>)` (a scalar set without
+    /// `select`) rather than `json_agg(_s)`.
+    pub bare_column: Option<String>,
+    pub params: Vec<String>,
+}
+
+/// Resolves names against `columns` and builds the SQL fragments.
+/// `scalar` marks a scalar SETOF, whose one column is `_r._r`.
+pub fn compile(
+    ops: &QueryOps,
+    columns: &[Column],
+    scalar: bool,
+    first: usize,
+) -> Result<Compiled, QueryError> {
+    let find = |name: &str| -> Result<&Column, QueryError> {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| QueryError::UnknownColumn(name.to_string()))
+    };
+    let src_expr = |c: &Column| {
+        if scalar {
+            "_r._r".to_string()
+        } else {
+            format!("_r.{}", quote_ident(&c.name))
+        }
+    };
+    let source_cols = columns
+        .iter()
+        .map(|c| format!("{} AS {}", src_expr(c), quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut params: Vec<String> = Vec::new();
+    let mut conds = Vec::new();
+    for cond in &ops.filters {
+        conds.push(compile_cond(cond, &find, &src_expr, &mut params, first)?);
+    }
+    let where_sql = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    let mut order = Vec::new();
+    for t in &ops.order {
+        let c = find(&t.column)?;
+        let mut s = format!("_f.{}", quote_ident(&c.name));
+        s.push_str(if t.desc { " DESC" } else { " ASC" });
+        match t.nulls_first {
+            Some(true) => s.push_str(" NULLS FIRST"),
+            Some(false) => s.push_str(" NULLS LAST"),
+            None => {}
+        }
+        order.push(s);
+    }
+    let order_sql = if order.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", order.join(", "))
+    };
+    let (select_sql, bare_column) = match &ops.select {
+        None => {
+            let list = columns
+                .iter()
+                .map(|c| format!("_f.{0} AS {0}", quote_ident(&c.name)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let bare = match (scalar, columns.first()) {
+                (true, Some(c)) => Some(quote_ident(&c.name)),
+                _ => None,
+            };
+            (list, bare)
+        }
+        Some(items) => {
+            let mut list = Vec::new();
+            for (alias, column) in items {
+                let c = find(column)?;
+                list.push(format!(
+                    "_f.{} AS {}",
+                    quote_ident(&c.name),
+                    quote_ident(alias)
+                ));
+            }
+            (list.join(", "), None)
+        }
+    };
+    Ok(Compiled {
+        source_cols,
+        where_sql,
+        order_sql,
+        select_sql,
+        bare_column,
+        params,
+    })
+}
+
+fn compile_cond<'c>(
+    cond: &Cond,
+    find: &dyn Fn(&str) -> Result<&'c Column, QueryError>,
+    src_expr: &dyn Fn(&Column) -> String,
+    params: &mut Vec<String>,
+    first: usize,
+) -> Result<String, QueryError> {
+    let mut bind = |v: &str| {
+        params.push(v.to_string());
+        format!("${}", first + params.len() - 1)
+    };
+    let (negate, sql) = match cond {
+        Cond::Tree { or, negate, items } => {
+            let mut parts = Vec::new();
+            for item in items {
+                parts.push(compile_cond(item, find, src_expr, params, first)?);
+            }
+            let joiner = if *or { " OR " } else { " AND " };
+            (*negate, format!("({})", parts.join(joiner)))
+        }
+        Cond::Filter { column, negate, op } => {
+            let c = find(column)?;
+            let e = src_expr(c);
+            let t = &c.type_sql;
+            let mut sql = String::new();
+            match op {
+                Op::Compare(o, Quant::One, v) => {
+                    let p = bind(v);
+                    let _ = write!(sql, "{e} {o} {p}::text::{t}");
+                }
+                Op::Compare(o, q, v) => {
+                    let p = bind(v);
+                    let q = if *q == Quant::Any { "ANY" } else { "ALL" };
+                    let _ = write!(sql, "{e} {o} {q}({p}::text::{t}[])");
+                }
+                Op::Text(o, Quant::One, v) => {
+                    let p = bind(v);
+                    let _ = write!(sql, "{e}::text {o} {p}");
+                }
+                Op::Text(o, q, v) => {
+                    let p = bind(v);
+                    let q = if *q == Quant::Any { "ANY" } else { "ALL" };
+                    let _ = write!(sql, "{e}::text {o} {q}({p}::text::text[])");
+                }
+                Op::In(items) if items.is_empty() => sql.push_str("false"),
+                Op::In(items) => {
+                    let list: Vec<String> = items
+                        .iter()
+                        .map(|v| format!("{}::text::{t}", bind(v)))
+                        .collect();
+                    let _ = write!(sql, "{e} IN ({})", list.join(", "));
+                }
+                Op::Is(what) => {
+                    let _ = write!(sql, "{e} {what}");
+                }
+                Op::Fts(func, lang, v) => {
+                    let lang = lang
+                        .as_ref()
+                        .map(|l| format!("{}::text::regconfig, ", bind(l)));
+                    let p = bind(v);
+                    let _ = write!(sql, "{e} @@ {func}({}{p})", lang.unwrap_or_default());
+                }
+            }
+            (*negate, sql)
+        }
+    };
+    Ok(if negate { format!("NOT ({sql})") } else { sql })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_are_recognised_only_with_a_dot() {
+        assert!(has_operator("eq.1"));
+        assert!(has_operator("not.in.(1,2)"));
+        assert!(has_operator("fts(english).cat"));
+        assert!(has_operator("eq(any).{1,2}"));
+        assert!(!has_operator("eq"));
+        assert!(!has_operator("hello.world"));
+        assert!(!has_operator("42"));
+    }
+
+    #[test]
+    fn filters_parse_as_postgrest_writes_them() {
+        let f = parse_filter("x", "not.in.(1,\"a,b\",3)").expect("in");
+        assert_eq!(
+            f,
+            Cond::Filter {
+                column: "x".into(),
+                negate: true,
+                op: Op::In(vec!["1".into(), "a,b".into(), "3".into()])
+            }
+        );
+        assert!(matches!(
+            parse_filter("x", "like.a*b").expect("like"),
+            Cond::Filter { op: Op::Text("LIKE", Quant::One, ref v), .. } if v == "a%b"
+        ));
+        assert!(parse_filter("x", "is.maybe").is_err());
+        assert!(parse_filter("x", "nope.1").is_err());
+        assert!(parse_filter("x", "cs(any).1").is_err());
+        let t = parse_tree("or", "(a.eq.1,and(b.gt.2,c.is.null))").expect("tree");
+        let Cond::Tree {
+            or: true, items, ..
+        } = t
+        else {
+            panic!("not an or tree")
+        };
+        assert_eq!(items.len(), 2);
+        assert!(parse_tree("or", "(a.eq.1").is_err());
+    }
+
+    #[test]
+    fn select_and_order_parse() {
+        assert_eq!(
+            parse_select("a, b:c").expect("select"),
+            Some(vec![("a".into(), "a".into()), ("b".into(), "c".into())])
+        );
+        assert_eq!(parse_select("*").expect("star"), None);
+        assert!(parse_select("a::text").is_err());
+        let o = parse_order("a.desc.nullslast,b").expect("order");
+        assert!(o[0].desc);
+        assert_eq!(o[0].nulls_first, Some(false));
+        assert!(parse_order("a.sideways").is_err());
+        assert!(parse_count("limit", "-1").is_err());
+        assert!(parse_count("limit", "99999999999999999999").is_err());
+    }
+}
