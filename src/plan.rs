@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::api_request::{ApiRequest, Args};
-use crate::db::exec::{CallResult, Shaper, StoredResponse};
+use crate::db::exec::{CallResult, Check, Shaper, StoredResponse};
 use crate::db::quote_ident;
 use crate::db::schema::{Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
@@ -527,6 +527,20 @@ pub fn reply(
         content_type,
         replayed: false,
     })
+}
+
+/// For a call that may write and asks for a count: the range is checked
+/// before COMMIT, so a 416 never answers a committed change.
+pub fn range_check(plan: &CallPlan) -> Option<Check> {
+    if plan.read_only || !plan.page.count {
+        return None;
+    }
+    let page = plan.page;
+    Some(Box::new(move |result: &CallResult| {
+        content_range(result, page)
+            .map(|_| ())
+            .map_err(crate::error::ApiError::from)
+    }))
 }
 
 /// The status a range gives (206 when the rows returned are fewer than

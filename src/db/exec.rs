@@ -162,6 +162,9 @@ pub struct StoredResponse {
 /// the transaction (a response that cannot be built rolls the call back).
 pub type Shaper = Box<dyn FnOnce(&CallResult) -> Result<StoredResponse, ApiError> + Send + Sync>;
 
+/// A check of a call's result, run inside its transaction.
+pub type Check = Box<dyn Fn(&CallResult) -> Result<(), ApiError> + Send + Sync>;
+
 pub struct IdempotentCall {
     pub key: String,
     pub request_hash: String,
@@ -189,6 +192,10 @@ pub struct CallJob {
     /// `SELECT <PGRPC_PRE_REQUEST>()`, run after the settings.
     pub pre_request: Option<Arc<str>>,
     pub idempotency: Option<IdempotentCall>,
+    /// Checks the call's result before COMMIT, for calls whose answer may
+    /// still be an error (a counted range past its end): the call is then
+    /// rolled back, never committed under an error answer.
+    pub check: Option<Check>,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
 }
@@ -263,7 +270,7 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let simple = !job.singular && job.idempotency.is_none();
+    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none();
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
         return pipelined(&conn, &job, pre.as_ref(), call)
@@ -485,6 +492,9 @@ async fn stepwise(
     let result = read_call_row(&row);
     if job.singular && result.rows != 1 {
         return Err(ExecError::Singularity(result.rows));
+    }
+    if let Some(check) = &job.check {
+        check(&result).map_err(ExecError::Rejected)?;
     }
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;

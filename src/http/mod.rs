@@ -192,11 +192,13 @@ async fn rpc(
         key,
         shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
     });
+    let check = plan::range_check(&plan);
     let job = CallJob {
         sql: plan.sql.clone(),
         args: plan.args,
         params: plan.params,
         transient: plan.transient,
+        check,
         read_only: plan.read_only,
         singular: plan.singular,
         isolation: isolation_level(plan.routine.isolation(&state.config.hoisted_tx_settings)),

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{send, Resp, TestDb, TestServer};
+use crate::support::{send, Resp, TestServer};
 
 /// Set-returning fixtures: a table-shaped result, a scalar set, a writing
 /// set, and a scalar for contrast.
@@ -29,13 +29,7 @@ CREATE FUNCTION api.pairish(x int, OUT doubled int, OUT label text) LANGUAGE sql
 "#;
 
 async fn server_with(tune: impl FnOnce(&mut pgrpc::config::ServeConfig)) -> TestServer {
-    let db = TestDb::new().await;
-    db.superuser()
-        .await
-        .batch_execute(FIXTURES)
-        .await
-        .expect("fixtures");
-    TestServer::start_on(db, tune).await
+    TestServer::start_with_sql(FIXTURES, tune).await
 }
 
 async fn server() -> TestServer {
@@ -348,6 +342,23 @@ async fn head_with_count_and_volatile_functions_run_once() {
     );
     let r = get(&s, "made_count", &[]).await;
     assert_eq!(r.body, json!(4));
+    // A counted range past the end is 416, and the writes it made are
+    // rolled back: no error answers a committed change.
+    let r = post(
+        &s,
+        "make?offset=50",
+        json!({"n": 3}),
+        &[("prefer", "count=exact")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (416, "PGRST103".to_string()),
+        "{}",
+        r.text
+    );
+    let r = get(&s, "made_count", &[]).await;
+    assert_eq!(r.body, json!(4), "the 416 call's rows were committed");
 }
 
 /// `application/vnd.pgrst.object+json` counts the filtered rows.
