@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use deadpool::managed::{Object, PoolError, TimeoutType};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement};
 
 use super::pool::{Conn, PgConn, Pool};
@@ -243,17 +244,38 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let read_only = job.read_only;
     let result = run_call(pool, job).await;
     match result {
-        // A call that may write was refused as read-only: not the caller's
-        // GET of a volatile function (405), but a node that cannot write.
-        Err(ExecError::Postgres { error, .. })
-            if !read_only
-                && *error.code() == tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION =>
+        // A call that may write was refused as read-only. Either the node
+        // cannot write (a standby, or a primary demoted or still being
+        // promoted): retryable, 503; or the function raised 25006 itself,
+        // which keeps its 405. One question to the node tells them apart.
+        Err(ExecError::Postgres { error, anon })
+            if !read_only && *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
-            pool.manager().forget_connections();
-            Err(ExecError::ReadOnlyNode(error.message().to_string()))
+            if node_is_read_only(pool).await {
+                pool.manager().forget_connections();
+                Err(ExecError::ReadOnlyNode(error.message().to_string()))
+            } else {
+                Err(ExecError::Postgres { error, anon })
+            }
         }
         other => other,
     }
+}
+
+/// Whether the database cannot take writes: in recovery, or its sessions
+/// read-only by default. A node that does not answer counts as one.
+async fn node_is_read_only(pool: &Pool) -> bool {
+    let Ok(conn) = checkout(pool).await else {
+        return true;
+    };
+    conn.client
+        .query_one(
+            "SELECT pg_catalog.pg_is_in_recovery() \
+                 OR pg_catalog.current_setting('default_transaction_read_only')::bool",
+            &[],
+        )
+        .await
+        .map_or(true, |row| row.get::<_, bool>(0))
 }
 
 async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
