@@ -15,119 +15,79 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::error::{DbError, SqlState};
 
-/// Every PGRST code the proxy answers, grouped as PostgREST groups them:
-/// 0xx connection, 1xx request, 2xx schema cache, 3xx JWT. `PGRPC…` codes
-/// are pgrpc's own, for cases PostgREST has no code for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pgrst {
-    /// PGRST001: the database cannot be reached.
-    Connection,
-    /// PGRST002: the function cache is not loaded yet.
-    SchemaCacheMissing,
-    /// PGRST003: no pooled connection within the pool timeout.
-    PoolTimeout,
-    /// PGRST100: a malformed query parameter or header.
-    QueryParam,
-    /// PGRST103 (416): a range that cannot be satisfied.
-    InvalidRange,
-    /// 42703: a column the function's result does not have (PostgREST
-    /// answers with PostgreSQL's code).
-    UndefinedColumn,
-    /// PGRST101: a method the resource does not allow.
-    InvalidMethod,
-    /// PGRST102: a body that is not valid (or too deeply nested) JSON.
-    InvalidBody,
-    /// PGRST106: a profile that is not an exposed schema.
-    UnacceptableSchema,
-    /// PGRST107 (406): an Accept that cannot be served.
-    MediaType,
-    /// PGRST107 (415): a Content-Type that cannot be read.
-    ContentType,
-    /// PGRST111: an invalid `response.headers` setting.
-    GucHeaders,
-    /// PGRST112: an invalid `response.status` setting.
-    GucStatus,
-    /// PGRST116: a singular response whose call returned another count of rows.
-    Singularity,
-    /// PGRST121: a `RAISE SQLSTATE 'PGRST'` whose JSON cannot be read.
-    RaiseParse,
-    /// PGRST125: a path that is not served.
-    InvalidPath,
-    /// PGRST202: no function matches the name and arguments.
-    NoRpc,
-    /// PGRST203: more than one function matches.
-    AmbiguousRpc,
-    /// PGRST300: a token arrived, and the server has no key to check it.
-    JwtSecretMissing,
-    /// PGRST301: a token that cannot be decoded or verified.
-    JwtDecode,
-    /// PGRST303: a verified token whose claims are refused.
-    JwtClaims,
-    /// PGRPC413: a body over `PGRPC_MAX_BODY_BYTES`.
-    BodyTooLarge,
-    /// PGRPC500: a fault of the proxy itself.
-    Internal,
+/// Declares `Pgrst` from one table, so that its variants, their codes and
+/// statuses, and `Pgrst::ALL` cannot drift apart.
+macro_rules! pgrst_table {
+    ($($(#[$doc:meta])* $name:ident => $code:literal, $status:ident;)+) => {
+        /// Every PGRST code the proxy answers, grouped as PostgREST groups
+        /// them: 0xx connection, 1xx request, 2xx schema cache, 3xx JWT.
+        /// `PGRPC…` codes are pgrpc's own, for cases PostgREST has no code for.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Pgrst {
+            $($(#[$doc])* $name,)+
+        }
+
+        impl Pgrst {
+            /// Every variant, for the docs' error table and its test.
+            pub const ALL: &'static [Pgrst] = &[$(Pgrst::$name,)+];
+
+            /// The code and status of each.
+            pub const fn code_and_status(self) -> (&'static str, StatusCode) {
+                match self {
+                    $(Pgrst::$name => ($code, StatusCode::$status),)+
+                }
+            }
+        }
+    };
 }
 
-impl Pgrst {
-    /// The code and status of each, in one table.
-    pub const fn code_and_status(self) -> (&'static str, StatusCode) {
-        use Pgrst::*;
-        match self {
-            Connection => ("PGRST001", StatusCode::SERVICE_UNAVAILABLE),
-            SchemaCacheMissing => ("PGRST002", StatusCode::SERVICE_UNAVAILABLE),
-            PoolTimeout => ("PGRST003", StatusCode::GATEWAY_TIMEOUT),
-            QueryParam => ("PGRST100", StatusCode::BAD_REQUEST),
-            InvalidMethod => ("PGRST101", StatusCode::METHOD_NOT_ALLOWED),
-            InvalidRange => ("PGRST103", StatusCode::RANGE_NOT_SATISFIABLE),
-            UndefinedColumn => ("42703", StatusCode::BAD_REQUEST),
-            InvalidBody => ("PGRST102", StatusCode::BAD_REQUEST),
-            UnacceptableSchema => ("PGRST106", StatusCode::NOT_ACCEPTABLE),
-            MediaType => ("PGRST107", StatusCode::NOT_ACCEPTABLE),
-            ContentType => ("PGRST107", StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            GucHeaders => ("PGRST111", StatusCode::INTERNAL_SERVER_ERROR),
-            GucStatus => ("PGRST112", StatusCode::INTERNAL_SERVER_ERROR),
-            Singularity => ("PGRST116", StatusCode::NOT_ACCEPTABLE),
-            RaiseParse => ("PGRST121", StatusCode::INTERNAL_SERVER_ERROR),
-            InvalidPath => ("PGRST125", StatusCode::NOT_FOUND),
-            NoRpc => ("PGRST202", StatusCode::NOT_FOUND),
-            AmbiguousRpc => ("PGRST203", StatusCode::MULTIPLE_CHOICES),
-            JwtSecretMissing => ("PGRST300", StatusCode::UNAUTHORIZED),
-            JwtDecode => ("PGRST301", StatusCode::UNAUTHORIZED),
-            JwtClaims => ("PGRST303", StatusCode::UNAUTHORIZED),
-            BodyTooLarge => ("PGRPC413", StatusCode::PAYLOAD_TOO_LARGE),
-            Internal => ("PGRPC500", StatusCode::INTERNAL_SERVER_ERROR),
-        }
-    }
-
-    pub const ALL: [Pgrst; 23] = {
-        use Pgrst::*;
-        [
-            Connection,
-            SchemaCacheMissing,
-            PoolTimeout,
-            QueryParam,
-            InvalidMethod,
-            InvalidRange,
-            UndefinedColumn,
-            InvalidBody,
-            UnacceptableSchema,
-            MediaType,
-            ContentType,
-            GucHeaders,
-            GucStatus,
-            Singularity,
-            RaiseParse,
-            InvalidPath,
-            NoRpc,
-            AmbiguousRpc,
-            JwtSecretMissing,
-            JwtDecode,
-            JwtClaims,
-            BodyTooLarge,
-            Internal,
-        ]
-    };
+pgrst_table! {
+    /// PGRST001: the database cannot be reached.
+    Connection => "PGRST001", SERVICE_UNAVAILABLE;
+    /// PGRST002: the function cache is not loaded yet.
+    SchemaCacheMissing => "PGRST002", SERVICE_UNAVAILABLE;
+    /// PGRST003: no pooled connection within the pool timeout.
+    PoolTimeout => "PGRST003", GATEWAY_TIMEOUT;
+    /// PGRST100: a malformed query parameter or header.
+    QueryParam => "PGRST100", BAD_REQUEST;
+    /// PGRST101: a method the resource does not allow.
+    InvalidMethod => "PGRST101", METHOD_NOT_ALLOWED;
+    /// PGRST102: a body that is not valid (or too deeply nested) JSON.
+    InvalidBody => "PGRST102", BAD_REQUEST;
+    /// PGRST103: a range that cannot be satisfied.
+    InvalidRange => "PGRST103", RANGE_NOT_SATISFIABLE;
+    /// PGRST106: a profile that is not an exposed schema.
+    UnacceptableSchema => "PGRST106", NOT_ACCEPTABLE;
+    /// PGRST107: an Accept that cannot be served.
+    MediaType => "PGRST107", NOT_ACCEPTABLE;
+    /// PGRST107: a Content-Type that cannot be read.
+    ContentType => "PGRST107", UNSUPPORTED_MEDIA_TYPE;
+    /// PGRST111: an invalid `response.headers` setting.
+    GucHeaders => "PGRST111", INTERNAL_SERVER_ERROR;
+    /// PGRST112: an invalid `response.status` setting.
+    GucStatus => "PGRST112", INTERNAL_SERVER_ERROR;
+    /// PGRST116: a singular response whose call returned another count of rows.
+    Singularity => "PGRST116", NOT_ACCEPTABLE;
+    /// PGRST121: a `RAISE SQLSTATE 'PGRST'` whose JSON cannot be read.
+    RaiseParse => "PGRST121", INTERNAL_SERVER_ERROR;
+    /// PGRST125: a path that is not served.
+    InvalidPath => "PGRST125", NOT_FOUND;
+    /// PGRST202: no function matches the name and arguments.
+    NoRpc => "PGRST202", NOT_FOUND;
+    /// PGRST203: more than one function matches.
+    AmbiguousRpc => "PGRST203", MULTIPLE_CHOICES;
+    /// PGRST300: a token arrived, and the server has no key to check it.
+    JwtSecretMissing => "PGRST300", UNAUTHORIZED;
+    /// PGRST301: a token that cannot be decoded or verified.
+    JwtDecode => "PGRST301", UNAUTHORIZED;
+    /// PGRST303: a verified token whose claims are refused.
+    JwtClaims => "PGRST303", UNAUTHORIZED;
+    /// 42703: a column the function's result does not have (PostgREST answers with PostgreSQL's code).
+    UndefinedColumn => "42703", BAD_REQUEST;
+    /// PGRPC413: a body over `PGRPC_MAX_BODY_BYTES`.
+    BodyTooLarge => "PGRPC413", PAYLOAD_TOO_LARGE;
+    /// PGRPC500: a fault of the proxy itself.
+    Internal => "PGRPC500", INTERNAL_SERVER_ERROR;
 }
 
 /// A layer's error: its message is its `Display`; the rest it names here.
@@ -421,7 +381,7 @@ mod tests {
     #[test]
     fn every_code_is_listed_once_in_its_range() {
         let mut seen = std::collections::HashSet::new();
-        for p in Pgrst::ALL {
+        for &p in Pgrst::ALL {
             let (code, status) = p.code_and_status();
             assert!(seen.insert((code, status)), "{code} twice");
             assert!(status.is_client_error() || status.is_server_error() || status.as_u16() == 300);
