@@ -9,12 +9,15 @@ use crate::db::Pool;
 
 use crate::auth::Auth;
 use crate::config::ServeConfig;
+use crate::db::replica::Replica;
 use crate::db::{quote_ident, Catalog};
 use crate::metrics::Metrics;
 
 pub struct AppState {
     pub config: ServeConfig,
     pub pool: Pool,
+    /// `PGRPC_READ_DATABASE_URL`'s pool and health, when set.
+    pub replica: Option<Arc<Replica>>,
     pub catalog: Arc<Catalog>,
     pub auth: Auth,
     pub metrics: Metrics,
@@ -28,7 +31,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: ServeConfig, pool: Pool, catalog: Arc<Catalog>, auth: Auth) -> AppState {
+    pub fn new(
+        config: ServeConfig,
+        pool: Pool,
+        replica: Option<Arc<Replica>>,
+        catalog: Arc<Catalog>,
+        auth: Auth,
+    ) -> AppState {
         let search_paths = config
             .schemas
             .iter()
@@ -58,6 +67,7 @@ impl AppState {
             pre_request,
             auth,
             pool,
+            replica,
             catalog,
             metrics: Metrics::default(),
             request_seq: AtomicU64::new(0),

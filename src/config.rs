@@ -94,6 +94,29 @@ pub struct ServeConfig {
     /// backlog until one closes.
     #[arg(long, env = "PGRPC_MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
+    /// A read replica (or a pooler in front of several, such as HAProxy's
+    /// replica port) in the `pgrpc_authenticator` role: GET and HEAD calls
+    /// of STABLE or IMMUTABLE functions run there (docs/replicas.md).
+    #[arg(long, env = "PGRPC_READ_DATABASE_URL", hide_env_values = true)]
+    pub read_database_url: Option<String>,
+    /// How long a read that sends back an `X-Pgrpc-Lsn` waits for the
+    /// replica to replay it before it runs on the primary, in ms.
+    #[arg(long = "read-wait-ms", env = "PGRPC_READ_WAIT_MS", default_value = "200", value_parser = millis)]
+    pub read_wait: Duration,
+    /// A replica further behind the primary than this is skipped, in ms.
+    #[arg(long = "read-max-lag-ms", env = "PGRPC_READ_MAX_LAG_MS", default_value = "5000", value_parser = millis)]
+    pub read_max_lag: Duration,
+    /// Named prepared statements on pooled connections; `false` behind a
+    /// transaction-mode pooler (pgbouncer), as PostgREST's
+    /// db-prepared-statements.
+    #[arg(long, env = "PGRPC_PREPARED_STATEMENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub prepared_statements: bool,
+    /// The schema listener's connection (LISTEN pgrst and the function
+    /// cache), when PGRPC_DATABASE_URL goes through a transaction-mode
+    /// pooler, which cannot deliver notifications; default
+    /// PGRPC_DATABASE_URL.
+    #[arg(long, env = "PGRPC_LISTENER_DATABASE_URL", hide_env_values = true)]
+    pub listener_database_url: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -127,6 +150,14 @@ pub fn from_args<T: Args + FromArgMatches>(args: &[&str]) -> Result<T, clap::Err
 }
 
 impl ServeConfig {
+    /// The schema listener's URL: `PGRPC_LISTENER_DATABASE_URL`, or the
+    /// pool's.
+    pub fn listener_url(&self) -> &str {
+        self.listener_database_url
+            .as_deref()
+            .unwrap_or(&self.database_url)
+    }
+
     pub fn new(database_url: impl Into<String>) -> Self {
         ServeConfig {
             database_url: database_url.into(),
@@ -162,6 +193,19 @@ impl ServeConfig {
         if self.header_read_timeout.is_zero() {
             return Err("PGRPC_HEADER_READ_TIMEOUT_MS must be at least 1".into());
         }
+        if self
+            .read_database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return Err(
+                "PGRPC_READ_DATABASE_URL must not be empty; unset it to read from the primary"
+                    .into(),
+            );
+        }
+        if self.read_max_lag.is_zero() {
+            return Err("PGRPC_READ_MAX_LAG_MS must be at least 1".into());
+        }
         if self.anon_role.trim().is_empty() {
             return Err("PGRPC_ANON_ROLE must name a role".into());
         }
@@ -192,7 +236,19 @@ mod tests {
         assert_eq!(c.jwt_role_claim_key, ".role");
         assert_eq!(c.jwt_aud, None);
         assert_eq!(c.jwt_cache_max_entries, 1000);
+        assert!(c.prepared_statements);
+        assert_eq!(c.read_database_url, None);
+        assert_eq!(c.read_wait, Duration::from_millis(200));
+        assert_eq!(c.read_max_lag, Duration::from_secs(5));
+        assert_eq!(c.listener_url(), "postgres://x");
         assert!(c.validate().is_ok());
+    }
+
+    // PGRPC_PREPARED_STATEMENTS takes an explicit false, as PostgREST's setting does.
+    #[test]
+    fn prepared_statements_can_be_turned_off() {
+        let c: ServeConfig = from_args(&["--prepared-statements", "false"]).expect("parses");
+        assert!(!c.prepared_statements);
     }
 
     // A role claim key that is not a JSPath, or an empty audience, stops startup naming the setting.

@@ -84,6 +84,8 @@ pgrst_table! {
     JwtClaims => "PGRST303", UNAUTHORIZED;
     /// 42703: a column the function's result does not have (PostgREST answers with PostgreSQL's code).
     UndefinedColumn => "42703", BAD_REQUEST;
+    /// PGRPC110: an `X-Pgrpc-Lsn` header or `pgrpc_lsn` cookie that is not a WAL position.
+    InvalidLsn => "PGRPC110", BAD_REQUEST;
     /// PGRPC413: a body over `PGRPC_MAX_BODY_BYTES`.
     BodyTooLarge => "PGRPC413", PAYLOAD_TOO_LARGE;
     /// PGRPC500: a fault of the proxy itself.

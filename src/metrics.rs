@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by function and status, a latency
-//! histogram, and pool gauges, rendered in the text exposition format.
+//! histogram, pool gauges, and reads by where they ran and why (with the
+//! read replica's health), rendered in the text exposition format.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::db::replica::{ReadRoute, Replica};
 use crate::db::Pool;
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -24,6 +26,8 @@ pub struct Metrics {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    /// Reads by route, in `ReadRoute::ALL`'s order.
+    reads: [AtomicU64; ReadRoute::ALL.len()],
 }
 
 impl Metrics {
@@ -69,7 +73,14 @@ impl Metrics {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn render(&self, pool: &Pool) -> String {
+    /// Counts a read (GET or HEAD of a read-only function) by where it ran.
+    pub fn count_read(&self, route: ReadRoute) {
+        if let Some(i) = ReadRoute::ALL.iter().position(|r| *r == route) {
+            self.reads[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn render(&self, pool: &Pool, replica: Option<&Replica>) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n",
@@ -126,6 +137,53 @@ impl Metrics {
         out.push_str("# HELP pgrpc_pool_waiting Requests waiting for a pooled connection.\n");
         out.push_str("# TYPE pgrpc_pool_waiting gauge\n");
         let _ = writeln!(out, "pgrpc_pool_waiting {}", status.waiting);
+        self.render_reads(&mut out, replica);
         out
+    }
+
+    fn render_reads(&self, out: &mut String, replica: Option<&Replica>) {
+        out.push_str(
+            "# HELP pgrpc_reads_total Reads (GET/HEAD of STABLE or IMMUTABLE functions) by where they ran and why.\n",
+        );
+        out.push_str("# TYPE pgrpc_reads_total counter\n");
+        for (route, n) in ReadRoute::ALL.iter().zip(&self.reads) {
+            let _ = writeln!(
+                out,
+                "pgrpc_reads_total{{target=\"{}\",reason=\"{}\"}} {}",
+                route.target(),
+                route.reason(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let Some(replica) = replica else {
+            return;
+        };
+        let health = replica.health();
+        out.push_str("# HELP pgrpc_replica_up Whether the read replica answered its last probe.\n");
+        out.push_str("# TYPE pgrpc_replica_up gauge\n");
+        let _ = writeln!(out, "pgrpc_replica_up {}", u8::from(health.up));
+        out.push_str(
+            "# HELP pgrpc_replica_lag_seconds How far the read replica's replay is behind the primary, as last probed.\n",
+        );
+        out.push_str("# TYPE pgrpc_replica_lag_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "pgrpc_replica_lag_seconds {}",
+            health.lag.as_secs_f64()
+        );
+        let status = replica.pool().status();
+        out.push_str("# HELP pgrpc_replica_pool_connections Pooled read replica connections.\n");
+        out.push_str("# TYPE pgrpc_replica_pool_connections gauge\n");
+        for (state, n) in [
+            ("open", status.size),
+            ("idle", status.available),
+            ("max", status.max_size),
+        ] {
+            let _ = writeln!(
+                out,
+                "pgrpc_replica_pool_connections{{state=\"{state}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "pgrpc_replica_pool_waiting {}", status.waiting);
     }
 }

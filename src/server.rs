@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,7 +19,8 @@ use tracing::{info, warn};
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::config::ServeConfig;
-use crate::db::{self, Catalog};
+use crate::db::replica::Replica;
+use crate::db::{self, Catalog, PoolOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -41,7 +43,7 @@ async fn check_pre_request(config: &ServeConfig) -> Result<(), ServeError> {
     else {
         return Ok(());
     };
-    let connect = tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls);
+    let connect = tokio_postgres::connect(config.listener_url(), tokio_postgres::NoTls);
     let Ok(Ok((client, connection))) =
         tokio::time::timeout(std::time::Duration::from_secs(5), connect).await
     else {
@@ -92,18 +94,44 @@ where
 {
     config.validate().map_err(ServeError::Config)?;
     let auth = Auth::new(&config).map_err(ServeError::Config)?;
-    let pool = db::build_pool(&config.database_url, config.pool_size, config.pool_timeout)?;
+    let pool = db::build_pool(
+        &config.database_url,
+        &PoolOptions::primary(
+            config.pool_size,
+            config.pool_timeout,
+            config.prepared_statements,
+        ),
+    )?;
+    let replica = match &config.read_database_url {
+        Some(url) => Some(Arc::new(Replica::new(
+            url,
+            &PoolOptions {
+                size: config.pool_size,
+                // A busy or silent replica is given up on quickly: the
+                // read then runs on the primary.
+                wait: config.read_wait.max(Duration::from_millis(100)),
+                connect: Duration::from_secs(2),
+                prepared: config.prepared_statements,
+            },
+            config.read_wait,
+            config.read_max_lag,
+        )?)),
+        None => None,
+    };
     check_pre_request(&config).await?;
     let catalog = Arc::new(Catalog::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener_task = tokio::spawn(db::maintain_catalog(
-        config.database_url.clone(),
+        config.listener_url().to_string(),
         config.schemas.clone(),
         catalog.clone(),
         pool.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
-    let state = Arc::new(AppState::new(config, pool, catalog, auth));
+    let probe_task = replica
+        .clone()
+        .map(|r| tokio::spawn(db::replica::probe(r, pool.clone(), stop_rx)));
+    let state = Arc::new(AppState::new(config, pool, replica, catalog, auth));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
     }
@@ -164,6 +192,12 @@ where
     }
     let _ = stop_tx.send(true);
     let _ = listener_task.await;
+    if let Some(task) = probe_task {
+        let _ = task.await;
+    }
     state.pool.close();
+    if let Some(replica) = &state.replica {
+        replica.pool().close();
+    }
     Ok(())
 }

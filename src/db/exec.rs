@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
-use super::pool::{Conn, PgConn, Pool};
+use super::lsn::Lsn;
+use super::pool::{Conn, PgConn, Pool, Prepared, SETTINGS_TYPES};
 use tracing::error;
 
 use super::schema::RoleSettings;
@@ -114,6 +116,9 @@ pub struct CallResult {
     /// The rows before `limit`/`offset`, when a count was asked for and
     /// the statement paginates; otherwise `rows` is the total.
     pub total: Option<i64>,
+    /// The primary's WAL position after COMMIT, for a call that may write
+    /// (`X-Pgrpc-Lsn`).
+    pub commit_lsn: Option<Lsn>,
 }
 
 /// The per-request settings, applied with `set_config(..., true)` so they
@@ -219,19 +224,54 @@ impl CallJob {
 #[derive(Debug)]
 pub enum Executed {
     Called(CallResult),
-    Replayed(StoredResponse),
+    /// A stored response, and the WAL position when it was replayed (at or
+    /// after the original call's COMMIT).
+    Replayed(StoredResponse, Option<Lsn>),
 }
 
 const CLAIM_SQL: &str = "SELECT state, response_status, response_headers::text, response_body \
      FROM pgrpc_http.http_idempotency_claim($1, $2)";
 const STORE_SQL: &str = "SELECT pgrpc_http.http_idempotency_store($1, $2, $3::text::jsonb, $4)";
+const CLAIM_TYPES: [Type; 2] = [Type::TEXT, Type::TEXT];
+const STORE_TYPES: [Type; 4] = [Type::TEXT, Type::INT4, Type::TEXT, Type::TEXT];
+
+/// The end of a transaction, then the WAL position it reached, in one
+/// message. The insert position, not `pg_current_wal_lsn()` (what has been
+/// written out): under `synchronous_commit = off` the COMMIT's record may
+/// not be written yet, and a replica at the written position would not
+/// show the call's effects. On a node in recovery (a write that wrote nothing, on a
+/// standby) the replayed position stands in, so that the answer never
+/// fails after its COMMIT.
+macro_rules! then_lsn {
+    ($end:literal) => {
+        concat!(
+            $end,
+            "; SELECT CASE WHEN pg_catalog.pg_is_in_recovery() \
+             THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END::text"
+        )
+    };
+}
+const COMMIT_LSN_SQL: &str = then_lsn!("COMMIT");
+const ROLLBACK_LSN_SQL: &str = then_lsn!("ROLLBACK");
 
 /// Runs the call in its own task and waits for it. The task always ends
 /// the transaction, even when the waiting request is dropped.
 pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let pool = pool.clone();
     // Boxed, so that spawning moves a pointer, not the whole call's state.
-    match tokio::spawn(Box::pin(async move { run(&pool, job).await })).await {
+    spawned(Box::pin(async move { run(&pool, job).await })).await
+}
+
+/// Runs a read on a connection already checked out (of the replica pool,
+/// by `replica::Replica::checkout`), in its own task as `execute` does.
+pub async fn execute_on(conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
+    spawned(Box::pin(async move { run_on(conn, job).await })).await
+}
+
+async fn spawned(
+    call: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Executed, ExecError>> + Send>>,
+) -> Result<Executed, ExecError> {
+    match tokio::spawn(call).await {
         Ok(result) => result,
         Err(e) => {
             error!(cause = %e, "call task failed");
@@ -268,21 +308,63 @@ async fn node_is_read_only(pool: &Pool) -> bool {
     let Ok(conn) = checkout(pool).await else {
         return true;
     };
-    conn.client
-        .query_one(
+    // A simple query: nothing prepared, so it also works behind a
+    // transaction-mode pooler.
+    let answer = conn
+        .client
+        .simple_query(
             "SELECT pg_catalog.pg_is_in_recovery() \
                  OR pg_catalog.current_setting('default_transaction_read_only')::bool",
-            &[],
         )
-        .await
-        .map_or(true, |row| row.get::<_, bool>(0))
+        .await;
+    match answer.as_deref().map(first_value) {
+        Ok(Some(value)) => value == "t",
+        _ => true,
+    }
+}
+
+/// The first column of the first row of a simple query's answer.
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    })
+}
+
+/// Ends the transaction with COMMIT. For a call that may write, the same
+/// message also reads the WAL position the COMMIT reached.
+async fn commit(client: &Client, read_only: bool) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    end_reading_lsn(client, true, !read_only).await
+}
+
+/// COMMIT or ROLLBACK, and the WAL position after it when `lsn` is asked.
+async fn end_reading_lsn(
+    client: &Client,
+    commit: bool,
+    lsn: bool,
+) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    let sql = match (commit, lsn) {
+        (true, false) => "COMMIT",
+        (false, false) => "ROLLBACK",
+        (true, true) => COMMIT_LSN_SQL,
+        (false, true) => ROLLBACK_LSN_SQL,
+    };
+    if !lsn {
+        return client.batch_execute(sql).await.map(|()| None);
+    }
+    let messages = client.simple_query(sql).await?;
+    Ok(first_value(&messages).and_then(|v| v.parse().ok()))
 }
 
 async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
+    let conn = checkout(pool).await?;
+    run_on(conn, job).await
+}
+
+async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
-    let mut conn = checkout(pool).await?;
-    let cached = if job.transient {
+    let cached = if job.transient && conn.prepares() {
         None
     } else {
         conn.statement(&job.sql)
@@ -300,17 +382,21 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
             .map(Executed::Called)
             .map_err(fail);
     }
+    let mut job_read_only = true;
     let outcome = match open(&mut conn, &job, cached, pre_cached).await {
         Ok(call) if simple => {
             // First call of this statement on this connection: the call and
             // COMMIT go together, one round trip after the Parse.
             let args = job.binds();
             let (c, e) = futures_util::join!(
-                conn.client.query_one(&call, &args),
-                conn.client.batch_execute("COMMIT"),
+                conn.query_row(&call, &args, &[]),
+                commit(&conn.client, job.read_only),
             );
             return match (c, e) {
-                (Ok(row), Ok(())) => Ok(Executed::Called(read_call_row(&row))),
+                (Ok(row), Ok(lsn)) => Ok(Executed::Called(CallResult {
+                    commit_lsn: lsn,
+                    ..read_call_row(row.as_ref())
+                })),
                 (Err(e), _) | (Ok(_), Err(e)) => {
                     if conn.client.is_closed() {
                         let _ = Object::take(conn);
@@ -319,15 +405,23 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
                 }
             };
         }
-        Ok(call) => stepwise(&mut conn, job, &call).await,
+        Ok(call) => {
+            job_read_only = job.read_only;
+            stepwise(&mut conn, job, &call).await
+        }
         Err(e) => Err(e),
     };
-    let end = match &outcome {
-        Ok((_, true)) => "COMMIT",
-        _ => "ROLLBACK",
+    // A replay wrote nothing now, but its WAL position is at or after the
+    // original call's COMMIT, which is what the client needs to read it back.
+    let ended = match &outcome {
+        Ok((_, true)) => commit(&conn.client, job_read_only).await,
+        Ok((Executed::Replayed(..), false)) => {
+            end_reading_lsn(&conn.client, false, !job_read_only).await
+        }
+        _ => end_reading_lsn(&conn.client, false, false).await,
     };
-    match conn.client.batch_execute(end).await {
-        Ok(()) => outcome.map(|(executed, _)| executed),
+    match ended {
+        Ok(lsn) => outcome.map(|(executed, _)| with_lsn(executed, lsn)),
         Err(e) => {
             // The transaction's fate is unknown: never hand this connection
             // to another request.
@@ -337,6 +431,17 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
                 Err(first) => Err(first),
             }
         }
+    }
+}
+
+/// The WAL position at the end of the call's transaction, on its result.
+fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
+    match executed {
+        Executed::Called(result) => Executed::Called(CallResult {
+            commit_lsn: lsn,
+            ..result
+        }),
+        Executed::Replayed(stored, _) => Executed::Replayed(stored, lsn),
     }
 }
 
@@ -355,12 +460,9 @@ fn begin_sql(job: &CallJob) -> Cow<'static, str> {
 }
 
 /// The pre-request function, if there is one, run after the settings.
-async fn pre_request(
-    client: &Client,
-    pre: Option<&Statement>,
-) -> Result<(), tokio_postgres::Error> {
+async fn pre_request(conn: &PgConn, pre: Option<&Prepared>) -> Result<(), tokio_postgres::Error> {
     match pre {
-        Some(statement) => client.query(statement, &[]).await.map(|_| ()),
+        Some(statement) => conn.query_row(statement, &[], &[]).await.map(|_| ()),
         None => Ok(()),
     }
 }
@@ -372,26 +474,30 @@ async fn pre_request(
 async fn pipelined(
     conn: &PgConn,
     job: &CallJob,
-    pre: Option<&Statement>,
-    call: &Statement,
+    pre: Option<&Prepared>,
+    call: &Prepared,
 ) -> Result<CallResult, tokio_postgres::Error> {
     let client = &conn.client;
     let args = job.binds();
     let params = job.settings.params();
     let begin = begin_sql(job);
+    let settings = conn.settings();
     let (b, s, p, c, e) = futures_util::join!(
         client.batch_execute(&begin),
-        client.query_one(&conn.settings, &params),
-        pre_request(client, pre),
-        client.query_one(call, &args),
-        client.batch_execute("COMMIT"),
+        conn.query_row(&settings, &params, &SETTINGS_TYPES),
+        pre_request(conn, pre),
+        conn.query_row(call, &args, &[]),
+        commit(client, job.read_only),
     );
     b?;
     s?;
     p?;
     let row = c?;
-    e?;
-    Ok(read_call_row(&row))
+    let lsn = e?;
+    Ok(CallResult {
+        commit_lsn: lsn,
+        ..read_call_row(row.as_ref())
+    })
 }
 
 /// Opens the transaction and applies the settings, preparing the call and
@@ -402,29 +508,31 @@ async fn pipelined(
 async fn open(
     conn: &mut PgConn,
     job: &CallJob,
-    cached: Option<Statement>,
-    pre_cached: Option<Option<Statement>>,
-) -> Result<Statement, ExecError> {
+    cached: Option<Prepared>,
+    pre_cached: Option<Option<Prepared>>,
+) -> Result<Prepared, ExecError> {
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
     let params = job.settings.params();
     let begin = begin_sql(job);
+    let settings = conn.settings();
     let client = &conn.client;
+    // Only a connection that prepares statements gets here without them.
     let prepare_pre = async {
         match (&pre_cached, &job.pre_request) {
             (Some(pre), _) => Ok(pre.clone()),
-            (None, Some(sql)) => client.prepare(sql).await.map(Some),
+            (None, Some(sql)) => client.prepare(sql).await.map(|s| Some(Prepared::Named(s))),
             (None, None) => Ok(None),
         }
     };
     let prepare_call = async {
         match &cached {
             Some(call) => Ok(call.clone()),
-            None => client.prepare(&job.sql).await,
+            None => client.prepare(&job.sql).await.map(Prepared::Named),
         }
     };
     let (b, s, p, c) = futures_util::join!(
         client.batch_execute(&begin),
-        client.query_one(&conn.settings, &params),
+        conn.query_row(&settings, &params, &SETTINGS_TYPES),
         prepare_pre,
         prepare_call,
     );
@@ -432,12 +540,14 @@ async fn open(
     s.map_err(fail)?;
     let pre = p.map_err(fail)?;
     let call = c.map_err(fail)?;
-    pre_request(client, pre.as_ref()).await.map_err(fail)?;
-    if let (None, Some(sql), Some(statement)) = (&pre_cached, &job.pre_request, &pre) {
+    pre_request(conn, pre.as_ref()).await.map_err(fail)?;
+    if let (None, Some(sql), Some(Prepared::Named(statement))) =
+        (&pre_cached, &job.pre_request, &pre)
+    {
         conn.keep(sql.clone(), statement.clone());
     }
-    if cached.is_none() && !job.transient {
-        conn.keep(job.sql.clone(), call.clone());
+    if let (None, false, Prepared::Named(statement)) = (&cached, job.transient, &call) {
+        conn.keep(job.sql.clone(), statement.clone());
     }
     Ok(call)
 }
@@ -447,13 +557,16 @@ async fn open(
 async fn own_statement(
     conn: &mut PgConn,
     sql: &'static str,
-) -> Result<Statement, tokio_postgres::Error> {
+) -> Result<Prepared, tokio_postgres::Error> {
+    if !conn.prepares() {
+        return Ok(Prepared::UnnamedStatic(sql));
+    }
     if let Some(s) = conn.own_statement(sql) {
-        return Ok(s);
+        return Ok(Prepared::Named(s));
     }
     let s = conn.client.prepare(sql).await?;
     conn.keep_own(sql, s.clone());
-    Ok(s)
+    Ok(Prepared::Named(s))
 }
 
 /// The call inside an open transaction, for calls that decide between
@@ -461,17 +574,17 @@ async fn own_statement(
 async fn stepwise(
     conn: &mut PgConn,
     job: CallJob,
-    call: &Statement,
+    call: &Prepared,
 ) -> Result<(Executed, bool), ExecError> {
     let anon = job.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
     if let Some(idem) = &job.idempotency {
         let claim = own_statement(conn, CLAIM_SQL).await.map_err(fail)?;
         let row = conn
-            .client
-            .query_one(&claim, &[&idem.key, &idem.request_hash])
+            .query_row(&claim, &[&idem.key, &idem.request_hash], &CLAIM_TYPES)
             .await
-            .map_err(fail)?;
+            .map_err(fail)?
+            .ok_or_else(|| ExecError::ClaimState("no row".into()))?;
         let state: String = row.get(0);
         match state.as_str() {
             "claimed" => {}
@@ -483,7 +596,7 @@ async fn stepwise(
                         .unwrap_or_else(|| "[]".to_string()),
                     body: row.get(3),
                 };
-                return Ok((Executed::Replayed(stored), false));
+                return Ok((Executed::Replayed(stored, None), false));
             }
             // The claim raises 422 idempotency_key_reused itself; any
             // other state is a contract break between SQL and proxy.
@@ -501,8 +614,7 @@ async fn stepwise(
             .map_err(fail)?;
     }
     let row = conn
-        .client
-        .query_one(call, &job.binds())
+        .query_row(call, &job.binds(), &[])
         .await
         .map_err(fail)?;
     if read_only_inside {
@@ -511,7 +623,7 @@ async fn stepwise(
             .await
             .map_err(fail)?;
     }
-    let result = read_call_row(&row);
+    let result = read_call_row(row.as_ref());
     if job.singular && result.rows != 1 {
         return Err(ExecError::Singularity(result.rows));
     }
@@ -521,18 +633,18 @@ async fn stepwise(
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
         let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
-        conn.client
-            .query_one(
-                &store,
-                &[
-                    &idem.key,
-                    &stored.status,
-                    &stored.headers_json,
-                    &stored.body,
-                ],
-            )
-            .await
-            .map_err(fail)?;
+        conn.query_row(
+            &store,
+            &[
+                &idem.key,
+                &stored.status,
+                &stored.headers_json,
+                &stored.body,
+            ],
+            &STORE_TYPES,
+        )
+        .await
+        .map_err(fail)?;
     }
     Ok((Executed::Called(result), true))
 }
@@ -550,12 +662,25 @@ async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
     }
 }
 
-fn read_call_row(row: &tokio_postgres::Row) -> CallResult {
+/// The call statement's one row (it aggregates, so it always has one; an
+/// absent row reads as no rows).
+fn read_call_row(row: Option<&tokio_postgres::Row>) -> CallResult {
+    let Some(row) = row else {
+        return CallResult {
+            body: None,
+            rows: 0,
+            headers: None,
+            status: None,
+            total: None,
+            commit_lsn: None,
+        };
+    };
     CallResult {
         body: row.get(0),
         rows: row.get(1),
         headers: row.get::<_, Option<String>>(2).filter(|s| !s.is_empty()),
         status: row.get::<_, Option<String>>(3).filter(|s| !s.is_empty()),
         total: row.get(4),
+        commit_lsn: None,
     }
 }

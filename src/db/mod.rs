@@ -1,12 +1,14 @@
 //! The database side: the connection pool, the function cache (`schema`)
-//! and its reload listener, and the executor that owns each call's
-//! transaction (`exec`).
+//! and its reload listener, the executor that owns each call's transaction
+//! (`exec`), and the read replica's pool and routing (`replica`, `lsn`).
 
 pub mod exec;
+pub mod lsn;
 pub mod pool;
+pub mod replica;
 pub mod schema;
 
-pub use pool::{build_pool, Pool};
+pub use pool::{build_pool, Pool, PoolOptions};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -143,7 +145,13 @@ async fn reload(
     catalog: &Catalog,
     pool: &Pool,
 ) -> Result<(), tokio_postgres::Error> {
+    // One snapshot for the whole catalog, and one server session for its
+    // statements even behind a transaction-mode pooler.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
     let cache = SchemaCache::load(client, schemas).await?;
+    client.batch_execute("COMMIT").await?;
     info!(
         routines = cache.routine_count(),
         roles = cache.roles.len(),

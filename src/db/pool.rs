@@ -9,6 +9,12 @@
 //! statement is one pipelined round trip. A schema reload bumps the pool's
 //! generation, and each connection forgets its statements when it is next
 //! checked out.
+//!
+//! With `PGRPC_PREPARED_STATEMENTS=false` (behind a transaction-mode pooler
+//! such as pgbouncer, where the next transaction may run on another server
+//! session) nothing is prepared by name: every statement goes as the
+//! unnamed statement, its parameter types given (`query_typed`), in the
+//! same round trip as its execution.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -18,7 +24,8 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::DbError;
 
@@ -38,10 +45,47 @@ pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
      set_config('request.cookies', $9, true), \
      (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
 
+/// The parameter types of `SETTINGS_SQL`, for the unnamed statement.
+pub const SETTINGS_TYPES: [Type; 9] = [
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT,
+    Type::TEXT,
+];
+
+/// A statement as a connection runs it: prepared by name on this
+/// connection, or sent as the unnamed statement with its SQL each time.
+#[derive(Clone)]
+pub enum Prepared {
+    Named(Statement),
+    Unnamed(Arc<str>),
+    UnnamedStatic(&'static str),
+}
+
+impl Prepared {
+    /// The unnamed form of `sql`.
+    pub fn unnamed(sql: &Arc<str>) -> Prepared {
+        Prepared::Unnamed(sql.clone())
+    }
+}
+
 /// One pooled connection.
 pub struct PgConn {
     pub client: Client,
-    pub settings: Statement,
+    /// `SETTINGS_SQL`, prepared when the pool prepares statements.
+    settings: Option<Statement>,
+    /// Whether this connection prepares statements by name.
+    prepares: bool,
+    /// The highest WAL position this connection's server was seen to have
+    /// replayed (`pg_lsn` as a number): replay only moves forward on one
+    /// server, so a read-your-writes check already passed need not ask
+    /// again.
+    pub replayed: u64,
     /// Call statements prepared on this connection, by the address of
     /// their SQL, which each entry keeps alive (so the address cannot be
     /// reused for another SQL while the entry exists).
@@ -54,10 +98,51 @@ pub struct PgConn {
 }
 
 impl PgConn {
-    pub fn statement(&self, sql: &Arc<str>) -> Option<Statement> {
+    /// Whether statements are prepared by name on this connection.
+    pub fn prepares(&self) -> bool {
+        self.prepares
+    }
+
+    /// The settings statement as this connection runs it.
+    pub fn settings(&self) -> Prepared {
+        match &self.settings {
+            Some(s) => Prepared::Named(s.clone()),
+            None => Prepared::UnnamedStatic(SETTINGS_SQL),
+        }
+    }
+
+    /// A call statement this connection can run without preparing it
+    /// first: the one it prepared, or, when it prepares nothing, the
+    /// unnamed statement.
+    pub fn statement(&self, sql: &Arc<str>) -> Option<Prepared> {
+        if !self.prepares {
+            return Some(Prepared::unnamed(sql));
+        }
         self.statements
             .get(&(Arc::as_ptr(sql) as *const u8 as usize))
-            .map(|(_, s)| s.clone())
+            .map(|(_, s)| Prepared::Named(s.clone()))
+    }
+
+    /// Runs `statement` and returns its first row, if any. `types` are the
+    /// parameters' types, used by the unnamed statement.
+    pub async fn query_row(
+        &self,
+        statement: &Prepared,
+        params: &[&(dyn ToSql + Sync)],
+        types: &[Type],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let sql = match statement {
+            Prepared::Named(s) => return self.client.query_opt(s, params).await,
+            Prepared::Unnamed(sql) => &**sql,
+            Prepared::UnnamedStatic(sql) => *sql,
+        };
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+            .iter()
+            .zip(types.iter().chain(std::iter::repeat(&Type::TEXT)))
+            .map(|(p, t)| (*p, t.clone()))
+            .collect();
+        let rows = self.client.query_typed(sql, &typed).await?;
+        Ok(rows.into_iter().next())
     }
 
     pub fn keep(&mut self, sql: Arc<str>, statement: Statement) {
@@ -82,6 +167,8 @@ impl Drop for PgConn {
 
 pub struct PgManager {
     config: tokio_postgres::Config,
+    /// `PGRPC_PREPARED_STATEMENTS`.
+    prepared: bool,
     generation: AtomicU64,
     /// Bumped when the database turned out to be read-only: every
     /// connection made before is closed at its next checkout, so that the
@@ -112,16 +199,22 @@ impl managed::Manager for PgManager {
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let settings = match client.prepare(SETTINGS_SQL).await {
-            Ok(s) => s,
-            Err(e) => {
-                driver.abort();
-                return Err(e);
+        let settings = if self.prepared {
+            match client.prepare(SETTINGS_SQL).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    driver.abort();
+                    return Err(e);
+                }
             }
+        } else {
+            None
         };
         Ok(PgConn {
             client,
             settings,
+            prepares: self.prepared,
+            replayed: 0,
             statements: HashMap::new(),
             own: HashMap::new(),
             generation: self.generation.load(Ordering::Relaxed),
@@ -151,27 +244,51 @@ impl managed::Manager for PgManager {
     }
 }
 
+/// How a pool connects and waits.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    pub size: usize,
+    /// How long a checkout waits for a free connection.
+    pub wait: Duration,
+    /// How long making a connection may take.
+    pub connect: Duration,
+    /// `PGRPC_PREPARED_STATEMENTS`.
+    pub prepared: bool,
+}
+
+impl PoolOptions {
+    /// The primary's pool: connecting can be slow on a loaded host; give
+    /// up only after the longer of the pool wait and 15 s, then answer 503.
+    pub fn primary(size: usize, wait: Duration, prepared: bool) -> PoolOptions {
+        PoolOptions {
+            size,
+            wait,
+            connect: wait.max(Duration::from_secs(15)),
+            prepared,
+        }
+    }
+}
+
 /// Builds the pool. Connections are made lazily, so a server can start
 /// while its database is still down and recover once it is up.
-pub fn build_pool(url: &str, size: usize, wait: Duration) -> Result<Pool, DbError> {
+pub fn build_pool(url: &str, options: &PoolOptions) -> Result<Pool, DbError> {
     let mut pg = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
     if pg.get_application_name().is_none() {
         pg.application_name("pgrpc");
     }
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(Duration::from_secs(15));
+        pg.connect_timeout(options.connect.min(Duration::from_secs(15)));
     }
     let manager = PgManager {
         config: pg,
+        prepared: options.prepared,
         generation: AtomicU64::new(0),
         epoch: AtomicU64::new(0),
     };
     Pool::builder(manager)
-        .max_size(size)
-        .wait_timeout(Some(wait))
-        // Connecting can be slow on a loaded host; give up only after the
-        // longer of the pool wait and 15 s, then answer 503.
-        .create_timeout(Some(wait.max(Duration::from_secs(15))))
+        .max_size(options.size)
+        .wait_timeout(Some(options.wait))
+        .create_timeout(Some(options.connect))
         .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()

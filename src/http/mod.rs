@@ -2,6 +2,7 @@
 //! PostgREST, and the operational endpoints. An RPC request walks once
 //! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
+pub mod consistency;
 pub mod request;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tracing::info;
 
 use crate::app::AppState;
 use crate::db::exec::{self, CallJob, ExecError, Executed, IdempotentCall, RequestSettings};
+use crate::db::replica::ReadRoute;
 use crate::error::ApiError;
 use crate::plan::{self, PlanError, Reply};
 use request::RequestError;
@@ -92,7 +94,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             }
         }
         "/metrics" if read => {
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(&state.pool))));
+            let mut r = Response::new(Full::new(Bytes::from(
+                state.metrics.render(&state.pool, state.replica.as_deref()),
+            )));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -165,6 +169,7 @@ async fn rpc(
         }
     }
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
+    let lsn = consistency::requested_lsn(req.headers())?;
     let request = request::parse(
         req,
         name,
@@ -220,16 +225,61 @@ async fn rpc(
         idempotency,
         anon: identity.anon,
     };
-    let reply = match exec::execute(&state.pool, job).await? {
-        Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular, plan.page)?,
-        Executed::Replayed(stored) => plan::replayed(stored)?,
+    let replica_read = is_replica_read(&request.method, plan.routine.is_read_only());
+    let executed = execute(state, job, replica_read, lsn).await?;
+    let (mut reply, commit_lsn) = match executed {
+        Executed::Called(result) => {
+            let lsn = result.commit_lsn;
+            (
+                plan::reply(&plan.routine, result, plan.singular, plan.page)?,
+                lsn,
+            )
+        }
+        Executed::Replayed(stored, lsn) => (plan::replayed(stored)?, lsn),
     };
+    if let Some(lsn) = commit_lsn {
+        reply.headers.push(consistency::lsn_header(lsn));
+    }
     Ok(respond(
         reply,
         &request.schema,
         state,
         request.method == Method::HEAD,
     ))
+}
+
+/// Whether a call may run on the read replica: GET or HEAD of a STABLE or
+/// IMMUTABLE function (`Idempotency-Key` is POST only). Everything else,
+/// POST of any function included, runs on the primary.
+fn is_replica_read(method: &Method, read_only_function: bool) -> bool {
+    (method == Method::GET || method == Method::HEAD) && read_only_function
+}
+
+/// Runs the call: a replica read where the replica can serve it (counted
+/// by where it ran and why), everything else on the primary.
+async fn execute(
+    state: &AppState,
+    job: CallJob,
+    replica_read: bool,
+    lsn: Option<crate::db::lsn::Lsn>,
+) -> Result<Executed, ExecError> {
+    if !replica_read {
+        return exec::execute(&state.pool, job).await;
+    }
+    let routed = match &state.replica {
+        Some(replica) => replica.checkout(lsn).await,
+        None => Err(ReadRoute::NoReplica),
+    };
+    match routed {
+        Ok((conn, route)) => {
+            state.metrics.count_read(route);
+            exec::execute_on(conn, job).await
+        }
+        Err(route) => {
+            state.metrics.count_read(route);
+            exec::execute(&state.pool, job).await
+        }
+    }
 }
 
 /// The SQL of a function's `default_transaction_isolation`; anything else

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod db;
+pub mod replication;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -38,7 +39,7 @@ struct Cluster {
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn image() -> (String, String) {
+pub fn image() -> (String, String) {
     let full = std::env::var("PGRPC_TEST_IMAGE").unwrap_or_else(|_| "pgrpc-postgres:15".into());
     match full.rsplit_once(':') {
         Some((name, tag)) if !tag.contains('/') => (name.to_string(), tag.to_string()),
@@ -48,7 +49,7 @@ fn image() -> (String, String) {
 
 /// `host:pid:nanos`, the run label `scripts/test` uses to tell live runs'
 /// containers from leftovers; set here when tests run without the script.
-fn run_label() -> String {
+pub fn run_label() -> String {
     std::env::var("PGRPC_TEST_RUN").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let nanos = std::time::SystemTime::now()
@@ -100,17 +101,28 @@ fn start_cluster() -> Cluster {
         .get_host_port_ipv4(5432.tcp())
         .expect("container port");
 
+    prepare_template(&host, port);
+    Cluster {
+        host,
+        port,
+        _container: container,
+    }
+}
+
+/// Creates the migrated template database on a fresh cluster and sets the
+/// authenticator's password (on a plain thread: it runs a runtime).
+pub fn prepare_template(host: &str, port: u16) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let admin = connect_retrying(&superuser_url(&host, port, "postgres")).await;
+        let admin = connect_retrying(&superuser_url(host, port, "postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {TEMPLATE_DB}"))
             .await
             .expect("create template database");
-        let report = pgrpc::migrate::run(&superuser_url(&host, port, TEMPLATE_DB))
+        let report = pgrpc::migrate::run(&superuser_url(host, port, TEMPLATE_DB))
             .await
             .expect("migrate template database");
         assert!(!report.applied.is_empty(), "template got no migrations");
@@ -122,14 +134,9 @@ fn start_cluster() -> Cluster {
             .expect("set authenticator password");
     });
     drop(rt);
-    Cluster {
-        host,
-        port,
-        _container: container,
-    }
 }
 
-async fn connect_retrying(url: &str) -> Client {
+pub async fn connect_retrying(url: &str) -> Client {
     let mut last = None;
     for _ in 0..50 {
         match tokio_postgres::connect(url, NoTls).await {
@@ -165,9 +172,15 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let c = cluster();
+        Self::new_on(&c.host, c.port).await
+    }
+
+    /// A clone of the migrated template on the cluster at `host:port`
+    /// (one that `prepare_template` set up).
+    pub async fn new_on(host: &str, port: u16) -> TestDb {
         let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("t_{}_{}", std::process::id(), n);
-        let admin = connect(&superuser_url(&c.host, c.port, "postgres")).await;
+        let admin = connect(&superuser_url(host, port, "postgres")).await;
         // The template may still show a closing backend from its migration.
         let mut attempt = 0;
         loop {
@@ -188,8 +201,8 @@ impl TestDb {
         }
         TestDb {
             name,
-            host: c.host.clone(),
-            port: c.port,
+            host: host.to_string(),
+            port,
         }
     }
 
@@ -625,6 +638,32 @@ impl Drop for Gate {
     fn drop(&mut self) {
         self.accept.abort();
     }
+}
+
+/// The shared cluster's IP address on Docker's bridge network (port
+/// 5432), for another container (a pooler) to reach it.
+pub fn cluster_bridge_ip() -> String {
+    bridge_ip(cluster()._container.id())
+}
+
+/// A container's IP address on its Docker network, from `docker inspect`
+/// (testcontainers' own lookup fails on the network named "default").
+pub fn bridge_ip(container_id: &str) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            container_id,
+        ])
+        .output()
+        .expect("docker inspect");
+    assert!(out.status.success(), "docker inspect {container_id} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("container {container_id} has no IP address"))
+        .to_string()
 }
 
 /// Runs `pg_dump` inside the test container on `db`, so that its version
