@@ -121,11 +121,14 @@ where
     check_pre_request(&config).await?;
     let catalog = Arc::new(Catalog::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let pools = std::iter::once(pool.clone())
+        .chain(replica.as_ref().map(|r| r.pool().clone()))
+        .collect();
     let listener_task = tokio::spawn(db::maintain_catalog(
         config.listener_url().to_string(),
         config.schemas.clone(),
         catalog.clone(),
-        pool.clone(),
+        pools,
         stop_rx.clone(),
     ));
     let probe_task = replica

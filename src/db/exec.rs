@@ -235,20 +235,13 @@ const STORE_SQL: &str = "SELECT pgrpc_http.http_idempotency_store($1, $2, $3::te
 const CLAIM_TYPES: [Type; 2] = [Type::TEXT, Type::TEXT];
 const STORE_TYPES: [Type; 4] = [Type::TEXT, Type::INT4, Type::TEXT, Type::TEXT];
 
-/// The end of a transaction, then the WAL position it reached, in one
-/// message. The insert position, not `pg_current_wal_lsn()` (what has been
-/// written out): under `synchronous_commit = off` the COMMIT's record may
-/// not be written yet, and a replica at the written position would not
-/// show the call's effects. On a node in recovery (a write that wrote nothing, on a
-/// standby) the replayed position stands in, so that the answer never
-/// fails after its COMMIT.
+/// The end of a transaction, then the WAL position it reached (see
+/// `lsn::wal_position`), in one message. On a node in recovery (a write
+/// that wrote nothing, on a standby) the replayed position stands in, so
+/// that the answer never fails after its COMMIT.
 macro_rules! then_lsn {
     ($end:literal) => {
-        concat!(
-            $end,
-            "; SELECT CASE WHEN pg_catalog.pg_is_in_recovery() \
-             THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END::text"
-        )
+        concat!($end, "; ", super::lsn::wal_position!())
     };
 }
 const COMMIT_LSN_SQL: &str = then_lsn!("COMMIT");

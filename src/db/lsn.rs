@@ -3,6 +3,27 @@
 //! after a write's COMMIT is what a read sends back (`X-Pgrpc-Lsn`) to be
 //! served only by a replica that has replayed it.
 
+/// `SELECT` of the WAL position a node holds, as text: replayed on a
+/// standby (a promoted replica is still fine to read from); on a primary,
+/// the insert position, not `pg_current_wal_lsn()` (what has been written
+/// out), because under `synchronous_commit = off` a COMMIT's record may not
+/// be written yet. An insert position just past a page header (the last
+/// record ended exactly at a page or segment end, as after a WAL switch) is
+/// taken back to the boundary, which is where a standby's replay of that
+/// record ends: otherwise an idle primary's position could never be
+/// reached.
+macro_rules! wal_position {
+    () => {
+        "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() \
+         THEN pg_catalog.pg_last_wal_replay_lsn()::text \
+         ELSE (SELECT (p.l - CASE WHEN p.o = 40 THEN 40 WHEN p.o % p.b = 24 AND p.o > p.b THEN 24 ELSE 0 END)::text \
+               FROM (SELECT w.l, (pg_catalog.pg_walfile_name_offset(w.l)).file_offset AS o, \
+                            pg_catalog.current_setting('wal_block_size')::int AS b \
+                     FROM pg_catalog.pg_current_wal_insert_lsn() AS w(l)) AS p) END"
+    };
+}
+pub(crate) use wal_position;
+
 use std::fmt;
 use std::str::FromStr;
 

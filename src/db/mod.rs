@@ -64,7 +64,7 @@ pub async fn maintain_catalog(
     url: String,
     schemas: Vec<String>,
     catalog: Arc<Catalog>,
-    pool: Pool,
+    pools: Vec<Pool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -72,7 +72,7 @@ pub async fn maintain_catalog(
         if *stop.borrow() {
             return;
         }
-        match listen_once(&url, &schemas, &catalog, &pool, &mut stop).await {
+        match listen_once(&url, &schemas, &catalog, &pools, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
                 catalog.mark_down();
@@ -100,7 +100,7 @@ async fn listen_once(
     url: &str,
     schemas: &[String],
     catalog: &Catalog,
-    pool: &Pool,
+    pools: &[Pool],
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), ListenError> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -118,14 +118,14 @@ async fn listen_once(
     });
     let result = async {
         client.batch_execute("LISTEN pgrst").await?;
-        reload(&client, schemas, catalog, pool).await?;
+        reload(&client, schemas, catalog, pools).await?;
         catalog.db_up.store(true, Ordering::Relaxed);
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(payload) => {
                         if payload.is_empty() || payload == "reload schema" {
-                            reload(&client, schemas, catalog, pool).await?;
+                            reload(&client, schemas, catalog, pools).await?;
                         }
                     }
                     None => return Err(ListenError::Ended),
@@ -143,7 +143,7 @@ async fn reload(
     client: &tokio_postgres::Client,
     schemas: &[String],
     catalog: &Catalog,
-    pool: &Pool,
+    pools: &[Pool],
 ) -> Result<(), tokio_postgres::Error> {
     // One snapshot for the whole catalog, and one server session for its
     // statements even behind a transaction-mode pooler.
@@ -158,8 +158,11 @@ async fn reload(
         "function cache loaded"
     );
     catalog.set(cache);
-    // Statements prepared against the old catalog may no longer be valid.
-    pool.manager().forget_statements();
+    // Statements prepared against the old catalog may no longer be valid,
+    // on the primary's connections and on the replica's.
+    for pool in pools {
+        pool.manager().forget_statements();
+    }
     Ok(())
 }
 

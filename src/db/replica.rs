@@ -22,11 +22,12 @@ use super::lsn::Lsn;
 use super::pool::{build_pool, Conn, Pool, PoolOptions};
 use super::DbError;
 
-/// The WAL position a node holds: replayed on a standby, inserted on a
-/// primary (a replica that was promoted is still fine to read from).
-pub const POSITION_SQL: &str = "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() \
-     THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_insert_lsn() END::text, \
-     pg_catalog.pg_is_in_recovery()";
+/// The WAL position a node holds (see `lsn::wal_position`), and whether it
+/// is in recovery.
+pub const POSITION_SQL: &str = concat!(
+    super::lsn::wal_position!(),
+    ", pg_catalog.pg_is_in_recovery()"
+);
 
 /// Where a read ran and why: the labels of `pgrpc_reads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

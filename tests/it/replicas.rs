@@ -355,3 +355,74 @@ async fn without_a_replica_reads_run_on_the_primary_and_writes_carry_their_posit
         assert_eq!(r.error_code(), "PGRPC110");
     }
 }
+
+// A schema reload makes the replica's connections forget their prepared statements too: a function whose result
+// type changed is then served by the replica with its new type, not refused as a cached plan of another type.
+#[tokio::test]
+async fn a_schema_reload_reaches_the_replica_pool() {
+    let p = pair();
+    let db = pair_db(FIXTURES).await;
+    let db_name = db.name.clone();
+    let url = p.replica.authenticator_url(&db.name);
+    let s = TestServer::start_on(db, move |c| {
+        c.read_database_url = Some(url);
+        c.read_max_lag = Duration::from_secs(60);
+        c.pool_size = 1;
+    })
+    .await;
+    wait_replica_usable(&s, 60.0).await;
+    for _ in 0..2 {
+        let r = get_notes(&s, None, None).await;
+        assert_eq!(r.body["standby"], json!(true));
+    }
+    let primary = s.db.superuser().await;
+    primary
+        .batch_execute(
+            "DROP FUNCTION api.notes(); \
+             CREATE FUNCTION api.notes() RETURNS text LANGUAGE sql STABLE \
+               AS $$ SELECT 'standby=' || pg_is_in_recovery() $$; \
+             NOTIFY pgrst, 'reload schema'",
+        )
+        .await
+        .expect("replace the function");
+    let replica = p.replica.superuser(&db_name).await;
+    wait_caught_up(&primary, &replica).await;
+    let mut last = None;
+    for _ in 0..100 {
+        let r = send(s.http.get(s.url("/rpc/notes"))).await;
+        if r.status == 200 && r.body == json!("standby=true") {
+            return;
+        }
+        last = Some((r.status, r.text));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica never served the new function: {last:?}");
+}
+
+// The position handed out is one a standby's replay reaches even on an idle primary right after a WAL switch,
+// where the insert position sits past the new segment's header and no record follows.
+#[tokio::test]
+async fn an_idle_primary_position_after_a_wal_switch_is_reachable() {
+    let _serial = SERIAL.lock().await;
+    let p = pair();
+    let primary = p.primary.superuser("postgres").await;
+    let replica = p.replica.superuser("postgres").await;
+    primary
+        .batch_execute("SELECT pg_switch_wal()")
+        .await
+        .expect("switch");
+    let raw: String = primary
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .expect("insert position")
+        .get(0);
+    let handed_out = primary_lsn(&primary).await;
+    assert!(
+        handed_out.parse::<pgrpc::db::lsn::Lsn>().expect("lsn")
+            <= raw.parse::<pgrpc::db::lsn::Lsn>().expect("lsn"),
+        "{handed_out} <= {raw}"
+    );
+    tokio::time::timeout(Duration::from_secs(15), wait_caught_up(&primary, &replica))
+        .await
+        .expect("the replica reaches the position handed out after a WAL switch");
+}

@@ -181,12 +181,13 @@ pub fn pair() -> &'static Pair {
 }
 
 /// The primary's WAL position now.
+/// (as the proxy reads it: what a standby's replay reaches).
 pub async fn primary_lsn(primary: &Client) -> String {
-    primary
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+    pgrpc::db::replica::position(primary)
         .await
         .expect("primary position")
-        .get(0)
+        .0
+        .to_string()
 }
 
 /// Waits until `replica` has replayed everything `primary` has written.
