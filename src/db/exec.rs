@@ -15,7 +15,6 @@ use std::sync::Arc;
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
 
 use super::lsn::Lsn;
 use super::pool::{Conn, PgConn, Pool, Prepared, SETTINGS_TYPES};
@@ -326,13 +325,13 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> 
 
 /// Ends the transaction with COMMIT. For a call that may write, the same
 /// message also reads the WAL position the COMMIT reached.
-async fn commit(client: &Client, read_only: bool) -> Result<Option<Lsn>, tokio_postgres::Error> {
-    end_reading_lsn(client, true, !read_only).await
+async fn commit(conn: &PgConn, read_only: bool) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    end_reading_lsn(conn, true, !read_only).await
 }
 
 /// COMMIT or ROLLBACK, and the WAL position after it when `lsn` is asked.
 async fn end_reading_lsn(
-    client: &Client,
+    conn: &PgConn,
     commit: bool,
     lsn: bool,
 ) -> Result<Option<Lsn>, tokio_postgres::Error> {
@@ -343,10 +342,15 @@ async fn end_reading_lsn(
         (false, true) => ROLLBACK_LSN_SQL,
     };
     if !lsn {
-        return client.batch_execute(sql).await.map(|()| None);
+        return conn.client.batch_execute(sql).await.map(|()| None);
     }
-    let messages = client.simple_query(sql).await?;
-    Ok(first_value(&messages).and_then(|v| v.parse().ok()))
+    let messages = conn.client.simple_query(sql).await?;
+    Ok(messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => {
+            Lsn::from_position_row(row, conn.wal).map(|(lsn, _)| lsn)
+        }
+        _ => None,
+    }))
 }
 
 async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
@@ -383,7 +387,7 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
             let args = job.binds();
             let (c, e) = futures_util::join!(
                 conn.query_row(&call, &args, &[]),
-                commit(&conn.client, job.read_only),
+                commit(&conn, job.read_only),
             );
             return match (c, e) {
                 (Ok(row), Ok(lsn)) => Ok(Executed::Called(CallResult {
@@ -407,11 +411,9 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
     // A replay wrote nothing now, but its WAL position is at or after the
     // original call's COMMIT, which is what the client needs to read it back.
     let ended = match &outcome {
-        Ok((_, true)) => commit(&conn.client, job_read_only).await,
-        Ok((Executed::Replayed(..), false)) => {
-            end_reading_lsn(&conn.client, false, !job_read_only).await
-        }
-        _ => end_reading_lsn(&conn.client, false, false).await,
+        Ok((_, true)) => commit(&conn, job_read_only).await,
+        Ok((Executed::Replayed(..), false)) => end_reading_lsn(&conn, false, !job_read_only).await,
+        _ => end_reading_lsn(&conn, false, false).await,
     };
     match ended {
         Ok(lsn) => outcome.map(|(executed, _)| with_lsn(executed, lsn)),
@@ -480,7 +482,7 @@ async fn pipelined(
         conn.query_row(&settings, &params, &SETTINGS_TYPES),
         pre_request(conn, pre),
         conn.query_row(call, &args, &[]),
-        commit(client, job.read_only),
+        commit(conn, job.read_only),
     );
     b?;
     s?;

@@ -81,6 +81,9 @@ pub struct PgConn {
     settings: Option<Statement>,
     /// Whether this connection prepares statements by name.
     prepares: bool,
+    /// The server's WAL layout, read when connecting (`None` if it could
+    /// not be read: positions are then used as they are).
+    pub wal: Option<super::lsn::WalLayout>,
     /// The highest WAL position this connection's server was seen to have
     /// replayed (`pg_lsn` as a number): replay only moves forward on one
     /// server, so a read-your-writes check already passed need not ask
@@ -199,21 +202,27 @@ impl managed::Manager for PgManager {
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let settings = if self.prepared {
-            match client.prepare(SETTINGS_SQL).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    driver.abort();
-                    return Err(e);
-                }
+        let prepare = async {
+            if self.prepared {
+                client.prepare(SETTINGS_SQL).await.map(Some)
+            } else {
+                Ok(None)
             }
-        } else {
-            None
+        };
+        // In the same round trip as the prepare.
+        let (settings, wal) = futures_util::join!(prepare, super::lsn::WalLayout::read(&client));
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
+                driver.abort();
+                return Err(e);
+            }
         };
         Ok(PgConn {
             client,
             settings,
             prepares: self.prepared,
+            wal: wal.ok(),
             replayed: 0,
             statements: HashMap::new(),
             own: HashMap::new(),

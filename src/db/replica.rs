@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool::managed::{PoolError, Timeouts};
@@ -18,16 +18,13 @@ use tokio::sync::watch;
 use tokio_postgres::SimpleQueryMessage;
 use tracing::{info, warn};
 
-use super::lsn::Lsn;
+use super::lsn::{Lsn, WalLayout};
 use super::pool::{build_pool, Conn, Pool, PoolOptions};
 use super::DbError;
 
 /// The WAL position a node holds (see `lsn::wal_position`), and whether it
 /// is in recovery.
-pub const POSITION_SQL: &str = concat!(
-    super::lsn::wal_position!(),
-    ", pg_catalog.pg_is_in_recovery()"
-);
+pub const POSITION_SQL: &str = super::lsn::wal_position!();
 
 /// Where a read ran and why: the labels of `pgrpc_reads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,7 +167,7 @@ impl Replica {
             if conn.replayed >= lsn.0 {
                 return Ok((conn, ReadRoute::LsnReplayed));
             }
-            match position(&conn.client).await {
+            match position(&conn.client, conn.wal).await {
                 Ok((held, _)) => conn.replayed = conn.replayed.max(held.0),
                 Err(e) => {
                     warn!(cause = %e, "read replica connection failed");
@@ -192,24 +189,22 @@ impl Replica {
     }
 }
 
-/// A node's WAL position (see [`POSITION_SQL`]) and whether it is in
-/// recovery, by a simple query (nothing prepared, so it works behind a
-/// transaction-mode pooler).
+/// A node's WAL position (see [`POSITION_SQL`]; a primary's taken back to
+/// a record's end with its `layout`) and whether it is in recovery, by a
+/// simple query (nothing prepared, so it works behind a transaction-mode
+/// pooler).
 pub async fn position(
     client: &tokio_postgres::Client,
+    layout: Option<WalLayout>,
 ) -> Result<(Lsn, bool), tokio_postgres::Error> {
     let messages = client.simple_query(POSITION_SQL).await?;
-    let row = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => Some(row),
-        _ => None,
-    });
-    let held = row
-        .and_then(|r| r.get(0))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Lsn(0));
-    // A boolean in the text format is `t` or `f`.
-    let recovering = row.and_then(|r| r.get(1)) == Some("t");
-    Ok((held, recovering))
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Lsn::from_position_row(row, layout),
+            _ => None,
+        })
+        .unwrap_or((Lsn(0), false)))
 }
 
 /// The primary's WAL positions as the probe saw them, oldest first.
@@ -269,18 +264,19 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
         create: Some(Duration::from_secs(2)),
         recycle: Some(Duration::from_secs(1)),
     };
-    let history = Mutex::new(History::default());
+    let mut history = History::default();
+    let answer = Duration::from_secs(2);
     loop {
         if let Ok(conn) = primary.timeout_get(&timeouts).await {
-            if let Ok((lsn, _)) = position(&conn.client).await {
-                if let Ok(mut h) = history.lock() {
-                    h.push(Instant::now(), lsn, keep);
-                }
+            match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
+                Ok(Ok((lsn, _))) => history.push(Instant::now(), lsn, keep),
+                // A session that does not answer is not handed to a request.
+                _ => drop(deadpool::managed::Object::take(conn)),
             }
         }
         let seen = match replica.pool.timeout_get(&timeouts).await {
             Ok(conn) => {
-                match tokio::time::timeout(Duration::from_secs(2), position(&conn.client)).await {
+                match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
                     Ok(Ok(seen)) => Some(seen),
                     _ => {
                         let _ = deadpool::managed::Object::take(conn);
@@ -292,9 +288,10 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
         };
         match seen {
             Some((replayed, recovering)) => {
-                let lag = match history.lock() {
-                    Ok(h) if recovering => h.lag(replayed),
-                    _ => Duration::ZERO,
+                let lag = if recovering {
+                    history.lag(replayed)
+                } else {
+                    Duration::ZERO
                 };
                 replica
                     .lag_micros

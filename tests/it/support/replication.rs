@@ -183,7 +183,10 @@ pub fn pair() -> &'static Pair {
 /// The primary's WAL position now.
 /// (as the proxy reads it: what a standby's replay reaches).
 pub async fn primary_lsn(primary: &Client) -> String {
-    pgrpc::db::replica::position(primary)
+    let layout = pgrpc::db::lsn::WalLayout::read(primary)
+        .await
+        .expect("WAL layout");
+    pgrpc::db::replica::position(primary, Some(layout))
         .await
         .expect("primary position")
         .0
