@@ -100,6 +100,7 @@ where
             config.pool_size,
             config.pool_timeout,
             config.prepared_statements,
+            config.read_database_url.is_some(),
         ),
     )?;
     let replica = match &config.read_database_url {
@@ -112,6 +113,7 @@ where
                 wait: config.read_wait.max(Duration::from_millis(100)),
                 connect: Duration::from_secs(2),
                 prepared: config.prepared_statements,
+                reports_lsn: false,
             },
             config.read_wait,
             config.read_max_lag,

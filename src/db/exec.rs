@@ -323,18 +323,21 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> 
     })
 }
 
-/// Ends the transaction with COMMIT. For a call that may write, the same
-/// message also reads the WAL position the COMMIT reached.
+/// Ends the transaction with COMMIT. For a call that may write, when the
+/// pool reports positions, the same message also reads the WAL position
+/// the COMMIT reached.
 async fn commit(conn: &PgConn, read_only: bool) -> Result<Option<Lsn>, tokio_postgres::Error> {
     end_reading_lsn(conn, true, !read_only).await
 }
 
-/// COMMIT or ROLLBACK, and the WAL position after it when `lsn` is asked.
+/// COMMIT or ROLLBACK, and the WAL position after it when `lsn` is asked
+/// and the pool reports positions.
 async fn end_reading_lsn(
     conn: &PgConn,
     commit: bool,
     lsn: bool,
 ) -> Result<Option<Lsn>, tokio_postgres::Error> {
+    let lsn = lsn && conn.reports_lsn;
     let sql = match (commit, lsn) {
         (true, false) => "COMMIT",
         (false, false) => "ROLLBACK",

@@ -81,6 +81,10 @@ pub struct PgConn {
     settings: Option<Statement>,
     /// Whether this connection prepares statements by name.
     prepares: bool,
+    /// Whether a call that may write reads the WAL position its COMMIT
+    /// reached (`X-Pgrpc-Lsn`): on the primary's pool when a read replica
+    /// is configured.
+    pub reports_lsn: bool,
     /// The server's WAL layout, read when connecting (`None` if it could
     /// not be read: positions are then used as they are).
     pub wal: Option<super::lsn::WalLayout>,
@@ -172,6 +176,7 @@ pub struct PgManager {
     config: tokio_postgres::Config,
     /// `PGRPC_PREPARED_STATEMENTS`.
     prepared: bool,
+    reports_lsn: bool,
     generation: AtomicU64,
     /// Bumped when the database turned out to be read-only: every
     /// connection made before is closed at its next checkout, so that the
@@ -222,6 +227,7 @@ impl managed::Manager for PgManager {
             client,
             settings,
             prepares: self.prepared,
+            reports_lsn: self.reports_lsn,
             wal: wal.ok(),
             replayed: 0,
             statements: HashMap::new(),
@@ -263,17 +269,20 @@ pub struct PoolOptions {
     pub connect: Duration,
     /// `PGRPC_PREPARED_STATEMENTS`.
     pub prepared: bool,
+    /// Writes report the WAL position of their COMMIT.
+    pub reports_lsn: bool,
 }
 
 impl PoolOptions {
     /// The primary's pool: connecting can be slow on a loaded host; give
     /// up only after the longer of the pool wait and 15 s, then answer 503.
-    pub fn primary(size: usize, wait: Duration, prepared: bool) -> PoolOptions {
+    pub fn primary(size: usize, wait: Duration, prepared: bool, reports_lsn: bool) -> PoolOptions {
         PoolOptions {
             size,
             wait,
             connect: wait.max(Duration::from_secs(15)),
             prepared,
+            reports_lsn,
         }
     }
 }
@@ -291,6 +300,7 @@ pub fn build_pool(url: &str, options: &PoolOptions) -> Result<Pool, DbError> {
     let manager = PgManager {
         config: pg,
         prepared: options.prepared,
+        reports_lsn: options.reports_lsn,
         generation: AtomicU64::new(0),
         epoch: AtomicU64::new(0),
     };
