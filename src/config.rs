@@ -251,6 +251,19 @@ mod tests {
         assert!(!c.prepared_statements);
     }
 
+    // An empty replica URL or a zero lag bound stops startup naming the setting.
+    #[test]
+    fn bad_replica_settings_name_the_setting() {
+        let mut c = ServeConfig::new("postgres://x");
+        c.read_database_url = Some(" ".into());
+        let err = c.validate().expect_err("empty url");
+        assert!(err.starts_with("PGRPC_READ_DATABASE_URL"), "{err}");
+        let mut c = ServeConfig::new("postgres://x");
+        c.read_max_lag = Duration::ZERO;
+        let err = c.validate().expect_err("zero lag");
+        assert!(err.starts_with("PGRPC_READ_MAX_LAG_MS"), "{err}");
+    }
+
     // A role claim key that is not a JSPath, or an empty audience, stops startup naming the setting.
     #[test]
     fn bad_jwt_settings_name_the_setting() {

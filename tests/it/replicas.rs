@@ -286,7 +286,7 @@ async fn a_lagging_replica_is_skipped_until_it_catches_up() {
 async fn a_stopped_replica_falls_back_to_the_primary_without_an_error() {
     let p = pair();
     let db = pair_db(FIXTURES).await;
-    let own = std::sync::Arc::new(start_replica(&p.primary));
+    let own = start_replica(&p.primary);
     {
         // The new replica has the test's database once it has replayed it.
         let primary = db.superuser().await;
@@ -428,4 +428,33 @@ async fn an_idle_primary_position_after_a_wal_switch_is_reachable() {
     tokio::time::timeout(Duration::from_secs(15), wait_caught_up(&primary, &replica))
         .await
         .expect("the replica reaches the position handed out after a WAL switch");
+}
+
+// An Idempotency-Key write carries its position, and so does its replay, at or after the original's commit.
+#[tokio::test]
+async fn an_idempotent_replay_carries_a_position_at_or_after_the_original() {
+    let p = pair();
+    let db = pair_db(FIXTURES).await;
+    let url = p.replica.authenticator_url(&db.name);
+    let s = TestServer::start_on(db, move |c| c.read_database_url = Some(url)).await;
+    let mut positions = Vec::new();
+    for _ in 0..2 {
+        let r = send(
+            s.http
+                .post(s.url("/rpc/add_note"))
+                .header("Idempotency-Key", "note-once")
+                .header("Content-Type", "application/json")
+                .body(json!({ "v": 9 }).to_string()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let lsn: pgrpc::db::lsn::Lsn = r
+            .header("x-pgrpc-lsn")
+            .unwrap_or_else(|| panic!("no X-Pgrpc-Lsn: {:?}", r.headers))
+            .parse()
+            .expect("a WAL position");
+        positions.push((lsn, r.header("idempotent-replayed").is_some()));
+    }
+    assert_eq!((positions[0].1, positions[1].1), (false, true));
+    assert!(positions[1].0 >= positions[0].0, "{positions:?}");
 }
