@@ -70,8 +70,14 @@ pgrst_table! {
     Singularity => "PGRST116", NOT_ACCEPTABLE;
     /// PGRST121: a `RAISE SQLSTATE 'PGRST'` whose JSON cannot be read.
     RaiseParse => "PGRST121", INTERNAL_SERVER_ERROR;
+    /// PGRST122: `Prefer: handling=strict` with an unknown or invalid preference.
+    InvalidPreferences => "PGRST122", BAD_REQUEST;
+    /// PGRST124: more rows than `Prefer: max-affected` allows (the call is rolled back).
+    MaxAffected => "PGRST124", BAD_REQUEST;
     /// PGRST125: a path that is not served.
     InvalidPath => "PGRST125", NOT_FOUND;
+    /// PGRST128: `Prefer: max-affected` with `handling=strict` on a function that returns no set.
+    MaxAffectedNotSet => "PGRST128", BAD_REQUEST;
     /// PGRST202: no function matches the name and arguments.
     NoRpc => "PGRST202", NOT_FOUND;
     /// PGRST203: more than one function matches.

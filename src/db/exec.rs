@@ -19,7 +19,7 @@ use tokio_postgres::{Client, Statement};
 use super::pool::{Conn, PgConn, Pool};
 use tracing::error;
 
-use super::schema::RoleSettings;
+use super::schema::{RoleSettings, SchemaCache, TIMEZONES_SQL};
 use crate::error::{ApiError, Fault, Pgrst};
 
 /// Why a call did not run to its end.
@@ -197,6 +197,10 @@ pub struct CallJob {
     /// still be an error (a counted range past its end): the call is then
     /// rolled back, never committed under an error answer.
     pub check: Option<Check>,
+    /// End the transaction with ROLLBACK whatever the outcome
+    /// (`Prefer: tx=rollback`, `PGRPC_TX_END`): the result is still
+    /// answered, its effects are not kept.
+    pub rollback: bool,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
 }
@@ -292,7 +296,8 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none();
+    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none() && !job.rollback;
+    let rollback = job.rollback;
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
         return pipelined(&conn, &job, pre.as_ref(), call)
@@ -323,7 +328,7 @@ async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         Err(e) => Err(e),
     };
     let end = match &outcome {
-        Ok((_, true)) => "COMMIT",
+        Ok((_, true)) if !rollback => "COMMIT",
         _ => "ROLLBACK",
     };
     match conn.client.batch_execute(end).await {
@@ -518,6 +523,15 @@ async fn stepwise(
     if let Some(check) = &job.check {
         check(&result).map_err(ExecError::Rejected)?;
     }
+    if job.rollback && !job.read_only {
+        // As PostgREST before its ROLLBACK: deferred constraints are
+        // checked now, so a call that could not commit is not answered
+        // as a success.
+        conn.client
+            .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(fail)?;
+    }
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
         let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
@@ -535,6 +549,24 @@ async fn stepwise(
             .map_err(fail)?;
     }
     Ok((Executed::Called(result), true))
+}
+
+/// Reads `pg_timezone_names` into `cache`, once per snapshot, the first
+/// time a request names a time zone.
+pub async fn ensure_timezones(pool: &Pool, cache: &SchemaCache) -> Result<(), ExecError> {
+    cache
+        .timezones
+        .get_or_try_init(|| async {
+            let conn = checkout(pool).await?;
+            let rows = conn
+                .client
+                .query(TIMEZONES_SQL, &[])
+                .await
+                .map_err(|e| ExecError::from_pg(e, false))?;
+            Ok::<_, ExecError>(rows.into_iter().map(|r| r.get::<_, String>(0)).collect())
+        })
+        .await
+        .map(|_| ())
 }
 
 /// A pooled connection, or 504 when the pool stays exhausted past its

@@ -175,7 +175,11 @@ async fn rpc(
     let identity = state
         .auth
         .identify(request.authorization.as_deref(), &cache.roles)?;
-    let plan = plan::plan(&cache, &request, state.config.max_rows)?;
+    if request.prefer.timezone().is_some() {
+        exec::ensure_timezones(&state.pool, &cache).await?;
+    }
+    let plan = plan::plan(&cache, &request, state.config.max_rows, state.config.tx_end)?;
+    let applied = plan.prefs.header_text();
     let hashed_path = if request.query.is_empty() {
         request.path.clone()
     } else {
@@ -187,18 +191,20 @@ async fn rpc(
             &hashed_path,
             &request.schema,
             plan.singular,
+            &applied,
             &plan.args,
         ),
         key,
         shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
     });
-    let check = plan::range_check(&plan);
+    let check = plan::checks(&plan);
     let job = CallJob {
         sql: plan.sql.clone(),
         args: plan.args,
         params: plan.params,
         transient: plan.transient,
         check,
+        rollback: plan.prefs.rollback,
         read_only: plan.read_only,
         singular: plan.singular,
         isolation: isolation_level(plan.routine.isolation(&state.config.hoisted_tx_settings)),
@@ -208,6 +214,7 @@ async fn rpc(
                 &identity.role,
                 &plan.routine,
                 &state.config.hoisted_tx_settings,
+                plan.prefs.timezone.as_deref(),
             ),
             role: identity.role,
             claims: identity.claims,
@@ -220,10 +227,16 @@ async fn rpc(
         idempotency,
         anon: identity.anon,
     };
-    let reply = match exec::execute(&state.pool, job).await? {
+    let mut reply = match exec::execute(&state.pool, job).await? {
         Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular, plan.page)?,
         Executed::Replayed(stored) => plan::replayed(stored)?,
     };
+    // A replay has the same preferences: they are part of the request hash.
+    if let Some(value) = plan.prefs.header() {
+        reply
+            .headers
+            .insert(0, (HeaderName::from_static("preference-applied"), value));
+    }
     Ok(respond(
         reply,
         &request.schema,

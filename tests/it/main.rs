@@ -18,6 +18,7 @@ mod jwt;
 mod nonces;
 mod outbox;
 mod postgrest_db;
+mod preferences;
 mod proxy;
 mod query_ops;
 mod relay;
