@@ -677,7 +677,7 @@ pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue
 /// canonical body (keys sorted, insignificant whitespace removed), so that
 /// re-serialized retries match and a retry asking for another form or
 /// other preferences does not. Without preferences the hash is what it was
-/// before they counted, so keys stored then still replay.
+/// before they counted, so most keys stored then still replay.
 pub fn request_hash(
     method: &str,
     path: &str,
