@@ -48,7 +48,7 @@ AFTER = float(ENV.get("PGRPC_FAILOVER_AFTER", "10"))
 MAX_OUTAGE = float(ENV.get("PGRPC_FAILOVER_MAX_OUTAGE", "45"))
 NODES = ["pg1", "pg2", "pg3"]
 BUDGET = 4000          # tokens of the spent budget (site A)
-PLAYERS = 3000         # contracts that may be signed in one round
+PLAYERS = 10000        # contracts that may be signed in one round
 REQUEST_TIMEOUT = 30
 
 T0 = time.monotonic()
