@@ -15,7 +15,8 @@ delivered every event in per-aggregate order. It prints a report and exits
 
 Environment (set by scripts/test-cluster from scripts/cluster's defaults):
 PGRPC_CLUSTER_NAME, PGRPC_CLUSTER_DIR, PGRPC_CLUSTER_PRIMARY_PORT,
-PGRPC_CLUSTER_API1_PORT, PGRPC_CLUSTER_API2_PORT, PGRPC_CLUSTER_WEBHOOK_PORT,
+PGRPC_CLUSTER_API_PORT, PGRPC_CLUSTER_API1_PORT, PGRPC_CLUSTER_API2_PORT,
+PGRPC_CLUSTER_WEBHOOK_PORT,
 PGRPC_FAILOVER_WARMUP (s, default 8), PGRPC_FAILOVER_AFTER (s of load after
 writes recovered, default 10), PGRPC_FAILOVER_MAX_OUTAGE (s, default 45:
 the run stops waiting for writes to come back).
@@ -42,6 +43,7 @@ STATE_DIR = ENV.get("PGRPC_CLUSTER_DIR", os.path.join(ROOT, ".cluster"))
 PRIMARY_PORT = int(ENV.get("PGRPC_CLUSTER_PRIMARY_PORT", "15432"))
 API_PORTS = [int(ENV.get("PGRPC_CLUSTER_API1_PORT", "13001")),
              int(ENV.get("PGRPC_CLUSTER_API2_PORT", "13002"))]
+FRONT_PORT = int(ENV.get("PGRPC_CLUSTER_API_PORT", "13000"))   # HAProxy, in front of both
 WEBHOOK_PORT = int(ENV.get("PGRPC_CLUSTER_WEBHOOK_PORT", "13080"))
 WARMUP = float(ENV.get("PGRPC_FAILOVER_WARMUP", "8"))
 AFTER = float(ENV.get("PGRPC_FAILOVER_AFTER", "10"))
@@ -253,7 +255,9 @@ class Round:
     # -- workers
 
     def spend_worker(self, i, small=False):
-        c = Client(API_PORTS[i % 2])
+        # The third spender goes through HAProxy's front, the others straight
+        # to one proxy each.
+        c = Client((API_PORTS + [FRONT_PORT])[i % 3])
         site, acks = (self.site_c, self.small_acks) if small else (self.site_a, self.spend_acks)
         if small:
             while not self.small_go.wait(0.5):
