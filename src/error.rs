@@ -263,7 +263,14 @@ pub fn status_for_sqlstate(state: &SqlState, anon: bool) -> StatusCode {
     if *state == SqlState::CONFIGURATION_LIMIT_EXCEEDED {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
-    if *state == SqlState::ADMIN_SHUTDOWN {
+    // The server ended the session or refused it while shutting down,
+    // restarting after a crash, or starting up (a failover): retryable.
+    // PostgREST answers 503 for 57P01; pgrpc adds 57P02 and 57P03, which
+    // mean the same to a client. A statement timeout (57014) stays 500.
+    if *state == SqlState::ADMIN_SHUTDOWN
+        || *state == SqlState::CRASH_SHUTDOWN
+        || *state == SqlState::CANNOT_CONNECT_NOW
+    {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     match code.get(..2).unwrap_or("") {
@@ -364,6 +371,9 @@ mod tests {
             ("53300", 503),
             ("53400", 500),
             ("57P01", 503),
+            ("57P02", 503),
+            ("57P03", 503),
+            ("57P04", 500),
             ("PT429", 429),
             ("PT404", 404),
             ("40001", 500),

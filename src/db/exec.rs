@@ -251,11 +251,16 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         // A call that may write was refused as read-only. Either the node
         // cannot write (a standby, or a primary demoted or still being
         // promoted): retryable, 503; or the function raised 25006 itself,
-        // which keeps its 405. One question to the node tells them apart.
+        // which keeps its 405. The server's own refusal of a write in the
+        // read-write transaction the proxy opened can only come from the
+        // node; otherwise one question to the node tells them apart. (That
+        // question alone can miss: it may run on another connection, after
+        // the promotion the failed call raced with has completed.)
         Err(ExecError::Postgres { error, anon })
             if !read_only && *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
-            if node_is_read_only(pool).await {
+            if error.routine() == Some("PreventCommandIfReadOnly") || node_is_read_only(pool).await
+            {
                 pool.manager().forget_connections();
                 Err(ExecError::ReadOnlyNode(error.message().to_string()))
             } else {

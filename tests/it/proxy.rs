@@ -309,6 +309,11 @@ async fn sqlstates_map_to_http_statuses() {
         ("53300", 503),
         ("53400", 500),
         ("57P01", 503),
+        // The server restarting or starting up, as in a failover: 503 (pgrpc's
+        // addition to PostgREST's map, docs/cluster.md).
+        ("57P02", 503),
+        ("57P03", 503),
+        ("57P04", 500),
         ("PT402", 402),
         ("PT429", 429),
         ("40001", 500),
