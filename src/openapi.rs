@@ -137,10 +137,11 @@ fn result_schema(r: &Routine) -> Option<Value> {
     }
 }
 
-/// Whether the result has columns the query string may name.
-fn has_rows(r: &Routine) -> bool {
+/// Whether the query string may operate on the result (filter, order,
+/// page): a set, or a composite; a scalar set has one column named after
+/// the function.
+fn operable(r: &Routine) -> bool {
     matches!(r.shape, Shape::SetOf | Shape::Composite)
-        && !(r.shape == Shape::SetOf && r.columns.len() == 1 && r.columns[0].name == r.name)
 }
 
 fn columns_alternation(columns: &[Column]) -> String {
@@ -210,7 +211,7 @@ fn argument_param(p: &Param) -> Value {
 /// an argument is the argument.
 fn operation_params(r: &Routine, read: bool) -> Vec<Value> {
     let mut params = Vec::new();
-    if !has_rows(r) {
+    if !operable(r) {
         return params;
     }
     let cols = columns_alternation(&r.columns);
@@ -259,7 +260,7 @@ fn header_params(r: &Routine, read: bool) -> Vec<Value> {
         json!({"type": "string"}),
         "comma-separated preferences; count=exact|planned|estimated gives the total after filters in Content-Range",
     )];
-    if read && has_rows(r) {
+    if read && operable(r) {
         params.push(header_param(
             "Range",
             json!({"type": "string"}),
@@ -296,7 +297,7 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
         }
         Some(schema) => {
             let mut content = json!({"application/json": {"schema": schema}});
-            if has_rows(r) || r.shape == Shape::SetOf {
+            if operable(r) {
                 let one = match &schema["items"] {
                     Value::Null => schema.clone(),
                     items => items.clone(),
@@ -308,7 +309,7 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
                 json!({"description": format!("returns {}", r.return_type),
                        "headers": content_range, "content": content}),
             );
-            if has_rows(r) || r.shape == Shape::SetOf {
+            if operable(r) {
                 responses.insert(
                     "206".into(),
                     json!({"description": "Partial Content: fewer rows than the counted total",
@@ -322,7 +323,7 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
     let mut statuses = vec![
         "400", "401", "403", "404", "405", "406", "409", "422", "429", "503", "504",
     ];
-    if has_rows(r) || r.shape == Shape::SetOf {
+    if operable(r) {
         statuses.push("416");
     }
     if !read {

@@ -56,7 +56,8 @@ fn assert_success(what: &str, out: &Output) {
 }
 
 /// Rows for the fuzzer to find: list functions then return real rows,
-/// whose shape the response schemas must describe.
+/// whose shape the response schemas must describe (`items` and `scores`
+/// answer rows for tags the fuzzer tries first, such as the empty one).
 async fn seed(server: &TestServer) {
     for i in 0..3 {
         let org = create_organization(server, &format!("Fuzz {i}"), "freemium").await;
@@ -64,6 +65,10 @@ async fn seed(server: &TestServer) {
         create_opportunity(server, &site, "broken-backlinks").await;
     }
     service_ok(server, "issue_oauth_nonce", json!({})).await;
+    for (i, tag) in ["", "a", "b"].iter().enumerate() {
+        let row = json!({"name": format!("item {i}"), "score": i, "tag": tag});
+        service_ok(server, "add_item", row).await;
+    }
 }
 
 /// Every operation of the OpenAPI document, fuzzed with every schemathesis
@@ -73,7 +78,7 @@ async fn seed(server: &TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_mismatch_between_the_openapi_and_the_server() {
     let env = pyenv();
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_sql(ITEMS_FIXTURES, |_| {}).await;
     seed(&server).await;
     let mut cmd = Command::new(env.join("bin/st"));
     cmd.current_dir(repo())
@@ -184,6 +189,8 @@ CREATE FUNCTION api.add_item(name text, score int, tag text)
 CREATE FUNCTION api.items(tag text)
   RETURNS TABLE(id int, name text, score int, tag text) LANGUAGE sql STABLE AS $$
   SELECT i.id, i.name, i.score, i.tag FROM public.client_items i WHERE i.tag = items.tag $$;
+CREATE FUNCTION api.scores(tag text) RETURNS SETOF int LANGUAGE sql STABLE AS $$
+  SELECT i.score FROM public.client_items i WHERE i.tag = scores.tag $$;
 CREATE FUNCTION api.refuse_item(name text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
   RAISE SQLSTATE 'PT409' USING MESSAGE = 'item_taken',
