@@ -41,13 +41,11 @@ fn value_schema(pg: &str, place: Place) -> Value {
     if let Some(element) = pg.strip_suffix("[]") {
         return array_schema(element, place);
     }
-    let bounds = integer_bounds(pg);
-    let mut schema = match (pg, bounds) {
-        (_, Some((min, max))) => {
-            let format = if pg == "bigint" { "int64" } else { "int32" };
-            json!({"type": "integer", "format": format, "minimum": min, "maximum": max})
-        }
-        _ => scalar_schema(pg, place),
+    let mut schema = if let Some((min, max)) = integer_bounds(pg) {
+        let format = if pg == "bigint" { "int64" } else { "int32" };
+        json!({"type": "integer", "format": format, "minimum": min, "maximum": max})
+    } else {
+        scalar_schema(pg, place)
     };
     if let Value::Object(o) = &mut schema {
         o.insert("x-pg-type".into(), Value::String(pg.to_string()));
@@ -60,7 +58,7 @@ fn scalar_schema(pg: &str, place: Place) -> Value {
         "numeric" | "real" | "double precision" => json!({"type": "number"}),
         "boolean" => json!({"type": "boolean"}),
         // Any JSON value; in a query string, JSON text (declared with
-        // `content` by `query_param`).
+        // `content` by `argument_param`).
         "json" | "jsonb" => json!({}),
         "uuid" => json!({"type": "string", "format": "uuid"}),
         "timestamp with time zone" => json!({"type": "string", "format": "date-time"}),
@@ -92,15 +90,15 @@ fn array_schema(element: &str, place: Place) -> Value {
         });
     }
     let mut items = nullable(value_schema(element, place));
-    // One dimension: a nested array is another array type.
-    if let Value::Object(o) = &mut items {
+    // One dimension: a nested array in a body is "expected JSON array"
+    // (22P02), so an untyped text element is a string there.
+    if let (Place::Body, Value::Object(o)) = (place, &mut items) {
         o.entry("type").or_insert_with(|| json!("string"));
     }
     json!({"type": "array", "items": items, "x-pg-type": format!("{element}[]")})
 }
 
-/// `schema` that also allows `null`. OpenAPI 3.0 ignores `nullable` next to
-/// a bare `{}` or `$ref`, which already allow it or are wrapped.
+/// `schema`, also allowing `null` (OpenAPI 3.0's `nullable`).
 fn nullable(mut schema: Value) -> Value {
     if let Value::Object(o) = &mut schema {
         o.insert("nullable".into(), Value::Bool(true));
@@ -246,7 +244,7 @@ fn operation_params(r: &Routine, read: bool) -> Vec<Value> {
             &c.name,
             false,
             json!({"type": "string", "pattern": filter_pattern(&c.type_sql)}),
-            "a filter on this result column: operator.value, as PostgREST's (eq, neq, gt, gte, lt, lte, like, ilike, is, in, …)",
+            "a filter on this result column, operator.value as in PostgREST: every operator of docs/proxy.md works; the pattern gives the forms that always parse for the column's type",
         ));
     }
     params
