@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::db::schema::{Column, Param, Routine, SchemaCache, Shape, Volatility};
+use crate::db::schema::{Column, Naming, Param, Routine, SchemaCache, Shape, Volatility};
 
 /// Where a value travels: its JSON form differs.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,7 +125,7 @@ fn row_schema(columns: &[Column]) -> Value {
 fn result_schema(r: &Routine) -> Option<Value> {
     match r.shape {
         Shape::Void => None,
-        Shape::SetOf if r.columns.len() == 1 && r.columns[0].name == r.name => Some(json!({
+        Shape::SetOf if r.naming == Naming::Bare => Some(json!({
             "type": "array",
             "items": nullable(value_schema(&r.return_type, Place::Result)),
         })),
@@ -251,12 +251,13 @@ fn operation_params(r: &Routine, read: bool) -> Vec<Value> {
 }
 
 fn header_params(r: &Routine, read: bool) -> Vec<Value> {
-    // Preferences are lenient, as PostgREST's by default: one the proxy
-    // does not know is ignored, so any value is valid.
+    // Preferences are lenient by default, as PostgREST's: one the proxy
+    // does not know is ignored, so any value is valid unless it asks for
+    // handling=strict.
     let mut params = vec![header_param(
         "Prefer",
         json!({"type": "string"}),
-        "comma-separated preferences; count=exact|planned|estimated gives the total after filters in Content-Range",
+        "comma-separated preferences (docs/proxy.md, Preferences): count=exact|planned|estimated (the total after filters, in Content-Range), handling=lenient|strict (strict refuses an unknown or invalid one: 400 PGRST122), max-affected=N, tx=commit|rollback, timezone=<zone>",
     )];
     if read && operable(r) {
         params.push(header_param(

@@ -22,6 +22,7 @@ BUSINESS_CODES = {
     "42501",  # the role may not call this function
     "PGRST103",  # Range / offset past the rows there are
     "PGRST116",  # application/vnd.pgrst.object+json and not exactly one row
+    "PGRST124",  # more rows than Prefer: max-affected allows
     "PGRST301",
     "PGRST302",
     "PGRST303",

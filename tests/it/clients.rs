@@ -167,6 +167,23 @@ async fn openapi_describes_result_columns_nullability_and_operations() {
             "{status} missing: {responses}"
         );
     }
+    // A single OUT parameter is an object keyed by it; a one-column TABLE
+    // an array of such objects (as PostgREST answers).
+    let fixtures = TestServer::start_with_sql(ITEMS_FIXTURES, |_| {}).await;
+    let doc2 = crate::support::send(fixtures.http.get(fixtures.url("/"))).await;
+    let schema_of = |path: &str| {
+        doc2.body["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    assert_eq!(
+        schema_of("/rpc/plus_one")["properties"]["num_plus_one"]["type"],
+        "integer"
+    );
+    assert_eq!(
+        schema_of("/rpc/item_names")["items"]["properties"]["name"]["type"],
+        "string"
+    );
+    assert_eq!(schema_of("/rpc/scores")["items"]["type"], "integer");
     let error =
         &doc.body["components"]["responses"]["Error"]["content"]["application/json"]["schema"];
     assert_eq!(
@@ -191,6 +208,9 @@ CREATE FUNCTION api.items(tag text)
   SELECT i.id, i.name, i.score, i.tag FROM public.client_items i WHERE i.tag = items.tag $$;
 CREATE FUNCTION api.scores(tag text) RETURNS SETOF int LANGUAGE sql STABLE AS $$
   SELECT i.score FROM public.client_items i WHERE i.tag = scores.tag $$;
+CREATE FUNCTION api.plus_one(num int, OUT num_plus_one int) LANGUAGE sql IMMUTABLE AS $$ SELECT num + 1 $$;
+CREATE FUNCTION api.item_names(tag text) RETURNS TABLE(name text) LANGUAGE sql STABLE AS $$
+  SELECT i.name FROM public.client_items i WHERE i.tag = item_names.tag $$;
 CREATE FUNCTION api.refuse_item(name text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
   RAISE SQLSTATE 'PT409' USING MESSAGE = 'item_taken',
