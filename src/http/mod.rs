@@ -23,8 +23,7 @@ use request::RequestError;
 
 pub type Body = Full<Bytes>;
 
-const RPC_ALLOW_READ: &str = "OPTIONS,GET,HEAD,POST";
-const RPC_ALLOW_WRITE: &str = "OPTIONS,POST";
+const RPC_ALLOW: &str = "OPTIONS,GET,HEAD,POST";
 
 /// Entry point for every request: routes, answers, records metrics and logs.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
@@ -159,7 +158,7 @@ async fn rpc(
         _ => {
             return Err(RequestError::MethodNotAllowed {
                 message: "For functions, only GET, HEAD, POST and OPTIONS are allowed",
-                allow: RPC_ALLOW_READ,
+                allow: RPC_ALLOW,
             }
             .into())
         }
@@ -294,14 +293,11 @@ fn options(
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
     let schema = request::profile(req.headers(), true, &state.config.schemas)
         .or_else(|_| request::profile(req.headers(), false, &state.config.schemas))?;
-    let overloads = plan::overloads(&cache, schema, name)?;
-    let allow = if overloads.iter().all(|r| r.is_read_only()) {
-        RPC_ALLOW_READ
-    } else {
-        RPC_ALLOW_WRITE
-    };
+    // Every function answers GET and HEAD (READ ONLY; one that writes gets
+    // 405 25006), so all four are advertised, as the OpenAPI at `/` does.
+    plan::overloads(&cache, schema, name)?;
     let mut r = Response::new(Full::new(Bytes::new()));
     r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
+        .insert(ALLOW, HeaderValue::from_static(RPC_ALLOW));
     Ok(r)
 }

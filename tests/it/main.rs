@@ -7,6 +7,7 @@
 mod support;
 
 mod api_types;
+mod clients;
 mod contracts;
 mod docs;
 mod embedded;
@@ -18,6 +19,7 @@ mod jwt;
 mod nonces;
 mod outbox;
 mod postgrest_db;
+mod postgrest_js;
 mod preferences;
 mod proxy;
 mod query_ops;
