@@ -1,8 +1,10 @@
 //! What a client asked for, as plain data: `http` builds it from the wire,
 //! `plan` resolves it against the function cache.
 
+use bytes::Bytes;
 use hyper::Method;
 
+use crate::prefer::Preferences;
 use crate::query::QueryOps;
 
 /// One RPC request, parsed.
@@ -21,6 +23,11 @@ pub struct ApiRequest {
     pub range: Option<(i64, Option<i64>)>,
     /// `Prefer: count=exact` (or `planned`/`estimated`, answered exactly).
     pub count: bool,
+    /// Every `Prefer` item; `plan` decides what applies.
+    pub prefer: Preferences,
+    /// A form body (`application/x-www-form-urlencoded`) as sent: read
+    /// again when its pairs fill a VARIADIC parameter.
+    pub form: Option<Bytes>,
     /// The raw query string, part of the `Idempotency-Key` request hash.
     pub query: String,
     /// `Accept: application/vnd.pgrst.object+json`.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
 
+use crate::prefer::TxEnd;
+
 /// Everything `serve` needs.
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
@@ -80,6 +82,12 @@ pub struct ServeConfig {
     /// PostgREST's db-max-rows; unset, no limit.
     #[arg(long, env = "PGRPC_MAX_ROWS")]
     pub max_rows: Option<i64>,
+    /// How every call's transaction ends, as PostgREST's db-tx-end:
+    /// `commit`, `commit-allow-override`, `rollback` or
+    /// `rollback-allow-override`; with `…-allow-override`, a request's
+    /// `Prefer: tx=commit|rollback` decides.
+    #[arg(long, env = "PGRPC_TX_END", value_enum, default_value_t = TxEnd::Commit)]
+    pub tx_end: TxEnd,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "PGRPC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -241,6 +249,7 @@ mod tests {
         assert_eq!(c.read_wait, Duration::from_millis(200));
         assert_eq!(c.read_max_lag, Duration::from_secs(5));
         assert_eq!(c.listener_url(), "postgres://x");
+        assert_eq!(c.tx_end, TxEnd::Commit);
         assert!(c.validate().is_ok());
     }
 

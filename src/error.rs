@@ -70,8 +70,14 @@ pgrst_table! {
     Singularity => "PGRST116", NOT_ACCEPTABLE;
     /// PGRST121: a `RAISE SQLSTATE 'PGRST'` whose JSON cannot be read.
     RaiseParse => "PGRST121", INTERNAL_SERVER_ERROR;
+    /// PGRST122: `Prefer: handling=strict` with an unknown or invalid preference.
+    InvalidPreferences => "PGRST122", BAD_REQUEST;
+    /// PGRST124: more rows than `Prefer: max-affected` allows (the call is rolled back).
+    MaxAffected => "PGRST124", BAD_REQUEST;
     /// PGRST125: a path that is not served.
     InvalidPath => "PGRST125", NOT_FOUND;
+    /// PGRST128: `Prefer: max-affected` with `handling=strict` on a function that returns no set.
+    MaxAffectedNotSet => "PGRST128", BAD_REQUEST;
     /// PGRST202: no function matches the name and arguments.
     NoRpc => "PGRST202", NOT_FOUND;
     /// PGRST203: more than one function matches.
@@ -259,7 +265,14 @@ pub fn status_for_sqlstate(state: &SqlState, anon: bool) -> StatusCode {
     if *state == SqlState::CONFIGURATION_LIMIT_EXCEEDED {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
-    if *state == SqlState::ADMIN_SHUTDOWN {
+    // The server ended the session or refused it while shutting down,
+    // restarting after a crash, or starting up (a failover): retryable.
+    // PostgREST answers 503 for 57P01; pgrpc adds 57P02 and 57P03, which
+    // mean the same to a client. A statement timeout (57014) stays 500.
+    if *state == SqlState::ADMIN_SHUTDOWN
+        || *state == SqlState::CRASH_SHUTDOWN
+        || *state == SqlState::CANNOT_CONNECT_NOW
+    {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     match code.get(..2).unwrap_or("") {
@@ -360,6 +373,9 @@ mod tests {
             ("53300", 503),
             ("53400", 500),
             ("57P01", 503),
+            ("57P02", 503),
+            ("57P03", 503),
+            ("57P04", 500),
             ("PT429", 429),
             ("PT404", 404),
             ("40001", 500),

@@ -25,6 +25,9 @@
 //!   cache, and role selection.
 //! - [`plan`]: overload resolution, the call statement, the response's
 //!   shape, and the `Idempotency-Key` request hash and stored response.
+//! - [`prefer`]: the `Prefer` header: what a request states, what applies
+//!   to a call (`handling`, `count`, `tx`, `timezone`, `max-affected`), and
+//!   `Preference-Applied`.
 //! - [`query`]: query-string operations on a function's result (`select`,
 //!   filters, `order`, `limit`, `offset`), parsed and compiled to SQL.
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
@@ -55,6 +58,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod openapi;
 pub mod plan;
+pub mod prefer;
 pub mod query;
 pub mod relay;
 pub mod server;

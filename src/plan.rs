@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::api_request::{ApiRequest, Args};
 use crate::db::exec::{CallResult, Check, Shaper, StoredResponse};
 use crate::db::quote_ident;
-use crate::db::schema::{Routine, SchemaCache, Shape};
+use crate::db::schema::{Naming, Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
+use crate::prefer::{Applied, TxEnd};
 use crate::query::{self, QueryError, QueryOps};
 
 /// How many statements with query-string operations a routine keeps; past
@@ -59,6 +60,12 @@ pub enum PlanError {
     /// The `Range` header and `limit`/`offset` do not intersect.
     #[error("Requested range not satisfiable")]
     EmptyRange,
+    #[error("Invalid preferences given with handling=strict")]
+    InvalidPreferences(Vec<String>),
+    #[error("Function must return SETOF or TABLE when max-affected preference is used with handling=strict")]
+    MaxAffectedNotSet,
+    #[error("Query result exceeds max-affected preference constraint")]
+    MaxAffected(i64),
 }
 
 impl Fault for PlanError {
@@ -72,6 +79,9 @@ impl Fault for PlanError {
             PlanError::GucStatus(_) => Pgrst::GucStatus,
             PlanError::Query(e) => e.pgrst(),
             PlanError::RangeNotSatisfiable { .. } | PlanError::EmptyRange => Pgrst::InvalidRange,
+            PlanError::InvalidPreferences(_) => Pgrst::InvalidPreferences,
+            PlanError::MaxAffectedNotSet => Pgrst::MaxAffectedNotSet,
+            PlanError::MaxAffected(_) => Pgrst::MaxAffected,
         }
     }
     fn details(&self) -> Option<String> {
@@ -91,6 +101,10 @@ impl Fault for PlanError {
             PlanError::EmptyRange => Some(
                 "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
             ),
+            PlanError::InvalidPreferences(prefs) => {
+                Some(format!("Invalid preferences: {}", prefs.join(", ")))
+            }
+            PlanError::MaxAffected(rows) => Some(format!("The query affects {rows} rows")),
             _ => None,
         }
     }
@@ -123,6 +137,8 @@ pub struct CallPlan {
     /// The statement is one of many shapes: prepare it, do not keep it.
     pub transient: bool,
     pub page: Page,
+    /// The `Prefer` items that apply: `tx`, `timezone`, `max-affected`…
+    pub prefs: Applied,
 }
 
 /// What `Content-Range` and the status need besides the call's result.
@@ -137,13 +153,17 @@ pub struct Page {
 /// Picks the one routine the arguments call, or answers 404 / 300, and
 /// builds (or reuses) its call statement, with the request's query-string
 /// operations, range and `PGRPC_MAX_ROWS` (`max_rows`).
+/// `tx_end` is `PGRPC_TX_END`; time zones are checked against
+/// `cache.timezones`, read beforehand when the request names one.
 pub fn plan(
     cache: &SchemaCache,
     req: &ApiRequest,
     max_rows: Option<i64>,
+    tx_end: TxEnd,
 ) -> Result<CallPlan, PlanError> {
     let write = req.is_write();
     let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
+    let args = variadic_args(&routine, mask, req, json).unwrap_or_else(|| json.to_string());
     // A range and PGRPC_MAX_ROWS page sets; a composite is one row.
     let window = match routine.shape {
         Shape::SetOf => window(&req.ops, req.range, max_rows)?,
@@ -163,16 +183,53 @@ pub fn plan(
     } else {
         (call_sql(&routine, mask, req.singular), Vec::new(), false)
     };
+    let prefs = req
+        .prefer
+        .apply(tx_end, |tz| cache.known_timezone(tz))
+        .map_err(|e| PlanError::InvalidPreferences(e.0))?;
+    // As PostgREST: max-affected counts rows, so only a set may be limited.
+    if prefs.max_affected.is_some() && routine.shape != Shape::SetOf {
+        return Err(PlanError::MaxAffectedNotSet);
+    }
     Ok(CallPlan {
         sql,
         read_only: !write || routine.is_read_only(),
         routine,
-        args: json.to_string(),
+        args,
         singular: req.singular,
         params,
         transient,
         page,
+        prefs,
     })
+}
+
+/// On GET and HEAD, and with a form body, a VARIADIC parameter collects
+/// every value of its repeated pairs into an array, as PostgREST does
+/// (`?v=a&v=b` is `VARIADIC ARRAY['a','b']`); any other parameter keeps its
+/// last value. The argument object with that array, or None when the
+/// routine has no VARIADIC parameter among the provided ones.
+fn variadic_args(r: &Routine, mask: u64, req: &ApiRequest, json: &str) -> Option<String> {
+    if r.takes_body {
+        return None;
+    }
+    let (i, p) = r.params.iter().enumerate().find(|(_, p)| p.variadic)?;
+    if mask & (1 << i) == 0 {
+        return None;
+    }
+    // On GET, a pair whose value is an operation is not an argument.
+    let (pairs, args_only): (&[u8], bool) = match (&req.form, req.is_write()) {
+        (_, false) => (req.query.as_bytes(), true),
+        (Some(form), true) => (form, false),
+        (None, true) => return None,
+    };
+    let values: Vec<Value> = form_urlencoded::parse(pairs)
+        .filter(|(k, v)| k == p.name.as_str() && !(args_only && query::has_operator(v)))
+        .map(|(_, v)| Value::String(v.into_owned()))
+        .collect();
+    let mut object: serde_json::Map<String, Value> = serde_json::from_str(json).ok()?;
+    object.insert(p.name.clone(), Value::Array(values));
+    Some(Value::Object(object).to_string())
 }
 
 /// Offset and limit from `offset`/`limit`, the `Range` header (their
@@ -218,7 +275,7 @@ fn ops_sql(
     (offset, limit): (i64, Option<i64>),
     count: bool,
 ) -> Result<(Arc<str>, Vec<String>, bool), PlanError> {
-    let scalar = r.shape == Shape::SetOf && r.columns.len() == 1 && is_scalar_set(r);
+    let scalar = r.shape == Shape::SetOf && r.naming == Naming::Bare;
     let c = query::compile(ops, &r.columns, scalar, 2)?;
     let mut params = c.params;
     let mut page = String::new();
@@ -269,13 +326,6 @@ fn ops_sql(
         }
     }
     Ok((sql, params, true))
-}
-
-/// A SETOF of a base type: its one column is the row itself (`_r._r`).
-fn is_scalar_set(r: &Routine) -> bool {
-    r.columns
-        .first()
-        .is_some_and(|c| c.name == r.name && c.type_sql == r.return_type)
 }
 
 fn resolve<'a>(
@@ -451,7 +501,20 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
             } else {
                 format!("{from} CROSS JOIN LATERAL {call} AS _r")
             };
+            if r.naming == Naming::OutParam {
+                // `_r` of a base-type function is its bare value; `_r.*`
+                // is its one column, named for the TABLE/OUT parameter.
+                return format!(
+                    "SELECT {body}, count(*), {tail}, NULL::bigint FROM (SELECT _r.*{lateral}) AS _r"
+                );
+            }
             format!("SELECT {body}, count(*), {tail}, NULL::bigint{lateral}")
+        }
+        Shape::Composite if r.naming == Naming::OutParam => {
+            let column = r.columns.first().map_or("v".to_string(), |c| quote_ident(&c.name));
+            format!(
+                "SELECT to_json(_r)::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS {column}{from} OFFSET 0) AS _r"
+            )
         }
         Shape::Void => {
             format!("SELECT NULL::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call}{from} OFFSET 0) AS _r")
@@ -488,15 +551,6 @@ pub fn reply(
     };
     let (range_status, content_range) = content_range(&r, page)?;
     headers.insert(0, (hyper::header::CONTENT_RANGE, content_range));
-    if page.count {
-        headers.insert(
-            1,
-            (
-                HeaderName::from_static("preference-applied"),
-                HeaderValue::from_static("count=exact"),
-            ),
-        );
-    }
     let status = match &r.status {
         None => None,
         Some(s) => Some(
@@ -527,6 +581,28 @@ pub fn reply(
         content_type,
         replayed: false,
     })
+}
+
+/// The checks a call's result must pass before COMMIT, if any: the
+/// counted range ([`range_check`]) and `Prefer: max-affected` (400
+/// `PGRST124`, the call rolled back, as PostgREST does).
+pub fn checks(plan: &CallPlan) -> Option<Check> {
+    let range = range_check(plan);
+    let max = plan.prefs.max_affected;
+    if range.is_none() && max.is_none() {
+        return None;
+    }
+    Some(Box::new(move |result: &CallResult| {
+        if let Some(max) = max {
+            if result.rows > max {
+                return Err(PlanError::MaxAffected(result.rows).into());
+            }
+        }
+        match &range {
+            Some(check) => check(result),
+            None => Ok(()),
+        }
+    }))
 }
 
 /// For a call that may write and asks for a count: the range is checked
@@ -595,10 +671,21 @@ pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue
     Ok(out)
 }
 
-/// SHA-256 over method, path, profile, the response form asked for and the
+/// SHA-256 over method, path, profile, the response form asked for, the
+/// preferences that apply (`Preference-Applied`'s text: `tx`, `timezone`,
+/// `max-affected`, `handling`, `count` all change the answer) and the
 /// canonical body (keys sorted, insignificant whitespace removed), so that
-/// re-serialized retries match and a retry asking for another form does not.
-pub fn request_hash(method: &str, path: &str, profile: &str, singular: bool, body: &str) -> String {
+/// re-serialized retries match and a retry asking for another form or
+/// other preferences does not. Without preferences the hash is what it was
+/// before they counted, so most keys stored then still replay.
+pub fn request_hash(
+    method: &str,
+    path: &str,
+    profile: &str,
+    singular: bool,
+    preferences: &str,
+    body: &str,
+) -> String {
     let canonical = serde_json::from_str::<Value>(body)
         .map(|v| v.to_string())
         .unwrap_or_else(|_| body.to_string());
@@ -606,6 +693,11 @@ pub fn request_hash(method: &str, path: &str, profile: &str, singular: bool, bod
     let form = if singular { "object" } else { "json" };
     for part in [method, path, profile, form, canonical.as_str()] {
         h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    if !preferences.is_empty() {
+        h.update(b"prefer\0");
+        h.update(preferences.as_bytes());
         h.update([0u8]);
     }
     hex::encode(h.finalize())
@@ -703,14 +795,39 @@ mod tests {
 
     #[test]
     fn hash_ignores_key_order_and_whitespace() {
-        let a = request_hash("POST", "/rpc/f", "api", false, r#"{"a":1,"b":[1,2]}"#);
-        let b = request_hash("POST", "/rpc/f", "api", false, r#"{ "b": [1, 2], "a": 1 }"#);
+        let a = request_hash("POST", "/rpc/f", "api", false, "", r#"{"a":1,"b":[1,2]}"#);
+        let b = request_hash(
+            "POST",
+            "/rpc/f",
+            "api",
+            false,
+            "",
+            r#"{ "b": [1, 2], "a": 1 }"#,
+        );
         assert_eq!(a, b);
-        let c = request_hash("POST", "/rpc/f", "api", false, r#"{"a":2,"b":[1,2]}"#);
+        let c = request_hash("POST", "/rpc/f", "api", false, "", r#"{"a":2,"b":[1,2]}"#);
         assert_ne!(a, c);
-        let d = request_hash("POST", "/rpc/g", "api", false, r#"{"a":1,"b":[1,2]}"#);
+        let d = request_hash("POST", "/rpc/g", "api", false, "", r#"{"a":1,"b":[1,2]}"#);
         assert_ne!(a, d);
-        let e = request_hash("POST", "/rpc/f", "api", true, r#"{"a":1,"b":[1,2]}"#);
+        let e = request_hash("POST", "/rpc/f", "api", true, "", r#"{"a":1,"b":[1,2]}"#);
         assert_ne!(a, e);
+        let f = request_hash(
+            "POST",
+            "/rpc/f",
+            "api",
+            false,
+            "tx=rollback",
+            r#"{"a":1,"b":[1,2]}"#,
+        );
+        assert_ne!(a, f);
+        let g = request_hash(
+            "POST",
+            "/rpc/f",
+            "api",
+            false,
+            "timezone=UTC",
+            r#"{"a":1,"b":[1,2]}"#,
+        );
+        assert_ne!(f, g);
     }
 }

@@ -20,7 +20,7 @@ use super::lsn::Lsn;
 use super::pool::{Conn, PgConn, Pool, Prepared, SETTINGS_TYPES};
 use tracing::error;
 
-use super::schema::RoleSettings;
+use super::schema::{RoleSettings, SchemaCache, TIMEZONES_SQL};
 use crate::error::{ApiError, Fault, Pgrst};
 
 /// Why a call did not run to its end.
@@ -201,6 +201,10 @@ pub struct CallJob {
     /// still be an error (a counted range past its end): the call is then
     /// rolled back, never committed under an error answer.
     pub check: Option<Check>,
+    /// End the transaction with ROLLBACK whatever the outcome
+    /// (`Prefer: tx=rollback`, `PGRPC_TX_END`): the result is still
+    /// answered, its effects are not kept.
+    pub rollback: bool,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
 }
@@ -279,11 +283,16 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         // A call that may write was refused as read-only. Either the node
         // cannot write (a standby, or a primary demoted or still being
         // promoted): retryable, 503; or the function raised 25006 itself,
-        // which keeps its 405. One question to the node tells them apart.
+        // which keeps its 405. The server's own refusal of a write in the
+        // read-write transaction the proxy opened can only come from the
+        // node; otherwise one question to the node tells them apart. (That
+        // question alone can miss: it may run on another connection, after
+        // the promotion the failed call raced with has completed.)
         Err(ExecError::Postgres { error, anon })
             if !read_only && *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
-            if node_is_read_only(pool).await {
+            if error.routine() == Some("PreventCommandIfReadOnly") || node_is_read_only(pool).await
+            {
                 pool.manager().forget_connections();
                 Err(ExecError::ReadOnlyNode(error.message().to_string()))
             } else {
@@ -374,7 +383,8 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none();
+    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none() && !job.rollback;
+    let rollback = job.rollback;
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
         return pipelined(&conn, &job, pre.as_ref(), call)
@@ -414,7 +424,7 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
     // A replay wrote nothing now, but its WAL position is at or after the
     // original call's COMMIT, which is what the client needs to read it back.
     let ended = match &outcome {
-        Ok((_, true)) => commit(&conn, job_read_only).await,
+        Ok((_, true)) if !rollback => commit(&conn, job_read_only).await,
         Ok((Executed::Replayed(..), false)) => end_reading_lsn(&conn, false, !job_read_only).await,
         _ => end_reading_lsn(&conn, false, false).await,
     };
@@ -628,6 +638,15 @@ async fn stepwise(
     if let Some(check) = &job.check {
         check(&result).map_err(ExecError::Rejected)?;
     }
+    if job.rollback && !job.read_only {
+        // As PostgREST before its ROLLBACK: deferred constraints are
+        // checked now, so a call that could not commit is not answered
+        // as a success.
+        conn.client
+            .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+            .await
+            .map_err(fail)?;
+    }
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
         let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
@@ -645,6 +664,36 @@ async fn stepwise(
         .map_err(fail)?;
     }
     Ok((Executed::Called(result), true))
+}
+
+/// Reads `pg_timezone_names` into `cache`, once per snapshot, the first
+/// time a request names a time zone.
+pub async fn ensure_timezones(pool: &Pool, cache: &SchemaCache) -> Result<(), ExecError> {
+    cache
+        .timezones
+        .get_or_try_init(|| async {
+            let conn = checkout(pool).await?;
+            // A simple query: nothing prepared, so it also works behind a
+            // transaction-mode pooler.
+            let messages = conn
+                .client
+                .simple_query(TIMEZONES_SQL)
+                .await
+                .map_err(|e| ExecError::from_pg(e, false))?;
+            Ok::<_, ExecError>(
+                messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => {
+                            row.get(0).map(str::to_string)
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        })
+        .await
+        .map(|_| ())
 }
 
 /// A pooled connection, or 504 when the pool stays exhausted past its

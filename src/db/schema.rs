@@ -21,6 +21,21 @@ pub enum Shape {
     Void,
 }
 
+/// How a result's values are named, read from the catalog (`proargmodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// A base type without OUT or TABLE parameters: bare values (a
+    /// scalar, or the elements of `SETOF int`).
+    Bare,
+    /// A composite type, or several OUT/INOUT/TABLE parameters: the row's
+    /// columns.
+    Row,
+    /// A single named OUT, INOUT or TABLE parameter of a base type: an
+    /// object with that one key (`{"num_plus_one": 6}`, `[{"a": "A"}]`), as
+    /// PostgREST answers.
+    OutParam,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Volatility {
     Immutable,
@@ -60,6 +75,7 @@ pub struct Routine {
     pub params: Vec<Param>,
     pub volatility: Volatility,
     pub shape: Shape,
+    pub naming: Naming,
     pub return_type: String,
     /// The result's columns: a composite's attributes, the OUT/TABLE
     /// parameters, or for a scalar one column named after the function.
@@ -130,6 +146,11 @@ pub struct SchemaCache {
     /// cluster-wide ones). `SET ROLE` does not apply them, so every
     /// transaction applies its role's, as PostgREST does.
     pub role_settings: HashMap<String, Arc<RoleSettings>>,
+    /// `pg_timezone_names`, what `Prefer: timezone=` may name. Read the
+    /// first time a request names a time zone (the view reads every zone
+    /// file, a second or so of a backend's time), then kept with this
+    /// snapshot.
+    pub timezones: tokio::sync::OnceCell<HashSet<String>>,
 }
 
 /// One role's settings as two parallel arrays, ready to bind.
@@ -146,33 +167,41 @@ impl SchemaCache {
     }
 
     /// The settings a call of `routine` as `role` applies per transaction:
-    /// the role's, then the routine's own settings named in `hoisted`
-    /// (PostgREST's db-hoisted-tx-settings), which win.
+    /// the role's, then `Prefer: timezone=` (as `TimeZone`), then the
+    /// routine's own settings named in `hoisted` (PostgREST's
+    /// db-hoisted-tx-settings): each later one wins, in PostgREST's order.
     pub fn settings_for(
         &self,
         role: &str,
         routine: &Routine,
         hoisted: &[String],
+        timezone: Option<&str>,
     ) -> Arc<RoleSettings> {
         let base = self.settings_of(role);
         let mut own = routine
             .config
             .iter()
             .filter(|(k, _)| k != "default_transaction_isolation" && hoisted.iter().any(|h| h == k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
             .peekable();
-        if own.peek().is_none() {
+        if own.peek().is_none() && timezone.is_none() {
             return base;
         }
         let mut merged = RoleSettings {
             names: base.names.clone(),
             values: base.values.clone(),
         };
-        for (name, value) in own {
-            match merged.names.iter().position(|n| n == name) {
-                Some(i) => merged.values[i] = value.clone(),
+        for (name, value) in timezone.map(|tz| ("TimeZone", tz)).into_iter().chain(own) {
+            // Setting names are case-insensitive (`timezone`, `TimeZone`).
+            match merged
+                .names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(name))
+            {
+                Some(i) => merged.values[i] = value.to_string(),
                 None => {
-                    merged.names.push(name.clone());
-                    merged.values.push(value.clone());
+                    merged.names.push(name.to_string());
+                    merged.values.push(value.to_string());
                 }
             }
         }
@@ -181,6 +210,11 @@ impl SchemaCache {
 }
 
 impl SchemaCache {
+    /// Whether `tz` is one of `pg_timezone_names` (false until they are read).
+    pub fn known_timezone(&self, tz: &str) -> bool {
+        self.timezones.get().is_some_and(|zones| zones.contains(tz))
+    }
+
     pub fn overloads(&self, schema: &str, name: &str) -> Option<&[Arc<Routine>]> {
         self.routines.get(schema)?.get(name).map(Vec::as_slice)
     }
@@ -252,20 +286,30 @@ impl SchemaCache {
 
             let attr_names: Vec<String> = row.get("attr_names");
             let attr_types: Vec<String> = row.get("attr_types");
+            // The OUT, INOUT and TABLE parameters name the result's columns.
+            let outs: Vec<Column> = modes
+                .iter()
+                .enumerate()
+                .filter(|(_, mode)| matches!(mode.as_str(), "o" | "b" | "t"))
+                .map(|(i, _)| Column {
+                    name: names.get(i).cloned().unwrap_or_default(),
+                    type_sql: types.get(i).cloned().unwrap_or_default(),
+                })
+                .collect();
+            let naming = if !attr_names.is_empty() || composite {
+                Naming::Row
+            } else if outs.len() == 1 && !outs[0].name.is_empty() {
+                Naming::OutParam
+            } else {
+                Naming::Bare
+            };
             let mut columns: Vec<Column> = Vec::new();
             if !attr_names.is_empty() {
                 for (name, type_sql) in attr_names.into_iter().zip(attr_types) {
                     columns.push(Column { name, type_sql });
                 }
-            } else if composite {
-                for (i, mode) in modes.iter().enumerate() {
-                    if matches!(mode.as_str(), "o" | "b" | "t") {
-                        columns.push(Column {
-                            name: names.get(i).cloned().unwrap_or_default(),
-                            type_sql: types.get(i).cloned().unwrap_or_default(),
-                        });
-                    }
-                }
+            } else if naming != Naming::Bare {
+                columns = outs;
             } else {
                 columns.push(Column {
                     name: name.clone(),
@@ -305,7 +349,7 @@ impl SchemaCache {
                 Shape::SetOf
             } else if is_void {
                 Shape::Void
-            } else if composite {
+            } else if naming != Naming::Bare {
                 Shape::Composite
             } else {
                 Shape::Scalar
@@ -322,6 +366,7 @@ impl SchemaCache {
                     params,
                     volatility,
                     shape,
+                    naming,
                     return_type,
                     columns,
                     takes_body,
@@ -364,6 +409,7 @@ impl SchemaCache {
             routines,
             roles,
             role_settings,
+            timezones: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -403,6 +449,9 @@ WHERE n.nspname = ANY($1)
   AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
 ORDER BY p.oid
 "#;
+
+/// What `Prefer: timezone=` accepts, as PostgREST reads it.
+pub const TIMEZONES_SQL: &str = "SELECT name FROM pg_catalog.pg_timezone_names";
 
 const ROLES_SQL: &str = r#"
 SELECT r.rolname::text
@@ -468,6 +517,7 @@ mod tests {
                 .collect(),
             volatility: Volatility::Volatile,
             shape: Shape::Scalar,
+            naming: Naming::Bare,
             return_type: "text".into(),
             columns: Vec::new(),
             takes_body: false,

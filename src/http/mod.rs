@@ -25,8 +25,7 @@ use request::RequestError;
 
 pub type Body = Full<Bytes>;
 
-const RPC_ALLOW_READ: &str = "OPTIONS,GET,HEAD,POST";
-const RPC_ALLOW_WRITE: &str = "OPTIONS,POST";
+const RPC_ALLOW: &str = "OPTIONS,GET,HEAD,POST";
 
 /// Entry point for every request: routes, answers, records metrics and logs.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
@@ -163,7 +162,7 @@ async fn rpc(
         _ => {
             return Err(RequestError::MethodNotAllowed {
                 message: "For functions, only GET, HEAD, POST and OPTIONS are allowed",
-                allow: RPC_ALLOW_READ,
+                allow: RPC_ALLOW,
             }
             .into())
         }
@@ -180,7 +179,11 @@ async fn rpc(
     let identity = state
         .auth
         .identify(request.authorization.as_deref(), &cache.roles)?;
-    let plan = plan::plan(&cache, &request, state.config.max_rows)?;
+    if request.prefer.timezone().is_some() {
+        exec::ensure_timezones(&state.pool, &cache).await?;
+    }
+    let plan = plan::plan(&cache, &request, state.config.max_rows, state.config.tx_end)?;
+    let applied = plan.prefs.header_text();
     let hashed_path = if request.query.is_empty() {
         request.path.clone()
     } else {
@@ -192,18 +195,20 @@ async fn rpc(
             &hashed_path,
             &request.schema,
             plan.singular,
+            &applied,
             &plan.args,
         ),
         key,
         shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
     });
-    let check = plan::range_check(&plan);
+    let check = plan::checks(&plan);
     let job = CallJob {
         sql: plan.sql.clone(),
         args: plan.args,
         params: plan.params,
         transient: plan.transient,
         check,
+        rollback: plan.prefs.rollback,
         read_only: plan.read_only,
         singular: plan.singular,
         isolation: isolation_level(plan.routine.isolation(&state.config.hoisted_tx_settings)),
@@ -213,6 +218,7 @@ async fn rpc(
                 &identity.role,
                 &plan.routine,
                 &state.config.hoisted_tx_settings,
+                plan.prefs.timezone.as_deref(),
             ),
             role: identity.role,
             claims: identity.claims,
@@ -239,6 +245,12 @@ async fn rpc(
     };
     if let Some(lsn) = commit_lsn {
         reply.headers.push(consistency::lsn_header(lsn));
+    }
+    // A replay has the same preferences: they are part of the request hash.
+    if let Some(value) = plan.prefs.header() {
+        reply
+            .headers
+            .insert(0, (HeaderName::from_static("preference-applied"), value));
     }
     Ok(respond(
         reply,
@@ -331,14 +343,11 @@ fn options(
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
     let schema = request::profile(req.headers(), true, &state.config.schemas)
         .or_else(|_| request::profile(req.headers(), false, &state.config.schemas))?;
-    let overloads = plan::overloads(&cache, schema, name)?;
-    let allow = if overloads.iter().all(|r| r.is_read_only()) {
-        RPC_ALLOW_READ
-    } else {
-        RPC_ALLOW_WRITE
-    };
+    // Every function answers GET and HEAD (READ ONLY; one that writes gets
+    // 405 25006), so all four are advertised, as the OpenAPI at `/` does.
+    plan::overloads(&cache, schema, name)?;
     let mut r = Response::new(Full::new(Bytes::new()));
     r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
+        .insert(ALLOW, HeaderValue::from_static(RPC_ALLOW));
     Ok(r)
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api_request::{ApiRequest, Args};
 use crate::error::{Fault, Pgrst};
+use crate::prefer::Preferences;
 use crate::query::{self, QueryError, QueryOps};
 
 /// Why a request cannot even be planned: its body, headers or form.
@@ -132,7 +133,8 @@ pub async fn parse(
     };
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let count = wants_count(req.headers());
+    let prefer = Preferences::from_headers(req.headers());
+    let count = prefer.count();
     let range = if method == Method::GET {
         range_header(req.headers())?
     } else {
@@ -141,12 +143,17 @@ pub async fn parse(
         None
     };
     let (query_args, ops) = parse_query(query.as_bytes(), !write)?;
+    let mut form = None;
     let args = if write {
         let kind = body_kind(req.headers())?;
         let bytes = read_body(req, max_body_bytes).await?;
         match kind {
             BodyKind::Json => parse_json_body(&bytes)?,
-            BodyKind::Form => parse_pairs(&bytes)?,
+            BodyKind::Form => {
+                let args = parse_pairs(&bytes)?;
+                form = Some(bytes);
+                args
+            }
         }
     } else {
         query_args
@@ -160,6 +167,8 @@ pub async fn parse(
         ops,
         range,
         count,
+        prefer,
+        form,
         query,
         singular,
         idempotency_key,
@@ -432,22 +441,6 @@ pub fn range_header(headers: &HeaderMap) -> Result<Option<(i64, Option<i64>)>, R
         Some(l) if l < first => Err(RequestError::InvalidRange(text.to_string())),
         _ => Ok(Some((first, last))),
     }
-}
-
-/// `Prefer: count=exact|planned|estimated`; all three are answered with
-/// an exact count.
-pub fn wants_count(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| {
-            matches!(
-                p.trim(),
-                "count=exact" | "count=planned" | "count=estimated"
-            )
-        })
 }
 
 /// How the body is to be read, from Content-Type (missing means JSON).

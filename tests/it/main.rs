@@ -7,6 +7,7 @@
 mod support;
 
 mod api_types;
+mod clients;
 mod contracts;
 mod docs;
 mod embedded;
@@ -19,6 +20,8 @@ mod nonces;
 mod outbox;
 mod pgbouncer;
 mod postgrest_db;
+mod postgrest_js;
+mod preferences;
 mod proxy;
 mod query_ops;
 mod relay;

@@ -48,8 +48,8 @@ async fn server_behind(bouncer: &Node, prepared: bool) -> TestServer {
 }
 
 /// Each client: a write, a read with query-string operations (bound
-/// values), a read of what the pre-request function set, and a write under
-/// an Idempotency-Key sent twice.
+/// values), reads of what the pre-request function set (one with a time
+/// zone preference), and a write under an Idempotency-Key sent twice.
 async fn workload(s: &std::sync::Arc<TestServer>, round: usize) -> Vec<Resp> {
     let tasks = (0..CLIENTS).map(|i| {
         let s = s.clone();
@@ -65,6 +65,15 @@ async fn workload(s: &std::sync::Arc<TestServer>, round: usize) -> Vec<Resp> {
                 .await,
             );
             out.push(s.rpc_get("checked", None, &[]).await);
+            // The time zone preference reads the server's zone names once.
+            out.push(
+                send(
+                    s.http
+                        .get(s.url("/rpc/checked"))
+                        .header("Prefer", "timezone=Europe/Paris"),
+                )
+                .await,
+            );
             let key = format!("key-{round}-{i}");
             for _ in 0..2 {
                 out.push(

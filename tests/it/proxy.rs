@@ -273,7 +273,9 @@ async fn singular_accept_requires_exactly_one_row() {
     assert_eq!(bad.error_code(), "PGRST107");
 }
 
-/// OPTIONS answers with Allow; any other method is 405 PGRST101.
+/// OPTIONS answers with Allow, which lists GET and HEAD for every function
+/// (a VOLATILE one runs READ ONLY under them), as the OpenAPI at `/` does;
+/// any other method is 405 PGRST101.
 #[tokio::test]
 async fn options_and_unsupported_methods() {
     let s = fixture_server().await;
@@ -281,7 +283,7 @@ async fn options_and_unsupported_methods() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("allow"), Some("OPTIONS,GET,HEAD,POST"));
     let r = send(s.http.request(reqwest::Method::OPTIONS, s.url("/rpc/hit"))).await;
-    assert_eq!(r.header("allow"), Some("OPTIONS,POST"));
+    assert_eq!(r.header("allow"), Some("OPTIONS,GET,HEAD,POST"));
     for m in [
         reqwest::Method::PUT,
         reqwest::Method::PATCH,
@@ -309,6 +311,11 @@ async fn sqlstates_map_to_http_statuses() {
         ("53300", 503),
         ("53400", 500),
         ("57P01", 503),
+        // The server restarting or starting up, as in a failover: 503 (pgrpc's
+        // addition to PostgREST's map, docs/cluster.md).
+        ("57P02", 503),
+        ("57P03", 503),
+        ("57P04", 500),
         ("PT402", 402),
         ("PT429", 429),
         ("40001", 500),
@@ -732,7 +739,16 @@ async fn request_ids_metrics_and_openapi() {
         "b defaults to 10."
     );
     assert!(doc.body["paths"]["/rpc/add"].get("get").is_some());
-    assert!(doc.body["paths"]["/rpc/hit"].get("get").is_none());
+    // GET serves a VOLATILE function too (READ ONLY), so it is described,
+    // with the 405 a write gets.
+    let hit = &doc.body["paths"]["/rpc/hit"]["get"];
+    assert!(
+        hit["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("25006")),
+        "{hit}"
+    );
+    assert!(hit["responses"].get("405").is_some(), "{hit}");
 }
 
 /// `pgrpc migrate` applies everything once, then nothing; a second database in the cluster migrates too.

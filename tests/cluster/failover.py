@@ -1,0 +1,667 @@
+#!/usr/bin/env python3
+"""One failover round under load against the topology of scripts/cluster.
+
+usage: tests/cluster/failover.py kill|pause   (run by scripts/test-cluster)
+
+It drives, through both proxies at once, consume_token on one budget,
+sign_contract, finalize_receive, consume_token under Idempotency-Key, and
+set_connection_status (whose events check the relay's per-aggregate
+order). Mid-run it SIGKILLs the primary's container (kill) or freezes it
+until another node leads, then resumes it (pause). Then it checks, on the
+new primary and at the test webhook, that no acknowledged write was lost,
+nothing was over-spent or done twice, no answer was a 500, and the relay
+delivered every event in per-aggregate order. It prints a report and exits
+1 if any check failed.
+
+Environment (set by scripts/test-cluster from scripts/cluster's defaults):
+PGRPC_CLUSTER_NAME, PGRPC_CLUSTER_DIR, PGRPC_CLUSTER_PRIMARY_PORT,
+PGRPC_CLUSTER_API_PORT, PGRPC_CLUSTER_API1_PORT, PGRPC_CLUSTER_API2_PORT,
+PGRPC_CLUSTER_WEBHOOK_PORT,
+PGRPC_FAILOVER_WARMUP (s, default 8), PGRPC_FAILOVER_AFTER (s of load after
+writes recovered, default 10), PGRPC_FAILOVER_MAX_OUTAGE (s, default 45:
+the run stops waiting for writes to come back).
+Standard library only.
+"""
+import base64
+import collections
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+ENV = os.environ
+NAME = ENV.get("PGRPC_CLUSTER_NAME", "pgrpc-cluster")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STATE_DIR = ENV.get("PGRPC_CLUSTER_DIR", os.path.join(ROOT, ".cluster"))
+PRIMARY_PORT = int(ENV.get("PGRPC_CLUSTER_PRIMARY_PORT", "15432"))
+API_PORTS = [int(ENV.get("PGRPC_CLUSTER_API1_PORT", "13001")),
+             int(ENV.get("PGRPC_CLUSTER_API2_PORT", "13002"))]
+FRONT_PORT = int(ENV.get("PGRPC_CLUSTER_API_PORT", "13000"))   # HAProxy, in front of both
+WEBHOOK_PORT = int(ENV.get("PGRPC_CLUSTER_WEBHOOK_PORT", "13080"))
+WARMUP = float(ENV.get("PGRPC_FAILOVER_WARMUP", "8"))
+AFTER = float(ENV.get("PGRPC_FAILOVER_AFTER", "10"))
+MAX_OUTAGE = float(ENV.get("PGRPC_FAILOVER_MAX_OUTAGE", "45"))
+NODES = ["pg1", "pg2", "pg3"]
+BUDGET = 4000          # tokens of the spent budget (site A)
+PLAYERS = 10000        # contracts that may be signed in one round
+REQUEST_TIMEOUT = 30
+
+T0 = time.monotonic()
+
+
+def now():
+    return time.monotonic() - T0
+
+
+def log(msg):
+    print(f"[{now():7.2f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def secrets():
+    out = {}
+    with open(os.path.join(STATE_DIR, "secrets.env")) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            out[k] = v
+    return out
+
+
+SECRETS = secrets()
+DB_URL = f"postgresql://postgres:{SECRETS['SUPERUSER_PASSWORD']}@127.0.0.1:{PRIMARY_PORT}/pgrpc"
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt(claims):
+    claims = dict(claims, exp=int(time.time()) + 3600)
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(SECRETS["JWT_SECRET"].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+SERVICE = jwt({"role": "pgrpc_service", "sub": "failover-test"})
+
+
+def sql(query, retries=30):
+    """Rows of a query on the primary, as lists of strings (psql -At)."""
+    last = ""
+    for _ in range(retries):
+        p = subprocess.run(["psql", "-X", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", DB_URL, "-c", query],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            return [line.split("\t") for line in p.stdout.splitlines() if line != ""]
+        last = p.stderr.strip()
+        time.sleep(1)
+    raise RuntimeError(f"psql failed: {last}\n{query}")
+
+
+def docker(*args, check=True):
+    p = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def members(exclude=()):
+    """patronictl list, asked of a running node not in `exclude`."""
+    for n in NODES:
+        if n in exclude:
+            continue
+        p = subprocess.run(["docker", "exec", f"{NAME}-{n}", "patronictl", "-c", "/cluster/patroni.yml",
+                            "list", "-f", "json"], capture_output=True, text=True, timeout=20)
+        if p.returncode == 0:
+            try:
+                return json.loads(p.stdout)
+            except ValueError:
+                pass
+    return []
+
+
+def leader(exclude=()):
+    for m in members(exclude):
+        if m["Role"] == "Leader" and m["State"] == "running":
+            return m["Member"]
+    return None
+
+
+# --- HTTP -------------------------------------------------------------------
+
+class Client:
+    """One keep-alive connection to one proxy, reopened after an error or
+    after an idle spell (the proxy closes idle keep-alive connections)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = None
+        self.last = 0.0
+
+    def call(self, fn, body, token=SERVICE, key=None):
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if key:
+            headers["Idempotency-Key"] = key
+        if self.conn is None or time.monotonic() - self.last > 3:
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+        start = now()
+        try:
+            self.conn.request("POST", f"/rpc/{fn}", json.dumps(body), headers)
+            r = self.conn.getresponse()
+            data = r.read().decode()
+            status, hdrs = r.status, {k.lower(): v for k, v in r.getheaders()}
+            if r.getheader("connection", "").lower() == "close":
+                self.conn.close()
+                self.conn = None
+        except (OSError, http.client.HTTPException) as e:
+            self.conn.close()
+            self.conn = None
+            return Result(fn, self.port, start, now(), None, {}, repr(e))
+        self.last = time.monotonic()
+        return Result(fn, self.port, start, now(), status, hdrs, data)
+
+
+class Result:
+    def __init__(self, fn, port, start, end, status, headers, text):
+        self.fn, self.port, self.start, self.end = fn, port, start, end
+        self.status, self.headers, self.text = status, headers, text
+
+    def json(self):
+        return json.loads(self.text)
+
+    def message(self):
+        try:
+            return self.json().get("message")
+        except (ValueError, AttributeError):
+            return None
+
+
+# --- the round ----------------------------------------------------------------
+
+class Round:
+    def __init__(self, mode):
+        self.mode = mode
+        self.tag = uuid.uuid4().hex[:8]
+        self.lock = threading.Lock()
+        self.results = []          # every answer
+        self.violations = []
+        self.stop = threading.Event()
+        self.fault_at = None
+        self.spend_acks = []       # `used` of every 200 of consume_token on site A
+        self.small_acks = []       # the same on site C, whose small budget runs out after the fault
+        self.small_go = threading.Event()
+        self.signed_acked = set()  # player ids
+        self.signed_409 = set()    # player ids refused as already signed after an unanswered try
+        self.finalized_acked = set()
+        self.idem = {}             # key -> first 200 body (or None while pending)
+        self.status_acked = collections.defaultdict(list)  # connection id -> acked seqs
+
+    def violation(self, msg):
+        with self.lock:
+            self.violations.append(msg)
+        log(f"VIOLATION: {msg}")
+
+    def record(self, r, ok_statuses):
+        with self.lock:
+            self.results.append(r)
+        if r.status is None:
+            self.violation(f"{r.fn} via :{r.port} at {r.start:.2f}s: no HTTP answer ({r.text})")
+        elif r.status == 503:
+            if "retry-after" not in r.headers:
+                self.violation(f"{r.fn} via :{r.port}: 503 without Retry-After: {r.text}")
+        elif r.status not in ok_statuses:
+            self.violation(f"{r.fn} via :{r.port} at {r.start:.2f}s: {r.status} {r.text[:300]}")
+
+    # -- setup
+
+    def setup(self):
+        c = Client(API_PORTS[0])
+        r = c.call("create_organization", {"name": f"failover-{self.tag}", "plan": "freemium"})
+        assert r.status == 200, r.text
+        org = r.json()["id"]
+        sql(f"SELECT admin.set_token_allowance('freemium', 'alt_text', {BUDGET})")
+        self.site_a = c.call("create_site", {"organization_id": org, "base_url": "https://a.test"}).json()["id"]
+        self.site_b = c.call("create_site", {"organization_id": org, "base_url": "https://b.test"}).json()["id"]
+        self.site_c = c.call("create_site", {"organization_id": org, "base_url": "https://c.test"}).json()["id"]
+        tenant = random.randint(10_000, 2_000_000_000)
+        team = c.call("create_team", {"tenant_id": tenant, "name": "U12"}).json()["id"]
+        parent = c.call("create_parent", {"tenant_id": tenant, "name": "Ann",
+                                          "email": f"ann-{self.tag}@example.com"}).json()["id"]
+        rows = sql(f"SELECT p.id, p.contract_token FROM generate_series(1, {PLAYERS}) g, "
+                   f"api.create_player({tenant}, '{team}', 'p' || g, '{parent}') p")
+        self.tenant = tenant
+        self.players = {tok: pid for pid, tok in rows}
+        self.tokens = list(self.players)
+        r = c.call("connect_task_management", {
+            "organization_id": org, "provider": "jira_cloud", "external_instance_id": self.tag,
+            "instance_url": "https://jira.test", "display_name": "jira",
+            "metadata": {"cloudId": str(uuid.uuid4())}})
+        assert r.status == 200, r.text
+        self.conns = [r.json()["id"]]
+        self.outbox_start = int(sql("SELECT coalesce(max(id), 0) FROM private.outbox")[0][0])
+        log(f"round {self.mode} ({self.tag}): {PLAYERS} players, budget {BUDGET}, outbox from id {self.outbox_start}")
+
+    # -- workers
+
+    def spend_worker(self, i, small=False):
+        # The third spender goes through HAProxy's front, the others straight
+        # to one proxy each.
+        c = Client((API_PORTS + [FRONT_PORT])[i % 3])
+        site, acks = (self.site_c, self.small_acks) if small else (self.site_a, self.spend_acks)
+        if small:
+            while not self.small_go.wait(0.5):
+                if self.stop.is_set():
+                    return
+        while not self.stop.is_set():
+            r = c.call("consume_token", {"site_id": site, "token_type": "alt_text"})
+            self.record(r, {200, 429})
+            if r.status == 200:
+                with self.lock:
+                    acks.append(r.json()["used"])
+            elif r.status == 429:
+                time.sleep(0.2)
+            elif r.status != 200:
+                time.sleep(0.1)
+
+    def sign_worker(self, i):
+        c = Client(API_PORTS[i % 2])
+        retry = []   # tokens whose signing got no definite answer
+        while not self.stop.is_set():
+            if retry and (random.random() < 0.5 or not self.tokens):
+                tok, again = retry.pop(), True
+            else:
+                with self.lock:
+                    if not self.tokens:
+                        break
+                    tok, again = self.tokens.pop(), False
+            r = c.call("sign_contract", {"contract_token": tok, "signature_ref": f"ref-{self.tag}"}, token=None)
+            self.record(r, {200} | ({409} if again else set()))
+            if r.status == 200:
+                with self.lock:
+                    self.signed_acked.add(r.json()["player_id"])
+            elif r.status == 409 and again and r.message() == "contract_already_signed":
+                with self.lock:
+                    self.signed_409.add(self.players[tok])
+            else:
+                retry.append(tok)
+                time.sleep(0.1)
+
+    def finalize_worker(self, i):
+        c = Client(API_PORTS[i % 2])
+        retry = []
+        while not self.stop.is_set():
+            if retry and random.random() < 0.5:
+                rid = retry.pop()
+            else:
+                rid = str(uuid.uuid4())
+            r = c.call("finalize_receive", {"reservation_id": rid, "owner_email": f"owner-{self.tag}@example.com",
+                                            "file_count": 1, "total_bytes": 10, "sender_label": self.tag})
+            self.record(r, {200})
+            if r.status == 200:
+                with self.lock:
+                    self.finalized_acked.add(rid)
+            else:
+                retry.append(rid)
+                time.sleep(0.1)
+
+    def idem_worker(self, i):
+        c = Client(API_PORTS[i % 2])
+        pending = []
+        body = {"site_id": self.site_b, "token_type": "alt_text"}
+        while not self.stop.is_set():
+            key = pending.pop() if pending and random.random() < 0.5 else str(uuid.uuid4())
+            with self.lock:
+                self.idem.setdefault(key, None)
+            r = c.call("consume_token", body, key=key)
+            self.record(r, {200})
+            if r.status == 200:
+                with self.lock:
+                    if self.idem[key] is None:
+                        self.idem[key] = r.text
+                    elif self.idem[key] != r.text:
+                        self.violation(f"key {key}: two different 200 bodies: {self.idem[key]} / {r.text}")
+            else:
+                pending.append(key)
+                time.sleep(0.1)
+
+    def status_worker(self, i):
+        c = Client(API_PORTS[i % 2])
+        conn = self.conns[0]
+        seq = 0
+        while not self.stop.is_set():
+            seq += 1
+            r = c.call("set_connection_status", {"connection_id": conn, "status": "error",
+                                                 "error_message": f"seq-{seq:06d}"})
+            self.record(r, {200})
+            if r.status == 200:
+                with self.lock:
+                    self.status_acked[conn].append(seq)
+            else:
+                time.sleep(0.1)
+            while not self.stop.is_set():
+                r = c.call("set_connection_status", {"connection_id": conn, "status": "active"})
+                self.record(r, {200})
+                if r.status == 200:
+                    break
+                time.sleep(0.1)
+
+    # -- the fault
+
+    def inject(self):
+        old = leader()
+        if old is None:
+            self.violation("no leader before the fault")
+            return
+        self.old_leader = old
+        # Site C's budget: about six seconds of spending at the warm-up's
+        # rate, so that it runs out after the failover, under concurrency.
+        rate = len(self.spend_acks) / max(now() - self.load_start, 1)
+        self.small_budget = max(50, int(rate * 6))
+        sql(f"SELECT admin.set_token_allowance('freemium', 'alt_text', {self.small_budget})")
+        self.small_go.set()
+        self.fault_at = now()
+        if self.mode == "kill":
+            log(f"SIGKILL to {NAME}-{old} (the primary)")
+            docker("kill", "-s", "KILL", f"{NAME}-{old}")
+        else:
+            log(f"docker pause {NAME}-{old} (the primary)")
+            docker("pause", f"{NAME}-{old}")
+        deadline = time.monotonic() + 60
+        new = None
+        while time.monotonic() < deadline:
+            new = leader(exclude=(old,))
+            if new and new != old:
+                break
+            time.sleep(0.5)
+        self.new_leader = new
+        self.leader_at = now()
+        if not new or new == old:
+            self.violation(f"no new leader 60 s after the fault on {old}")
+        else:
+            log(f"new leader {new}, {self.leader_at - self.fault_at:.1f}s after the fault")
+        if self.mode == "pause":
+            log(f"docker unpause {NAME}-{old}")
+            docker("unpause", f"{NAME}-{old}")
+
+    def first_write_after(self, t):
+        writes = [r.end for r in self.results if r.status == 200 and r.start >= t]
+        return min(writes) if writes else None
+
+    def run(self):
+        self.setup()
+        workers = ([(self.spend_worker, i) for i in range(3)] +
+                   [(lambda i: self.spend_worker(i, small=True), i) for i in range(2)] + [(self.sign_worker, i) for i in range(2)] +
+                   [(self.finalize_worker, i) for i in range(2)] + [(self.idem_worker, i) for i in range(2)] +
+                   [(self.status_worker, 0)])
+        threads = [threading.Thread(target=f, args=(i,), daemon=True) for f, i in workers]
+        self.load_start = now()
+        for t in threads:
+            t.start()
+        time.sleep(WARMUP)
+        before = len([r for r in self.results if r.status == 200])
+        log(f"warm-up: {before} writes acknowledged; injecting the fault")
+        self.inject()
+        # Load goes on until writes are back, then AFTER seconds more.
+        deadline = self.fault_at + MAX_OUTAGE
+        while now() < deadline and self.first_write_after(self.fault_at + 0.5) is None:
+            time.sleep(0.5)
+        time.sleep(AFTER)
+        self.stop.set()
+        for t in threads:
+            t.join(REQUEST_TIMEOUT + 5)
+        self.load_end = now()
+        log(f"load stopped: {len(self.results)} calls")
+
+    # -- after the round
+
+    def heal(self):
+        """The killed node is started again; the frozen one must demote itself."""
+        old = getattr(self, "old_leader", None)
+        if old is None:
+            return
+        if self.mode == "kill":
+            docker("start", f"{NAME}-{old}")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ms = {m["Member"]: m for m in members()}
+            m = ms.get(old)
+            sync = any(x["Role"] == "Sync Standby" for x in ms.values())
+            if (m and m["Role"] in ("Replica", "Sync Standby") and m["State"] in ("running", "streaming")
+                    and sync and len(ms) == 3):
+                log(f"{old} rejoined as {m['Role'].lower()} on timeline {m.get('TL')}")
+                return
+            time.sleep(1)
+        self.violation(f"{old} did not rejoin as a replica within 90 s: {members()}")
+
+    def check_reload(self):
+        """Each proxy's schema listener follows the new primary: a function
+        created there after the failover is served once NOTIFY pgrst says so."""
+        fn = f"failover_probe_{self.tag}"
+        sql(f"CREATE FUNCTION api.{fn}() RETURNS text LANGUAGE sql AS $$ SELECT '{self.tag}' $$; "
+            f"GRANT EXECUTE ON FUNCTION api.{fn}() TO pgrpc_service; NOTIFY pgrst, 'reload schema'")
+        for port in API_PORTS:
+            c = Client(port)
+            deadline = time.monotonic() + 15
+            r = None
+            while time.monotonic() < deadline:
+                r = c.call(fn, {})
+                if r.status == 200:
+                    break
+                time.sleep(0.5)
+            if r is None or r.status != 200 or r.json() != self.tag:
+                self.violation(f"proxy :{port} did not reload its schema after the failover: "
+                               f"{r.status if r else None} {r.text[:200] if r else ''}")
+        sql(f"DROP FUNCTION api.{fn}()")
+
+    def retry_keys(self):
+        """Every key that never got a 200 is retried until it does; every key
+        is then sent once more and must be replayed with its first body."""
+        c = Client(API_PORTS[1])
+        body = {"site_id": self.site_b, "token_type": "alt_text"}
+        for key in list(self.idem):
+            for _ in range(20):
+                if self.idem[key] is not None:
+                    break
+                r = c.call("consume_token", body, key=key)
+                self.record(r, {200})
+                if r.status == 200:
+                    self.idem[key] = r.text
+                else:
+                    time.sleep(1)
+            if self.idem[key] is None:
+                self.violation(f"key {key}: no 200 after retries")
+        c = Client(API_PORTS[0])
+        for key, first in self.idem.items():
+            r = c.call("consume_token", body, key=key)
+            self.record(r, {200})
+            if r.status == 200:
+                if r.headers.get("idempotent-replayed") != "true":
+                    self.violation(f"key {key}: the retry was not a replay: {r.text}")
+                elif first is not None and r.text != first:
+                    self.violation(f"key {key}: replay {r.text} differs from the first answer {first}")
+
+    def wait_relay(self):
+        want = {int(r[0]) for r in sql(f"SELECT id FROM private.outbox WHERE id > {self.outbox_start}")}
+        deadline = time.monotonic() + 120
+        got = []
+        while time.monotonic() < deadline:
+            got = webhook_events(self.outbox_start)
+            if want <= {e["event_id"] for e in got}:
+                break
+            time.sleep(1)
+        self.outbox_ids = want
+        self.delivered = got
+        missing = want - {e["event_id"] for e in got}
+        if missing:
+            self.violation(f"the relay did not deliver {len(missing)} of {len(want)} events "
+                           f"within 120 s (e.g. {sorted(missing)[:5]})")
+
+    def check(self):
+        # Budget: nothing over-spent, no acknowledged spend lost, no two spends
+        # acknowledged with the same count.
+        total, used = map(int, sql(f"SELECT total, used FROM private.tokens WHERE site_id = '{self.site_a}'")[0])
+        acks = self.spend_acks
+        self.summary = [f"consume_token: {len(acks)} acknowledged, used {used} of {total}"]
+        if used > total:
+            self.violation(f"over-spent: used {used} > total {total}")
+        if used < len(acks):
+            self.violation(f"lost spends: used {used} < {len(acks)} acknowledged")
+        if len(set(acks)) != len(acks):
+            self.violation("two spends were acknowledged with the same count")
+        if acks and max(acks) > used:
+            self.violation(f"an acknowledged count {max(acks)} exceeds used {used}")
+        rows = sql(f"SELECT total, used FROM private.tokens WHERE site_id = '{self.site_c}'")
+        total_c, used_c = map(int, rows[0]) if rows else (self.small_budget, 0)
+        small = self.small_acks
+        refused = sum(1 for r in self.results if r.status == 429)
+        self.summary.append(f"consume_token on a budget of {total_c} running out after the fault: "
+                            f"{len(small)} acknowledged, used {used_c}, {refused} refused with 429")
+        if used_c > total_c or len(small) > total_c:
+            self.violation(f"over-spent: used {used_c}, {len(small)} acknowledged, total {total_c}")
+        if used_c < len(small) or len(set(small)) != len(small) or (small and max(small) > used_c):
+            self.violation(f"lost or doubled spends on the small budget: used {used_c}, acknowledged {sorted(small)[-5:]}")
+
+        # Contracts: every acknowledged signature is there; signed players and
+        # contract.signed events match one to one.
+        signed = {r[0] for r in sql(f"SELECT id FROM private.players WHERE tenant_id = {self.tenant} "
+                                    "AND contract_status = 'signed'")}
+        events = [r[0] for r in sql("SELECT o.aggregate_id FROM private.outbox o JOIN private.players p "
+                                    "ON p.id::text = o.aggregate_id WHERE o.event_type = 'contract.signed' "
+                                    f"AND p.tenant_id = {self.tenant}")]
+        self.summary.append(f"sign_contract: {len(self.signed_acked)} acknowledged (+{len(self.signed_409)} "
+                            f"confirmed by a 409 on retry), {len(signed)} signed, {len(events)} contract.signed events")
+        if self.signed_acked - signed:
+            self.violation(f"lost signatures: {len(self.signed_acked - signed)} acknowledged players are not signed")
+        if self.signed_409 - signed:
+            self.violation("a 409 contract_already_signed for a player that is not signed")
+        if len(events) != len(set(events)) or set(events) != signed:
+            self.violation(f"signed players ({len(signed)}) and contract.signed events ({len(events)}) differ")
+
+        # Feed: every acknowledged finalization is there, each with one entry
+        # and one event.
+        entries = {r[0] for r in sql("SELECT reservation_id FROM private.receive_feed_entries "
+                                     f"WHERE owner_email = 'owner-{self.tag}@example.com'")}
+        ev = collections.Counter(r[0] for r in sql(
+            "SELECT aggregate_id FROM private.outbox WHERE event_type = 'receive.finalized' "
+            f"AND id > {self.outbox_start}"))
+        self.summary.append(f"finalize_receive: {len(self.finalized_acked)} acknowledged, {len(entries)} entries")
+        if self.finalized_acked - entries:
+            self.violation(f"lost feed entries: {len(self.finalized_acked - entries)}")
+        if any(ev[e] != 1 for e in entries) or set(ev) - entries:
+            self.violation("a feed entry without exactly one receive.finalized event")
+
+        # Idempotency keys: one effect each.
+        used_b = sql(f"SELECT used FROM private.tokens WHERE site_id = '{self.site_b}'")
+        used_b = int(used_b[0][0]) if used_b else 0
+        bodies = [json.loads(b)["used"] for b in self.idem.values() if b]
+        self.summary.append(f"Idempotency-Key: {len(self.idem)} keys, site used {used_b}")
+        if used_b != len(self.idem):
+            self.violation(f"Idempotency-Key: {len(self.idem)} keys had {used_b} effects")
+        if len(set(bodies)) != len(bodies):
+            self.violation("Idempotency-Key: two keys answered with the same count")
+
+        # Status events: every acknowledged one exists.
+        for conn, seqs in self.status_acked.items():
+            have = {r[0] for r in sql("SELECT payload->>'error_message' FROM private.outbox WHERE "
+                                      f"aggregate_id = '{conn}' AND event_type = "
+                                      "'task_management.connection_status_changed'")}
+            lost = [s for s in seqs if f"seq-{s:06d}" not in have]
+            if lost:
+                self.violation(f"lost status changes of {conn}: {lost[:5]}")
+            self.summary.append(f"set_connection_status: {len(seqs)} acknowledged error transitions")
+
+        # The relay: everything delivered (checked in wait_relay), nothing
+        # that is not in the database, each aggregate in order, signed.
+        ids = {e["event_id"] for e in self.delivered}
+        if ids - self.outbox_ids:
+            self.violation(f"delivered events that are not in the database: {sorted(ids - self.outbox_ids)[:5]}")
+        if not all(e["signature_ok"] for e in self.delivered):
+            self.violation("a delivery with a wrong signature")
+        by_agg = collections.defaultdict(list)
+        for e in self.delivered:
+            by_agg[(e["aggregate_type"], e["aggregate_id"])].append(e)
+        for agg, evs in by_agg.items():
+            seen = []
+            for e in evs:
+                if e["event_id"] not in seen:
+                    seen.append(e["event_id"])
+            if seen != sorted(seen):
+                self.violation(f"aggregate {agg} delivered out of order: {seen[:10]}")
+            msgs = [e["payload"].get("error_message") for e in evs if e["event_type"].startswith("task_management")]
+            firsts = list(dict.fromkeys(msgs))
+            if firsts != sorted(firsts):
+                self.violation(f"status events of {agg} delivered out of order")
+        redelivered = len(self.delivered) - len(ids)
+        self.summary.append(f"relay: {len(ids)} events delivered ({redelivered} redeliveries), "
+                            f"{sum(1 for v in by_agg.values() if len({e['event_id'] for e in v}) > 1)} aggregates with several events")
+
+    def report(self):
+        statuses = collections.Counter((r.fn, r.status) for r in self.results)
+        codes = collections.Counter(r.status for r in self.results)
+        lines = [f"== round {self.mode}: {len(self.results)} calls, statuses {dict(sorted(codes.items(), key=str))}"]
+        if self.fault_at is not None:
+            back = self.first_write_after(self.fault_at + 0.5)
+            writes = sorted(r.end for r in self.results if r.status == 200)
+            gap = max((b - a for a, b in zip(writes, writes[1:])), default=0)
+            lines.append(f"fault at {self.fault_at:.1f}s on {self.old_leader}; new leader "
+                         f"{self.new_leader} after {self.leader_at - self.fault_at:.1f}s")
+            if back is None:
+                self.violation("writes never succeeded again")
+            else:
+                lines.append(f"writes succeeded again {back - self.fault_at:.1f}s after the fault; "
+                             f"longest time without a successful write: {gap:.1f}s")
+                self.recovery = back - self.fault_at
+        lines += self.summary
+        lines.append("per function: " + ", ".join(f"{fn} {st}: {n}" for (fn, st), n in sorted(statuses.items(), key=str)))
+        errors = collections.Counter((r.status, r.message()) for r in self.results if r.status and r.status >= 400)
+        lines.append("errors: " + (", ".join(f"{st} {m}: {n}" for (st, m), n in errors.most_common()) or "none"))
+        for line in lines:
+            print(line, flush=True)
+
+
+def webhook_events(after):
+    conn = http.client.HTTPConnection("127.0.0.1", WEBHOOK_PORT, timeout=10)
+    conn.request("GET", "/events")
+    data = json.loads(conn.getresponse().read())
+    conn.close()
+    return [e for e in data if e["event_id"] > after]
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] not in ("kill", "pause"):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    rnd = Round(sys.argv[1])
+    try:
+        rnd.run()
+        rnd.heal()
+        rnd.check_reload()
+        rnd.retry_keys()
+        rnd.wait_relay()
+        rnd.check()
+    except Exception as e:  # the report must come out whatever failed
+        rnd.violation(f"the round stopped: {e!r}")
+        rnd.summary = getattr(rnd, "summary", [])
+    rnd.report()
+    if rnd.violations:
+        print(f"FAILED: {len(rnd.violations)} violation(s):", flush=True)
+        for v in rnd.violations[:50]:
+            print(f"  - {v}", flush=True)
+        return 1
+    print(f"round {rnd.mode}: every check passed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+//! The requests postgrest-js builds for `.rpc()`, sent as it sends them, and
+//! the response read as it reads it (issue 13, item 8). npm is not
+//! reachable here, so the client's source is mirrored instead, from
+//! supabase/postgrest-js at 63c5d9a61a403c8b9b1af683fb259ff84a98ed39:
+//!
+//! - `src/PostgrestClient.ts`, `rpc()`: POST with the arguments as the JSON
+//!   body; with `{ get: true }` or `{ head: true }`, GET or HEAD with each
+//!   argument as a query parameter (arrays as `{a,b}`); `{ count }` sets
+//!   `Prefer: count=<count>`.
+//! - `src/PostgrestFilterBuilder.ts`: `.eq(c, v)` appends `c=eq.v`, and so
+//!   on for `gt`, `lte`, `in` (`c=in.(a,b)`).
+//! - `src/PostgrestTransformBuilder.ts`: `.order(c, {ascending})` sets
+//!   `order=c.asc|c.desc`; `.limit(n)` sets `limit`; `.range(from, to)` sets
+//!   `offset=from&limit=to-from+1`; `.single()` sets `Accept:
+//!   application/vnd.pgrst.object+json`; `.maybeSingle()` sets it too on
+//!   POST but `Accept: application/json` on GET; `.csv()` sets `Accept:
+//!   text/csv`.
+//! - `src/PostgrestBuilder.ts`, `then()`: `Accept-Profile: <schema>` on GET
+//!   and HEAD, `Content-Profile` and `Content-Type: application/json`
+//!   otherwise; `body: JSON.stringify(body)`; on success the body is text for
+//!   `text/csv`, else `JSON.parse`d; `count` is `parseInt` of what follows
+//!   `/` in `Content-Range`, only when `Prefer` asked for a count; a HEAD
+//!   reads no body; `maybeSingle` on GET keeps `data[0]` or `null` (and
+//!   makes more than one row a PGRST116), and on POST turns a 406 whose
+//!   `details` contain `0 rows` into `data: null` without error. An error
+//!   body is `JSON.parse`d as `{code, message, details, hint}`.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::clients::ITEMS_FIXTURES;
+use crate::support::{send, service_token, Resp, TestServer};
+
+/// `new PostgrestClient(url, { schema: 'api', headers })`: DEFAULT_HEADERS
+/// (src/constants.ts) plus the caller's Authorization.
+const CLIENT_INFO: &str = "postgrest-js/0.0.0-automated";
+
+/// One `rpc()` call as postgrest-js sends it.
+struct JsRpc {
+    method: Method,
+    query: Vec<(String, String)>,
+    headers: Vec<(&'static str, String)>,
+    body: Option<String>,
+}
+
+impl JsRpc {
+    /// `client.rpc(fn, args, { head, get, count })`.
+    fn new(args: &Value, head: bool, get: bool, count: Option<&str>) -> JsRpc {
+        let (method, query, body) = if head || get {
+            let query = args
+                .as_object()
+                .expect("args object")
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Array(items) => {
+                            let parts: Vec<String> = items.iter().map(js_string).collect();
+                            format!("{{{}}}", parts.join(","))
+                        }
+                        other => js_string(other),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            let m = if head { Method::HEAD } else { Method::GET };
+            (m, query, None)
+        } else {
+            (Method::POST, Vec::new(), Some(args.to_string()))
+        };
+        let mut headers = vec![
+            ("X-Client-Info", CLIENT_INFO.to_string()),
+            ("Authorization", format!("Bearer {}", service_token())),
+        ];
+        if let Some(c) = count {
+            headers.push(("Prefer", format!("count={c}")));
+        }
+        JsRpc {
+            method,
+            query,
+            headers,
+            body,
+        }
+    }
+
+    /// A filter or transform: `url.searchParams.append` / `set`.
+    fn param(mut self, key: &str, value: &str) -> JsRpc {
+        self.query.retain(|(k, _)| !(k == key && is_transform(key)));
+        self.query.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn accept(mut self, value: &str) -> JsRpc {
+        self.headers.retain(|(k, _)| *k != "Accept");
+        self.headers.push(("Accept", value.to_string()));
+        self
+    }
+
+    /// `PostgrestBuilder.then()`: the profile and content headers, then fetch.
+    async fn send(mut self, s: &TestServer, function: &str) -> Resp {
+        if self.method == Method::GET || self.method == Method::HEAD {
+            self.headers.push(("Accept-Profile", "api".into()));
+        } else {
+            self.headers.push(("Content-Profile", "api".into()));
+            self.headers
+                .push(("Content-Type", "application/json".into()));
+        }
+        let mut req = s
+            .http
+            .request(self.method, s.url(&format!("/rpc/{function}")))
+            .query(&self.query);
+        for (k, v) in &self.headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = self.body {
+            req = req.body(b);
+        }
+        send(req).await
+    }
+}
+
+/// `${value}` in JavaScript, for the scalars the tests pass.
+fn js_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_transform(key: &str) -> bool {
+    matches!(key, "order" | "limit" | "offset" | "select")
+}
+
+/// `count` as `then()` computes it: only when `Prefer` asked for one.
+fn js_count(r: &Resp, asked: bool) -> Option<i64> {
+    let range = r.header("content-range")?;
+    let (_, total) = range.split_once('/')?;
+    asked.then(|| total.parse().ok()).flatten()
+}
+
+/// The rows `add_item` made, as postgrest-js would get them back.
+async fn fill(s: &TestServer, tag: &str, scores: &[i64]) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for (i, score) in scores.iter().enumerate() {
+        let r = JsRpc::new(
+            &json!({"name": format!("item {i}"), "score": score, "tag": tag}),
+            false,
+            false,
+            None,
+        )
+        .send(s, "add_item")
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        rows.push(r.body[0].clone());
+    }
+    rows
+}
+
+const SCORES: [i64; 5] = [7, 3, 9, 1, 5];
+
+async fn server_with_rows() -> (TestServer, Vec<Value>) {
+    let s = TestServer::start_with_sql(ITEMS_FIXTURES, |_| {}).await;
+    let rows = fill(&s, "js", &SCORES).await;
+    (s, rows)
+}
+
+fn by<F: Fn(&Value) -> bool>(rows: &[Value], keep: F) -> Vec<Value> {
+    rows.iter().filter(|r| keep(r)).cloned().collect()
+}
+
+fn score(r: &Value) -> i64 {
+    r["score"].as_i64().expect("score")
+}
+
+/// `.rpc('items', {tag}).gt('score', 2).order('score', {ascending: false}).limit(2)`
+/// is a POST with the filters in the query string, and returns the two
+/// best matching rows.
+#[tokio::test]
+async fn rpc_post_with_filter_order_and_limit() {
+    let (s, rows) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .param("score", "gt.2")
+        .param("order", "score.desc")
+        .param("limit", "2")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut expected = by(&rows, |r| score(r) > 2);
+    expected.sort_by_key(|r| -score(r));
+    expected.truncate(2);
+    assert_eq!(r.body, Value::Array(expected));
+}
+
+/// `.rpc('items', {tag}, {get: true}).in('id', [a, b]).range(0, 0)`: a GET
+/// with the argument in the query string, `offset=0&limit=1`.
+#[tokio::test]
+async fn rpc_get_with_in_filter_and_range() {
+    let (s, rows) = server_with_rows().await;
+    let (a, b) = (rows[1]["id"].clone(), rows[3]["id"].clone());
+    let r = JsRpc::new(&json!({"tag": "js"}), false, true, None)
+        .param("id", &format!("in.({a},{b})"))
+        .param("order", "id.asc")
+        .param("offset", "0")
+        .param("limit", "1")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, json!([rows[1]]));
+}
+
+/// `{count: 'exact'}` on POST: the rows, and `count` from `Content-Range`
+/// as the total after filters.
+#[tokio::test]
+async fn rpc_with_count_exact_reads_the_total_from_content_range() {
+    let (s, rows) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, Some("exact"))
+        .param("score", "gte.3")
+        .param("limit", "1")
+        .send(&s, "items")
+        .await;
+    assert!(r.status == 200 || r.status == 206, "{}", r.text);
+    let total = by(&rows, |r| score(r) >= 3).len() as i64;
+    assert_eq!(js_count(&r, true), Some(total));
+    assert_eq!(r.body.as_array().map(Vec::len), Some(1));
+}
+
+/// `{head: true, count: 'exact'}` is a HEAD: no body, only the count.
+#[tokio::test]
+async fn rpc_with_head_and_count_reads_only_the_count() {
+    let (s, rows) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"tag": "js"}), true, false, Some("exact"))
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.is_empty(), "HEAD answered a body: {}", r.text);
+    assert_eq!(js_count(&r, true), Some(rows.len() as i64));
+    // Without `count`, postgrest-js reports none, whatever the header says.
+    let r = JsRpc::new(&json!({"tag": "js"}), true, false, None)
+        .send(&s, "items")
+        .await;
+    assert_eq!(js_count(&r, false), None);
+}
+
+/// `.eq('id', x).single()`: one object, counted after the filter.
+#[tokio::test]
+async fn rpc_single_after_a_filter_is_one_object() {
+    let (s, rows) = server_with_rows().await;
+    let id = rows[2]["id"].to_string();
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .param("id", &format!("eq.{id}"))
+        .accept("application/vnd.pgrst.object+json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, rows[2]);
+    // More than one row: the PGRST116 error postgrest-js hands back.
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .accept("application/vnd.pgrst.object+json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 406, "{}", r.text);
+    assert_eq!(r.error_code(), "PGRST116");
+}
+
+/// `.maybeSingle()` on POST asks for an object; no row is a 406 whose
+/// details contain `0 rows`, which postgrest-js turns into `data: null`.
+#[tokio::test]
+async fn rpc_maybe_single_by_post_with_no_row_reads_as_null() {
+    let (s, rows) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .param("score", "gt.1000")
+        .accept("application/vnd.pgrst.object+json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 406, "{}", r.text);
+    let details = r.body["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("0 rows"),
+        "postgrest-js would report an error: {}",
+        r.text
+    );
+    let id = rows[0]["id"].to_string();
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .param("id", &format!("eq.{id}"))
+        .accept("application/vnd.pgrst.object+json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.body, rows[0], "{}", r.text);
+}
+
+/// `.maybeSingle()` on GET asks for `application/json` and keeps `data[0]`.
+#[tokio::test]
+async fn rpc_maybe_single_by_get_reads_the_first_of_an_array() {
+    let (s, rows) = server_with_rows().await;
+    let id = rows[4]["id"].to_string();
+    let r = JsRpc::new(&json!({"tag": "js"}), false, true, None)
+        .param("id", &format!("eq.{id}"))
+        .accept("application/json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, json!([rows[4]]));
+}
+
+/// `.csv()`: `Accept: text/csv`, the body kept as text: a header line, then
+/// one line per row (PostgREST's format).
+#[tokio::test]
+async fn rpc_csv_is_text_with_a_header_line() {
+    let (s, rows) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"tag": "js"}), false, false, None)
+        .param("order", "id.asc")
+        .accept("text/csv")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/csv"),
+        "{:?}",
+        r.headers
+    );
+    let mut expected = String::from("id,name,score,tag");
+    for row in &rows {
+        expected.push_str(&format!(
+            "\n{},{},{},{}",
+            row["id"],
+            row["name"].as_str().unwrap_or_default(),
+            row["score"],
+            row["tag"].as_str().unwrap_or_default()
+        ));
+    }
+    assert_eq!(r.text, expected);
+}
+
+/// A failing call: postgrest-js parses the body as its error, with the
+/// four keys the function set.
+#[tokio::test]
+async fn rpc_error_is_the_four_key_body() {
+    let (s, _) = server_with_rows().await;
+    let r = JsRpc::new(&json!({"name": "x"}), false, false, None)
+        .send(&s, "refuse_item")
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({"code": "PT409", "message": "item_taken",
+               "details": "An item named x exists.", "hint": "Pick another name."})
+    );
+}
