@@ -190,12 +190,13 @@ async fn rpc(
             request.method.as_str(),
             &hashed_path,
             &request.schema,
-            plan.singular,
+            plan.media.hash_form(),
+            request.args.kind,
             &applied,
             &plan.args,
         ),
         key,
-        shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
+        shape: plan::shaper(plan.routine.clone(), plan.media.clone(), plan.page),
     });
     let check = plan::checks(&plan);
     let job = CallJob {
@@ -228,7 +229,7 @@ async fn rpc(
         anon: identity.anon,
     };
     let mut reply = match exec::execute(&state.pool, job).await? {
-        Executed::Called(result) => plan::reply(&plan.routine, result, plan.singular, plan.page)?,
+        Executed::Called(result) => plan::reply(&plan.routine, result, &plan.media, plan.page)?,
         Executed::Replayed(stored) => plan::replayed(stored)?,
     };
     // A replay has the same preferences: they are part of the request hash.
@@ -260,14 +261,14 @@ fn isolation_level(setting: Option<&str>) -> Option<&'static str> {
 /// The response for a reply: body, media type, profile and replay headers.
 fn respond(reply: Reply, schema: &str, state: &AppState, head: bool) -> Response<Body> {
     let body = match (&reply.body, head) {
-        (Some(b), false) => Bytes::from(b.clone()),
+        (Some(b), false) => b.clone(),
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     if reply.body.is_some() {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+        h.insert(CONTENT_TYPE, reply.content_type);
     }
     if state.config.schemas.len() > 1 {
         if let Ok(v) = HeaderValue::from_str(schema) {

@@ -15,6 +15,7 @@ mod hostile;
 mod idempotency;
 mod integrity;
 mod jwt;
+mod media_types;
 mod nonces;
 mod outbox;
 mod postgrest_db;
