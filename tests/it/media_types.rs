@@ -37,6 +37,8 @@ CREATE FUNCTION api.people() RETURNS TABLE(id int, name text, note text)
   VALUES (1, 'plain', 'a,b'), (2, 'say "hi"', NULL), (3, '', 'back\slash'), (4, 'two words', '(x)') $$;
 CREATE FUNCTION api.numbers(n int) RETURNS SETOF int LANGUAGE sql STABLE AS $$ SELECT generate_series(1, n) $$;
 CREATE FUNCTION api.pair() RETURNS TABLE(a int, b text) LANGUAGE sql STABLE AS $$ SELECT 1, 'x' $$;
+CREATE FUNCTION api.plus_one(num int, OUT num_plus_one int) LANGUAGE sql IMMUTABLE AS $$ SELECT num + 1 $$;
+CREATE FUNCTION api.letters() RETURNS TABLE(a text) LANGUAGE sql STABLE AS $$ VALUES ('A'), (NULL) $$;
 CREATE FUNCTION api.add_them(a int, b int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT a + b $$;
 CREATE FUNCTION api.nothing() RETURNS void LANGUAGE sql VOLATILE AS $$ SELECT $$;
 CREATE FUNCTION api.make_rows(n int) RETURNS TABLE(id int, label text) LANGUAGE sql VOLATILE AS
@@ -257,6 +259,11 @@ async fn csv_output_follows_postgrest() {
     assert_eq!(r.text(), "a,b\n1,x");
     let r = get(&s, "add_them?a=3&b=4", Some("text/csv")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "add_them\n7"));
+    // A single OUT parameter and a one-column TABLE keep their names.
+    let r = get(&s, "plus_one?num=5", Some("text/csv")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "num_plus_one\n6"));
+    let r = get(&s, "letters", Some("text/csv")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "a\nA\n"));
     // No rows: an empty header, as PostgREST's (taken from the first row).
     let r = get(&s, "getitemrange?min=4&max=4", Some("text/csv")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "\n"));
@@ -494,6 +501,11 @@ async fn accept_q_values_and_order() {
     .await;
     assert_eq!(r.json()[1], json!({"id": 2, "name": "say \"hi\""}));
     assert_eq!(r.json()[0]["note"], "a,b");
+    let stripped = "application/vnd.pgrst.array+json;nulls=stripped";
+    let r = get(&s, "letters", Some(stripped)).await;
+    assert_eq!(r.json(), json!([{"a": "A"}, {}]));
+    let r = get(&s, "plus_one?num=1", Some(stripped)).await;
+    assert_eq!(r.json(), json!({"num_plus_one": 2}));
     let r = get(
         &s,
         "people?select=id,note&id=lt.3",
@@ -568,6 +580,8 @@ async fn aggregate_handlers() {
         ("get_lines", 2),
         ("people?id=gt.1", 3),
         ("numbers?n=4", 4),
+        ("plus_one?num=1", 1),
+        ("letters", 2),
         ("add_them?a=1&b=2", 1),
     ] {
         let r = get(&s, path, Some("application/vnd.geo2+json")).await;
