@@ -114,14 +114,30 @@ impl MediaType {
     /// The `Content-Type` of a response of this type (`toContentType`):
     /// `; charset=utf-8` except for octet-stream and custom types.
     pub fn content_type(&self) -> HeaderValue {
-        let value = match self {
-            MediaType::OctetStream => return HeaderValue::from_static("application/octet-stream"),
-            MediaType::Other { raw, .. } => raw.clone(),
-            MediaType::Any => return HeaderValue::from_static("*/*"),
-            known => format!("{}; charset=utf-8", known.mime()),
-        };
-        HeaderValue::from_str(&value)
-            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+        HeaderValue::from_static(match self {
+            MediaType::Json => "application/json; charset=utf-8",
+            MediaType::ArrayStripped => {
+                "application/vnd.pgrst.array+json;nulls=stripped; charset=utf-8"
+            }
+            MediaType::Object { stripped: false } => {
+                "application/vnd.pgrst.object+json; charset=utf-8"
+            }
+            MediaType::Object { stripped: true } => {
+                "application/vnd.pgrst.object+json;nulls=stripped; charset=utf-8"
+            }
+            MediaType::GeoJson => "application/geo+json; charset=utf-8",
+            MediaType::Csv => "text/csv; charset=utf-8",
+            MediaType::TextPlain => "text/plain; charset=utf-8",
+            MediaType::TextXml => "text/xml; charset=utf-8",
+            MediaType::OpenApi => "application/openapi+json; charset=utf-8",
+            MediaType::UrlEncoded => "application/x-www-form-urlencoded; charset=utf-8",
+            MediaType::OctetStream => "application/octet-stream",
+            MediaType::Any => "*/*",
+            MediaType::Other { raw, .. } => {
+                return HeaderValue::from_str(raw)
+                    .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+            }
+        })
     }
 }
 
@@ -130,6 +146,12 @@ impl MediaType {
 /// stable sort by q value and specificity (parameters count for, `*` against),
 /// highest first. No header is `*/*`; a blank one counts as none.
 pub fn parse_accept(header: Option<&[u8]>) -> Vec<MediaType> {
+    // What most clients send, without parsing.
+    match header {
+        None | Some(b"*/*") => return vec![MediaType::Any],
+        Some(b"application/json") => return vec![MediaType::Json],
+        _ => {}
+    }
     let text = header
         .map(|h| String::from_utf8_lossy(h).into_owned())
         .unwrap_or_default();
@@ -506,6 +528,20 @@ mod tests {
             "application/octet-stream"
         );
         assert_eq!(MediaType::parse("text/html").content_type(), "text/html");
+        for m in [
+            MediaType::Json,
+            MediaType::ArrayStripped,
+            MediaType::Object { stripped: false },
+            MediaType::Object { stripped: true },
+            MediaType::GeoJson,
+            MediaType::Csv,
+            MediaType::TextPlain,
+            MediaType::TextXml,
+            MediaType::OpenApi,
+            MediaType::UrlEncoded,
+        ] {
+            assert_eq!(m.content_type(), format!("{}; charset=utf-8", m.mime()));
+        }
         assert_eq!(
             MediaType::parse("Application/JSON").content_type(),
             "application/json; charset=utf-8"
