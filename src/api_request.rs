@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use hyper::Method;
 
+use crate::media::{BodyKind, MediaType};
 use crate::prefer::Preferences;
 use crate::query::QueryOps;
 
@@ -30,8 +31,9 @@ pub struct ApiRequest {
     pub form: Option<Bytes>,
     /// The raw query string, part of the `Idempotency-Key` request hash.
     pub query: String,
-    /// `Accept: application/vnd.pgrst.object+json`.
-    pub singular: bool,
+    /// The `Accept` header's media types, in PostgREST's order of
+    /// preference (`*/*` when absent); `plan` negotiates against them.
+    pub accept: Vec<MediaType>,
     pub idempotency_key: Option<String>,
     /// The raw `Authorization` header, checked by `auth`.
     pub authorization: Option<Vec<u8>>,
@@ -51,11 +53,15 @@ impl ApiRequest {
 /// The arguments of one call.
 #[derive(Debug)]
 pub struct Args {
-    /// The whole body as sent (for a single unnamed json parameter).
+    /// The whole body as sent (for a single unnamed json parameter), or a
+    /// raw body: `text/plain` and `text/xml` as text, `application/octet-stream`
+    /// in base64.
     pub whole: String,
     /// Keys and JSON text of the argument object, when the body is an object
     /// (or an array whose first element is one).
     pub object: Option<(Vec<String>, String)>,
+    /// How the body was sent (JSON for a GET's query string).
+    pub kind: BodyKind,
 }
 
 impl Args {
@@ -63,10 +69,23 @@ impl Args {
         Args {
             whole: json.clone(),
             object: Some((keys, json)),
+            kind: BodyKind::Json,
         }
     }
 
     pub fn empty() -> Args {
         Args::from_object(Vec::new(), "{}".to_string())
+    }
+
+    /// A raw body (`text/plain`, `text/xml`, `application/octet-stream`):
+    /// no argument keys, as PostgREST reads it, so it goes to the single
+    /// unnamed parameter of its type (or to a function whose parameters
+    /// all have defaults).
+    pub fn raw(kind: BodyKind, whole: String) -> Args {
+        Args {
+            whole,
+            object: Some((Vec::new(), "{}".to_string())),
+            kind,
+        }
     }
 }

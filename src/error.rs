@@ -52,7 +52,8 @@ pgrst_table! {
     QueryParam => "PGRST100", BAD_REQUEST;
     /// PGRST101: a method the resource does not allow.
     InvalidMethod => "PGRST101", METHOD_NOT_ALLOWED;
-    /// PGRST102: a body that is not valid (or too deeply nested) JSON.
+    /// PGRST102: a body that is not valid (or too deeply nested) JSON, or
+    /// of a Content-Type that cannot be read.
     InvalidBody => "PGRST102", BAD_REQUEST;
     /// PGRST103: a range that cannot be satisfied.
     InvalidRange => "PGRST103", RANGE_NOT_SATISFIABLE;
@@ -60,8 +61,6 @@ pgrst_table! {
     UnacceptableSchema => "PGRST106", NOT_ACCEPTABLE;
     /// PGRST107: an Accept that cannot be served.
     MediaType => "PGRST107", NOT_ACCEPTABLE;
-    /// PGRST107: a Content-Type that cannot be read.
-    ContentType => "PGRST107", UNSUPPORTED_MEDIA_TYPE;
     /// PGRST111: an invalid `response.headers` setting.
     GucHeaders => "PGRST111", INTERNAL_SERVER_ERROR;
     /// PGRST112: an invalid `response.status` setting.

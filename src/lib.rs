@@ -35,6 +35,8 @@
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
 //!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
 //!   `db::exec`, the executor that owns every call's transaction.
+//! - [`media`]: media types: the Accept header, the body's Content-Type,
+//!   content negotiation against the built-in and custom (domain) handlers.
 //! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
 //! - [`metrics`]: `GET /metrics`, Prometheus text.
 //! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
@@ -54,6 +56,7 @@ pub mod db;
 pub mod embedded;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod migrate;
 pub mod openapi;

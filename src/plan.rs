@@ -9,6 +9,8 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -19,6 +21,7 @@ use crate::db::exec::{CallResult, Check, Shaper, StoredResponse};
 use crate::db::quote_ident;
 use crate::db::schema::{Naming, Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
+use crate::media::{self, BodyKind, Handler, Negotiated};
 use crate::prefer::{Applied, TxEnd};
 use crate::query::{self, QueryError, QueryOps};
 
@@ -32,12 +35,18 @@ const MAX_CACHED_SHAPES: usize = 64;
 pub enum PlanError {
     #[error("Could not query the database for the schema cache. Retrying.")]
     SchemaCacheMissing,
-    #[error("Could not find the function {schema}.{name}({}) in the schema cache", .keys.join(", "))]
+    #[error("Could not find the function {schema}.{name}{} in the schema cache", match .raw {
+        Some(_) => String::new(),
+        None => format!("({})", .keys.join(", ")),
+    })]
     NoFunction {
         schema: String,
         name: String,
         keys: Vec<String>,
         hint: Option<String>,
+        /// A raw body (text, xml, bytea) looked for a single unnamed
+        /// parameter of this type.
+        raw: Option<&'static str>,
     },
     #[error("Could not find the function {schema}.{name} in the schema cache")]
     NoFunctionNamed {
@@ -49,6 +58,8 @@ pub enum PlanError {
     Ambiguous(Vec<String>),
     #[error("Invalid body: expected a JSON object (or an array of them)")]
     NotAnObject,
+    #[error("None of these media types are available: {}", .0.join(", "))]
+    NotAcceptable(Vec<String>),
     #[error("The response.headers setting must be a JSON array of objects")]
     GucHeaders(String),
     #[error("The status code must be a positive integer")]
@@ -75,6 +86,7 @@ impl Fault for PlanError {
             PlanError::NoFunction { .. } | PlanError::NoFunctionNamed { .. } => Pgrst::NoRpc,
             PlanError::Ambiguous(_) => Pgrst::AmbiguousRpc,
             PlanError::NotAnObject => Pgrst::InvalidBody,
+            PlanError::NotAcceptable(_) => Pgrst::MediaType,
             PlanError::GucHeaders(_) => Pgrst::GucHeaders,
             PlanError::GucStatus(_) => Pgrst::GucStatus,
             PlanError::Query(e) => e.pgrst(),
@@ -86,6 +98,14 @@ impl Fault for PlanError {
     }
     fn details(&self) -> Option<String> {
         match self {
+            PlanError::NoFunction {
+                schema,
+                name,
+                raw: Some(param),
+                ..
+            } => Some(format!(
+                "Searched for the function {schema}.{name} with a single unnamed {param} parameter, but no matches were found in the schema cache."
+            )),
             PlanError::NoFunction {
                 schema, name, keys, ..
             } => Some(format!(
@@ -132,6 +152,8 @@ pub struct CallPlan {
     pub read_only: bool,
     /// `Accept: application/vnd.pgrst.object+json`: exactly one row.
     pub singular: bool,
+    /// The negotiated media type and how the body is built.
+    pub media: Negotiated,
     /// `$2`, `$3`, …: the values of filters, `limit` and `offset`.
     pub params: Vec<String>,
     /// The statement is one of many shapes: prepare it, do not keep it.
@@ -164,6 +186,9 @@ pub fn plan(
     let write = req.is_write();
     let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
     let args = variadic_args(&routine, mask, req, json).unwrap_or_else(|| json.to_string());
+    let media = media::negotiate(&req.accept, &routine, cache, req.ops.select.is_none())
+        .map_err(|e| PlanError::NotAcceptable(e.0))?;
+    let singular = media.singular();
     // A range and PGRPC_MAX_ROWS page sets; a composite is one row.
     let window = match routine.shape {
         Shape::SetOf => window(&req.ops, req.range, max_rows)?,
@@ -174,14 +199,20 @@ pub fn plan(
     if wrap && !rows {
         return Err(QueryError::NotRows.into());
     }
+    // CSV reads its rows twice (the header from the first): always the
+    // statement with the rows in a CTE, a scalar included.
+    let wrap = wrap || (media.needs_rows() && routine.shape != Shape::Void);
     let page = Page {
         offset: if wrap { window.0 } else { 0 },
         count: req.count,
     };
     let (sql, params, transient) = if wrap {
-        ops_sql(&routine, mask, req.singular, &req.ops, window, req.count)?
+        ops_sql(&routine, mask, &media, &req.ops, window, req.count)?
     } else {
-        (call_sql(&routine, mask, req.singular), Vec::new(), false)
+        match media_sql(&routine, mask, &media) {
+            Some(sql) => cached(&routine, mask, singular, sql, Vec::new()),
+            None => (call_sql(&routine, mask, singular), Vec::new(), false),
+        }
     };
     let prefs = req
         .prefer
@@ -196,7 +227,8 @@ pub fn plan(
         read_only: !write || routine.is_read_only(),
         routine,
         args,
-        singular: req.singular,
+        singular,
+        media,
         params,
         transient,
         page,
@@ -270,12 +302,13 @@ fn window(
 fn ops_sql(
     r: &Routine,
     mask: u64,
-    singular: bool,
+    media: &Negotiated,
     ops: &QueryOps,
     (offset, limit): (i64, Option<i64>),
     count: bool,
 ) -> Result<(Arc<str>, Vec<String>, bool), PlanError> {
-    let scalar = r.shape == Shape::SetOf && r.naming == Naming::Bare;
+    let singular = media.singular();
+    let scalar = (r.shape == Shape::SetOf && r.naming == Naming::Bare) || r.shape == Shape::Scalar;
     let c = query::compile(ops, &r.columns, scalar, 2)?;
     let mut params = c.params;
     let mut page = String::new();
@@ -297,35 +330,67 @@ fn ops_sql(
         Some(col) => format!("json_agg(_s.{col})"),
         None => "json_agg(_s)".to_string(),
     };
+    let agg = match media.handler {
+        Handler::JsonStripped | Handler::Single { stripped: true } => {
+            format!("json_strip_nulls({agg})")
+        }
+        _ => agg,
+    };
     let body = if singular || r.shape == Shape::Composite {
         format!("({agg} -> 0)::text")
     } else {
         format!("coalesce({agg}, '[]')::text")
     };
+    let bare = c.bare_column.as_ref().map(|col| format!("_s.{col}"));
+    let body = media::rows_body(media, "_s", bare.as_deref()).unwrap_or(body);
     let total = if count {
         "(SELECT count(*) FROM _f)"
     } else {
         "NULL::bigint"
     };
-    let sql = format!(
-        "WITH _f AS (SELECT {}{source}{}) SELECT {body}, count(*), {TAIL}, {total} \
-         FROM (SELECT {} FROM _f{}{page}) AS _s",
-        c.source_cols, c.where_sql, c.select_sql, c.order_sql
-    );
+    let sql = if media.needs_rows() {
+        format!(
+            "WITH _f AS (SELECT {}{source}{}), _s AS (SELECT {} FROM _f{}{page}) \
+             SELECT {}, count(*), {TAIL}, {total} FROM _s",
+            c.source_cols,
+            c.where_sql,
+            c.select_sql,
+            c.order_sql,
+            media::csv_body("_s")
+        )
+    } else {
+        format!(
+            "WITH _f AS (SELECT {}{source}{}) SELECT {body}, count(*), {TAIL}, {total} \
+             FROM (SELECT {} FROM _f{}{page}) AS _s",
+            c.source_cols, c.where_sql, c.select_sql, c.order_sql
+        )
+    };
+    Ok(cached(r, mask, singular, sql, params))
+}
+
+/// A statement of one request's shape, cached per routine by its text (up
+/// to `MAX_CACHED_SHAPES`; past that, prepared per request and not kept).
+fn cached(
+    r: &Routine,
+    mask: u64,
+    singular: bool,
+    sql: String,
+    params: Vec<String>,
+) -> (Arc<str>, Vec<String>, bool) {
     let key = (mask, singular, sql);
     if let Ok(cache) = r.sql_cache.read() {
         if let Some(sql) = cache.get(&key) {
-            return Ok((sql.clone(), params, false));
+            return (sql.clone(), params, false);
         }
     }
     let sql: Arc<str> = key.2.as_str().into();
     if let Ok(mut cache) = r.sql_cache.write() {
         if cache.len() < MAX_CACHED_SHAPES {
             cache.insert(key, sql.clone());
-            return Ok((sql, params, false));
+            return (sql, params, false);
         }
     }
-    Ok((sql, params, true))
+    (sql, params, true)
 }
 
 fn resolve<'a>(
@@ -336,9 +401,15 @@ fn resolve<'a>(
     write: bool,
 ) -> Result<(Arc<Routine>, &'a str, u64), PlanError> {
     let overloads = cache.overloads(schema, name).unwrap_or(&[]);
+    let raw = args.kind.is_raw();
     let mut named: Vec<(&Arc<Routine>, u64)> = Vec::new();
     if let Some((keys, _)) = &args.object {
-        for r in overloads.iter().filter(|r| !r.takes_body) {
+        // A raw body has no keys, and never calls a function without
+        // parameters (PostgREST's `matchesParams`).
+        for r in overloads
+            .iter()
+            .filter(|r| !(r.takes_body || (raw && r.params.is_empty())))
+        {
             if let Some(mask) = r.match_keys(keys.iter().map(String::as_str)) {
                 named.push((r, mask));
             }
@@ -367,8 +438,22 @@ fn resolve<'a>(
         return Err(PlanError::Ambiguous(list));
     }
     if write {
-        if let Some(r) = overloads.iter().find(|r| r.takes_body) {
-            return Ok((r.clone(), args.whole.as_str(), 0));
+        // The single unnamed parameter of the body's type: json/jsonb for
+        // JSON, text, xml or bytea for a raw body.
+        let fallback: Vec<&Arc<Routine>> = overloads
+            .iter()
+            .filter(|r| r.takes_body && args.kind.fits(&r.params[0].type_sql))
+            .collect();
+        match fallback.as_slice() {
+            [r] => return Ok(((*r).clone(), args.whole.as_str(), 0)),
+            [] => {}
+            many => {
+                return Err(PlanError::Ambiguous(
+                    many.iter()
+                        .map(|r| format!("{}.{}( => {})", r.schema, r.name, r.params[0].type_sql))
+                        .collect(),
+                ))
+            }
         }
     }
     if args.object.is_none() && !overloads.is_empty() {
@@ -379,6 +464,15 @@ fn resolve<'a>(
         None => Vec::new(),
     };
     keys.sort_unstable();
+    if write && raw {
+        return Err(PlanError::NoFunction {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            keys,
+            hint: None,
+            raw: Some(args.kind.param_type()),
+        });
+    }
     let hint = match overloads.first() {
         Some(first) => Some(format!(
             "Perhaps you meant to call the function {}",
@@ -393,6 +487,7 @@ fn resolve<'a>(
         name: name.to_string(),
         keys,
         hint,
+        raw: None,
     })
 }
 
@@ -442,7 +537,10 @@ fn call_parts(r: &Routine, mask: u64) -> (String, String) {
     let func = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
     let mut call = String::new();
     let mut from = String::new();
-    if r.takes_body {
+    if r.takes_body && r.params[0].type_sql == "bytea" {
+        // The body travels in base64, as text like every `$1`.
+        let _ = write!(call, "{func}(decode($1::text, 'base64'))");
+    } else if r.takes_body {
         let _ = write!(call, "{func}($1::text::{})", r.params[0].type_sql);
     } else {
         let provided: Vec<_> = r
@@ -525,24 +623,83 @@ pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
     }
 }
 
+/// The call statement for a media type other than plain JSON (no
+/// query-string operations): the body of a media-type domain or aggregate,
+/// or JSON without nulls. None for plain JSON, singular JSON and `void`,
+/// which `build_sql` builds.
+fn media_sql(r: &Routine, mask: u64, media: &Negotiated) -> Option<String> {
+    if matches!(
+        media.handler,
+        Handler::Json | Handler::Single { stripped: false }
+    ) || r.shape == Shape::Void
+    {
+        return None;
+    }
+    let (call, from) = call_parts(r, mask);
+    let tail = TAIL;
+    let stripped = matches!(
+        media.handler,
+        Handler::JsonStripped | Handler::Single { stripped: true }
+    );
+    Some(match r.shape {
+        Shape::SetOf => {
+            let body = match media::rows_body(media, "_r", None) {
+                Some(body) => body,
+                None if media.singular() => "(json_strip_nulls(json_agg(_r)) -> 0)::text".into(),
+                None => "coalesce(json_strip_nulls(json_agg(_r)), '[]')::text".into(),
+            };
+            let lateral = if from.is_empty() {
+                format!(" FROM {call} AS _r")
+            } else {
+                format!("{from} CROSS JOIN LATERAL {call} AS _r")
+            };
+            if r.naming == Naming::OutParam {
+                // As in `build_sql`: `_r.*` is the one named column.
+                return Some(format!(
+                    "SELECT {body}, count(*), {tail}, NULL::bigint FROM (SELECT _r.*{lateral}) AS _r"
+                ));
+            }
+            format!("SELECT {body}, count(*), {tail}, NULL::bigint{lateral}")
+        }
+        _ => {
+            // A single OUT parameter is a row of that one column (`_r`),
+            // anything else the value `_r.v`.
+            let (column, value) = match (r.shape, r.columns.first()) {
+                (Shape::Composite, Some(c)) if r.naming == Naming::OutParam => {
+                    (quote_ident(&c.name), "_r")
+                }
+                _ => ("v".to_string(), "_r.v"),
+            };
+            let body = match media::rows_body(media, value, Some(value)) {
+                Some(body) => body,
+                None if stripped => format!("json_strip_nulls(to_json({value}))::text"),
+                None => format!("to_json({value})::text"),
+            };
+            format!(
+                "SELECT {body}, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS {column}{from} OFFSET 0) AS _r"
+            )
+        }
+    })
+}
+
 /// A response computed from a call (or replayed), before the transport
 /// headers.
 pub struct Reply {
     pub status: StatusCode,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Option<String>,
-    pub content_type: &'static str,
+    /// The body's exact bytes (None: no body, 204).
+    pub body: Option<Bytes>,
+    pub content_type: HeaderValue,
     pub replayed: bool,
 }
 
-const OBJECT_MEDIA_TYPE: &str = "application/vnd.pgrst.object+json; charset=utf-8";
 const JSON_MEDIA_TYPE: &str = "application/json; charset=utf-8";
 
 /// Turns the call's row into status, headers and body.
 pub fn reply(
     routine: &Routine,
     r: CallResult,
-    singular: bool,
+    media: &Negotiated,
     page: Page,
 ) -> Result<Reply, PlanError> {
     let mut headers = match &r.headers {
@@ -561,18 +718,18 @@ pub fn reply(
                 .ok_or_else(|| PlanError::GucStatus(s.clone()))?,
         ),
     };
-    let content_type = if singular {
-        OBJECT_MEDIA_TYPE
-    } else {
-        JSON_MEDIA_TYPE
-    };
+    let content_type = media.content_type();
     let (default_status, body) = if routine.shape == Shape::Void {
         (StatusCode::NO_CONTENT, None)
     } else {
-        (
-            range_status,
-            Some(r.body.unwrap_or_else(|| "null".to_string())),
-        )
+        // A NULL result is `null` in JSON, an empty body in another type
+        // (as PostgREST answers a handler that returns no value).
+        let empty = if media.is_json() {
+            Bytes::from_static(b"null")
+        } else {
+            Bytes::new()
+        };
+        (range_status, Some(r.body.unwrap_or(empty)))
     };
     Ok(Reply {
         status: status.unwrap_or(default_status),
@@ -671,27 +828,34 @@ pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue
     Ok(out)
 }
 
-/// SHA-256 over method, path, profile, the response form asked for, the
-/// preferences that apply (`Preference-Applied`'s text: `tx`, `timezone`,
-/// `max-affected`, `handling`, `count` all change the answer) and the
-/// canonical body (keys sorted, insignificant whitespace removed), so that
-/// re-serialized retries match and a retry asking for another form or
-/// other preferences does not. Without preferences the hash is what it was
-/// before they counted, so most keys stored then still replay.
+/// SHA-256 over method, path, profile, the response form asked for (the
+/// negotiated media type; `json` and `object` for the JSON forms), how the
+/// body was sent, the preferences that apply (`Preference-Applied`'s text:
+/// `tx`, `timezone`, `max-affected`, `handling`, `count` all change the
+/// answer) and the body: a JSON body canonical (keys sorted, insignificant
+/// whitespace removed), so that re-serialized retries match and a retry
+/// asking for another form, media type or other preferences does not.
+/// Without preferences and media types the hash is what it was before
+/// they counted, so most keys stored then still replay.
 pub fn request_hash(
     method: &str,
     path: &str,
     profile: &str,
-    singular: bool,
+    form: &str,
+    kind: BodyKind,
     preferences: &str,
     body: &str,
 ) -> String {
-    let canonical = serde_json::from_str::<Value>(body)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| body.to_string());
+    let canonical = if kind.is_raw() {
+        body.to_string()
+    } else {
+        serde_json::from_str::<Value>(body)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| body.to_string())
+    };
     let mut h = Sha256::new();
-    let form = if singular { "object" } else { "json" };
-    for part in [method, path, profile, form, canonical.as_str()] {
+    let form = format!("{form}{}", kind.hash_form());
+    for part in [method, path, profile, form.as_str(), canonical.as_str()] {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
@@ -703,15 +867,22 @@ pub fn request_hash(
     hex::encode(h.finalize())
 }
 
+/// Marks a stored body kept in base64 (bytes that are not UTF-8 text, or
+/// hold a NUL): an element of the stored headers array. Its key is not a
+/// valid header name, so no `response.headers` setting can forge it.
+const BASE64_BODY_MARKER: &str = "(body)";
+
 /// The response stored under an `Idempotency-Key`: status, the headers
 /// (the media type first, so a replay answers with the type of the first
-/// response, then the function's `response.headers`) and the body.
-pub fn shaper(routine: Arc<Routine>, singular: bool, page: Page) -> Shaper {
+/// response, then the function's `response.headers`) and the body, as
+/// text, or in base64 with a marker when its bytes are not text.
+pub fn shaper(routine: Arc<Routine>, media: Negotiated, page: Page) -> Shaper {
     Box::new(move |result: &CallResult| {
-        let reply = reply(&routine, result.clone(), singular, page)?;
+        let reply = reply(&routine, result.clone(), &media, page)?;
         let mut headers = Vec::new();
         if reply.body.is_some() {
-            headers.push(json!({ "content-type": reply.content_type }));
+            let ct = String::from_utf8_lossy(reply.content_type.as_bytes()).into_owned();
+            headers.push(json!({ "content-type": ct }));
         }
         if let Some(Ok(range)) = reply
             .headers
@@ -725,10 +896,17 @@ pub fn shaper(routine: Arc<Routine>, singular: bool, page: Page) -> Shaper {
         if let Some(Ok(Value::Array(items))) = result.headers.as_deref().map(serde_json::from_str) {
             headers.extend(items);
         }
+        let body = reply.body.map(|bytes| match std::str::from_utf8(&bytes) {
+            Ok(text) if !text.contains('\0') => text.to_string(),
+            _ => {
+                headers.push(json!({ BASE64_BODY_MARKER: "base64" }));
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            }
+        });
         Ok(StoredResponse {
             status: i32::from(reply.status.as_u16()),
             headers_json: Value::Array(headers).to_string(),
-            body: reply.body,
+            body,
         })
     })
 }
@@ -739,11 +917,42 @@ pub fn replayed(stored: StoredResponse) -> Result<Reply, PlanError> {
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    // The body marker is the proxy's own, never a header.
+    let mut base64_body = false;
+    let headers_json = match serde_json::from_str::<Value>(&stored.headers_json) {
+        Ok(Value::Array(items)) => {
+            let (marks, items): (Vec<Value>, Vec<Value>) = items
+                .into_iter()
+                .partition(|item| item.get(BASE64_BODY_MARKER).is_some());
+            base64_body = !marks.is_empty();
+            Value::Array(items).to_string()
+        }
+        _ => stored.headers_json,
+    };
+    let mut headers = parse_response_headers(&headers_json)?;
+    // The stored media type is the first response's: it answers again.
+    let mut content_type = HeaderValue::from_static(JSON_MEDIA_TYPE);
+    if let Some(at) = headers
+        .iter()
+        .position(|(n, _)| n == hyper::header::CONTENT_TYPE)
+    {
+        content_type = headers.remove(at).1;
+    }
+    let body = match stored.body {
+        Some(text) if base64_body => {
+            match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+                Ok(bytes) => Some(Bytes::from(bytes)),
+                Err(_) => Some(Bytes::from(text)),
+            }
+        }
+        Some(text) => Some(Bytes::from(text)),
+        None => None,
+    };
     Ok(Reply {
         status,
-        headers: parse_response_headers(&stored.headers_json)?,
-        body: stored.body,
-        content_type: JSON_MEDIA_TYPE,
+        headers,
+        body,
+        content_type,
         replayed: true,
     })
 }
@@ -795,39 +1004,46 @@ mod tests {
 
     #[test]
     fn hash_ignores_key_order_and_whitespace() {
-        let a = request_hash("POST", "/rpc/f", "api", false, "", r#"{"a":1,"b":[1,2]}"#);
-        let b = request_hash(
-            "POST",
-            "/rpc/f",
-            "api",
-            false,
-            "",
-            r#"{ "b": [1, 2], "a": 1 }"#,
-        );
+        let hash = |path: &str, form: &str, kind: BodyKind, prefs: &str, body: &str| {
+            request_hash("POST", path, "api", form, kind, prefs, body)
+        };
+        let json = BodyKind::Json;
+        let a = hash("/rpc/f", "json", json, "", r#"{"a":1,"b":[1,2]}"#);
+        let b = hash("/rpc/f", "json", json, "", r#"{ "b": [1, 2], "a": 1 }"#);
         assert_eq!(a, b);
-        let c = request_hash("POST", "/rpc/f", "api", false, "", r#"{"a":2,"b":[1,2]}"#);
+        let c = hash("/rpc/f", "json", json, "", r#"{"a":2,"b":[1,2]}"#);
         assert_ne!(a, c);
-        let d = request_hash("POST", "/rpc/g", "api", false, "", r#"{"a":1,"b":[1,2]}"#);
+        let d = hash("/rpc/g", "json", json, "", r#"{"a":1,"b":[1,2]}"#);
         assert_ne!(a, d);
-        let e = request_hash("POST", "/rpc/f", "api", true, "", r#"{"a":1,"b":[1,2]}"#);
+        let e = hash("/rpc/f", "object", json, "", r#"{"a":1,"b":[1,2]}"#);
         assert_ne!(a, e);
-        let f = request_hash(
-            "POST",
+        let f = hash(
             "/rpc/f",
-            "api",
-            false,
+            "json",
+            json,
             "tx=rollback",
             r#"{"a":1,"b":[1,2]}"#,
         );
         assert_ne!(a, f);
-        let g = request_hash(
-            "POST",
+        let g = hash(
             "/rpc/f",
-            "api",
-            false,
+            "json",
+            json,
             "timezone=UTC",
             r#"{"a":1,"b":[1,2]}"#,
         );
         assert_ne!(f, g);
+        let csv = hash("/rpc/f", "text/csv", json, "", r#"{"a":1,"b":[1,2]}"#);
+        assert_ne!(a, csv);
+        let text = hash("/rpc/f", "json", BodyKind::Text, "", r#"{"a":1,"b":[1,2]}"#);
+        assert_ne!(a, text);
+        let spaced = hash(
+            "/rpc/f",
+            "json",
+            BodyKind::Text,
+            "",
+            r#"{ "b": [1, 2], "a": 1 }"#,
+        );
+        assert_ne!(text, spaced, "a raw body is hashed as sent");
     }
 }

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -108,7 +109,8 @@ impl Fault for ExecError {
 /// What the call statement returns: `(body, rows, response.headers, response.status)`.
 #[derive(Debug, Clone)]
 pub struct CallResult {
-    pub body: Option<String>,
+    /// The body column: text, or bytes for a media type over `bytea`.
+    pub body: Option<Bytes>,
     pub rows: i64,
     pub headers: Option<String>,
     pub status: Option<String>,
@@ -709,6 +711,21 @@ async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
     }
 }
 
+/// The body: text, or the raw bytes of a `bytea` (a media type's body).
+fn body_column(row: &tokio_postgres::Row) -> Option<Bytes> {
+    if row.columns().first().map(|c| c.type_()) == Some(&Type::BYTEA) {
+        row.try_get::<_, Option<Vec<u8>>>(0)
+            .ok()
+            .flatten()
+            .map(Bytes::from)
+    } else {
+        row.try_get::<_, Option<String>>(0)
+            .ok()
+            .flatten()
+            .map(Bytes::from)
+    }
+}
+
 /// The call statement's one row (it aggregates, so it always has one; an
 /// absent row reads as no rows).
 fn read_call_row(row: Option<&tokio_postgres::Row>) -> CallResult {
@@ -723,7 +740,7 @@ fn read_call_row(row: Option<&tokio_postgres::Row>) -> CallResult {
         };
     };
     CallResult {
-        body: row.get(0),
+        body: body_column(row),
         rows: row.get(1),
         headers: row.get::<_, Option<String>>(2).filter(|s| !s.is_empty()),
         status: row.get::<_, Option<String>>(3).filter(|s| !s.is_empty()),

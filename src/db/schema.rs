@@ -80,8 +80,15 @@ pub struct Routine {
     /// The result's columns: a composite's attributes, the OUT/TABLE
     /// parameters, or for a scalar one column named after the function.
     pub columns: Vec<Column>,
-    /// A single unnamed json/jsonb parameter: receives the whole body.
+    /// A single unnamed json, jsonb, text, xml or bytea parameter: receives
+    /// the whole body (of the matching Content-Type).
     pub takes_body: bool,
+    /// The function returns (not SETOF) a domain named for a media type:
+    /// a custom media-type handler (`media`).
+    pub media: Option<MediaDomain>,
+    /// The return type, when it is the row type of a table or view: the
+    /// media-type aggregates over that type apply to the function.
+    pub row_type: Option<u32>,
     pub description: Option<String>,
     /// The function's own settings (`ALTER FUNCTION … SET`, proconfig).
     pub config: Vec<(String, String)>,
@@ -134,6 +141,29 @@ impl Routine {
     }
 }
 
+/// A domain named for a media type (`CREATE DOMAIN "text/html" AS text`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaDomain {
+    /// The domain's name, as a media type.
+    pub media: crate::media::MediaType,
+    /// Its base type is `bytea`: the body is bytes, not text.
+    pub bytea: bool,
+}
+
+/// An aggregate of one argument in an exposed schema whose final type is
+/// a media-type domain: the handler of that media type for the rows of
+/// its argument's type (a table's or view's row type, or `anyelement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaAggregate {
+    /// The aggregate, schema-qualified and quoted (from the catalog).
+    pub func_sql: String,
+    /// The row type to cast the rows to, quoted; None for `anyelement`.
+    pub target_sql: Option<String>,
+    /// The domain's name: the media type.
+    pub media: String,
+    pub bytea: bool,
+}
+
 /// A loaded snapshot of the catalog. Replaced whole on reload.
 #[derive(Debug, Default)]
 pub struct SchemaCache {
@@ -151,6 +181,9 @@ pub struct SchemaCache {
     /// file, a second or so of a backend's time), then kept with this
     /// snapshot.
     pub timezones: tokio::sync::OnceCell<HashSet<String>>,
+    /// Media-type aggregates by argument type oid (0 for `anyelement`),
+    /// then lowercase media type.
+    pub media_aggregates: HashMap<u32, HashMap<String, MediaAggregate>>,
 }
 
 /// One role's settings as two parallel arrays, ready to bind.
@@ -213,6 +246,11 @@ impl SchemaCache {
     /// Whether `tz` is one of `pg_timezone_names` (false until they are read).
     pub fn known_timezone(&self, tz: &str) -> bool {
         self.timezones.get().is_some_and(|zones| zones.contains(tz))
+    }
+
+    /// The media-type aggregate for rows of type `oid` (0: `anyelement`).
+    pub fn media_aggregate(&self, oid: u32, media_key: &str) -> Option<&MediaAggregate> {
+        self.media_aggregates.get(&oid)?.get(media_key)
     }
 
     pub fn overloads(&self, schema: &str, name: &str) -> Option<&[Arc<Routine>]> {
@@ -339,7 +377,17 @@ impl SchemaCache {
             }
             let takes_body = params.len() == 1
                 && params[0].name.is_empty()
-                && matches!(params[0].type_sql.as_str(), "json" | "jsonb");
+                && matches!(
+                    params[0].type_sql.as_str(),
+                    "json" | "jsonb" | "text" | "xml" | "bytea"
+                );
+            let media = row
+                .get::<_, Option<String>>("media_type")
+                .map(|name| MediaDomain {
+                    media: crate::media::MediaType::parse(&name),
+                    bytea: row.get("media_bytea"),
+                });
+            let row_type: Option<u32> = row.get("row_type");
             // Unnamed parameters cannot be passed by name; routines with
             // them are callable only through the single-body form.
             if !takes_body && params.iter().any(|p| p.name.is_empty()) {
@@ -370,6 +418,8 @@ impl SchemaCache {
                     return_type,
                     columns,
                     takes_body,
+                    media,
+                    row_type,
                     description,
                     config,
                     sql_cache: RwLock::new(HashMap::new()),
@@ -405,16 +455,45 @@ impl SchemaCache {
             .into_iter()
             .map(|(k, v)| (k, Arc::new(v)))
             .collect();
+        let mut media_aggregates: HashMap<u32, HashMap<String, MediaAggregate>> = HashMap::new();
+        for row in client.query(MEDIA_AGGREGATES_SQL, &[&schemas]).await? {
+            let media: String = row.get("media");
+            let key = crate::media::MediaType::parse(&media).key().to_string();
+            let arg: u32 = row.get("arg_type");
+            let agg = MediaAggregate {
+                func_sql: row.get("func_sql"),
+                target_sql: row.get("target_sql"),
+                media,
+                bytea: row.get("bytea"),
+            };
+            let oid = if agg.target_sql.is_some() { arg } else { 0 };
+            media_aggregates.entry(oid).or_default().insert(key, agg);
+        }
         Ok(SchemaCache {
             routines,
             roles,
             role_settings,
             timezones: tokio::sync::OnceCell::new(),
+            media_aggregates,
         })
     }
 }
 
+/// A domain is a media type when its name is `type/subtype` (RFC 6838
+/// characters) or `*/*`: PostgREST's test, in both queries below.
 const CATALOG_SQL: &str = r#"
+WITH RECURSIVE dom(oid, base) AS (
+  SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+  UNION ALL
+  SELECT dom.oid, t.typbasetype FROM dom JOIN pg_catalog.pg_type t ON t.oid = dom.base WHERE t.typtype = 'd'
+),
+media AS (
+  SELECT t.oid, t.typname::text AS name, (d.base = 'bytea'::regtype) AS bytea
+  FROM pg_catalog.pg_type t
+  JOIN dom d ON d.oid = t.oid
+  JOIN pg_catalog.pg_type b ON b.oid = d.base AND b.typtype <> 'd'
+  WHERE (t.typname ~* '^[A-Za-z0-9.-]+/[A-Za-z0-9.\+-]+$' OR t.typname = '*/*')
+)
 SELECT p.oid::oid AS oid,
        n.nspname::text AS schema,
        p.proname::text AS name,
@@ -440,10 +519,17 @@ SELECT p.oid::oid AS oid,
              WHERE a.attrelid = rt.typrelid AND rt.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum) AS attr_types,
        obj_description(p.oid, 'pg_proc') AS description,
-       coalesce(p.proconfig, '{}') AS config
+       coalesce(p.proconfig, '{}') AS config,
+       CASE WHEN NOT p.proretset THEN m.name END AS media_type,
+       coalesce(m.bytea, false) AS media_bytea,
+       CASE WHEN rt.typtype = 'c' AND EXISTS (
+              SELECT 1 FROM pg_catalog.pg_class c
+              WHERE c.oid = rt.typrelid AND c.relkind IN ('r', 'v', 'm', 'f', 'p'))
+            THEN rt.oid END AS row_type
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_type rt ON rt.oid = p.prorettype
+LEFT JOIN media m ON m.oid = p.prorettype
 WHERE n.nspname = ANY($1)
   AND p.prokind = 'f'
   AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
@@ -452,6 +538,38 @@ ORDER BY p.oid
 
 /// What `Prefer: timezone=` accepts, as PostgREST reads it.
 pub const TIMEZONES_SQL: &str = "SELECT name FROM pg_catalog.pg_timezone_names";
+
+/// Aggregates of one argument, in the exposed schemas, whose final type is
+/// a media-type domain, over a table's or view's row type or `anyelement`
+/// (PostgREST's media handlers).
+const MEDIA_AGGREGATES_SQL: &str = r#"
+WITH RECURSIVE dom(oid, base) AS (
+  SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
+  UNION ALL
+  SELECT dom.oid, t.typbasetype FROM dom JOIN pg_catalog.pg_type t ON t.oid = dom.base WHERE t.typtype = 'd'
+)
+SELECT quote_ident(pn.nspname) || '.' || quote_ident(p.proname) AS func_sql,
+       a.oid::oid AS arg_type,
+       CASE WHEN a.oid <> 'anyelement'::regtype
+            THEN quote_ident(an.nspname) || '.' || quote_ident(a.typname) END AS target_sql,
+       t.typname::text AS media,
+       (d.base = 'bytea'::regtype) AS bytea
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_aggregate g ON g.aggfnoid = p.oid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+JOIN pg_catalog.pg_type t ON t.oid = p.prorettype
+JOIN dom d ON d.oid = t.oid
+JOIN pg_catalog.pg_type b ON b.oid = d.base AND b.typtype <> 'd'
+JOIN pg_catalog.pg_type a ON a.oid = p.proargtypes[0]
+JOIN pg_catalog.pg_namespace an ON an.oid = a.typnamespace
+WHERE pn.nspname = ANY($1)
+  AND p.pronargs = 1
+  AND (t.typname ~* '^[A-Za-z0-9.-]+/[A-Za-z0-9.\+-]+$' OR t.typname = '*/*')
+  AND (a.oid = 'anyelement'::regtype
+       OR a.oid IN (SELECT c.reltype FROM pg_catalog.pg_class c
+                    WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')))
+ORDER BY p.oid
+"#;
 
 const ROLES_SQL: &str = r#"
 SELECT r.rolname::text
@@ -521,6 +639,8 @@ mod tests {
             return_type: "text".into(),
             columns: Vec::new(),
             takes_body: false,
+            media: None,
+            row_type: None,
             description: None,
             config: Vec::new(),
             sql_cache: RwLock::new(HashMap::new()),

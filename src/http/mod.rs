@@ -194,12 +194,13 @@ async fn rpc(
             request.method.as_str(),
             &hashed_path,
             &request.schema,
-            plan.singular,
+            plan.media.hash_form(),
+            request.args.kind,
             &applied,
             &plan.args,
         ),
         key,
-        shape: plan::shaper(plan.routine.clone(), plan.singular, plan.page),
+        shape: plan::shaper(plan.routine.clone(), plan.media.clone(), plan.page),
     });
     let check = plan::checks(&plan);
     let job = CallJob {
@@ -237,7 +238,7 @@ async fn rpc(
         Executed::Called(result) => {
             let lsn = result.commit_lsn;
             (
-                plan::reply(&plan.routine, result, plan.singular, plan.page)?,
+                plan::reply(&plan.routine, result, &plan.media, plan.page)?,
                 lsn,
             )
         }
@@ -309,14 +310,14 @@ fn isolation_level(setting: Option<&str>) -> Option<&'static str> {
 /// The response for a reply: body, media type, profile and replay headers.
 fn respond(reply: Reply, schema: &str, state: &AppState, head: bool) -> Response<Body> {
     let body = match (&reply.body, head) {
-        (Some(b), false) => Bytes::from(b.clone()),
+        (Some(b), false) => b.clone(),
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     if reply.body.is_some() {
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+        h.insert(CONTENT_TYPE, reply.content_type);
     }
     if state.config.schemas.len() > 1 {
         if let Ok(v) = HeaderValue::from_str(schema) {

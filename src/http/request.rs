@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::api_request::{ApiRequest, Args};
 use crate::error::{Fault, Pgrst};
+use crate::media::{self, BodyKind};
 use crate::prefer::Preferences;
 use crate::query::{self, QueryError, QueryOps};
 
@@ -27,8 +28,8 @@ pub enum RequestError {
     NestedTooDeep(usize),
     #[error("Content-Type not acceptable: {0}")]
     UnsupportedContentType(String),
-    #[error("None of these media types are available: {0}")]
-    NotAcceptable(String),
+    #[error("Invalid body: {0} must be UTF-8 text without NUL characters")]
+    NotText(&'static str),
     #[error("The schema must be one of the following: {}", .0.join(", "))]
     UnknownProfile(Vec<String>),
     #[error("Idempotency-Key must be visible ASCII")]
@@ -54,8 +55,10 @@ impl Fault for RequestError {
     fn pgrst(&self) -> Pgrst {
         match self {
             RequestError::InvalidJson(_) | RequestError::NestedTooDeep(_) => Pgrst::InvalidBody,
-            RequestError::UnsupportedContentType(_) => Pgrst::ContentType,
-            RequestError::NotAcceptable(_) => Pgrst::MediaType,
+            // PostgREST 12/13 answer 400 PGRST102 for a body they cannot read.
+            RequestError::UnsupportedContentType(_) | RequestError::NotText(_) => {
+                Pgrst::InvalidBody
+            }
             RequestError::UnknownProfile(_) => Pgrst::UnacceptableSchema,
             RequestError::BadIdempotencyKey | RequestError::BodyUnreadable(_) => Pgrst::QueryParam,
             RequestError::BodyTooLarge(_) => Pgrst::BodyTooLarge,
@@ -83,9 +86,6 @@ impl Fault for RequestError {
     }
     fn hint(&self) -> Option<String> {
         match self {
-            RequestError::UnsupportedContentType(_) => {
-                Some("Send application/json or application/x-www-form-urlencoded".into())
-            }
             RequestError::BodyTooLarge(_) => {
                 Some("Send a smaller body, or raise PGRPC_MAX_BODY_BYTES".into())
             }
@@ -115,7 +115,7 @@ pub async fn parse(
     let method = req.method().clone();
     let write = method == Method::POST;
     let schema = profile(req.headers(), write, schemas)?.to_string();
-    let singular = wants_single_object(req.headers())?;
+    let accept = media::parse_accept(req.headers().get(ACCEPT).map(|v| v.as_bytes()));
     let headers_json = headers_json(req.headers());
     let cookies_json = cookies_json(req.headers());
     let authorization = req
@@ -145,15 +145,20 @@ pub async fn parse(
     let (query_args, ops) = parse_query(query.as_bytes(), !write)?;
     let mut form = None;
     let args = if write {
-        let kind = body_kind(req.headers())?;
+        let kind = media::body_kind(req.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()))
+            .map_err(RequestError::UnsupportedContentType)?;
         let bytes = read_body(req, max_body_bytes).await?;
         match kind {
             BodyKind::Json => parse_json_body(&bytes)?,
             BodyKind::Form => {
                 let args = parse_pairs(&bytes)?;
                 form = Some(bytes);
-                args
+                Args {
+                    kind: BodyKind::Form,
+                    ..args
+                }
             }
+            BodyKind::Text | BodyKind::Xml | BodyKind::Bytea => raw_body(kind, &bytes)?,
         }
     } else {
         query_args
@@ -170,7 +175,7 @@ pub async fn parse(
         prefer,
         form,
         query,
-        singular,
+        accept,
         idempotency_key,
         authorization,
         headers_json,
@@ -327,6 +332,20 @@ fn invalid_json(details: impl Into<String>) -> RequestError {
     RequestError::InvalidJson(details.into())
 }
 
+/// A raw body for a single unnamed parameter: text as it is (PostgreSQL
+/// text must be UTF-8 without NUL), bytes in base64 (decoded in SQL).
+pub fn raw_body(kind: BodyKind, bytes: &[u8]) -> Result<Args, RequestError> {
+    use base64::Engine as _;
+    let whole = match kind {
+        BodyKind::Bytea => base64::engine::general_purpose::STANDARD.encode(bytes),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains('\0') => text.to_string(),
+            _ => return Err(RequestError::NotText(kind.param_type())),
+        },
+    };
+    Ok(Args::raw(kind, whole))
+}
+
 /// A JSON body: `{}` when empty; an array uses its first element.
 pub fn parse_json_body(bytes: &[u8]) -> Result<Args, RequestError> {
     let text = std::str::from_utf8(bytes).map_err(|_| invalid_json("the body is not UTF-8"))?;
@@ -347,17 +366,20 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Args, RequestError> {
                 None => Ok(Args {
                     whole: trimmed.to_string(),
                     object: Some((Vec::new(), "{}".to_string())),
+                    kind: BodyKind::Json,
                 }),
                 Some(first) if first.get().trim_start().starts_with('{') => {
                     let keys = object_keys(first.get())?;
                     Ok(Args {
                         whole: trimmed.to_string(),
                         object: Some((keys, first.get().to_string())),
+                        kind: BodyKind::Json,
                     })
                 }
                 Some(_) => Ok(Args {
                     whole: trimmed.to_string(),
                     object: None,
+                    kind: BodyKind::Json,
                 }),
             }
         }
@@ -366,6 +388,7 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Args, RequestError> {
             Ok(Args {
                 whole: trimmed.to_string(),
                 object: None,
+                kind: BodyKind::Json,
             })
         }
     }
@@ -441,58 +464,6 @@ pub fn range_header(headers: &HeaderMap) -> Result<Option<(i64, Option<i64>)>, R
         Some(l) if l < first => Err(RequestError::InvalidRange(text.to_string())),
         _ => Ok(Some((first, last))),
     }
-}
-
-/// How the body is to be read, from Content-Type (missing means JSON).
-pub enum BodyKind {
-    Json,
-    Form,
-}
-
-pub fn body_kind(headers: &HeaderMap) -> Result<BodyKind, RequestError> {
-    let Some(ct) = headers.get(CONTENT_TYPE) else {
-        return Ok(BodyKind::Json);
-    };
-    let ct = ct.to_str().unwrap_or("");
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
-        "" | "application/json" | "*/*" => Ok(BodyKind::Json),
-        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
-        _ => Err(RequestError::UnsupportedContentType(media)),
-    }
-}
-
-/// Whether the client asked for a single object
-/// (`application/vnd.pgrst.object+json`) or JSON in general.
-pub fn wants_single_object(headers: &HeaderMap) -> Result<bool, RequestError> {
-    let Some(accept) = headers.get(ACCEPT) else {
-        return Ok(false);
-    };
-    let accept = accept.to_str().unwrap_or("");
-    if accept.trim().is_empty() {
-        return Ok(false);
-    }
-    for range in accept.split(',') {
-        let media = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media.as_str() {
-            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
-                return Ok(true)
-            }
-            "application/json" | "application/*" | "*/*" | "" => return Ok(false),
-            _ => {}
-        }
-    }
-    Err(RequestError::NotAcceptable(accept.to_string()))
 }
 
 /// The schema a request addresses: `Accept-Profile` for reads,

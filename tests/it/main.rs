@@ -16,6 +16,7 @@ mod hostile;
 mod idempotency;
 mod integrity;
 mod jwt;
+mod media_types;
 mod nonces;
 mod outbox;
 mod pgbouncer;
