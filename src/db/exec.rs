@@ -48,6 +48,11 @@ pub enum ExecError {
     /// that was demoted or is still finishing its promotion. Retryable.
     #[error("The database node is read-only; retry shortly")]
     ReadOnlyNode(String),
+    /// The COMMIT succeeded on the primary, but PostgreSQL stopped waiting
+    /// for its synchronous standby (the wait was cancelled): the change may
+    /// be on no standby, and a failover could lose it. Not acknowledged.
+    #[error("The commit was not confirmed by a synchronous standby")]
+    Unreplicated,
     #[error("The call's task failed")]
     TaskFailed,
     #[error("unexpected idempotency claim state {0:?}")]
@@ -73,9 +78,10 @@ impl Fault for ExecError {
     fn pgrst(&self) -> Pgrst {
         match self {
             ExecError::PoolTimeout => Pgrst::PoolTimeout,
-            ExecError::Unavailable(_) | ExecError::Lost(_) | ExecError::ReadOnlyNode(_) => {
-                Pgrst::Connection
-            }
+            ExecError::Unavailable(_)
+            | ExecError::Lost(_)
+            | ExecError::ReadOnlyNode(_)
+            | ExecError::Unreplicated => Pgrst::Connection,
             ExecError::Singularity(_) => Pgrst::Singularity,
             ExecError::TaskFailed
             | ExecError::ClaimState(_)
@@ -101,6 +107,21 @@ impl Fault for ExecError {
                 Some(d.clone())
             }
             ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
+            ExecError::Unreplicated => Some(
+                "PostgreSQL stopped waiting for the synchronous standby (the wait was cancelled): \
+                 the change is committed on the primary but may be on no standby."
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
+    fn hint(&self) -> Option<String> {
+        match self {
+            ExecError::Unreplicated => Some(
+                "Retry with the same Idempotency-Key: it replays the stored answer if the change \
+                 survived, and runs the call once if it was lost."
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -387,12 +408,14 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
     };
     let simple = !job.singular && job.idempotency.is_none() && job.check.is_none() && !job.rollback;
     let rollback = job.rollback;
+    conn.clear_unreplicated();
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
-        return pipelined(&conn, &job, pre.as_ref(), call)
+        let result = pipelined(&conn, &job, pre.as_ref(), call)
             .await
-            .map(Executed::Called)
-            .map_err(fail);
+            .map_err(fail)?;
+        replicated(&conn)?;
+        return Ok(Executed::Called(result));
     }
     let mut job_read_only = true;
     let outcome = match open(&mut conn, &job, cached, pre_cached).await {
@@ -405,10 +428,13 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
                 commit(&conn, job.read_only),
             );
             return match (c, e) {
-                (Ok(row), Ok(lsn)) => Ok(Executed::Called(CallResult {
-                    commit_lsn: lsn,
-                    ..read_call_row(row.as_ref())
-                })),
+                (Ok(row), Ok(lsn)) => {
+                    replicated(&conn)?;
+                    Ok(Executed::Called(CallResult {
+                        commit_lsn: lsn,
+                        ..read_call_row(row.as_ref())
+                    }))
+                }
                 (Err(e), _) | (Ok(_), Err(e)) => {
                     if conn.client.is_closed() {
                         let _ = Object::take(conn);
@@ -431,7 +457,10 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         _ => end_reading_lsn(&conn, false, false).await,
     };
     match ended {
-        Ok(lsn) => outcome.map(|(executed, _)| with_lsn(executed, lsn)),
+        Ok(lsn) => {
+            replicated(&conn)?;
+            outcome.map(|(executed, _)| with_lsn(executed, lsn))
+        }
         Err(e) => {
             // The transaction's fate is unknown: never hand this connection
             // to another request.
@@ -441,6 +470,16 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
                 Err(first) => Err(first),
             }
         }
+    }
+}
+
+/// A COMMIT that returned success is acknowledged only if the server did
+/// not warn that it stopped waiting for the synchronous standby.
+fn replicated(conn: &PgConn) -> Result<(), ExecError> {
+    if conn.unreplicated() {
+        Err(ExecError::Unreplicated)
+    } else {
+        Ok(())
     }
 }
 

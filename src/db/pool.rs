@@ -18,14 +18,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use super::DbError;
 
@@ -102,9 +102,27 @@ pub struct PgConn {
     generation: u64,
     epoch: u64,
     driver: JoinHandle<()>,
+    /// Set by the connection's driver when the server warns that it
+    /// stopped waiting for synchronous replication: the COMMIT then
+    /// reports success although no standby may have the transaction.
+    unreplicated: Arc<AtomicBool>,
 }
 
 impl PgConn {
+    /// Forgets any earlier warning about synchronous replication, before
+    /// a transaction starts on this connection.
+    pub fn clear_unreplicated(&mut self) {
+        self.unreplicated.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the server warned, since `clear_unreplicated`, that a COMMIT
+    /// stopped waiting for its synchronous standby. The driver handles the
+    /// warning before the COMMIT's answer reaches the client, so this is
+    /// read after the COMMIT returned.
+    pub fn unreplicated(&self) -> bool {
+        self.unreplicated.load(Ordering::Acquire)
+    }
+
     /// Whether statements are prepared by name on this connection.
     pub fn prepares(&self) -> bool {
         self.prepares
@@ -203,9 +221,25 @@ impl managed::Manager for PgManager {
     type Error = tokio_postgres::Error;
 
     async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let unreplicated = Arc::new(AtomicBool::new(false));
+        let seen = unreplicated.clone();
         let driver = tokio::spawn(async move {
-            let _ = connection.await;
+            while let Some(message) =
+                futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await
+            {
+                match message {
+                    Ok(AsyncMessage::Notice(notice)) if is_unreplicated_commit(&notice) => {
+                        tracing::warn!(
+                            message = notice.message(),
+                            "a commit stopped waiting for its synchronous standby"
+                        );
+                        seen.store(true, Ordering::Release);
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         });
         let prepare = async {
             if self.prepared {
@@ -235,6 +269,7 @@ impl managed::Manager for PgManager {
             generation: self.generation.load(Ordering::Relaxed),
             epoch: self.epoch.load(Ordering::Relaxed),
             driver,
+            unreplicated,
         })
     }
 
@@ -257,6 +292,16 @@ impl managed::Manager for PgManager {
         }
         Ok(())
     }
+}
+
+/// PostgreSQL's WARNING when a COMMIT's wait for its synchronous standby
+/// is cancelled (a statement timeout, `pg_cancel_backend`): the
+/// transaction committed locally, but may be on no standby, so a failover
+/// could lose it. (`syncrep.c`; messages are not translated here.)
+fn is_unreplicated_commit(notice: &tokio_postgres::error::DbError) -> bool {
+    notice
+        .message()
+        .contains("wait for synchronous replication")
 }
 
 /// How a pool connects and waits.

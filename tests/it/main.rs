@@ -27,6 +27,7 @@ mod proxy;
 mod query_ops;
 mod relay;
 mod replicas;
+mod sync_commit;
 mod tasks;
 mod tokens;
 mod trust;

@@ -102,13 +102,19 @@ fn pg_image() -> GenericImage {
 /// A primary that accepts replication connections, with a migrated
 /// template database.
 fn start_primary() -> Node {
+    // WAL kept for replicas whose replay a test pauses.
+    start_primary_with(&["-c", "wal_keep_size=256MB"])
+}
+
+/// A server of its own, started with `args` (`-c name=value`, …), that
+/// accepts replication connections, with a migrated template database.
+pub fn start_primary_with(args: &[&str]) -> Node {
     let request = pg_image()
         .with_wait_for(WaitFor::message_on_stderr(
             "database system is ready to accept connections",
         ))
         .with_mount(Mount::tmpfs_mount("/var/lib/postgresql/data"))
-        // WAL kept for replicas whose replay a test pauses.
-        .with_cmd(["-c", "wal_keep_size=256MB"]);
+        .with_cmd(args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     let node = Node::start(request, 5432);
     let (host, port) = (node.host.clone(), node.port);
     std::thread::spawn(move || {
