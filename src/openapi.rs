@@ -294,6 +294,19 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
         None => {
             responses.insert("204".into(), json!({"description": "No Content (void)"}));
         }
+        Some(_) if r.media.is_some() => {
+            // A media-type handler: its domain's type, its value as the body.
+            let media = r.media.as_ref().map_or("*/*", |m| m.media.mime());
+            let body = match r.media.as_ref().is_some_and(|m| m.bytea) {
+                true => json!({"type": "string", "format": "binary"}),
+                false => json!({"type": "string"}),
+            };
+            responses.insert(
+                "200".into(),
+                json!({"description": format!("returns {}", r.return_type),
+                       "content": {media: {"schema": body}}}),
+            );
+        }
         Some(schema) => {
             let mut content = json!({"application/json": {"schema": schema}});
             if operable(r) {
@@ -302,6 +315,8 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
                     items => items.clone(),
                 };
                 content["application/vnd.pgrst.object+json"] = json!({"schema": one});
+                // `Accept: text/csv`: a header line, then one line per row.
+                content["text/csv"] = json!({"schema": {"type": "string"}});
             }
             responses.insert(
                 "200".into(),
@@ -362,7 +377,13 @@ fn operation(r: &Routine, read: bool) -> Value {
     }
     let mut params: Vec<Value> = Vec::new();
     if read {
-        params.extend(r.params.iter().map(argument_param));
+        // An unnamed parameter has no query-string name.
+        params.extend(
+            r.params
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .map(argument_param),
+        );
     }
     params.extend(operation_params(r, read));
     params.extend(header_params(r, read));
@@ -377,7 +398,16 @@ fn operation(r: &Routine, read: bool) -> Value {
 /// finds no function (404), hence no additional properties.
 fn request_body(r: &Routine) -> Value {
     if r.takes_body {
-        return json!({"required": false, "content": {"application/json": {"schema": {}}}});
+        // A single unnamed parameter takes the whole body, of the media
+        // type its parameter type reads (docs/media-types.md).
+        let content = match r.params.first().map(|p| p.type_sql.as_str()) {
+            Some("text") => json!({"text/plain": {"schema": {"type": "string"}}}),
+            Some("xml") => json!({"text/xml": {"schema": {"type": "string"}}}),
+            Some("bytea") => json!({"application/octet-stream":
+                                     {"schema": {"type": "string", "format": "binary"}}}),
+            _ => json!({"application/json": {"schema": {}}}),
+        };
+        return json!({"required": false, "content": content});
     }
     let mut props = Map::new();
     let mut required = Vec::new();

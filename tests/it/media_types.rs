@@ -940,3 +940,53 @@ async fn metrics_count_media_requests() {
         (200, "ret_bytes\n\"\\\\x00ff41e9\"")
     );
 }
+
+/// The OpenAPI document says what these functions take and answer: a raw
+/// body of the unnamed parameter's media type (no nameless query
+/// parameter), a handler's own media type, and CSV beside JSON for rows.
+#[tokio::test]
+async fn openapi_declares_media_types() {
+    let s = server().await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&get_doc(&s).await).expect("OpenAPI is JSON");
+    let paths = &doc["paths"];
+    for (path, media) in [
+        ("/rpc/unnamed_text_param", "text/plain"),
+        ("/rpc/unnamed_xml_param", "text/xml"),
+        ("/rpc/unnamed_bytea_param", "application/octet-stream"),
+    ] {
+        let content = &paths[path]["post"]["requestBody"]["content"];
+        assert!(content.get(media).is_some(), "{path}: {content}");
+        assert!(
+            content.get("application/json").is_none(),
+            "{path}: {content}"
+        );
+        let params = paths[path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        assert!(
+            params.iter().all(|p| p["name"] != ""),
+            "{path}: a nameless parameter in {params:?}"
+        );
+    }
+    for (path, media) in [
+        ("/rpc/welcome", "text/plain"),
+        ("/rpc/ret_image", "image/png"),
+    ] {
+        let content = &paths[path]["get"]["responses"]["200"]["content"];
+        assert!(content.get(media).is_some(), "{path}: {content}");
+        assert!(
+            content.get("application/json").is_none(),
+            "{path}: {content}"
+        );
+    }
+    let content = &paths["/rpc/people"]["get"]["responses"]["200"]["content"];
+    assert!(content.get("text/csv").is_some(), "{content}");
+    assert!(content.get("application/json").is_some(), "{content}");
+}
+
+async fn get_doc(s: &TestServer) -> Vec<u8> {
+    let r = raw(s.http.get(s.url("/"))).await;
+    assert_eq!(r.status, 200);
+    r.body
+}
