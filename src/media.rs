@@ -419,6 +419,22 @@ fn lookup(
     if let Some(agg) = cache.media_aggregate(0, key) {
         return Some(aggregate(agg));
     }
+    // A function returning `text`, `xml` or `bytea` itself answers in the
+    // raw media type of that type, as PostgREST did up to version 11 and
+    // issue 13 asks (PostgREST 12/13 answer 406 and need a domain).
+    if routine.shape == crate::db::schema::Shape::Scalar && routine.media.is_none() {
+        let raw = match (mt, routine.return_type.as_str()) {
+            (MediaType::TextPlain, "text") | (MediaType::TextXml, "xml") => Some(false),
+            (MediaType::OctetStream, "bytea") => Some(true),
+            _ => None,
+        };
+        if let Some(bytea) = raw {
+            return Some(Negotiated {
+                handler: Handler::Domain { bytea },
+                media: mt.clone(),
+            });
+        }
+    }
     match mt {
         MediaType::Json | MediaType::Any => Some(Negotiated::json()),
         MediaType::Csv => Some(Negotiated {

@@ -318,6 +318,20 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
                 // `Accept: text/csv`: a header line, then one line per row.
                 content["text/csv"] = json!({"schema": {"type": "string"}});
             }
+            // A plain text, xml or bytea result also answers its raw value.
+            let raw = match (r.shape, r.return_type.as_str()) {
+                (Shape::Scalar, "text") => Some(("text/plain", "")),
+                (Shape::Scalar, "xml") => Some(("text/xml", "")),
+                (Shape::Scalar, "bytea") => Some(("application/octet-stream", "binary")),
+                _ => None,
+            };
+            if let Some((media, format)) = raw {
+                let mut body = json!({"type": "string"});
+                if !format.is_empty() {
+                    body["format"] = json!(format);
+                }
+                content[media] = json!({"schema": body});
+            }
             responses.insert(
                 "200".into(),
                 json!({"description": format!("returns {}", r.return_type),

@@ -64,6 +64,7 @@ CREATE FUNCTION api.ret_null_png() RETURNS "image/png" LANGUAGE sql STABLE AS $$
 -- text/xml output since PostgREST 12: only JSON.
 CREATE FUNCTION api.plain_text() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'plain' $$;
 CREATE FUNCTION api.plain_bytes() RETURNS bytea LANGUAGE sql STABLE AS $$ SELECT '\x00ff'::bytea $$;
+CREATE FUNCTION api.plain_xml() RETURNS xml LANGUAGE sql STABLE AS $$ SELECT '<a>1</a>'::xml $$;
 -- The any handler: every media type, application/octet-stream unless the
 -- function sets Content-Type.
 CREATE FUNCTION api.ret_any_mt() RETURNS "*/*" LANGUAGE sql STABLE AS $$ SELECT 'any'::bytea::"*/*" $$;
@@ -371,19 +372,14 @@ async fn domain_return_types_are_handlers() {
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
 }
 
-/// Since PostgREST 12, text, bytea and xml results have no built-in
-/// text/plain, octet-stream or text/xml output, and a SETOF of a media
-/// domain is no handler: 406 PGRST107 with PostgREST's message.
+/// Media types no handler serves (a SETOF of a media domain is none):
+/// 406 PGRST107 with PostgREST's message.
 #[tokio::test]
 async fn not_acceptable_where_postgrest_refuses() {
     let s = server().await;
     let cases = [
-        ("plain_text", "text/plain", "text/plain"),
-        (
-            "plain_bytes",
-            "application/octet-stream",
-            "application/octet-stream",
-        ),
+        ("plain_text", "text/xml", "text/xml"),
+        ("plain_bytes", "text/plain", "text/plain"),
         ("welcome", "text/xml", "text/xml"),
         ("welcome_twice", "text/plain", "text/plain"),
         (
@@ -402,8 +398,8 @@ async fn not_acceptable_where_postgrest_refuses() {
         // The example of docs/media-types.md.
         (
             "version",
-            "text/plain;q=0.2, text/html",
-            "text/html, text/plain",
+            "text/xml;q=0.2, text/html",
+            "text/html, text/xml",
         ),
     ];
     for (path, accept, listed) in cases {
@@ -980,6 +976,18 @@ async fn openapi_declares_media_types() {
             "{path}: {content}"
         );
     }
+    for (path, media) in [
+        ("/rpc/plain_text", "text/plain"),
+        ("/rpc/plain_xml", "text/xml"),
+        ("/rpc/plain_bytes", "application/octet-stream"),
+    ] {
+        let content = &paths[path]["get"]["responses"]["200"]["content"];
+        assert!(content.get(media).is_some(), "{path}: {content}");
+        assert!(
+            content.get("application/json").is_some(),
+            "{path}: {content}"
+        );
+    }
     let content = &paths["/rpc/people"]["get"]["responses"]["200"]["content"];
     assert!(content.get("text/csv").is_some(), "{content}");
     assert!(content.get("application/json").is_some(), "{content}");
@@ -989,4 +997,31 @@ async fn get_doc(s: &TestServer) -> Vec<u8> {
     let r = raw(s.http.get(s.url("/"))).await;
     assert_eq!(r.status, 200);
     r.body
+}
+
+/// A function returning plain text, xml or bytea answers its raw value in
+/// the matching media type (PostgREST up to 11; issue 13), and JSON still.
+#[tokio::test]
+async fn raw_output_of_text_xml_and_bytea_results() {
+    let s = server().await;
+    let r = get(&s, "plain_text", Some("text/plain")).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, b"plain".as_slice()));
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let r = get(&s, "plain_bytes", Some("application/octet-stream")).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, [0u8, 255].as_slice()));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    let r = get(&s, "plain_xml", Some("text/xml")).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, b"<a>1</a>".as_slice()));
+    assert!(r
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/xml")));
+    let r = get(&s, "plain_text", Some("application/json")).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, b"\"plain\"".as_slice())
+    );
+    // The example of docs/media-types.md.
+    let r = get(&s, "version", Some("text/plain")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, env!("CARGO_PKG_VERSION").as_bytes());
 }
