@@ -69,6 +69,10 @@ pub struct ServeConfig {
     /// errors answer like the call's.
     #[arg(long, env = "PGRPC_PRE_REQUEST")]
     pub pre_request: Option<String>,
+    /// Origins a browser may call from, comma-separated, as PostgREST's
+    /// server-cors-allowed-origins; empty: any origin (`*`).
+    #[arg(long, env = "PGRPC_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     /// Role for requests without a token.
     #[arg(long, env = "PGRPC_ANON_ROLE", default_value = "pgrpc_anon")]
     pub anon_role: String,

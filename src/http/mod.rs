@@ -3,6 +3,7 @@
 //! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
 pub mod consistency;
+mod cors;
 pub mod request;
 
 use std::sync::Arc;
@@ -33,7 +34,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     let request_id = request_id(&state, &req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let origins = &state.config.cors_allowed_origins;
+    if let Some(headers) = cors::preflight(origins, &method, req.headers()) {
+        let mut resp = Response::new(Body::default());
+        *resp.headers_mut() = headers;
+        return resp;
+    }
+    let origin = req.headers().get(hyper::header::ORIGIN).cloned();
     let (mut resp, label) = route(&state, req).await;
+    cors::decorate(origins, origin.as_ref(), resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut()
             .insert(HeaderName::from_static("x-request-id"), v);

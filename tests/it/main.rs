@@ -9,6 +9,7 @@ mod support;
 mod api_types;
 mod clients;
 mod contracts;
+mod cors;
 mod docs;
 mod embedded;
 mod feed;
