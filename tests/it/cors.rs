@@ -25,7 +25,10 @@ async fn any_origin_by_default_with_postgrest_headers() {
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert_eq!(r.header("access-control-allow-credentials"), None);
     let methods = r.header("access-control-allow-methods").unwrap_or_default();
-    assert!(methods.contains("POST") && methods.contains("GET"), "{methods}");
+    assert!(
+        methods.contains("POST") && methods.contains("GET"),
+        "{methods}"
+    );
     assert_eq!(
         r.header("access-control-allow-headers"),
         Some("Authorization, content-type, prefer, x-client-info")
@@ -62,7 +65,11 @@ async fn any_origin_by_default_with_postgrest_headers() {
     // OPTIONS is the function's own answer.
     let r = send(s.http.post(s.url("/rpc/version")).json(&json!({}))).await;
     assert_eq!(r.header("access-control-allow-origin"), None);
-    let r = send(s.http.request(reqwest::Method::OPTIONS, s.url("/rpc/version"))).await;
+    let r = send(
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/rpc/version")),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.header("allow").is_some(), "{:?}", r.headers);
 }
