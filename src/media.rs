@@ -197,6 +197,18 @@ fn read_q(text: &str) -> f64 {
     number.parse::<f64>().unwrap_or(1.0)
 }
 
+/// The raw media type of a base type that is passed and answered as its
+/// bare value: `text` as `text/plain`, `xml` as `text/xml`, `bytea` as
+/// `application/octet-stream` (true: the value is bytes).
+pub fn raw_media(type_sql: &str) -> Option<(MediaType, bool)> {
+    match type_sql {
+        "text" => Some((MediaType::TextPlain, false)),
+        "xml" => Some((MediaType::TextXml, false)),
+        "bytea" => Some((MediaType::OctetStream, true)),
+        _ => None,
+    }
+}
+
 /// How a request body is read, from its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
@@ -423,15 +435,10 @@ fn lookup(
     // raw media type of that type, as PostgREST did up to version 11 and
     // issue 13 asks (PostgREST 12/13 answer 406 and need a domain).
     if routine.shape == crate::db::schema::Shape::Scalar && routine.media.is_none() {
-        let raw = match (mt, routine.return_type.as_str()) {
-            (MediaType::TextPlain, "text") | (MediaType::TextXml, "xml") => Some(false),
-            (MediaType::OctetStream, "bytea") => Some(true),
-            _ => None,
-        };
-        if let Some(bytea) = raw {
+        if let Some((raw, bytea)) = raw_media(&routine.return_type).filter(|(m, _)| m == mt) {
             return Some(Negotiated {
                 handler: Handler::Domain { bytea },
-                media: mt.clone(),
+                media: raw,
             });
         }
     }

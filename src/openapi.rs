@@ -281,6 +281,15 @@ fn header_params(r: &Routine, read: bool) -> Vec<Value> {
     params
 }
 
+/// A body that is the value itself: text, or bytes.
+fn string_schema(bytes: bool) -> Value {
+    if bytes {
+        json!({"type": "string", "format": "binary"})
+    } else {
+        json!({"type": "string"})
+    }
+}
+
 fn error_ref() -> Value {
     json!({"$ref": "#/components/responses/Error"})
 }
@@ -297,10 +306,7 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
         Some(_) if r.media.is_some() => {
             // A media-type handler: its domain's type, its value as the body.
             let media = r.media.as_ref().map_or("*/*", |m| m.media.mime());
-            let body = match r.media.as_ref().is_some_and(|m| m.bytea) {
-                true => json!({"type": "string", "format": "binary"}),
-                false => json!({"type": "string"}),
-            };
+            let body = string_schema(r.media.as_ref().is_some_and(|m| m.bytea));
             responses.insert(
                 "200".into(),
                 json!({"description": format!("returns {}", r.return_type),
@@ -319,18 +325,11 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
                 content["text/csv"] = json!({"schema": {"type": "string"}});
             }
             // A plain text, xml or bytea result also answers its raw value.
-            let raw = match (r.shape, r.return_type.as_str()) {
-                (Shape::Scalar, "text") => Some(("text/plain", "")),
-                (Shape::Scalar, "xml") => Some(("text/xml", "")),
-                (Shape::Scalar, "bytea") => Some(("application/octet-stream", "binary")),
-                _ => None,
-            };
-            if let Some((media, format)) = raw {
-                let mut body = json!({"type": "string"});
-                if !format.is_empty() {
-                    body["format"] = json!(format);
-                }
-                content[media] = json!({"schema": body});
+            let raw = (r.shape == Shape::Scalar)
+                .then(|| crate::media::raw_media(&r.return_type))
+                .flatten();
+            if let Some((media, bytea)) = raw {
+                content[media.mime()] = json!({"schema": string_schema(bytea)});
             }
             responses.insert(
                 "200".into(),
@@ -414,12 +413,13 @@ fn request_body(r: &Routine) -> Value {
     if r.takes_body {
         // A single unnamed parameter takes the whole body, of the media
         // type its parameter type reads (docs/media-types.md).
-        let content = match r.params.first().map(|p| p.type_sql.as_str()) {
-            Some("text") => json!({"text/plain": {"schema": {"type": "string"}}}),
-            Some("xml") => json!({"text/xml": {"schema": {"type": "string"}}}),
-            Some("bytea") => json!({"application/octet-stream":
-                                     {"schema": {"type": "string", "format": "binary"}}}),
-            _ => json!({"application/json": {"schema": {}}}),
+        let raw = r
+            .params
+            .first()
+            .and_then(|p| crate::media::raw_media(&p.type_sql));
+        let content = match raw {
+            Some((media, bytea)) => json!({media.mime(): {"schema": string_schema(bytea)}}),
+            None => json!({"application/json": {"schema": {}}}),
         };
         return json!({"required": false, "content": content});
     }

@@ -2,7 +2,7 @@
 //! (header `X-Pgrpc-Lsn` or cookie `pgrpc_lsn`), and the one a write's
 //! response carries (docs/replicas.md).
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::db::lsn::Lsn;
 use crate::error::{Fault, Pgrst};
@@ -43,21 +43,11 @@ pub fn requested_lsn(headers: &HeaderMap) -> Result<Option<Lsn>, InvalidLsn> {
             value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
         })?);
     }
-    for value in headers.get_all(COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((name, v)) = pair.split_once('=') else {
-                continue;
-            };
-            if name.trim() != LSN_COOKIE {
-                continue;
-            }
-            let v = v.trim().trim_matches('"');
-            want(v.parse().map_err(|_| InvalidLsn {
-                source_name: "the pgrpc_lsn cookie",
-                value: v.to_string(),
-            })?);
-        }
+    for (_, v) in super::request::cookie_pairs(headers).filter(|(name, _)| *name == LSN_COOKIE) {
+        want(v.parse().map_err(|_| InvalidLsn {
+            source_name: "the pgrpc_lsn cookie",
+            value: v.to_string(),
+        })?);
     }
     Ok(wanted)
 }

@@ -233,23 +233,26 @@ fn headers_json(headers: &HeaderMap) -> String {
     out
 }
 
+/// Every `name=value` of the `Cookie` headers, in order, trimmed, with the
+/// quotes of a quoted value removed; pairs without a name are skipped.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim(), value.trim().trim_matches('"')))
+        .filter(|(name, _)| !name.is_empty())
+}
+
 /// The `Cookie` headers as a JSON object of name → value (the last value of
 /// a repeated name wins), for `request.cookies`.
 fn cookies_json(headers: &HeaderMap) -> String {
     let mut cookies: Vec<(&str, &str)> = Vec::new();
-    for value in headers.get_all(COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for pair in text.split(';') {
-            let Some((name, value)) = pair.split_once('=') else {
-                continue;
-            };
-            let (name, value) = (name.trim(), value.trim());
-            if name.is_empty() {
-                continue;
-            }
-            cookies.retain(|(n, _)| *n != name);
-            cookies.push((name, value.trim_matches('"')));
-        }
+    for (name, value) in cookie_pairs(headers) {
+        cookies.retain(|(n, _)| *n != name);
+        cookies.push((name, value));
     }
     let mut out = String::from("{");
     for (i, (name, value)) in cookies.iter().enumerate() {
