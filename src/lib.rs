@@ -55,6 +55,8 @@ pub mod config;
 pub mod db;
 pub mod embedded;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod media;
 pub mod metrics;

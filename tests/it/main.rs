@@ -7,6 +7,7 @@
 mod support;
 
 mod api_types;
+mod attacks;
 mod clients;
 mod contracts;
 mod cors;
