@@ -1,8 +1,14 @@
 //! `pgrpc migrate`: the SQL in `sql/`, embedded at build time and applied
-//! by refinery, each file in its own transaction. A session advisory lock
-//! keeps two concurrent runs from applying the same file twice.
+//! by refinery, each file in its own transaction.
+//!
+//! Two concurrent runs are serialised by a table lock that only a
+//! superuser can take (see [`LOCK`]), held by a second connection for the
+//! whole run, so the second run waits and then finds nothing to apply. An
+//! advisory lock would need no privilege: any login could hold its key and
+//! stall every migration (SPEC §1: no login other than a superuser can
+//! block another caller's write).
 
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 refinery::embed_migrations!("sql");
 
@@ -10,8 +16,10 @@ refinery::embed_migrations!("sql");
 pub enum MigrateError {
     #[error("cannot connect: {0}")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("cannot take the migration lock: {0}")]
+    #[error("cannot take the migration lock (pgrpc migrate needs a superuser connection): {0}")]
     Lock(#[source] tokio_postgres::Error),
+    #[error("refused: {}", db_error(.0))]
+    Refused(#[source] tokio_postgres::Error),
     #[error("migration failed: {}", chain(.0))]
     Apply(#[from] refinery::Error),
 }
@@ -34,6 +42,25 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A database error with its detail and hint, which say what to fix.
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut out = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                out.push_str(": ");
+                out.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                out.push_str(" Hint: ");
+                out.push_str(hint);
+            }
+            out
+        }
+        None => e.to_string(),
+    }
+}
+
 /// The embedded migrations, each followed by `RESET ROLE`: the files switch
 /// roles with `SET LOCAL ROLE`, and refinery records the migration in its
 /// history table inside the same transaction, as the connecting role.
@@ -49,17 +76,48 @@ fn runner() -> Result<refinery::Runner, refinery::Error> {
     Ok(refinery::Runner::new(&list))
 }
 
-const LOCK_KEY: i64 = 0x0070_6772_7063; // "pgrpc"
+/// The migration lock: a self-conflicting table lock on a table that every
+/// database has and that only a superuser may lock in that mode (PUBLIC may
+/// only read it, and ACCESS SHARE conflicts with SHARE ROW EXCLUSIVE not at
+/// all). No migration writes this table, so the run never waits on itself.
+const LOCK: &str = "LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE";
+
+/// Refuses (through the database's own check, once V17 has created it)
+/// while a role is a member of `pgrpc_migrator` or a login holds
+/// `pgrpc_api`: `migrator_role_has_members`, `api_role_held_by_login`.
+pub async fn refuse_forbidden_memberships(client: &Client) -> Result<(), MigrateError> {
+    let row = client
+        .query_one(
+            "SELECT to_regprocedure('pgrpc_guard.refuse_forbidden_memberships(text)') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(MigrateError::Refused)?;
+    if row.get::<_, bool>(0) {
+        client
+            .execute(
+                "SELECT pgrpc_guard.refuse_forbidden_memberships('pgrpc migrate')",
+                &[],
+            )
+            .await
+            .map_err(MigrateError::Refused)?;
+    }
+    Ok(())
+}
 
 pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
+    let (lock, lock_connection) = tokio_postgres::connect(database_url, NoTls)
+        .await
+        .map_err(MigrateError::Connect)?;
+    let lock_driver = tokio::spawn(lock_connection);
+    lock.batch_execute(&format!("BEGIN; {LOCK}"))
+        .await
+        .map_err(MigrateError::Lock)?;
+    refuse_forbidden_memberships(&lock).await?;
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(MigrateError::Lock)?;
     let result = match runner() {
         Ok(runner) => {
             runner
@@ -69,11 +127,12 @@ pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
         }
         Err(e) => Err(e),
     };
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
     drop(client);
     let _ = driver.await;
+    // Ending the lock's transaction (or its connection) releases the lock.
+    let _ = lock.batch_execute("COMMIT").await;
+    drop(lock);
+    let _ = lock_driver.await;
     let report = result?;
     Ok(Report {
         applied: report
