@@ -51,7 +51,10 @@ async fn database_drop_login(db: &crate::support::TestDb, name: &str) {
 async fn a_login_granted_nothing_cannot_stall_an_anonymous_signature() {
     let s = crate::support::TestServer::start().await;
     let team = s
-        .service_rpc("create_team", serde_json::json!({"tenant_id": 18, "name": "T"}))
+        .service_rpc(
+            "create_team",
+            serde_json::json!({"tenant_id": 18, "name": "T"}),
+        )
         .await;
     assert_eq!(team.status, 200, "{}", team.text);
     let parent = s
@@ -75,10 +78,7 @@ async fn a_login_granted_nothing_cannot_stall_an_anonymous_signature() {
     // The key private.outbox_emit locked until V17, held for the session.
     let key = format!("pgrpc_outbox:player:{player_id}");
     login
-        .execute(
-            "SELECT pg_advisory_lock(hashtextextended($1, 0))",
-            &[&key],
-        )
+        .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
         .await
         .expect("advisory locks need no privilege");
 
@@ -124,7 +124,10 @@ async fn a_login_granted_nothing_cannot_stall_an_anonymous_signature() {
     assert_eq!(events, 1, "one contract.signed event");
     drop(login);
     database_drop_login(&s.db, &name).await;
-    assert_eq!(s.rpc("version", None, serde_json::json!({})).await.status, 200);
+    assert_eq!(
+        s.rpc("version", None, serde_json::json!({})).await.status,
+        200
+    );
 }
 
 /// A login granted nothing holds pgrpc migrate's old advisory key and cannot take its new lock, while pgrpc migrate still runs to the end.
@@ -138,7 +141,9 @@ async fn a_login_granted_nothing_cannot_hold_up_pgrpc_migrate() {
         .await
         .expect("advisory locks need no privilege");
     let err = login
-        .batch_execute("BEGIN; LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE")
+        .batch_execute(
+            "BEGIN; LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE",
+        )
         .await
         .expect_err("only a superuser takes the migration lock");
     assert_eq!(
@@ -175,7 +180,10 @@ async fn a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl() {
     // Roles are cluster-wide: the memberships stay inside this transaction,
     // invisible to the tests running beside it (and to their DDL).
     for (login, grant) in [
-        (&direct, format!("CREATE ROLE {direct} LOGIN IN ROLE pgrpc_api")),
+        (
+            &direct,
+            format!("CREATE ROLE {direct} LOGIN IN ROLE pgrpc_api"),
+        ),
         (
             &via,
             format!(
@@ -201,7 +209,9 @@ async fn a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl() {
         assert_eq!(report, vec![chain], "the guard reports the login");
 
         // pgrpc migrate's check, before it applies anything.
-        su.batch_execute("SAVEPOINT before").await.expect("savepoint");
+        su.batch_execute("SAVEPOINT before")
+            .await
+            .expect("savepoint");
         let refused = pgrpc::migrate::refuse_forbidden_memberships(&su)
             .await
             .expect_err("pgrpc migrate refuses");
@@ -210,7 +220,9 @@ async fn a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl() {
             text.contains("api_role_held_by_login") && text.contains(login.as_str()),
             "{text}"
         );
-        su.batch_execute("ROLLBACK TO before").await.expect("rollback to");
+        su.batch_execute("ROLLBACK TO before")
+            .await
+            .expect("rollback to");
 
         // Any superuser DDL, so a migration stops at its first statement.
         let err = su
@@ -223,7 +235,9 @@ async fn a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl() {
             "{err}"
         );
         assert_eq!(crate::support::db::message(&err), "api_role_held_by_login");
-        su.batch_execute("ROLLBACK TO before").await.expect("rollback to");
+        su.batch_execute("ROLLBACK TO before")
+            .await
+            .expect("rollback to");
 
         // A role that cannot log in may hold it: the rule is about logins.
         su.batch_execute(&format!(
