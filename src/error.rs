@@ -15,6 +15,8 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokio_postgres::error::{DbError, SqlState};
 
+use crate::response_settings::{self, SettingsError};
+
 /// Declares `Pgrst` from one table, so that its variants, their codes and
 /// statuses, and `Pgrst::ALL` cannot drift apart.
 macro_rules! pgrst_table {
@@ -240,6 +242,7 @@ pub fn status_for_sqlstate(state: &SqlState, anon: bool) -> StatusCode {
             .parse::<u16>()
             .ok()
             .and_then(|n| StatusCode::from_u16(n).ok())
+            .filter(|s| response_settings::sendable(*s))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     }
     if *state == SqlState::UNIQUE_VIOLATION || *state == SqlState::FOREIGN_KEY_VIOLATION {
@@ -306,6 +309,10 @@ fn from_raise_pgrst(err: &DbError) -> ApiError {
     let Some(status) = status else {
         return bad();
     };
+    // An error is still a response: never one that switches protocols.
+    if !response_settings::sendable(status) {
+        return ApiError::from(SettingsError::Status(status.as_u16().to_string()));
+    }
     let text = |v: Option<&Value>| -> Option<String> {
         match v {
             None | Some(Value::Null) => None,
@@ -323,15 +330,9 @@ fn from_raise_pgrst(err: &DbError) -> ApiError {
     };
     if let Some(headers) = detail.get("headers").and_then(Value::as_object) {
         for (name, value) in headers {
-            let value = match value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                api.headers.push((n, v));
+            match response_settings::header(name, value) {
+                Ok(header) => api.headers.push(header),
+                Err(refusal) => return ApiError::from(refusal),
             }
         }
     }
@@ -393,6 +394,9 @@ mod tests {
         assert_eq!(status("42501", true), 401);
         assert_eq!(status("42501", false), 403);
         assert_eq!(status("PTabc", false), 500);
+        // A status that would switch protocols or announce another answer.
+        assert_eq!(status("PT101", false), 500);
+        assert_eq!(status("PT103", false), 500);
     }
 
     #[test]

@@ -28,6 +28,8 @@
 //! - [`prefer`]: the `Prefer` header: what a request states, what applies
 //!   to a call (`handling`, `count`, `tx`, `timezone`, `max-affected`), and
 //!   `Preference-Applied`.
+//! - [`response_settings`]: what a function may set in `response.headers`
+//!   and `response.status`, in Rust and as the SQL check run before COMMIT.
 //! - [`query`]: query-string operations on a function's result (`select`,
 //!   filters, `order`, `limit`, `offset`), parsed and compiled to SQL.
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
@@ -66,4 +68,5 @@ pub mod plan;
 pub mod prefer;
 pub mod query;
 pub mod relay;
+pub mod response_settings;
 pub mod server;

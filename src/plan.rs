@@ -24,6 +24,7 @@ use crate::error::{Fault, Pgrst};
 use crate::media::{self, BodyKind, Handler, Negotiated};
 use crate::prefer::{Applied, TxEnd};
 use crate::query::{self, QueryError, QueryOps};
+use crate::response_settings::{self, SettingsError};
 
 /// How many statements with query-string operations a routine keeps; past
 /// it, such statements are built per request and not kept, so that
@@ -60,10 +61,8 @@ pub enum PlanError {
     NotAnObject,
     #[error("None of these media types are available: {}", .0.join(", "))]
     NotAcceptable(Vec<String>),
-    #[error("The response.headers setting must be a JSON array of objects")]
-    GucHeaders(String),
-    #[error("The status code must be a positive integer")]
-    GucStatus(String),
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
     #[error("{0}")]
     Query(#[from] QueryError),
     #[error("Requested range not satisfiable")]
@@ -87,8 +86,7 @@ impl Fault for PlanError {
             PlanError::Ambiguous(_) => Pgrst::AmbiguousRpc,
             PlanError::NotAnObject => Pgrst::InvalidBody,
             PlanError::NotAcceptable(_) => Pgrst::MediaType,
-            PlanError::GucHeaders(_) => Pgrst::GucHeaders,
-            PlanError::GucStatus(_) => Pgrst::GucStatus,
+            PlanError::Settings(e) => e.pgrst(),
             PlanError::Query(e) => e.pgrst(),
             PlanError::RangeNotSatisfiable { .. } | PlanError::EmptyRange => Pgrst::InvalidRange,
             PlanError::InvalidPreferences(_) => Pgrst::InvalidPreferences,
@@ -112,8 +110,7 @@ impl Fault for PlanError {
                 "Searched for the function {schema}.{name} with parameters {} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
                 if keys.is_empty() { "()".to_string() } else { keys.join(", ") }
             )),
-            PlanError::GucHeaders(text) => Some(text.clone()),
-            PlanError::GucStatus(text) => Some(format!("response.status was set to {text:?}")),
+            PlanError::Settings(e) => e.details(),
             PlanError::Query(e) => e.details(),
             PlanError::RangeNotSatisfiable { offset, total } => Some(format!(
                 "An offset of {offset} was requested, but there are only {total} rows."
@@ -710,13 +707,7 @@ pub fn reply(
     headers.insert(0, (hyper::header::CONTENT_RANGE, content_range));
     let status = match &r.status {
         None => None,
-        Some(s) => Some(
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .and_then(|n| StatusCode::from_u16(n).ok())
-                .ok_or_else(|| PlanError::GucStatus(s.clone()))?,
-        ),
+        Some(s) => Some(response_settings::status(s)?),
     };
     let content_type = media.content_type();
     let (default_status, body) = if routine.shape == Shape::Void {
@@ -807,25 +798,10 @@ fn content_range(r: &CallResult, page: Page) -> Result<(StatusCode, HeaderValue)
     Ok((status, value))
 }
 
-/// `response.headers`: a JSON array of single-key objects.
+/// `response.headers`: a JSON array of single-key objects, each a header
+/// the proxy can send (see `response_settings`).
 pub fn parse_response_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, PlanError> {
-    let bad = || PlanError::GucHeaders(text.to_string());
-    let value: Value = serde_json::from_str(text).map_err(|_| bad())?;
-    let list = value.as_array().ok_or_else(bad)?;
-    let mut out = Vec::new();
-    for item in list {
-        let obj = item.as_object().ok_or_else(bad)?;
-        for (k, v) in obj {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad())?;
-            let value = HeaderValue::from_str(&v).map_err(|_| bad())?;
-            out.push((name, value));
-        }
-    }
-    Ok(out)
+    Ok(response_settings::headers(text)?)
 }
 
 /// SHA-256 over method, path, profile, the response form asked for (the

@@ -23,6 +23,7 @@ use tracing::error;
 
 use super::schema::{RoleSettings, SchemaCache, TIMEZONES_SQL};
 use crate::error::{ApiError, Fault, Pgrst};
+use crate::response_settings::{self, SettingsError};
 
 /// Why a call did not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,10 @@ pub enum ExecError {
     /// be on no standby, and a failover could lose it. Not acknowledged.
     #[error("The commit was not confirmed by a synchronous standby")]
     Unreplicated,
+    /// The call set `response.headers` or `response.status` to something
+    /// the proxy cannot send: refused before COMMIT, the call rolled back.
+    #[error("{0}")]
+    Settings(SettingsError),
     #[error("The call's task failed")]
     TaskFailed,
     #[error("unexpected idempotency claim state {0:?}")]
@@ -83,6 +88,7 @@ impl Fault for ExecError {
             | ExecError::ReadOnlyNode(_)
             | ExecError::Unreplicated => Pgrst::Connection,
             ExecError::Singularity(_) => Pgrst::Singularity,
+            ExecError::Settings(e) => e.pgrst(),
             ExecError::TaskFailed
             | ExecError::ClaimState(_)
             | ExecError::Postgres { .. }
@@ -107,6 +113,7 @@ impl Fault for ExecError {
                 Some(d.clone())
             }
             ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
+            ExecError::Settings(e) => e.details(),
             ExecError::Unreplicated => Some(
                 "PostgreSQL stopped waiting for the synchronous standby (the wait was cancelled): \
                  the change is committed on the primary but may be on no standby."
@@ -219,6 +226,8 @@ pub struct CallJob {
     pub isolation: Option<&'static str>,
     /// `SELECT <PGRPC_PRE_REQUEST>()`, run after the settings.
     pub pre_request: Option<Arc<str>>,
+    /// None for a read-only call: one that cannot write stores nothing
+    /// under a key (the header is ignored).
     pub idempotency: Option<IdempotentCall>,
     /// Checks the call's result before COMMIT, for calls whose answer may
     /// still be an error (a counted range past its end): the call is then
@@ -411,35 +420,43 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
     conn.clear_unreplicated();
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
         // The common case: one round trip.
-        let result = pipelined(&conn, &job, pre.as_ref(), call)
-            .await
-            .map_err(fail)?;
+        let result = pipelined(&conn, &job, pre.as_ref(), call).await?;
         replicated(&conn)?;
         return Ok(Executed::Called(result));
     }
     let mut job_read_only = true;
     let outcome = match open(&mut conn, &job, cached, pre_cached).await {
         Ok(call) if simple => {
-            // First call of this statement on this connection: the call and
-            // COMMIT go together, one round trip after the Parse.
+            // First call of this statement on this connection: the call,
+            // the settings' check and COMMIT go together, one round trip
+            // after the Parse.
             let args = job.binds();
-            let (c, e) = futures_util::join!(
+            let (c, k, e) = futures_util::join!(
                 conn.query_row(&call, &args, &[]),
+                check_settings(&conn, job.read_only),
                 commit(&conn, job.read_only),
             );
-            return match (c, e) {
+            let ended = match (c, e) {
                 (Ok(row), Ok(lsn)) => {
-                    replicated(&conn)?;
-                    Ok(Executed::Called(CallResult {
-                        commit_lsn: lsn,
-                        ..read_call_row(row.as_ref())
-                    }))
+                    let result = read_call_row(row.as_ref());
+                    k.map_err(|e| refused(&result, e, anon))
+                        .map(|()| CallResult {
+                            commit_lsn: lsn,
+                            ..result
+                        })
                 }
-                (Err(e), _) | (Ok(_), Err(e)) => {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(fail(e)),
+            };
+            return match ended {
+                Ok(result) => {
+                    replicated(&conn)?;
+                    Ok(Executed::Called(result))
+                }
+                Err(e) => {
                     if conn.client.is_closed() {
                         let _ = Object::take(conn);
                     }
-                    Err(fail(e))
+                    Err(e)
                 }
             };
         }
@@ -495,12 +512,10 @@ fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
 }
 
 /// How the transaction starts: with the isolation level the function
-/// asks for, if any, and READ ONLY for a read-only call, except under an
-/// `Idempotency-Key`, whose bookkeeping writes: the call itself then runs
-/// READ ONLY inside a savepoint (see `stepwise`).
+/// asks for, if any, and READ ONLY for a read-only call (which never
+/// carries an `Idempotency-Key`: a call that cannot write stores nothing).
 fn begin_sql(job: &CallJob) -> Cow<'static, str> {
-    let read_only = job.read_only && job.idempotency.is_none();
-    match (job.isolation, read_only) {
+    match (job.isolation, job.read_only) {
         (None, true) => Cow::Borrowed("BEGIN READ ONLY"),
         (None, false) => Cow::Borrowed("BEGIN"),
         (Some(level), true) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level} READ ONLY")),
@@ -516,37 +531,64 @@ async fn pre_request(conn: &PgConn, pre: Option<&Prepared>) -> Result<(), tokio_
     }
 }
 
-/// `BEGIN; settings; [pre-request;] call; COMMIT` as one pipeline: one
-/// round trip once the statements are prepared on this connection. An
-/// error anywhere aborts the transaction, and the trailing COMMIT then
-/// rolls it back.
+/// `BEGIN; settings; [pre-request;] call; [check;] COMMIT` as one
+/// pipeline: one round trip once the statements are prepared on this
+/// connection. An error anywhere aborts the transaction, and the trailing
+/// COMMIT then rolls it back: the check of the response settings, for a
+/// call that may write, raises when the answer could not be sent.
 async fn pipelined(
     conn: &PgConn,
     job: &CallJob,
     pre: Option<&Prepared>,
     call: &Prepared,
-) -> Result<CallResult, tokio_postgres::Error> {
+) -> Result<CallResult, ExecError> {
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
     let client = &conn.client;
     let args = job.binds();
     let params = job.settings.params();
     let begin = begin_sql(job);
     let settings = conn.settings();
-    let (b, s, p, c, e) = futures_util::join!(
+    let (b, s, p, c, k, e) = futures_util::join!(
         client.batch_execute(&begin),
         conn.query_row(&settings, &params, &SETTINGS_TYPES),
         pre_request(conn, pre),
         conn.query_row(call, &args, &[]),
+        check_settings(conn, job.read_only),
         commit(conn, job.read_only),
     );
-    b?;
-    s?;
-    p?;
-    let row = c?;
-    let lsn = e?;
+    b.map_err(fail)?;
+    s.map_err(fail)?;
+    p.map_err(fail)?;
+    let result = read_call_row(c.map_err(fail)?.as_ref());
+    k.map_err(|e| refused(&result, e, job.anon))?;
+    let lsn = e.map_err(fail)?;
     Ok(CallResult {
         commit_lsn: lsn,
-        ..read_call_row(row.as_ref())
+        ..result
     })
+}
+
+/// For a call that may write, the check of its response settings
+/// (`response_settings::CHECK_SQL`), sent between the call and COMMIT: it
+/// raises, and so aborts the transaction, when the answer could not be
+/// sent. A read-only call commits nothing, so the proxy's own parse after
+/// it suffices.
+async fn check_settings(conn: &PgConn, read_only: bool) -> Result<(), tokio_postgres::Error> {
+    if read_only {
+        return Ok(());
+    }
+    conn.query_row(&conn.check(), &[], &[]).await.map(|_| ())
+}
+
+/// The check statement failed after the call succeeded: the proxy's own
+/// rules, applied to what the call set, say why (`PGRST111`/`PGRST112`).
+/// A failure they do not explain (a timeout, a lost connection) keeps its
+/// own error.
+fn refused(result: &CallResult, e: tokio_postgres::Error, anon: bool) -> ExecError {
+    match response_settings::check(result.headers.as_deref(), result.status.as_deref()) {
+        Err(refusal) if e.as_db_error().is_some() => ExecError::Settings(refusal),
+        _ => ExecError::from_pg(e, anon),
+    }
 }
 
 /// Opens the transaction and applies the settings, preparing the call and
@@ -652,27 +694,15 @@ async fn stepwise(
             other => return Err(ExecError::ClaimState(other.to_string())),
         }
     }
-    // A read-only call under a key runs READ ONLY inside a savepoint that
-    // is then rolled back: it had no effects to keep, and the key's
-    // bookkeeping after it needs a writable transaction again.
-    let read_only_inside = job.read_only && job.idempotency.is_some();
-    if read_only_inside {
-        conn.client
-            .batch_execute("SAVEPOINT pgrpc_call; SET LOCAL transaction_read_only = on")
-            .await
-            .map_err(fail)?;
-    }
     let row = conn
         .query_row(call, &job.binds(), &[])
         .await
         .map_err(fail)?;
-    if read_only_inside {
-        conn.client
-            .batch_execute("ROLLBACK TO SAVEPOINT pgrpc_call")
-            .await
-            .map_err(fail)?;
-    }
     let result = read_call_row(row.as_ref());
+    // The answer is known before COMMIT here: one that could not be sent
+    // rolls the call back.
+    response_settings::check(result.headers.as_deref(), result.status.as_deref())
+        .map_err(ExecError::Settings)?;
     if job.singular && result.rows != 1 {
         return Err(ExecError::Singularity(result.rows));
     }

@@ -28,6 +28,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use super::DbError;
+// The check of the response settings touches only pg_catalog too: it is
+// prepared once per connection, with the settings statement.
+use crate::response_settings::CHECK_SQL;
 
 pub type Pool = managed::Pool<PgManager>;
 pub type Conn = managed::Object<PgManager>;
@@ -79,6 +82,8 @@ pub struct PgConn {
     pub client: Client,
     /// `SETTINGS_SQL`, prepared when the pool prepares statements.
     settings: Option<Statement>,
+    /// `CHECK_SQL`, prepared when the pool prepares statements.
+    check: Option<Statement>,
     /// Whether this connection prepares statements by name.
     prepares: bool,
     /// Whether a call that may write reads the WAL position its COMMIT
@@ -133,6 +138,14 @@ impl PgConn {
         match &self.settings {
             Some(s) => Prepared::Named(s.clone()),
             None => Prepared::UnnamedStatic(SETTINGS_SQL),
+        }
+    }
+
+    /// The response settings' check as this connection runs it.
+    pub fn check(&self) -> Prepared {
+        match &self.check {
+            Some(s) => Prepared::Named(s.clone()),
+            None => Prepared::UnnamedStatic(CHECK_SQL),
         }
     }
 
@@ -241,18 +254,25 @@ impl managed::Manager for PgManager {
                 }
             }
         });
-        let prepare = async {
-            if self.prepared {
-                client.prepare(SETTINGS_SQL).await.map(Some)
-            } else {
-                Ok(None)
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                if self.prepared {
+                    client.prepare(sql).await.map(Some)
+                } else {
+                    Ok(None)
+                }
             }
         };
-        // In the same round trip as the prepare.
-        let (settings, wal) = futures_util::join!(prepare, super::lsn::WalLayout::read(&client));
-        let settings = match settings {
-            Ok(s) => s,
-            Err(e) => {
+        // In the same round trip as the prepares.
+        let (settings, check, wal) = futures_util::join!(
+            prepare(SETTINGS_SQL),
+            prepare(CHECK_SQL),
+            super::lsn::WalLayout::read(&client)
+        );
+        let (settings, check) = match (settings, check) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => {
                 driver.abort();
                 return Err(e);
             }
@@ -260,6 +280,7 @@ impl managed::Manager for PgManager {
         Ok(PgConn {
             client,
             settings,
+            check,
             prepares: self.prepared,
             reports_lsn: self.reports_lsn,
             wal: wal.ok(),

@@ -198,7 +198,10 @@ async fn rpc(
     } else {
         format!("{}?{}", request.path, request.query)
     };
-    let idempotency = request.idempotency_key.clone().map(|key| IdempotentCall {
+    // A call that cannot write has nothing to protect: its key is ignored,
+    // nothing is stored under it, and it runs each time.
+    let key = request.idempotency_key.clone().filter(|_| !plan.read_only);
+    let idempotency = key.map(|key| IdempotentCall {
         request_hash: plan::request_hash(
             request.method.as_str(),
             &hashed_path,

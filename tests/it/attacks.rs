@@ -258,4 +258,518 @@ async fn a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl() {
 // Section: commit path (idempotency rows, response settings before COMMIT)
 // ---------------------------------------------------------------------------
 
+/// Fixtures of the commit-path attacks: a writing function that echoes its
+/// input into `response.headers` and `response.status`, one that raises
+/// `SQLSTATE 'PGRST'` with a header and status from its input, and one that
+/// always fails after writing.
+const COMMIT_PATH_FIXTURES: &str = r#"
+CREATE TABLE public.cp_writes (id serial PRIMARY KEY, note text NOT NULL);
+GRANT SELECT, INSERT ON public.cp_writes TO pgrpc_anon, pgrpc_user, pgrpc_service;
+GRANT USAGE ON SEQUENCE public.cp_writes_id_seq TO pgrpc_anon, pgrpc_user, pgrpc_service;
+CREATE FUNCTION api.cp_write(note text, name text DEFAULT NULL, value text DEFAULT NULL,
+                             status text DEFAULT NULL) RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  INSERT INTO public.cp_writes (note) VALUES (cp_write.note);
+  IF cp_write.name IS NOT NULL THEN
+    PERFORM set_config('response.headers',
+                       json_build_array(json_build_object(cp_write.name, cp_write.value))::text, true);
+  END IF;
+  IF cp_write.status IS NOT NULL THEN
+    PERFORM set_config('response.status', cp_write.status, true);
+  END IF;
+  RETURN NEXT cp_write.note;
+END $$;
+CREATE FUNCTION api.cp_raise(name text, status int) RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  INSERT INTO public.cp_writes (note) VALUES ('raised');
+  RAISE SQLSTATE 'PGRST' USING
+    MESSAGE = '{"code":"cp","message":"refused","details":null,"hint":null}',
+    DETAIL = json_build_object('status', cp_raise.status,
+                               'headers', json_build_object(cp_raise.name, '5'))::text;
+END $$;
+CREATE FUNCTION api.cp_raise_state(state text) RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  EXECUTE format('DO $d$ BEGIN RAISE SQLSTATE %L USING MESSAGE = %L; END $d$', state, 'raised');
+END $$;
+CREATE FUNCTION api.cp_fail(note text) RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  INSERT INTO public.cp_writes (note) VALUES (cp_fail.note);
+  RAISE SQLSTATE 'PT409' USING MESSAGE = 'always_fails';
+END $$;
+"#;
+
+/// A fixture server whose pool has one connection, so that a call's first
+/// run takes the path that prepares its statement and the next one the
+/// pipelined path.
+async fn commit_path_server(prepared: bool) -> crate::support::TestServer {
+    crate::support::TestServer::start_with_sql(COMMIT_PATH_FIXTURES, |c| {
+        c.pool_size = 1;
+        c.prepared_statements = prepared;
+        c.tx_end = pgrpc::prefer::TxEnd::CommitAllowOverride;
+    })
+    .await
+}
+
+/// Rows the fixture functions wrote with this note.
+async fn cp_written(server: &crate::support::TestServer, note: &str) -> i64 {
+    let su = server.db.superuser().await;
+    crate::support::db::query_value(
+        &su,
+        "SELECT count(*) FROM public.cp_writes WHERE note = $1",
+        &[&note],
+    )
+    .await
+}
+
+/// Rows stored under `Idempotency-Key`s.
+async fn stored_keys(server: &crate::support::TestServer) -> i64 {
+    let su = server.db.superuser().await;
+    crate::support::db::query_value(
+        &su,
+        "SELECT count(*) FROM private.http_idempotency_keys",
+        &[],
+    )
+    .await
+}
+
+/// One way to send a writing call: headers of the request, and a label.
+type CallShape = (&'static str, Vec<(&'static str, String)>);
+
+/// Every transaction path of a writing call: plain (its first run prepares
+/// the statement, the next is pipelined), under an `Idempotency-Key`,
+/// singular, counted, with `max-affected`, and `Prefer: tx=rollback`.
+fn every_write_path() -> Vec<CallShape> {
+    let key = || ("idempotency-key", uuid::Uuid::new_v4().to_string());
+    vec![
+        ("plain, preparing", vec![]),
+        ("plain, pipelined", vec![]),
+        ("idempotency key", vec![key()]),
+        (
+            "singular",
+            vec![("accept", "application/vnd.pgrst.object+json".into())],
+        ),
+        ("counted", vec![("prefer", "count=exact".into())]),
+        (
+            "max-affected",
+            vec![("prefer", "handling=strict, max-affected=5".into())],
+        ),
+        ("tx=rollback", vec![("prefer", "tx=rollback".into())]),
+    ]
+}
+
+/// POSTs `cp_write` with `body`, as a service with a sub, with `extra` headers.
+async fn cp_post(
+    server: &crate::support::TestServer,
+    body: &serde_json::Value,
+    extra: &[(&str, String)],
+) -> crate::support::Resp {
+    let t =
+        crate::support::token(serde_json::json!({"role": "pgrpc_service", "sub": "commit-path"}));
+    let mut req = server
+        .http
+        .post(server.url("/rpc/cp_write"))
+        .bearer_auth(t)
+        .json(body);
+    for (name, value) in extra {
+        req = req.header(*name, value.as_str());
+    }
+    crate::support::send(req).await
+}
+
+/// Sends `body` through every write path and asserts `code` and nothing written.
+async fn assert_refused_on_every_path(
+    server: &crate::support::TestServer,
+    body: serde_json::Value,
+    code: &str,
+) {
+    let note = body["note"].as_str().unwrap_or_default().to_string();
+    for (path, extra) in every_write_path() {
+        let r = cp_post(server, &body, &extra).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.text);
+        assert_eq!(r.error_code(), code, "{path}: {}", r.text);
+        assert_eq!(
+            cp_written(server, &note).await,
+            0,
+            "{path}: the write was committed"
+        );
+    }
+    assert_eq!(
+        stored_keys(server).await,
+        0,
+        "a refused call stored its key"
+    );
+    // The proxy still takes writes on the same connection.
+    let ok = cp_post(
+        server,
+        &serde_json::json!({"note": format!("{note}-after")}),
+        &[],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(cp_written(server, &format!("{note}-after")).await, 1);
+}
+
+/// A header value echoed from input with a control character is 500 PGRST111 on every path, and the write is rolled back, prepared or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_header_value_cannot_be_sent_is_rolled_back_on_every_path() {
+    for prepared in [true, false] {
+        let server = commit_path_server(prepared).await;
+        let body =
+            serde_json::json!({"note": "ctl", "name": "X-Echo", "value": "a\r\nSet-Cookie: s=1"});
+        assert_refused_on_every_path(&server, body, "PGRST111").await;
+        let body = serde_json::json!({"note": "name", "name": "Bad Name", "value": "1"});
+        assert_refused_on_every_path(&server, body, "PGRST111").await;
+    }
+}
+
+/// A status that is not a number is 500 PGRST112 on every path, and the write is rolled back, prepared or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_status_cannot_be_sent_is_rolled_back_on_every_path() {
+    for prepared in [true, false] {
+        let server = commit_path_server(prepared).await;
+        let body = serde_json::json!({"note": "st", "status": "2O1"});
+        assert_refused_on_every_path(&server, body, "PGRST112").await;
+    }
+}
+
+/// Sends one HTTP/1.1 request on a kept-alive socket and reads one response
+/// framed by its Content-Length: (status, lowercased head, body).
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> (u16, String, String) {
+    tokio::io::AsyncWriteExt::write_all(stream, request.as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(stream, &mut chunk),
+        )
+        .await
+        .expect("response in time")
+        .expect("read");
+        assert!(
+            n > 0,
+            "the connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::io::AsyncReadExt::read(stream, &mut chunk)
+            .await
+            .expect("read body");
+        assert!(n > 0, "the body was cut short");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf.len(), head_end + length, "bytes past the declared body");
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    (status, head, body)
+}
+
+/// A keep-alive POST of `function` with a JSON body, as the service.
+fn raw_post(
+    server: &crate::support::TestServer,
+    function: &str,
+    body: &serde_json::Value,
+) -> String {
+    let body = body.to_string();
+    let t =
+        crate::support::token(serde_json::json!({"role": "pgrpc_service", "sub": "commit-path"}));
+    format!(
+        "POST /rpc/{function} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {t}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.base_url.trim_start_matches("http://"),
+        body.len()
+    )
+}
+
+/// A function cannot set framing or hop-by-hop headers (any case): 500 PGRST111 before COMMIT, nothing written, and the kept-alive connection answers the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_headers_from_a_function_are_refused_before_commit() {
+    let server = commit_path_server(true).await;
+    let mut stream = tokio::net::TcpStream::connect(server.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    for name in [
+        "Content-Length",
+        "transfer-encoding",
+        "Connection",
+        "Keep-Alive",
+        "UPGRADE",
+        "TE",
+        "Trailer",
+    ] {
+        let value = match name {
+            "Content-Length" => "3",
+            "transfer-encoding" => "chunked",
+            "Connection" => "close",
+            "UPGRADE" => "websocket",
+            _ => "x",
+        };
+        let body = serde_json::json!({"note": name, "name": name, "value": value});
+        let (status, head, text) =
+            exchange(&mut stream, &raw_post(&server, "cp_write", &body)).await;
+        assert_eq!(status, 500, "{name}: {head}{text}");
+        assert!(text.contains("PGRST111"), "{name}: {text}");
+        assert_eq!(
+            cp_written(&server, name).await,
+            0,
+            "{name}: the write was committed"
+        );
+    }
+    let body = serde_json::json!({"note": "next"});
+    let (status, _, text) = exchange(&mut stream, &raw_post(&server, "cp_write", &body)).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(cp_written(&server, "next").await, 1);
+}
+
+/// A function cannot answer a status outside 200-599 (101 switches protocols, 1xx announce another answer): 500 PGRST112 before COMMIT, nothing written, and the connection still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_outside_200_to_599_are_refused_before_commit() {
+    let server = commit_path_server(true).await;
+    let mut stream = tokio::net::TcpStream::connect(server.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    for status in ["101", "100", "103", "199", "600", "99"] {
+        let note = format!("status-{status}");
+        let body = serde_json::json!({"note": note, "status": status});
+        let (got, head, text) = exchange(&mut stream, &raw_post(&server, "cp_write", &body)).await;
+        assert_eq!(got, 500, "{status}: {head}{text}");
+        assert!(text.contains("PGRST112"), "{status}: {text}");
+        assert_eq!(
+            cp_written(&server, &note).await,
+            0,
+            "{status}: the write was committed"
+        );
+    }
+    let body = serde_json::json!({"note": "created", "status": "201"});
+    let (status, _, text) = exchange(&mut stream, &raw_post(&server, "cp_write", &body)).await;
+    assert_eq!(status, 201, "{text}");
+    assert_eq!(cp_written(&server, "created").await, 1);
+}
+
+/// A raised error cannot carry framing headers or a 1xx status either (RAISE SQLSTATE 'PGRST' and 'PT101'): the answer stays a valid, framed 500, and the connection still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_error_cannot_break_framing() {
+    let server = commit_path_server(true).await;
+    let mut stream = tokio::net::TcpStream::connect(server.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let cases = [
+        (
+            serde_json::json!({"name": "Content-Length", "status": 400}),
+            500,
+            "PGRST111",
+        ),
+        (
+            serde_json::json!({"name": "Transfer-Encoding", "status": 400}),
+            500,
+            "PGRST111",
+        ),
+        (
+            serde_json::json!({"name": "X-Fine", "status": 101}),
+            500,
+            "PGRST112",
+        ),
+        (
+            serde_json::json!({"name": "X-Fine", "status": 103}),
+            500,
+            "PGRST112",
+        ),
+        (
+            serde_json::json!({"name": "X-Fine", "status": 418}),
+            418,
+            "cp",
+        ),
+    ];
+    for (body, want, code) in cases {
+        let (status, head, text) =
+            exchange(&mut stream, &raw_post(&server, "cp_raise", &body)).await;
+        assert_eq!(status, want, "{body}: {head}{text}");
+        assert!(
+            text.contains(&format!("\"code\":\"{code}\"")),
+            "{body}: {text}"
+        );
+    }
+    for state in ["PT101", "PT100", "PT199"] {
+        let body = serde_json::json!({"state": state});
+        let (status, head, text) =
+            exchange(&mut stream, &raw_post(&server, "cp_raise_state", &body)).await;
+        assert_eq!(status, 500, "{state}: {head}{text}");
+    }
+    assert_eq!(cp_written(&server, "raised").await, 0);
+    let (status, _, text) = exchange(
+        &mut stream,
+        &raw_post(&server, "cp_write", &serde_json::json!({"note": "ok"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// The SQL check run before COMMIT and the proxy's own parse agree on which settings can be sent, value by value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_before_commit_agrees_with_what_the_proxy_can_send() {
+    let db = crate::support::TestDb::new().await;
+    let su = db.superuser().await;
+    let headers = [
+        r#"[{"X-A": "1"}]"#,
+        r#"[{"X-A": "tab\tand é"}]"#,
+        r#"[{"X-A": "a\nb"}]"#,
+        r#"[{"X-A": "a\u007fb"}]"#,
+        r#"[{"X-A": "a\u0001b"}]"#,
+        r#"[{"X-A": "a\u0000b"}]"#,
+        r#"[{"X-A": {"nested": "a\nb"}}]"#,
+        r#"[{"X-A": {"nested": "a\u007f"}}]"#,
+        r#"[{"X-A": 12.5}, {"X-B": null}, {"X-C": true}]"#,
+        r#"[{"X-A": "bad\u0001", "X-A": "good"}]"#,
+        r#"[{"Bad Name": "1"}]"#,
+        r#"[{"": "1"}]"#,
+        r#"[{"x(y)": "1"}]"#,
+        r#"[{"!#$%&'*+-.^_`|~9aZ": "1"}]"#,
+        r#"[{"é": "1"}]"#,
+        r#"[{"Content-Length": "3"}]"#,
+        r#"[{"cOnNeCtIoN": "close"}]"#,
+        r#"[{"te": "trailers"}, {"X-B": "1"}]"#,
+        r#"[{"Trailers": "x"}]"#,
+        r#"[]"#,
+        r#"[{}]"#,
+        r#"{"X-A": "1"}"#,
+        r#"["X-A"]"#,
+        r#"[[{"X-A": "1"}]]"#,
+        r#"not json"#,
+        r#"null"#,
+        "",
+    ];
+    let statuses = [
+        "200",
+        "599",
+        "201",
+        " 201 ",
+        "\t404\n",
+        "+404",
+        "0200",
+        "00000000000000000204",
+        "199",
+        "600",
+        "101",
+        "100",
+        "65736",
+        "99999999999999999999",
+        "-200",
+        "2 00",
+        "2O1",
+        "++200",
+        "",
+        " ",
+        "\u{a0}200",
+        "١٢٣",
+    ];
+    let check =
+        |h: &str, s: &str| -> bool { pgrpc::response_settings::check(Some(h), Some(s)).is_ok() };
+    let mut cases: Vec<(&str, &str)> = headers.iter().map(|h| (*h, "")).collect();
+    cases.extend(statuses.iter().map(|s| ("", *s)));
+    for (h, s) in cases {
+        su.batch_execute("BEGIN").await.expect("begin");
+        su.query(
+            "SELECT set_config('response.headers', $1, true), set_config('response.status', $2, true)",
+            &[&h, &s],
+        )
+        .await
+        .expect("set");
+        let sql_ok = su
+            .query(pgrpc::response_settings::CHECK_SQL, &[])
+            .await
+            .is_ok();
+        su.batch_execute("ROLLBACK").await.expect("rollback");
+        assert_eq!(sql_ok, check(h, s), "headers {h:?}, status {s:?}");
+    }
+}
+
+/// Three hundred anonymous read-only calls with fresh Idempotency-Keys store no row, and neither do a user's: a call that cannot write runs and keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_calls_with_fresh_keys_store_nothing() {
+    let server = commit_path_server(true).await;
+    let calls = (0..300).map(|_| {
+        let req = server
+            .http
+            .post(server.url("/rpc/version"))
+            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+            .json(&serde_json::json!({}));
+        crate::support::send(req)
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("idempotent-replayed"), None);
+    }
+    let user = crate::support::token(
+        serde_json::json!({"role": "pgrpc_user", "sub": "u-1", "org_id": uuid::Uuid::new_v4()}),
+    );
+    for _ in 0..3 {
+        let r = crate::support::send(
+            server
+                .http
+                .post(server.url("/rpc/version"))
+                .bearer_auth(&user)
+                .header("idempotency-key", "same-key")
+                .json(&serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("idempotent-replayed"), None, "a read was replayed");
+    }
+    assert_eq!(stored_keys(&server).await, 0);
+}
+
+/// Anonymous keys are kept only for committed writes: reads, failing writes and refused contract signings with fresh keys store nothing; one committed anonymous write stores one row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_keys_are_kept_only_for_committed_writes() {
+    let server = commit_path_server(true).await;
+    let anon_post = |function: &str, body: serde_json::Value| {
+        crate::support::send(
+            server
+                .http
+                .post(server.url(&format!("/rpc/{function}")))
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .json(&body),
+        )
+    };
+    for i in 0..100 {
+        let r = anon_post("cp_fail", serde_json::json!({"note": format!("fail-{i}")})).await;
+        assert_eq!(r.status, 409, "{}", r.text);
+        let r = anon_post(
+            "sign_contract",
+            serde_json::json!({"contract_token": format!("forged-{i}"), "signature_ref": "sig"}),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{}", r.text);
+        let r = anon_post("version", serde_json::json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert_eq!(
+        stored_keys(&server).await,
+        0,
+        "calls that committed nothing stored keys"
+    );
+    let r = anon_post("cp_write", serde_json::json!({"note": "anon-write"})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(stored_keys(&server).await, 1);
+}
+
 // (end of section: commit path)

@@ -922,7 +922,7 @@ fn assert_replay_of(r: &Resp, first: &Resp) {
     assert_eq!(r.text, first.text);
 }
 
-/// A user of another organization with the same sub, reusing a key on token_balances, gets its own 403, never the first user's balances.
+/// A user of another organization with the same sub, reusing a key on token_balances, gets its own 403, never the first user's balances (a read stores nothing under a key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_from_another_organization_never_replays_token_balances() {
     let server = TestServer::start().await;
@@ -945,11 +945,14 @@ async fn a_key_reused_from_another_organization_never_replays_token_balances() {
     assert_error(&other_org, 403, "forbidden");
     assert_not_a_replay_of(&other_org, &first);
 
+    // A read stores nothing under its key (issue 18): the retry reads again.
     let retry = post_with_key(&server, "token_balances", &user_a, "k-bal", body).await;
-    assert_replay_of(&retry, &first);
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), None, "{}", retry.text);
+    assert_eq!(retry.body, first.body);
 }
 
-/// A user of another organization with the same sub, reusing a key on recent_receives, gets its own 403 and never sees the sender IPs.
+/// A user of another organization with the same sub, reusing a key on recent_receives, gets its own 403 and never sees the sender IPs (a read stores nothing under a key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_reused_from_another_organization_never_replays_recent_receives() {
     let server = TestServer::start().await;
@@ -999,8 +1002,11 @@ async fn a_key_reused_from_another_organization_never_replays_recent_receives() 
         own_call.text
     );
 
+    // A read stores nothing under its key (issue 18): the retry reads again.
     let retry = post_with_key(&server, "recent_receives", &user_a, "k-feed", body).await;
-    assert_replay_of(&retry, &first);
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), None, "{}", retry.text);
+    assert!(retry.text.contains("203.0.113.7"), "{}", retry.text);
 }
 
 /// A token with the same sub and organization but another email, reusing a key, gets its own 403, not the first mailbox's feed.
