@@ -129,6 +129,14 @@ async fn migrate(url: &str) -> Result<(), String> {
         }
         println!("migrations: applied {}", report.applied.len());
     }
+    if report.modules.is_empty() {
+        println!("modules: nothing to apply, every sql/modules file is up to date");
+    } else {
+        for name in &report.modules {
+            println!("applied sql/modules/{name}.sql");
+        }
+        println!("modules: applied {}", report.modules.len());
+    }
     Ok(())
 }
 
