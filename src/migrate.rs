@@ -62,14 +62,29 @@ pub const MODULES: [(&str, &str); 12] = [
     ("common", include_str!("../sql/modules/common.sql")),
     ("settings", include_str!("../sql/modules/settings.sql")),
     ("outbox", include_str!("../sql/modules/outbox.sql")),
-    ("organizations", include_str!("../sql/modules/organizations.sql")),
+    (
+        "organizations",
+        include_str!("../sql/modules/organizations.sql"),
+    ),
     ("tokens", include_str!("../sql/modules/tokens.sql")),
-    ("task_management", include_str!("../sql/modules/task_management.sql")),
-    ("idempotency", include_str!("../sql/modules/idempotency.sql")),
-    ("http_idempotency", include_str!("../sql/modules/http_idempotency.sql")),
+    (
+        "task_management",
+        include_str!("../sql/modules/task_management.sql"),
+    ),
+    (
+        "idempotency",
+        include_str!("../sql/modules/idempotency.sql"),
+    ),
+    (
+        "http_idempotency",
+        include_str!("../sql/modules/http_idempotency.sql"),
+    ),
     ("nonces", include_str!("../sql/modules/nonces.sql")),
     ("contracts", include_str!("../sql/modules/contracts.sql")),
-    ("receive_feed", include_str!("../sql/modules/receive_feed.sql")),
+    (
+        "receive_feed",
+        include_str!("../sql/modules/receive_feed.sql"),
+    ),
     ("guard", include_str!("../sql/modules/guard.sql")),
 ];
 
@@ -138,6 +153,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 /// is a member of pgrpc_migrator and refreshes the baseline.
 async fn apply_modules(
     client: &mut tokio_postgres::Client,
+    modules: &[(&str, &str)],
 ) -> Result<Vec<String>, MigrateError> {
     let module_err = |module: &str, e: tokio_postgres::Error| {
         if is_incompatible(&e) {
@@ -167,7 +183,7 @@ async fn apply_modules(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut changed = Vec::new();
-    for (module, sql) in MODULES {
+    for &(module, sql) in modules {
         let sum: String = tx
             .query_one("SELECT md5($1)", &[&sql])
             .await
@@ -208,6 +224,30 @@ async fn apply_modules(
     Ok(applied)
 }
 
+/// Applies `modules` (name, text) as `pgrpc migrate` applies the embedded
+/// module files, under the same lock: for a database already migrated, and
+/// for tests that change a module.
+pub async fn apply_module_files(
+    database_url: &str,
+    modules: &[(&str, &str)],
+) -> Result<Vec<String>, MigrateError> {
+    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
+        .await
+        .map_err(MigrateError::Connect)?;
+    let driver = tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(MigrateError::Lock)?;
+    let result = apply_modules(&mut client, modules).await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
 /// Applies what `options` asks for.
 pub async fn run_with(database_url: &str, options: Options) -> Result<Report, MigrateError> {
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
@@ -225,12 +265,15 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
                 Some(v) => runner.set_target(refinery::Target::Version(v)),
                 None => runner,
             };
-            runner.run_async(&mut client).await.map_err(MigrateError::from)
+            runner
+                .run_async(&mut client)
+                .await
+                .map_err(MigrateError::from)
         }
         Err(e) => Err(MigrateError::from(e)),
     };
     let result = match result {
-        Ok(report) if options.modules => apply_modules(&mut client)
+        Ok(report) if options.modules => apply_modules(&mut client, &MODULES)
             .await
             .map(|modules| (report, modules)),
         Ok(report) => Ok((report, Vec::new())),
