@@ -1598,7 +1598,7 @@ BEGIN
 
     -- The ticket.created trigger must run at commit, after the links below
     -- exist, even if the caller made constraints IMMEDIATE.
-    SET CONSTRAINTS private._900_emit_outbox DEFERRED;
+    SET CONSTRAINTS private._900_emit_created DEFERRED;
     INSERT INTO private.tickets AS t
         (connection_id, organization_id, opportunity_id, external_ticket_id, ticket_key,
          ticket_url, ticket_status, ticket_provider, created_by)
@@ -1641,7 +1641,7 @@ BEGIN
     SET last_used_at = clock_timestamp()
     WHERE c.id = v_connection.id;
 
-    -- ticket.created is written at commit by the tickets' _900_emit_outbox
+    -- ticket.created is written at commit by the tickets' _900_emit_created
     -- trigger, with the links inserted above.
     RETURN v_ticket;
 END
@@ -5255,6 +5255,28 @@ Refreshed by every DDL a superuser runs (migrations); any DDL by another role th
 
 
 --
+-- Name: module_checksums; Type: TABLE; Schema: pgrpc_guard; Owner: postgres
+--
+
+CREATE TABLE pgrpc_guard.module_checksums (
+    module text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+
+
+ALTER TABLE pgrpc_guard.module_checksums OWNER TO postgres;
+
+--
+-- Name: TABLE module_checksums; Type: COMMENT; Schema: pgrpc_guard; Owner: postgres
+--
+
+COMMENT ON TABLE pgrpc_guard.module_checksums IS 'What pgrpc migrate applied of sql/modules/<module>.sql: the md5 of the file''s text.
+
+pgrpc migrate re-applies a module only when its checksum differs. Written by the migrating superuser only.';
+
+
+--
 -- Name: http_idempotency_keys; Type: TABLE; Schema: private; Owner: pgrpc_migrator
 --
 
@@ -5720,6 +5742,14 @@ ALTER TABLE ONLY pgrpc_guard.baseline
 
 
 --
+-- Name: module_checksums module_checksums_pkey; Type: CONSTRAINT; Schema: pgrpc_guard; Owner: postgres
+--
+
+ALTER TABLE ONLY pgrpc_guard.module_checksums
+    ADD CONSTRAINT module_checksums_pkey PRIMARY KEY (module);
+
+
+--
 -- Name: http_idempotency_keys http_idempotency_keys_pkey; Type: CONSTRAINT; Schema: private; Owner: pgrpc_migrator
 --
 
@@ -6167,31 +6197,24 @@ CREATE INDEX tokens_cycle_idx ON private.tokens USING btree (cycle);
 
 
 --
--- Name: outbox _050_contract_signed_has_signed_player; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: legacy_recent_receives _010_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _050_contract_signed_has_signed_player BEFORE INSERT ON private.outbox FOR EACH ROW WHEN ((new.event_type = 'contract.signed'::text)) EXECUTE FUNCTION private.tg_outbox__contract_signed_has_signed_player();
-
-
---
--- Name: settings _050_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
---
-
-CREATE TRIGGER _050_write_once BEFORE UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('key', 'value_type');
+CREATE TRIGGER _010_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.legacy_recent_receives FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
 
 
 --
--- Name: suggestion_grants _100_delete_only_by_cascade; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: receive_feed_entries _010_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_delete_only_by_cascade BEFORE DELETE ON private.suggestion_grants FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__delete_only_by_cascade();
+CREATE TRIGGER _010_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
 
 
 --
--- Name: outbox _100_event_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: receive_unread _010_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_event_write_once BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'aggregate_type', 'aggregate_id', 'event_type', 'payload', 'created_at');
+CREATE TRIGGER _010_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_unread FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
 
 
 --
@@ -6199,34 +6222,6 @@ CREATE TRIGGER _100_event_write_once BEFORE UPDATE ON private.outbox FOR EACH RO
 --
 
 CREATE TRIGGER _100_forbid_delete BEFORE DELETE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_forbid('settings_are_permanent');
-
-
---
--- Name: players _100_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
---
-
-CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.players FOR EACH STATEMENT EXECUTE FUNCTION private.tg_players__keep_signed();
-
-
---
--- Name: settings _100_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
---
-
-CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.settings FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('settings_are_permanent');
-
-
---
--- Name: suggestion_grants _100_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
---
-
-CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.suggestion_grants FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
-
-
---
--- Name: ticket_suggestions _100_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
---
-
-CREATE TRIGGER _100_forbid_truncate BEFORE TRUNCATE ON private.ticket_suggestions FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
 
 
 --
@@ -6258,423 +6253,458 @@ CREATE TRIGGER _100_forbid_update BEFORE UPDATE ON private.ticket_suggestions FO
 
 
 --
--- Name: http_idempotency_keys _100_freeze_stored; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: http_idempotency_keys _200_freeze_stored; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_freeze_stored BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_http_idempotency_keys__freeze_stored();
+CREATE TRIGGER _200_freeze_stored BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_http_idempotency_keys__freeze_stored();
 
 
 --
--- Name: players _100_keep_signed; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: receive_feed_entries _200_redact_only; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_keep_signed BEFORE DELETE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_players__keep_signed();
+CREATE TRIGGER _200_redact_only BEFORE UPDATE ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__redact_only();
 
 
 --
--- Name: legacy_recent_receives _100_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: http_idempotency_keys _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.legacy_recent_receives FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('scope', 'key', 'request_hash', 'created_at', 'expires_at', 'response_status', 'response_headers', 'response_body');
 
 
 --
--- Name: receive_feed_entries _100_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: idempotency_keys _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'organization_id', 'key', 'endpoint', 'request_hash', 'expires_at', 'created_at', 'response_status', 'response_body');
 
 
 --
--- Name: receive_unread _100_normalize_owner_email; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_normalize_owner_email BEFORE INSERT OR UPDATE OF owner_email ON private.receive_unread FOR EACH ROW EXECUTE FUNCTION private.tg_receive__normalize_owner_email();
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'aggregate_type', 'aggregate_id', 'event_type', 'payload', 'created_at');
 
 
 --
--- Name: idempotency_keys _100_status_machine; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: parents _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_status_machine BEFORE INSERT OR UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_idempotency_keys__status_machine();
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.parents FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'created_at');
 
 
 --
--- Name: settings _100_validate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_validate BEFORE INSERT OR UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_settings__validate();
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'contract_token', 'signed_at', 'signature_ref', 'created_at');
 
 
 --
--- Name: parents _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: settings _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.parents FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('key', 'value_type');
 
 
 --
--- Name: players _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: task_management_connections _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'contract_token', 'signed_at', 'signature_ref', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'organization_id', 'provider', 'external_instance_id', 'connected_by', 'created_at');
 
 
 --
--- Name: task_management_connections _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: teams _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'organization_id', 'provider', 'external_instance_id', 'connected_by', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.teams FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'created_at');
 
 
 --
--- Name: teams _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tickets _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.teams FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'tenant_id', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'connection_id', 'organization_id', 'external_ticket_id', 'ticket_key', 'ticket_provider', 'created_by', 'created_at');
 
 
 --
--- Name: tickets _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tokens _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'connection_id', 'organization_id', 'external_ticket_id', 'ticket_key', 'ticket_provider', 'created_by', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('site_id', 'token_type', 'cycle', 'total', 'created_at');
 
 
 --
--- Name: tokens _100_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: task_management_connections _300_check_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _100_write_once BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('site_id', 'token_type', 'cycle', 'total', 'created_at');
+CREATE TRIGGER _300_check_transition BEFORE UPDATE OF status ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_task_management_connections__check_transition();
 
 
 --
--- Name: players _110_contract_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _300_contract_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_contract_transition BEFORE UPDATE OF contract_status ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_players__contract_transition();
+CREATE TRIGGER _300_contract_transition BEFORE UPDATE OF contract_status ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_players__contract_transition();
 
 
 --
--- Name: ticket_suggestions _110_delete_only_by_cascade; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: idempotency_keys _300_status_machine; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_delete_only_by_cascade BEFORE DELETE ON private.ticket_suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_ticket_suggestions__delete_only_by_cascade();
+CREATE TRIGGER _300_status_machine BEFORE INSERT OR UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_idempotency_keys__status_machine();
 
 
 --
--- Name: oauth_nonce_consumptions _110_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _300_status_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_forbid_truncate BEFORE TRUNCATE ON private.oauth_nonce_consumptions FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
+CREATE TRIGGER _300_status_transition BEFORE UPDATE OF status ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_outbox__status_transition();
 
 
 --
--- Name: oauth_nonces _110_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: ticket_suggestions _400_check_link; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_forbid_truncate BEFORE TRUNCATE ON private.oauth_nonces FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
+CREATE TRIGGER _400_check_link BEFORE INSERT ON private.ticket_suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_ticket_suggestions__check_link();
 
 
 --
--- Name: receive_feed_entries _110_redact_only; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tickets _400_check_opportunity; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_redact_only BEFORE UPDATE ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__redact_only();
+CREATE TRIGGER _400_check_opportunity BEFORE INSERT OR UPDATE OF opportunity_id ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__check_opportunity();
 
 
 --
--- Name: tokens _110_spend_one_at_a_time; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _400_contract_signed_has_signed_player; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_spend_one_at_a_time BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__spend_one_at_a_time();
+CREATE TRIGGER _400_contract_signed_has_signed_player BEFORE INSERT ON private.outbox FOR EACH ROW WHEN ((new.event_type = 'contract.signed'::text)) EXECUTE FUNCTION private.tg_outbox__contract_signed_has_signed_player();
 
 
 --
--- Name: outbox _110_status_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tokens _400_spend_one_at_a_time; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_status_transition BEFORE UPDATE OF status ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_outbox__status_transition();
+CREATE TRIGGER _400_spend_one_at_a_time BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__spend_one_at_a_time();
 
 
 --
--- Name: http_idempotency_keys _110_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: settings _400_validate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_write_once BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('scope', 'key', 'request_hash', 'created_at', 'expires_at', 'response_status', 'response_headers', 'response_body');
+CREATE TRIGGER _400_validate BEFORE INSERT OR UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_settings__validate();
 
 
 --
--- Name: idempotency_keys _110_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: suggestion_grants _500_delete_only_by_cascade; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _110_write_once BEFORE UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'organization_id', 'key', 'endpoint', 'request_hash', 'expires_at', 'created_at', 'response_status', 'response_body');
+CREATE TRIGGER _500_delete_only_by_cascade BEFORE DELETE ON private.suggestion_grants FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__delete_only_by_cascade();
 
 
 --
--- Name: tokens _120_delete_only_by_prune; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: ticket_suggestions _500_delete_only_by_cascade; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_delete_only_by_prune BEFORE DELETE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
+CREATE TRIGGER _500_delete_only_by_cascade BEFORE DELETE ON private.ticket_suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_ticket_suggestions__delete_only_by_cascade();
 
 
 --
--- Name: tokens _120_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tokens _500_delete_only_by_prune; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_forbid_truncate BEFORE TRUNCATE ON private.tokens FOR EACH STATEMENT EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
+CREATE TRIGGER _500_delete_only_by_prune BEFORE DELETE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
 
 
 --
--- Name: http_idempotency_keys _120_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: http_idempotency_keys _500_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_http_idempotency_keys__guard_delete();
+CREATE TRIGGER _500_guard_delete BEFORE DELETE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_http_idempotency_keys__guard_delete();
 
 
 --
--- Name: idempotency_keys _120_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: idempotency_keys _500_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_idempotency_keys__guard_delete();
+CREATE TRIGGER _500_guard_delete BEFORE DELETE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_idempotency_keys__guard_delete();
 
 
 --
--- Name: oauth_nonce_consumptions _120_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: oauth_nonce_consumptions _500_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.oauth_nonce_consumptions FOR EACH ROW EXECUTE FUNCTION private.tg_oauth_nonces__guard_delete();
+CREATE TRIGGER _500_guard_delete BEFORE DELETE ON private.oauth_nonce_consumptions FOR EACH ROW EXECUTE FUNCTION private.tg_oauth_nonces__guard_delete();
 
 
 --
--- Name: oauth_nonces _120_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: oauth_nonces _500_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.oauth_nonces FOR EACH ROW EXECUTE FUNCTION private.tg_oauth_nonces__guard_delete();
+CREATE TRIGGER _500_guard_delete BEFORE DELETE ON private.oauth_nonces FOR EACH ROW EXECUTE FUNCTION private.tg_oauth_nonces__guard_delete();
 
 
 --
--- Name: outbox _120_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _500_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_delete BEFORE DELETE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_outbox__guard_delete();
+CREATE TRIGGER _500_guard_delete BEFORE DELETE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_outbox__guard_delete();
 
 
 --
--- Name: outbox _120_guard_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _500_keep_signed; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _120_guard_truncate BEFORE TRUNCATE ON private.outbox FOR EACH STATEMENT EXECUTE FUNCTION private.tg_outbox__guard_delete();
+CREATE TRIGGER _500_keep_signed BEFORE DELETE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_players__keep_signed();
 
 
 --
--- Name: http_idempotency_keys _130_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tokens _600_delete_only_by_prune; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _130_forbid_truncate BEFORE TRUNCATE ON private.http_idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('delete_only_by_function');
+CREATE TRIGGER _600_delete_only_by_prune BEFORE TRUNCATE ON private.tokens FOR EACH STATEMENT EXECUTE FUNCTION private.tg_tokens__delete_only_by_prune();
 
 
 --
--- Name: idempotency_keys _130_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: http_idempotency_keys _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _130_forbid_truncate BEFORE TRUNCATE ON private.idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('delete_only_by_function');
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.http_idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('delete_only_by_function');
 
 
 --
--- Name: ticket_suggestions _150_check_link; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: idempotency_keys _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _150_check_link BEFORE INSERT ON private.ticket_suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_ticket_suggestions__check_link();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.idempotency_keys FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('delete_only_by_function');
 
 
 --
--- Name: tickets _150_check_opportunity; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: oauth_nonce_consumptions _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _150_check_opportunity BEFORE INSERT OR UPDATE OF opportunity_id ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__check_opportunity();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.oauth_nonce_consumptions FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
 
 
 --
--- Name: task_management_connections _150_check_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: oauth_nonces _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _150_check_transition BEFORE UPDATE OF status ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_task_management_connections__check_transition();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.oauth_nonces FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
 
 
 --
--- Name: http_idempotency_keys _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: settings _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.settings FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('settings_are_permanent');
 
 
 --
--- Name: idempotency_keys _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: suggestion_grants _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.suggestion_grants FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
 
 
 --
--- Name: legacy_recent_receives _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: ticket_suggestions _600_forbid_truncate; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.legacy_recent_receives FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _600_forbid_truncate BEFORE TRUNCATE ON private.ticket_suggestions FOR EACH STATEMENT EXECUTE FUNCTION private.tg_forbid('append_only');
 
 
 --
--- Name: opportunities _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _600_guard_delete; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.opportunities FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _600_guard_delete BEFORE TRUNCATE ON private.outbox FOR EACH STATEMENT EXECUTE FUNCTION private.tg_outbox__guard_delete();
 
 
 --
--- Name: organizations _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _600_keep_signed; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.organizations FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _600_keep_signed BEFORE TRUNCATE ON private.players FOR EACH STATEMENT EXECUTE FUNCTION private.tg_players__keep_signed();
 
 
 --
--- Name: outbox _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: http_idempotency_keys _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.http_idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: parents _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: idempotency_keys _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.parents FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.idempotency_keys FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: players _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: legacy_recent_receives _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.legacy_recent_receives FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: receive_feed_entries _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: opportunities _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.opportunities FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: settings _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: organizations _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.organizations FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: sites _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: outbox _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.sites FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: suggestion_completeness _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: parents _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.suggestion_completeness FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.parents FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: suggestions _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.players FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: task_management_connections _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: receive_feed_entries _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: teams _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: settings _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.teams FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.settings FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: tickets _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: sites _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.sites FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: token_allowances _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: suggestion_completeness _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.token_allowances FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.suggestion_completeness FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: token_types _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: suggestions _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.token_types FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.suggestions FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: tokens _200_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: task_management_connections _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_updated_at BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.task_management_connections FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: players _900_emit_outbox; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: teams _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _900_emit_outbox AFTER UPDATE OF contract_status ON private.players FOR EACH ROW WHEN (((old.contract_status = 'pending'::text) AND (new.contract_status = 'signed'::text))) EXECUTE FUNCTION private.tg_players__emit_contract_signed();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.teams FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: receive_feed_entries _900_emit_outbox; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tickets _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _900_emit_outbox AFTER INSERT ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__emit_finalized();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.tickets FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: suggestion_grants _900_emit_outbox; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: token_allowances _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _900_emit_outbox AFTER INSERT ON private.suggestion_grants FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__emit_granted();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.token_allowances FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: task_management_connections _900_emit_outbox; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: token_types _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _900_emit_outbox AFTER UPDATE OF status ON private.task_management_connections FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) AND (new.status = ANY (ARRAY['requires_reauth'::text, 'error'::text, 'disabled'::text])))) EXECUTE FUNCTION private.tg_task_management_connections__emit_status_changed();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.token_types FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: tickets _900_emit_outbox; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: tokens _700_set_updated_at; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE CONSTRAINT TRIGGER _900_emit_outbox AFTER INSERT ON private.tickets DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__emit_created();
+CREATE TRIGGER _700_set_updated_at BEFORE UPDATE ON private.tokens FOR EACH ROW EXECUTE FUNCTION private.tg_set_updated_at();
 
 
 --
--- Name: players _900_emit_outbox_on_insert; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+-- Name: players _900_emit_contract_signed; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _900_emit_outbox_on_insert AFTER INSERT ON private.players FOR EACH ROW WHEN ((new.contract_status = 'signed'::text)) EXECUTE FUNCTION private.tg_players__emit_contract_signed();
+CREATE TRIGGER _900_emit_contract_signed AFTER UPDATE OF contract_status ON private.players FOR EACH ROW WHEN (((old.contract_status = 'pending'::text) AND (new.contract_status = 'signed'::text))) EXECUTE FUNCTION private.tg_players__emit_contract_signed();
+
+
+--
+-- Name: players _900_emit_contract_signed_on_insert; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE TRIGGER _900_emit_contract_signed_on_insert AFTER INSERT ON private.players FOR EACH ROW WHEN ((new.contract_status = 'signed'::text)) EXECUTE FUNCTION private.tg_players__emit_contract_signed();
+
+
+--
+-- Name: tickets _900_emit_created; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE CONSTRAINT TRIGGER _900_emit_created AFTER INSERT ON private.tickets DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION private.tg_tickets__emit_created();
+
+
+--
+-- Name: receive_feed_entries _900_emit_finalized; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE TRIGGER _900_emit_finalized AFTER INSERT ON private.receive_feed_entries FOR EACH ROW EXECUTE FUNCTION private.tg_receive_feed_entries__emit_finalized();
+
+
+--
+-- Name: suggestion_grants _900_emit_granted; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE TRIGGER _900_emit_granted AFTER INSERT ON private.suggestion_grants FOR EACH ROW EXECUTE FUNCTION private.tg_suggestion_grants__emit_granted();
+
+
+--
+-- Name: task_management_connections _900_emit_status_changed; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE TRIGGER _900_emit_status_changed AFTER UPDATE OF status ON private.task_management_connections FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) AND (new.status = ANY (ARRAY['requires_reauth'::text, 'error'::text, 'disabled'::text])))) EXECUTE FUNCTION private.tg_task_management_connections__emit_status_changed();
 
 
 --
