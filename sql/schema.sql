@@ -3112,6 +3112,51 @@ $$;
 ALTER FUNCTION pgrpc_guard.fingerprint() OWNER TO postgres;
 
 --
+-- Name: forbidden_memberships(); Type: FUNCTION; Schema: pgrpc_guard; Owner: postgres
+--
+
+CREATE FUNCTION pgrpc_guard.forbidden_memberships() RETURNS TABLE(role name, member name, via text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT 'pgrpc_migrator'::name, r.rolname, r.rolname || ' -> pgrpc_migrator'
+    FROM pg_catalog.pg_auth_members m
+    JOIN pg_catalog.pg_roles r ON r.oid = m.member
+    WHERE m.roleid = 'pgrpc_migrator'::regrole
+    UNION ALL
+    (
+        -- Membership graphs have no cycles (PostgreSQL refuses them), so
+        -- the recursion ends.
+        WITH RECURSIVE holder (oid, via) AS (
+            SELECT m.member, pg_catalog.pg_get_userbyid(m.member) || ' -> pgrpc_api'
+            FROM pg_catalog.pg_auth_members m
+            WHERE m.roleid = 'pgrpc_api'::regrole
+            UNION
+            SELECT m.member, pg_catalog.pg_get_userbyid(m.member) || ' -> ' || h.via
+            FROM pg_catalog.pg_auth_members m
+            JOIN holder h ON m.roleid = h.oid
+        )
+        SELECT 'pgrpc_api'::name, r.rolname, h.via
+        FROM holder h
+        JOIN pg_catalog.pg_roles r ON r.oid = h.oid
+        WHERE r.rolcanlogin AND NOT r.rolsuper
+    )
+    ORDER BY 1, 2, 3
+$$;
+
+
+ALTER FUNCTION pgrpc_guard.forbidden_memberships() OWNER TO postgres;
+
+--
+-- Name: FUNCTION forbidden_memberships(); Type: COMMENT; Schema: pgrpc_guard; Owner: postgres
+--
+
+COMMENT ON FUNCTION pgrpc_guard.forbidden_memberships() IS 'The role memberships the trust model forbids, as (role, member, via): empty in a sound database.
+
+Any member of pgrpc_migrator, and any login other than a superuser that holds pgrpc_api directly or through other roles (via shows the chain). While a row is here, every superuser DDL and pgrpc migrate are refused.';
+
+
+--
 -- Name: on_ddl_command_end(); Type: FUNCTION; Schema: pgrpc_guard; Owner: postgres
 --
 
@@ -3124,19 +3169,7 @@ DECLARE
     v_changes text;
 BEGIN
     IF pgrpc_guard.caller_is_superuser() THEN
-        SELECT string_agg(pg_catalog.pg_get_userbyid(m.member), ', ' ORDER BY 1)
-        INTO v_changes
-        FROM pg_catalog.pg_auth_members m
-        JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
-        WHERE r.rolname = 'pgrpc_migrator';
-        IF v_changes IS NOT NULL THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'insufficient_privilege',
-                MESSAGE = 'migrator_role_has_members',
-                DETAIL = format('%s is refused while %s may act as pgrpc_migrator, the owner of pgrpc''s objects.',
-                                tg_tag, v_changes),
-                HINT = format('REVOKE pgrpc_migrator FROM %s; then run it again.', v_changes);
-        END IF;
+        PERFORM pgrpc_guard.refuse_forbidden_memberships(tg_tag);
         PERFORM pgrpc_guard.refresh_baseline();
         RETURN;
     END IF;
@@ -3236,6 +3269,57 @@ $$;
 
 
 ALTER FUNCTION pgrpc_guard.refuse(p_detail text) OWNER TO postgres;
+
+--
+-- Name: refuse_forbidden_memberships(text); Type: FUNCTION; Schema: pgrpc_guard; Owner: postgres
+--
+
+CREATE FUNCTION pgrpc_guard.refuse_forbidden_memberships(p_what text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_members text;
+    v_chains text;
+BEGIN
+    SELECT string_agg(f.member, ', ' ORDER BY f.member)
+    INTO v_members
+    FROM pgrpc_guard.forbidden_memberships() f
+    WHERE f.role = 'pgrpc_migrator';
+    IF v_members IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'migrator_role_has_members',
+            DETAIL = format('%s is refused while %s may act as pgrpc_migrator, the owner of pgrpc''s objects.',
+                            p_what, v_members),
+            HINT = format('REVOKE pgrpc_migrator FROM %s; then run it again.', v_members);
+    END IF;
+    SELECT string_agg(DISTINCT f.member, ', ' ORDER BY f.member), string_agg(f.via, '; ' ORDER BY f.via)
+    INTO v_members, v_chains
+    FROM pgrpc_guard.forbidden_memberships() f
+    WHERE f.role = 'pgrpc_api';
+    IF v_members IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'api_role_held_by_login',
+            DETAIL = format('%s is refused while the login %s holds pgrpc_api, which reads credentials and writes outbox events (%s).',
+                            p_what, v_members, left(v_chains, 1000)),
+            HINT = 'Revoke one membership of each chain (for a direct member: REVOKE pgrpc_api FROM <login>); operators get pgrpc_admin or pgrpc_owner. Then run it again.';
+    END IF;
+END
+$$;
+
+
+ALTER FUNCTION pgrpc_guard.refuse_forbidden_memberships(p_what text) OWNER TO postgres;
+
+--
+-- Name: FUNCTION refuse_forbidden_memberships(p_what text); Type: COMMENT; Schema: pgrpc_guard; Owner: postgres
+--
+
+COMMENT ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(p_what text) IS 'Raises 42501 migrator_role_has_members or api_role_held_by_login while pgrpc_guard.forbidden_memberships() has a row.
+
+Called by the DDL guard on every superuser DDL, and by pgrpc migrate before it applies anything.';
+
 
 --
 -- Name: http_idempotency_claim(text, text); Type: FUNCTION; Schema: pgrpc_http; Owner: pgrpc_api
@@ -3981,8 +4065,7 @@ CREATE FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, 
 DECLARE
     v_id bigint;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtextextended('pgrpc_outbox:' || p_aggregate_type || ':' || p_aggregate_id, 0));
+    PERFORM private.outbox_lock_aggregate(p_aggregate_type, p_aggregate_id);
     INSERT INTO private.outbox (aggregate_type, aggregate_id, event_type, payload)
     VALUES (p_aggregate_type, p_aggregate_id, p_event_type, p_payload)
     RETURNING id INTO v_id;
@@ -3999,7 +4082,45 @@ ALTER FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, p
 
 COMMENT ON FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, p_event_type text, p_payload jsonb) IS 'Emits one outbox event in the caller''s transaction and returns its id.
 
-The only sanctioned way to write an event: the per-aggregate advisory lock it takes makes id order equal commit order within an aggregate.';
+The only sanctioned way to write an event: the per-aggregate row lock it takes (private.outbox_lock_aggregate) makes id order equal commit order within an aggregate.';
+
+
+--
+-- Name: outbox_lock_aggregate(text, text); Type: FUNCTION; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    LOOP
+        PERFORM 1
+        FROM private.outbox_aggregate_locks AS l
+        WHERE l.aggregate_type = p_aggregate_type
+          AND l.aggregate_id = p_aggregate_id
+        FOR UPDATE;
+        EXIT WHEN FOUND;
+        -- Ours and uncommitted, the new row serialises the other emitters
+        -- as its lock would.
+        INSERT INTO private.outbox_aggregate_locks (aggregate_type, aggregate_id)
+        VALUES (p_aggregate_type, p_aggregate_id)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+    END LOOP;
+END
+$$;
+
+
+ALTER FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text) OWNER TO pgrpc_migrator;
+
+--
+-- Name: FUNCTION outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text); Type: COMMENT; Schema: private; Owner: pgrpc_migrator
+--
+
+COMMENT ON FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text) IS 'Locks one outbox aggregate until the end of the transaction.
+
+A row lock in private.outbox_aggregate_locks, which only this function (run as pgrpc_migrator) may take: unlike an advisory key, no login can hold it to stall the aggregate''s writers. A NULL type or id is refused (23502).';
 
 
 --
@@ -5396,6 +5517,28 @@ CREATE TABLE private.organizations (
 ALTER TABLE private.organizations OWNER TO pgrpc_migrator;
 
 --
+-- Name: outbox_aggregate_locks; Type: TABLE; Schema: private; Owner: pgrpc_migrator
+--
+
+CREATE TABLE private.outbox_aggregate_locks (
+    aggregate_type text NOT NULL,
+    aggregate_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+
+
+ALTER TABLE private.outbox_aggregate_locks OWNER TO pgrpc_migrator;
+
+--
+-- Name: TABLE outbox_aggregate_locks; Type: COMMENT; Schema: private; Owner: pgrpc_migrator
+--
+
+COMMENT ON TABLE private.outbox_aggregate_locks IS 'One row per aggregate that has ever emitted an outbox event: the row private.outbox_emit locks so that, within an aggregate, id order is commit order.
+
+Written and row-locked only by private.outbox_lock_aggregate (SECURITY DEFINER, owner pgrpc_migrator); nobody else holds UPDATE, so no login can take these locks. It grows with the number of aggregates (players, suggestions, connections, reservations, nonces replayed), not with the number of events; rows are never updated, so it does not bloat.';
+
+
+--
 -- Name: outbox_id_seq; Type: SEQUENCE; Schema: private; Owner: pgrpc_migrator
 --
 
@@ -5819,6 +5962,14 @@ ALTER TABLE ONLY private.opportunities
 
 ALTER TABLE ONLY private.organizations
     ADD CONSTRAINT organizations_pkey PRIMARY KEY (id);
+
+
+--
+-- Name: outbox_aggregate_locks outbox_aggregate_locks_pkey; Type: CONSTRAINT; Schema: private; Owner: pgrpc_migrator
+--
+
+ALTER TABLE ONLY private.outbox_aggregate_locks
+    ADD CONSTRAINT outbox_aggregate_locks_pkey PRIMARY KEY (aggregate_type, aggregate_id);
 
 
 --
@@ -7368,6 +7519,13 @@ REVOKE ALL ON FUNCTION pgrpc_guard.fingerprint() FROM PUBLIC;
 
 
 --
+-- Name: FUNCTION forbidden_memberships(); Type: ACL; Schema: pgrpc_guard; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION pgrpc_guard.forbidden_memberships() FROM PUBLIC;
+
+
+--
 -- Name: FUNCTION on_ddl_command_end(); Type: ACL; Schema: pgrpc_guard; Owner: postgres
 --
 
@@ -7393,6 +7551,13 @@ REVOKE ALL ON FUNCTION pgrpc_guard.refresh_baseline() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION pgrpc_guard.refuse(p_detail text) FROM PUBLIC;
+
+
+--
+-- Name: FUNCTION refuse_forbidden_memberships(p_what text); Type: ACL; Schema: pgrpc_guard; Owner: postgres
+--
+
+REVOKE ALL ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(p_what text) FROM PUBLIC;
 
 
 --
@@ -7721,6 +7886,14 @@ GRANT ALL ON FUNCTION private.legacy_receives_valid(p_entries jsonb) TO pgrpc_ad
 
 REVOKE ALL ON FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, p_event_type text, p_payload jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, p_event_type text, p_payload jsonb) TO pgrpc_api;
+
+
+--
+-- Name: FUNCTION outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text); Type: ACL; Schema: private; Owner: pgrpc_migrator
+--
+
+REVOKE ALL ON FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text) TO pgrpc_api;
 
 
 --
@@ -8344,6 +8517,14 @@ GRANT SELECT ON TABLE private.opportunities TO pgrpc_owner;
 GRANT SELECT,INSERT ON TABLE private.organizations TO pgrpc_api;
 GRANT SELECT ON TABLE private.organizations TO pgrpc_admin;
 GRANT SELECT ON TABLE private.organizations TO pgrpc_owner;
+
+
+--
+-- Name: TABLE outbox_aggregate_locks; Type: ACL; Schema: private; Owner: pgrpc_migrator
+--
+
+GRANT SELECT ON TABLE private.outbox_aggregate_locks TO pgrpc_admin;
+GRANT SELECT ON TABLE private.outbox_aggregate_locks TO pgrpc_owner;
 
 
 --

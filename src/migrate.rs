@@ -4,10 +4,16 @@
 //! file in its own transaction; then the module files (`sql/modules/*.sql`,
 //! the live home of every function, trigger function and view, written with
 //! CREATE OR REPLACE), each re-applied only when its checksum differs from
-//! the one recorded in `pgrpc_guard.module_checksums`. A session advisory
-//! lock keeps two concurrent runs from applying the same file twice.
+//! the one recorded in `pgrpc_guard.module_checksums`.
+//!
+//! Two concurrent runs are serialised by a table lock that only a
+//! superuser can take (see [`LOCK`]), held by a second connection for the
+//! whole run (versioned migrations and module files), so the second run
+//! waits and then finds nothing to apply. An advisory lock would need no
+//! privilege: any login could hold its key and stall every migration (SPEC
+//! §1: no login other than a superuser can block another caller's write).
 
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
 
 refinery::embed_migrations!("sql");
 
@@ -15,8 +21,10 @@ refinery::embed_migrations!("sql");
 pub enum MigrateError {
     #[error("cannot connect: {0}")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("cannot take the migration lock: {0}")]
+    #[error("cannot take the migration lock (pgrpc migrate needs a superuser connection): {0}")]
     Lock(#[source] tokio_postgres::Error),
+    #[error("refused: {}", db_error(.0))]
+    Refused(#[source] tokio_postgres::Error),
     #[error("migration failed: {}", chain(.0))]
     Apply(#[from] refinery::Error),
     #[error(
@@ -100,6 +108,25 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A database error with its detail and hint, which say what to fix.
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut out = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                out.push_str(": ");
+                out.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                out.push_str(" Hint: ");
+                out.push_str(hint);
+            }
+            out
+        }
+        None => e.to_string(),
+    }
+}
+
 /// The embedded migrations, each followed by `RESET ROLE`: the files switch
 /// roles with `SET LOCAL ROLE`, and refinery records the migration in its
 /// history table inside the same transaction, as the connecting role.
@@ -115,7 +142,72 @@ fn runner() -> Result<refinery::Runner, refinery::Error> {
     Ok(refinery::Runner::new(&list))
 }
 
-const LOCK_KEY: i64 = 0x0070_6772_7063; // "pgrpc"
+/// The migration lock: a self-conflicting table lock on a table that every
+/// database has and that only a superuser may lock in that mode (PUBLIC may
+/// only read it, and ACCESS SHARE conflicts with SHARE ROW EXCLUSIVE not at
+/// all). No migration writes this table, so the run never waits on itself.
+const LOCK: &str = "LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE";
+
+/// Refuses (through the database's own check, once V17 has created it)
+/// while a role is a member of `pgrpc_migrator` or a login holds
+/// `pgrpc_api`: `migrator_role_has_members`, `api_role_held_by_login`.
+pub async fn refuse_forbidden_memberships(client: &Client) -> Result<(), MigrateError> {
+    let row = client
+        .query_one(
+            "SELECT to_regprocedure('pgrpc_guard.refuse_forbidden_memberships(text)') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(MigrateError::Refused)?;
+    if row.get::<_, bool>(0) {
+        client
+            .execute(
+                "SELECT pgrpc_guard.refuse_forbidden_memberships('pgrpc migrate')",
+                &[],
+            )
+            .await
+            .map_err(MigrateError::Refused)?;
+    }
+    Ok(())
+}
+
+/// The migration lock held on a connection of its own for a whole run
+/// (versioned migrations, then module files). Taking it also refuses while
+/// a forbidden role membership stands.
+struct MigrationLock {
+    client: Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl MigrationLock {
+    async fn take(database_url: &str) -> Result<Self, MigrateError> {
+        let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+            .await
+            .map_err(MigrateError::Connect)?;
+        let lock = MigrationLock {
+            client,
+            driver: tokio::spawn(connection),
+        };
+        let taken = match lock.client.batch_execute(&format!("BEGIN; {LOCK}")).await {
+            Ok(()) => refuse_forbidden_memberships(&lock.client).await,
+            Err(e) => Err(MigrateError::Lock(e)),
+        };
+        match taken {
+            Ok(()) => Ok(lock),
+            Err(e) => {
+                lock.release().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Ending the lock's transaction (or its connection) releases the lock.
+    async fn release(self) {
+        let _ = self.client.batch_execute("COMMIT").await;
+        drop(self.client);
+        let _ = self.driver.await;
+    }
+}
 
 /// Applies every versioned migration, then every changed module file.
 pub async fn run(database_url: &str) -> Result<Report, MigrateError> {
@@ -231,33 +323,28 @@ pub async fn apply_module_files(
     database_url: &str,
     modules: &[(&str, &str)],
 ) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
-        .await
-        .map_err(MigrateError::Connect)?;
-    let driver = tokio::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(MigrateError::Lock)?;
-    let result = apply_modules(&mut client, modules).await;
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
-    drop(client);
-    let _ = driver.await;
+    let lock = MigrationLock::take(database_url).await?;
+    let result = match tokio_postgres::connect(database_url, NoTls).await {
+        Ok((mut client, connection)) => {
+            let driver = tokio::spawn(connection);
+            let result = apply_modules(&mut client, modules).await;
+            drop(client);
+            let _ = driver.await;
+            result
+        }
+        Err(e) => Err(MigrateError::Connect(e)),
+    };
+    lock.release().await;
     result
 }
 
 /// Applies what `options` asks for.
 pub async fn run_with(database_url: &str, options: Options) -> Result<Report, MigrateError> {
+    let lock = MigrationLock::take(database_url).await?;
     let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(MigrateError::Lock)?;
     let result = match runner() {
         Ok(runner) => {
             let runner = runner.set_abort_divergent(true);
@@ -279,11 +366,9 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
         Ok(report) => Ok((report, Vec::new())),
         Err(e) => Err(e),
     };
-    let _ = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await;
     drop(client);
     let _ = driver.await;
+    lock.release().await;
     let (report, modules) = result?;
     Ok(Report {
         applied: report

@@ -170,19 +170,7 @@ DECLARE
     v_changes text;
 BEGIN
     IF pgrpc_guard.caller_is_superuser() THEN
-        SELECT string_agg(pg_catalog.pg_get_userbyid(m.member), ', ' ORDER BY 1)
-        INTO v_changes
-        FROM pg_catalog.pg_auth_members m
-        JOIN pg_catalog.pg_roles r ON r.oid = m.roleid
-        WHERE r.rolname = 'pgrpc_migrator';
-        IF v_changes IS NOT NULL THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'insufficient_privilege',
-                MESSAGE = 'migrator_role_has_members',
-                DETAIL = format('%s is refused while %s may act as pgrpc_migrator, the owner of pgrpc''s objects.',
-                                tg_tag, v_changes),
-                HINT = format('REVOKE pgrpc_migrator FROM %s; then run it again.', v_changes);
-        END IF;
+        PERFORM pgrpc_guard.refuse_forbidden_memberships(tg_tag);
         PERFORM pgrpc_guard.refresh_baseline();
         RETURN;
     END IF;
@@ -235,3 +223,83 @@ BEGIN
 END
 $function$;
 REVOKE ALL ON FUNCTION pgrpc_guard.on_sql_drop() FROM PUBLIC;
+
+-- pgrpc_guard.forbidden_memberships
+CREATE OR REPLACE FUNCTION pgrpc_guard.forbidden_memberships()
+ RETURNS TABLE(role name, member name, via text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    SELECT 'pgrpc_migrator'::name, r.rolname, r.rolname || ' -> pgrpc_migrator'
+    FROM pg_catalog.pg_auth_members m
+    JOIN pg_catalog.pg_roles r ON r.oid = m.member
+    WHERE m.roleid = 'pgrpc_migrator'::regrole
+    UNION ALL
+    (
+        -- Membership graphs have no cycles (PostgreSQL refuses them), so
+        -- the recursion ends.
+        WITH RECURSIVE holder (oid, via) AS (
+            SELECT m.member, pg_catalog.pg_get_userbyid(m.member) || ' -> pgrpc_api'
+            FROM pg_catalog.pg_auth_members m
+            WHERE m.roleid = 'pgrpc_api'::regrole
+            UNION
+            SELECT m.member, pg_catalog.pg_get_userbyid(m.member) || ' -> ' || h.via
+            FROM pg_catalog.pg_auth_members m
+            JOIN holder h ON m.roleid = h.oid
+        )
+        SELECT 'pgrpc_api'::name, r.rolname, h.via
+        FROM holder h
+        JOIN pg_catalog.pg_roles r ON r.oid = h.oid
+        WHERE r.rolcanlogin AND NOT r.rolsuper
+    )
+    ORDER BY 1, 2, 3
+$function$;
+COMMENT ON FUNCTION pgrpc_guard.forbidden_memberships() IS
+$$The role memberships the trust model forbids, as (role, member, via): empty in a sound database.
+
+Any member of pgrpc_migrator, and any login other than a superuser that holds pgrpc_api directly or through other roles (via shows the chain). While a row is here, every superuser DDL and pgrpc migrate are refused.$$;
+REVOKE ALL ON FUNCTION pgrpc_guard.forbidden_memberships() FROM PUBLIC;
+
+-- pgrpc_guard.refuse_forbidden_memberships
+CREATE OR REPLACE FUNCTION pgrpc_guard.refuse_forbidden_memberships(p_what text)
+ RETURNS void
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    v_members text;
+    v_chains text;
+BEGIN
+    SELECT string_agg(f.member, ', ' ORDER BY f.member)
+    INTO v_members
+    FROM pgrpc_guard.forbidden_memberships() f
+    WHERE f.role = 'pgrpc_migrator';
+    IF v_members IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'migrator_role_has_members',
+            DETAIL = format('%s is refused while %s may act as pgrpc_migrator, the owner of pgrpc''s objects.',
+                            p_what, v_members),
+            HINT = format('REVOKE pgrpc_migrator FROM %s; then run it again.', v_members);
+    END IF;
+    SELECT string_agg(DISTINCT f.member, ', ' ORDER BY f.member), string_agg(f.via, '; ' ORDER BY f.via)
+    INTO v_members, v_chains
+    FROM pgrpc_guard.forbidden_memberships() f
+    WHERE f.role = 'pgrpc_api';
+    IF v_members IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'api_role_held_by_login',
+            DETAIL = format('%s is refused while the login %s holds pgrpc_api, which reads credentials and writes outbox events (%s).',
+                            p_what, v_members, left(v_chains, 1000)),
+            HINT = 'Revoke one membership of each chain (for a direct member: REVOKE pgrpc_api FROM <login>); operators get pgrpc_admin or pgrpc_owner. Then run it again.';
+    END IF;
+END
+$function$;
+COMMENT ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(text) IS
+$$Raises 42501 migrator_role_has_members or api_role_held_by_login while pgrpc_guard.forbidden_memberships() has a row.
+
+Called by the DDL guard on every superuser DDL, and by pgrpc migrate before it applies anything.$$;
+REVOKE ALL ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(text) FROM PUBLIC;

@@ -6,7 +6,7 @@
 -- CREATE OR REPLACE cannot make (a return type, a parameter name) needs a
 -- versioned migration that drops the function first. See
 -- docs/sql-conventions.md.
--- tables: private.outbox
+-- tables: private.outbox, private.outbox_aggregate_locks
 
 -- private.outbox_emit
 CREATE OR REPLACE FUNCTION private.outbox_emit(p_aggregate_type text, p_aggregate_id text, p_event_type text, p_payload jsonb)
@@ -16,8 +16,7 @@ AS $function$
 DECLARE
     v_id bigint;
 BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtextextended('pgrpc_outbox:' || p_aggregate_type || ':' || p_aggregate_id, 0));
+    PERFORM private.outbox_lock_aggregate(p_aggregate_type, p_aggregate_id);
     INSERT INTO private.outbox (aggregate_type, aggregate_id, event_type, payload)
     VALUES (p_aggregate_type, p_aggregate_id, p_event_type, p_payload)
     RETURNING id INTO v_id;
@@ -28,7 +27,7 @@ ALTER FUNCTION private.outbox_emit(text,text,text,jsonb) OWNER TO pgrpc_migrator
 COMMENT ON FUNCTION private.outbox_emit(text,text,text,jsonb) IS
 $$Emits one outbox event in the caller's transaction and returns its id.
 
-The only sanctioned way to write an event: the per-aggregate advisory lock it takes makes id order equal commit order within an aggregate.$$;
+The only sanctioned way to write an event: the per-aggregate row lock it takes (private.outbox_lock_aggregate) makes id order equal commit order within an aggregate.$$;
 REVOKE ALL ON FUNCTION private.outbox_emit(text,text,text,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION private.outbox_emit(text,text,text,jsonb) TO pgrpc_api;
 
@@ -377,3 +376,35 @@ $$One row: outbox counts by status, expired leases, the oldest pending event and
 dead > 0 or a growing oldest_pending_age needs an operator: see the README's outbox section.$$;
 REVOKE ALL ON admin.outbox_health FROM PUBLIC;
 GRANT SELECT ON admin.outbox_health TO pgrpc_admin;
+
+-- private.outbox_lock_aggregate
+CREATE OR REPLACE FUNCTION private.outbox_lock_aggregate(p_aggregate_type text, p_aggregate_id text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    LOOP
+        PERFORM 1
+        FROM private.outbox_aggregate_locks AS l
+        WHERE l.aggregate_type = p_aggregate_type
+          AND l.aggregate_id = p_aggregate_id
+        FOR UPDATE;
+        EXIT WHEN FOUND;
+        -- Ours and uncommitted, the new row serialises the other emitters
+        -- as its lock would.
+        INSERT INTO private.outbox_aggregate_locks (aggregate_type, aggregate_id)
+        VALUES (p_aggregate_type, p_aggregate_id)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+    END LOOP;
+END
+$function$;
+ALTER FUNCTION private.outbox_lock_aggregate(text,text) OWNER TO pgrpc_migrator;
+COMMENT ON FUNCTION private.outbox_lock_aggregate(text,text) IS
+$$Locks one outbox aggregate until the end of the transaction.
+
+A row lock in private.outbox_aggregate_locks, which only this function (run as pgrpc_migrator) may take: unlike an advisory key, no login can hold it to stall the aggregate's writers. A NULL type or id is refused (23502).$$;
+REVOKE ALL ON FUNCTION private.outbox_lock_aggregate(text,text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION private.outbox_lock_aggregate(text,text) TO pgrpc_api;

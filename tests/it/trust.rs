@@ -1,7 +1,8 @@
 //! The trust model (SPEC §1, V15): only a superuser bypasses a rule. Every
-//! attack here is run by a real login that is a member of pgrpc_owner,
-//! pgrpc_api or pgrpc_admin, the way an operator's psql session would be,
-//! never by `SET ROLE` from a superuser session.
+//! attack here is run by a real login that is a member of pgrpc_owner or
+//! pgrpc_admin, the way an operator's psql session would be, never by
+//! `SET ROLE` from a superuser session; and by a session holding pgrpc_api,
+//! which no login may hold since V17 (attacks.rs proves that rule).
 
 use serde_json::json;
 use tokio_postgres::error::SqlState;
@@ -32,6 +33,29 @@ impl Login {
             .await
             .expect("create login");
         let client = connect(&db.url_as(&name, "pw")).await;
+        Login { name, client }
+    }
+
+    /// A session holding `pgrpc_api`, which no login may (V17): the role
+    /// logs in granted nothing, then loses LOGIN and gains `pgrpc_api`, so
+    /// its open session holds it while the cluster has no login that does
+    /// (a login holding it would stop every superuser DDL, the parallel
+    /// tests' included).
+    async fn holding_pgrpc_api(db: &TestDb, tag: &str) -> Login {
+        let name = format!("{tag}_{}", db.name);
+        let su = db.superuser().await;
+        su.batch_execute(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'pw'; GRANT CREATE ON DATABASE {} TO {name}",
+            db.name
+        ))
+        .await
+        .expect("create login");
+        let client = connect(&db.url_as(&name, "pw")).await;
+        su.batch_execute(&format!(
+            "ALTER ROLE {name} NOLOGIN; GRANT pgrpc_api TO {name}"
+        ))
+        .await
+        .expect("the session's role holds pgrpc_api");
         Login { name, client }
     }
 
@@ -480,11 +504,11 @@ async fn owner_and_operator_logins_write_nothing_in_private_tables() {
     }
 }
 
-/// A login member of pgrpc_api, which owns the api functions, cannot redefine, re-grant or drop them.
+/// A session holding pgrpc_api, which owns the api functions, cannot redefine, re-grant or drop them (defense in depth: no login may hold pgrpc_api, see attacks::a_login_holding_pgrpc_api_stops_migrate_and_superuser_ddl).
 #[tokio::test]
 async fn api_login_cannot_redefine_regrant_or_drop_api_functions() {
     let db = TestDb::new().await;
-    let api = Login::new(&db, "pgrpc_api", "api").await;
+    let api = Login::holding_pgrpc_api(&db, "api").await;
     let me = api.name.clone();
     let messages = api
         .assert_refused(
