@@ -161,6 +161,37 @@ async fn only_a_changed_module_is_applied_again() {
     );
 }
 
+// Module files are applied under pgrpc migrate's lock (V17's superuser-only
+// table lock): while another run holds it, a changed module waits, and is
+// applied once the lock is released.
+#[tokio::test]
+async fn a_changed_module_waits_for_the_migration_lock() {
+    let db = TestDb::new().await;
+    let holder = db.superuser().await;
+    holder
+        .batch_execute(
+            "BEGIN; LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE",
+        )
+        .await
+        .expect("take the migration lock");
+    let changed = modules_with("nonces", "-- Module nonces", "-- The module nonces");
+    let list: Vec<(&'static str, String)> = changed;
+    let url = db.url();
+    let run = tokio::spawn(async move {
+        let list: Vec<(&str, &str)> = list.iter().map(|(m, s)| (*m, s.as_str())).collect();
+        migrate::apply_module_files(&url, &list).await
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!run.is_finished(), "applied while the lock was held");
+    holder.batch_execute("COMMIT").await.expect("release");
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("applied once the lock is free")
+        .expect("task")
+        .expect("apply");
+    assert_eq!(applied, vec!["nonces"]);
+}
+
 // A module that changes a function's return type is refused with a message
 // naming the module and the way out (a versioned migration that drops the
 // function), and leaves the database as it was: the function, the recorded
