@@ -46,6 +46,10 @@ struct MigrateArgs {
     /// Superuser connection URL.
     #[arg(long, env = "PGRPC_MIGRATE_URL")]
     database_url: String,
+    /// Apply the versioned migrations (sql/V*.sql) only, not the module
+    /// files of sql/modules: the database scripts/sql-modules-extract reads.
+    #[arg(long, hide = true)]
+    versioned_only: bool,
 }
 
 #[derive(Args)]
@@ -103,7 +107,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let result = match cli.command {
-        Command::Migrate(args) => migrate(&args.database_url).await,
+        Command::Migrate(args) => migrate(&args.database_url, args.versioned_only).await,
         Command::Serve(args) => serve(*args).await,
         Command::Relay(config) => pgrpc::relay::run(config, shutdown_signal())
             .await
@@ -119,8 +123,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn migrate(url: &str) -> Result<(), String> {
-    let report = pgrpc::migrate::run(url).await.map_err(|e| e.to_string())?;
+async fn migrate(url: &str, versioned_only: bool) -> Result<(), String> {
+    let options = pgrpc::migrate::Options {
+        modules: !versioned_only,
+        ..Default::default()
+    };
+    let report = pgrpc::migrate::run_with(url, options)
+        .await
+        .map_err(|e| e.to_string())?;
     if report.applied.is_empty() {
         println!("migrations: nothing to apply, the database is up to date");
     } else {
@@ -128,6 +138,16 @@ async fn migrate(url: &str) -> Result<(), String> {
             println!("applied {name}");
         }
         println!("migrations: applied {}", report.applied.len());
+    }
+    if versioned_only {
+        println!("modules: not applied (--versioned-only)");
+    } else if report.modules.is_empty() {
+        println!("modules: nothing to apply, every sql/modules file is up to date");
+    } else {
+        for name in &report.modules {
+            println!("applied sql/modules/{name}.sql");
+        }
+        println!("modules: applied {}", report.modules.len());
     }
     Ok(())
 }

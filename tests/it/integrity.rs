@@ -84,7 +84,7 @@ async fn table_owner_cannot_switch_rules_off() {
         &[
             "ALTER TABLE private.suggestion_grants DISABLE TRIGGER USER",
             "ALTER TABLE private.oauth_nonces DISABLE TRIGGER USER",
-            "DROP TRIGGER _200_updated_at ON private.settings",
+            "DROP TRIGGER _700_set_updated_at ON private.settings",
             "CREATE OR REPLACE FUNCTION private.tg_forbid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
             "DROP TABLE private.ticket_suggestions",
             "ALTER TABLE private.outbox DROP CONSTRAINT outbox_status_known",

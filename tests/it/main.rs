@@ -29,6 +29,7 @@ mod proxy;
 mod query_ops;
 mod relay;
 mod replicas;
+mod sql_modules;
 mod sync_commit;
 mod tasks;
 mod tokens;
