@@ -393,27 +393,29 @@ fn unquote(s: &str) -> String {
 /// when they do not balance.
 fn split_top(s: &str) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
+    // Bytes, not chars: every delimiter is ASCII, and a UTF-8 sequence
+    // never contains an ASCII byte, so each split falls on a char boundary.
     let (mut depth, mut quoted, mut escaped, mut start) = (0i32, false, false, 0usize);
-    for (i, c) in s.char_indices() {
+    for (i, c) in s.bytes().enumerate() {
         if quoted {
             match c {
                 _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => quoted = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
                 _ => {}
             }
             continue;
         }
         match c {
-            '"' => quoted = true,
-            '(' | '{' | '[' => depth += 1,
-            ')' | '}' | ']' => {
+            b'"' => quoted = true,
+            b'(' | b'{' | b'[' => depth += 1,
+            b')' | b'}' | b']' => {
                 depth -= 1;
                 if depth < 0 {
                     return None;
                 }
             }
-            ',' if depth == 0 => {
+            b',' if depth == 0 => {
                 parts.push(&s[start..i]);
                 start = i + 1;
             }

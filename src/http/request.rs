@@ -123,15 +123,7 @@ pub async fn parse(
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let idempotency_key = if write {
-        req.headers()
-            .get("idempotency-key")
-            .map(|v| v.to_str().map(str::to_string))
-            .transpose()
-            .map_err(|_| RequestError::BadIdempotencyKey)?
-    } else {
-        None
-    };
+    let idempotency_key = idempotency_key(req.headers(), write)?;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let prefer = Preferences::from_headers(req.headers());
@@ -182,6 +174,20 @@ pub async fn parse(
         headers_json,
         cookies_json,
     })
+}
+
+/// The `Idempotency-Key` of a write (it is ignored on reads): visible
+/// ASCII. Its length, 1 to 255 characters, is the database's rule
+/// (`pgrpc_http`), answered 400 `invalid_idempotency_key`.
+pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String>, RequestError> {
+    if !write {
+        return Ok(None);
+    }
+    headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| RequestError::BadIdempotencyKey)
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
@@ -251,7 +257,7 @@ fn too_many(what: &'static str, limit: usize, unit: &'static str) -> RequestErro
 
 /// Refuses `Prefer` and `Accept` lists longer than their bounds, counting
 /// commas in one pass without building anything.
-fn check_header_lists(headers: &HeaderMap) -> Result<(), RequestError> {
+pub(crate) fn check_header_lists(headers: &HeaderMap) -> Result<(), RequestError> {
     let items = |name: &str| -> usize {
         headers
             .get_all(name)
@@ -286,7 +292,7 @@ pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 /// a repeated name wins, in the place of its last occurrence), for
 /// `request.cookies`; more than [`MAX_COOKIE_PAIRS`] pairs are refused.
 /// Linear: each name is looked up in a hash map, not in the list so far.
-fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> {
+pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> {
     let mut cookies: Vec<Option<(&str, &str)>> = Vec::new();
     let mut last: HashMap<&str, usize> = HashMap::new();
     for (name, value) in cookie_pairs(headers) {
