@@ -224,6 +224,74 @@ async fn a_cookie_header_of_eleven_thousand_pairs_is_refused_and_the_proxy_lives
     parser_proxy_lives(&server).await;
 }
 
+// The query string's other bounds (docs/limits.md): parameters, in lists,
+// select items and order terms past their bounds are 400 PGRST100 naming
+// the bound, and a URL past 65,534 bytes is 414; the proxy lives.
+#[tokio::test]
+async fn query_string_bounds_are_answered_before_the_database() {
+    let server = crate::support::TestServer::start_with_sql(PARSER_FIXTURES, |_| {}).await;
+    let params = (0..1_001)
+        .map(|i| format!("p{i}=1"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let in_list = format!("id=in.({})", vec!["1"; 10_001].join(","));
+    let select = format!("select={}", vec!["id"; 1_001].join(","));
+    let order = format!("order={}", vec!["id"; 101].join(","));
+    for (query, bound) in [
+        (params, "1000"),
+        (in_list, "10000"),
+        (select, "1000"),
+        (order, "100"),
+    ] {
+        let r = crate::support::send(
+            server
+                .http
+                .get(server.url(&format!("/rpc/parser_rows?{query}"))),
+        )
+        .await;
+        assert_eq!(parser_refusal(&r, 400), "PGRST100", "{}", &query[..20]);
+        assert!(r.text.contains(bound), "{}", r.text);
+    }
+    let huge = format!(
+        "GET /rpc/parser_rows?note=eq.{} HTTP/1.1\r\nHost: pgrpc\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    // The server may answer before it has read all of it.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, huge.as_bytes()).await;
+    let mut head = vec![0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut head)
+        .await
+        .expect("read");
+    let line = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(line.starts_with("HTTP/1.1 414"), "{line}");
+    parser_proxy_lives(&server).await;
+}
+
+// Header bounds (docs/limits.md): more than 64 Accept ranges or Prefer
+// items is 400 PGRST100, a bearer token over 16 KiB is 401 PGRST301.
+#[tokio::test]
+async fn header_list_bounds_are_answered_and_the_proxy_lives() {
+    let server = crate::support::TestServer::start_with_sql(PARSER_FIXTURES, |_| {}).await;
+    let url = server.url("/rpc/parser_rows");
+    let accept = vec!["application/json"; 65].join(",");
+    let r = crate::support::send(server.http.get(&url).header("accept", accept)).await;
+    assert_eq!(parser_refusal(&r, 400), "PGRST100");
+    let prefer = vec!["count=exact"; 65].join(",");
+    let r = crate::support::send(server.http.get(&url).header("prefer", prefer)).await;
+    assert_eq!(parser_refusal(&r, 400), "PGRST100");
+    let token = format!("{}.e30.x", "a".repeat(16 * 1024));
+    let r = crate::support::send(server.http.get(&url).bearer_auth(token)).await;
+    assert_eq!(parser_refusal(&r, 401), "PGRST301");
+    assert!(r.text.contains("16384"), "{}", r.text);
+    let ok = vec!["application/json"; 64].join(",");
+    let r = crate::support::send(server.http.get(&url).header("accept", ok)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    parser_proxy_lives(&server).await;
+}
+
 // (end of section: parsers)
 
 // ---------------------------------------------------------------------------
