@@ -206,20 +206,20 @@ impl ApiError {
         if code == "PGRST" {
             return from_raise_pgrst(err);
         }
-        let mut status = status_for_sqlstate(err.code(), anon);
-        // Too many array dimensions comes from the request's own input (an
-        // argument such as '{{{{{{{1}}}}}}}'), not from the server.
-        if *err.code() == SqlState::PROGRAM_LIMIT_EXCEEDED
-            && err.message().starts_with("number of array dimensions")
-        {
-            status = StatusCode::BAD_REQUEST;
-        }
+        let status = status_for_sqlstate(err.code(), anon);
+        // PostgreSQL's hint for 54001 names a server setting to raise
+        // (max_stack_depth): advice for the operator, not the client.
+        let hint = if *err.code() == SqlState::STATEMENT_TOO_COMPLEX {
+            Some("The input nests too deeply; send a simpler value".to_string())
+        } else {
+            err.hint().map(str::to_string)
+        };
         let mut api = ApiError {
             status,
             code: code.to_string(),
             message: err.message().to_string(),
             details: err.detail().map(str::to_string),
-            hint: err.hint().map(str::to_string),
+            hint,
             headers: Vec::new(),
         };
         if api.status == StatusCode::UNAUTHORIZED {
@@ -266,6 +266,12 @@ pub fn status_for_sqlstate(state: &SqlState, anon: bool) -> StatusCode {
     }
     if *state == SqlState::CONFIGURATION_LIMIT_EXCEEDED {
         return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    // A limit of PostgreSQL's parsers passed by the request's own input: an
+    // operand nested past the stack (54001), or an argument such as
+    // '{{{{{{{1}}}}}}}' with too many array dimensions (54000).
+    if *state == SqlState::PROGRAM_LIMIT_EXCEEDED || *state == SqlState::STATEMENT_TOO_COMPLEX {
+        return StatusCode::BAD_REQUEST;
     }
     // The server ended the session or refused it while shutting down,
     // restarting after a crash, or starting up (a failover): retryable.
@@ -379,7 +385,9 @@ mod tests {
             ("PT429", 429),
             ("PT404", 404),
             ("40001", 500),
-            ("54000", 500),
+            ("54000", 400),
+            ("54001", 400),
+            ("54011", 500),
             ("55P03", 500),
             ("57014", 500),
             ("XX000", 500),

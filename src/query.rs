@@ -23,12 +23,24 @@ pub enum QueryError {
     UnknownColumn(String),
     #[error("A function returning a single value cannot be filtered, ordered or paginated")]
     NotRows,
+    /// A bound of docs/limits.md passed: `{what} may hold at most {limit} {unit}`.
+    #[error("{what} may hold at most {limit} {unit}")]
+    Limit {
+        what: &'static str,
+        limit: usize,
+        unit: &'static str,
+    },
+    #[error("The query string may not contain NUL characters")]
+    Nul,
 }
 
 impl Fault for QueryError {
     fn pgrst(&self) -> Pgrst {
         match self {
-            QueryError::Parse { .. } | QueryError::NotRows => Pgrst::QueryParam,
+            QueryError::Parse { .. }
+            | QueryError::NotRows
+            | QueryError::Limit { .. }
+            | QueryError::Nul => Pgrst::QueryParam,
             QueryError::UnknownColumn(_) => Pgrst::UndefinedColumn,
         }
     }
@@ -38,6 +50,70 @@ impl Fault for QueryError {
             _ => None,
         }
     }
+    fn hint(&self) -> Option<String> {
+        match self {
+            QueryError::Limit { .. } => {
+                Some("Every bound on a request is listed in docs/limits.md".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How deep `or`/`and` trees may nest (the top tree is level 1). Parsing
+/// and compiling recurse once per level, so this also bounds their stack.
+pub const MAX_TREE_DEPTH: usize = 64;
+/// The longest operand of `fts`, `plfts`, `phfts`, `wfts`, `like`,
+/// `ilike`, `match` and `imatch`, in bytes.
+pub const MAX_OPERAND_BYTES: usize = 4096;
+/// How deep parentheses may nest in an `fts` or `match` operand:
+/// PostgreSQL's tsquery and regex parsers recurse on them, and past its
+/// stack they answer 54001.
+pub const MAX_OPERAND_NESTING: usize = 64;
+/// The most values of one `in.(…)` list.
+pub const MAX_IN_ITEMS: usize = 10_000;
+/// The most items of `select`.
+pub const MAX_SELECT_ITEMS: usize = 1_000;
+/// The most terms of `order`.
+pub const MAX_ORDER_TERMS: usize = 100;
+
+fn limit(what: &'static str, limit: usize, unit: &'static str) -> QueryError {
+    QueryError::Limit { what, limit, unit }
+}
+
+/// The deepest nesting of parentheses in `s`.
+fn paren_depth(s: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    for b in s.bytes() {
+        match b {
+            b'(' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Bounds an operand PostgreSQL parses as a pattern or a query.
+fn check_operand(operand: &str, nests: bool) -> Result<(), QueryError> {
+    if operand.len() > MAX_OPERAND_BYTES {
+        return Err(limit(
+            "An fts, like or match operand",
+            MAX_OPERAND_BYTES,
+            "bytes",
+        ));
+    }
+    if nests && paren_depth(operand) > MAX_OPERAND_NESTING {
+        return Err(limit(
+            "An fts or match operand",
+            MAX_OPERAND_NESTING,
+            "levels of parentheses",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_err(what: &'static str, value: &str) -> QueryError {
@@ -201,6 +277,7 @@ pub fn parse_filter(column: &str, value: &str) -> Result<Cond, QueryError> {
         }
         Op::Compare(sql, quant, operand.to_string())
     } else if let Some(sql) = text_op(name) {
+        check_operand(operand, matches!(name, "match" | "imatch"))?;
         let operand = if matches!(name, "like" | "ilike") {
             operand.replace('*', "%")
         } else {
@@ -208,6 +285,7 @@ pub fn parse_filter(column: &str, value: &str) -> Result<Cond, QueryError> {
         };
         Op::Text(sql, quant, operand)
     } else if let Some(func) = fts_fn(name) {
+        check_operand(operand, true)?;
         Op::Fts(func, modifier.map(str::to_string), operand.to_string())
     } else if name == "in" && quant == Quant::One {
         let inner = operand
@@ -217,11 +295,11 @@ pub fn parse_filter(column: &str, value: &str) -> Result<Cond, QueryError> {
         let items = if inner.is_empty() {
             Vec::new()
         } else {
-            split_top(inner)
-                .ok_or_else(|| parse_err("filter", value))?
-                .into_iter()
-                .map(unquote)
-                .collect()
+            let parts = split_top(inner).ok_or_else(|| parse_err("filter", value))?;
+            if parts.len() > MAX_IN_ITEMS {
+                return Err(limit("An in list", MAX_IN_ITEMS, "items"));
+            }
+            parts.into_iter().map(unquote).collect()
         };
         Op::In(items)
     } else if name == "is" && quant == Quant::One {
@@ -244,8 +322,17 @@ pub fn parse_filter(column: &str, value: &str) -> Result<Cond, QueryError> {
 }
 
 /// `or=(a.eq.1,and(b.gt.2,c.is.null))`: `key` is `or`, `and`, `not.or` or
-/// `not.and`.
+/// `not.and`. Trees nest at most [`MAX_TREE_DEPTH`] levels, so the
+/// recursion is bounded, and each level scans its own text once: the work
+/// is at most `MAX_TREE_DEPTH` passes over the value, linear in its length.
 pub fn parse_tree(key: &str, value: &str) -> Result<Cond, QueryError> {
+    parse_tree_at(key, value, 1)
+}
+
+fn parse_tree_at(key: &str, value: &str, depth: usize) -> Result<Cond, QueryError> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(limit("A logic tree", MAX_TREE_DEPTH, "levels of nesting"));
+    }
     let (negate, kind) = match key.strip_prefix("not.") {
         Some(k) => (true, k),
         None => (false, key),
@@ -272,7 +359,7 @@ pub fn parse_tree(key: &str, value: &str) -> Result<Cond, QueryError> {
             .find(|p| part.starts_with(**p));
         if let Some(prefix) = nested {
             let key = &prefix[..prefix.len() - 1];
-            items.push(parse_tree(key, &part[key.len()..])?);
+            items.push(parse_tree_at(key, &part[key.len()..], depth + 1)?);
         } else {
             let (column, rest) = part
                 .split_once('.')
@@ -306,27 +393,29 @@ fn unquote(s: &str) -> String {
 /// when they do not balance.
 fn split_top(s: &str) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
+    // Bytes, not chars: every delimiter is ASCII, and a UTF-8 sequence
+    // never contains an ASCII byte, so each split falls on a char boundary.
     let (mut depth, mut quoted, mut escaped, mut start) = (0i32, false, false, 0usize);
-    for (i, c) in s.char_indices() {
+    for (i, c) in s.bytes().enumerate() {
         if quoted {
             match c {
                 _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => quoted = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
                 _ => {}
             }
             continue;
         }
         match c {
-            '"' => quoted = true,
-            '(' | '{' | '[' => depth += 1,
-            ')' | '}' | ']' => {
+            b'"' => quoted = true,
+            b'(' | b'{' | b'[' => depth += 1,
+            b')' | b'}' | b']' => {
                 depth -= 1;
                 if depth < 0 {
                     return None;
                 }
             }
-            ',' if depth == 0 => {
+            b',' if depth == 0 => {
                 parts.push(&s[start..i]);
                 start = i + 1;
             }
@@ -345,6 +434,9 @@ pub fn parse_select(value: &str) -> Result<Option<Vec<(String, String)>>, QueryE
     if value.trim() == "*" {
         return Ok(None);
     }
+    if value.split(',').nth(MAX_SELECT_ITEMS).is_some() {
+        return Err(limit("select", MAX_SELECT_ITEMS, "items"));
+    }
     let mut out = Vec::new();
     for item in value.split(',') {
         let item = item.trim();
@@ -354,6 +446,7 @@ pub fn parse_select(value: &str) -> Result<Option<Vec<(String, String)>>, QueryE
             || item.contains("::")
             || item.contains("->")
             || item.contains('(')
+            || item.contains('\0')
         {
             return Err(parse_err("select", value));
         }
@@ -371,6 +464,9 @@ pub fn parse_select(value: &str) -> Result<Option<Vec<(String, String)>>, QueryE
 
 /// `order=a.desc.nullslast,b`.
 pub fn parse_order(value: &str) -> Result<Vec<OrderTerm>, QueryError> {
+    if value.split(',').nth(MAX_ORDER_TERMS).is_some() {
+        return Err(limit("order", MAX_ORDER_TERMS, "terms"));
+    }
     let mut out = Vec::new();
     for item in value.split(',') {
         let mut parts = item.trim().split('.');

@@ -27,6 +27,10 @@ use claims::ClaimRules;
 use keys::Keys;
 use role_claim::RoleClaimKey;
 
+/// The longest bearer token accepted, checked before any decoding: a
+/// token is refused with 401 PGRST301 past it (docs/limits.md).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// Why a request's credentials are refused: 401, nothing runs.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -156,6 +160,11 @@ impl Auth {
             .trim();
         if token.is_empty() {
             return Err(AuthError::EmptyToken);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed(format!(
+                "JWT may be at most {MAX_TOKEN_BYTES} bytes"
+            )));
         }
         let verified = self.verify(token)?;
         let role = verified.role.clone();

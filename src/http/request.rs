@@ -115,22 +115,15 @@ pub async fn parse(
     let method = req.method().clone();
     let write = method == Method::POST;
     let schema = profile(req.headers(), write, schemas)?.to_string();
+    check_header_lists(req.headers())?;
     let accept = media::parse_accept(req.headers().get(ACCEPT).map(|v| v.as_bytes()));
     let headers_json = headers_json(req.headers());
-    let cookies_json = cookies_json(req.headers());
+    let cookies_json = cookies_json(req.headers())?;
     let authorization = req
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let idempotency_key = if write {
-        req.headers()
-            .get("idempotency-key")
-            .map(|v| v.to_str().map(str::to_string))
-            .transpose()
-            .map_err(|_| RequestError::BadIdempotencyKey)?
-    } else {
-        None
-    };
+    let idempotency_key = idempotency_key(req.headers(), write)?;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let prefer = Preferences::from_headers(req.headers());
@@ -183,6 +176,20 @@ pub async fn parse(
     })
 }
 
+/// The `Idempotency-Key` of a write (it is ignored on reads): visible
+/// ASCII. Its length, 1 to 255 characters, is the database's rule
+/// (`pgrpc_http`), answered 400 `invalid_idempotency_key`.
+pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String>, RequestError> {
+    if !write {
+        return Ok(None);
+    }
+    headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| RequestError::BadIdempotencyKey)
+}
+
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
     if let Some(len) = req
         .headers()
@@ -233,8 +240,43 @@ fn headers_json(headers: &HeaderMap) -> String {
     out
 }
 
+/// The most `name=value` pairs the `Cookie` headers of one request may
+/// hold. Browsers keep at most 180 cookies per site (Chromium; Firefox
+/// allows 150), so no browser reaches it; past it the request is refused
+/// rather than some cookies silently dropped (docs/limits.md).
+pub const MAX_COOKIE_PAIRS: usize = 256;
+/// The most items of the `Prefer` headers and media ranges of `Accept`.
+pub const MAX_PREFER_ITEMS: usize = 64;
+pub const MAX_ACCEPT_RANGES: usize = 64;
+/// The most parameters of a query string (or a form body).
+pub const MAX_QUERY_PARAMS: usize = 1_000;
+
+fn too_many(what: &'static str, limit: usize, unit: &'static str) -> RequestError {
+    RequestError::Query(QueryError::Limit { what, limit, unit })
+}
+
+/// Refuses `Prefer` and `Accept` lists longer than their bounds, counting
+/// commas in one pass without building anything.
+pub(crate) fn check_header_lists(headers: &HeaderMap) -> Result<(), RequestError> {
+    let items = |name: &str| -> usize {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes().split(|b| *b == b',').count())
+            .sum()
+    };
+    if items("prefer") > MAX_PREFER_ITEMS {
+        return Err(too_many("Prefer", MAX_PREFER_ITEMS, "preferences"));
+    }
+    if items("accept") > MAX_ACCEPT_RANGES {
+        return Err(too_many("Accept", MAX_ACCEPT_RANGES, "media ranges"));
+    }
+    Ok(())
+}
+
 /// Every `name=value` of the `Cookie` headers, in order, trimmed, with the
 /// quotes of a quoted value removed; pairs without a name are skipped.
+/// One pass over the headers: linear in their length.
 pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
@@ -247,15 +289,23 @@ pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The `Cookie` headers as a JSON object of name → value (the last value of
-/// a repeated name wins), for `request.cookies`.
-fn cookies_json(headers: &HeaderMap) -> String {
-    let mut cookies: Vec<(&str, &str)> = Vec::new();
+/// a repeated name wins, in the place of its last occurrence), for
+/// `request.cookies`; more than [`MAX_COOKIE_PAIRS`] pairs are refused.
+/// Linear: each name is looked up in a hash map, not in the list so far.
+pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> {
+    let mut cookies: Vec<Option<(&str, &str)>> = Vec::new();
+    let mut last: HashMap<&str, usize> = HashMap::new();
     for (name, value) in cookie_pairs(headers) {
-        cookies.retain(|(n, _)| *n != name);
-        cookies.push((name, value));
+        if cookies.len() == MAX_COOKIE_PAIRS {
+            return Err(too_many("Cookie", MAX_COOKIE_PAIRS, "pairs"));
+        }
+        if let Some(previous) = last.insert(name, cookies.len()) {
+            cookies[previous] = None;
+        }
+        cookies.push(Some((name, value)));
     }
     let mut out = String::from("{");
-    for (i, (name, value)) in cookies.iter().enumerate() {
+    for (i, (name, value)) in cookies.iter().flatten().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -264,7 +314,7 @@ fn cookies_json(headers: &HeaderMap) -> String {
         push_json_string(&mut out, value);
     }
     out.push('}');
-    out
+    Ok(out)
 }
 
 /// `s` as a JSON string literal (RFC 8259 §7 escapes).
@@ -406,7 +456,13 @@ fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
 /// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
 pub fn parse_pairs(query: &[u8]) -> Result<Args, RequestError> {
     let mut map = Map::new();
-    for (k, v) in form_urlencoded::parse(query) {
+    for (i, (k, v)) in form_urlencoded::parse(query).enumerate() {
+        if i == MAX_QUERY_PARAMS {
+            return Err(too_many("A form body", MAX_QUERY_PARAMS, "parameters"));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(RequestError::NotText("a form body"));
+        }
         check_nesting(&v, false)?;
         map.insert(k.into_owned(), Value::String(v.into_owned()));
     }
@@ -426,7 +482,15 @@ fn args_of(map: Map<String, Value>) -> Args {
 pub fn parse_query(query: &[u8], args: bool) -> Result<(Args, QueryOps), RequestError> {
     let mut map = Map::new();
     let mut ops = QueryOps::default();
-    for (k, v) in form_urlencoded::parse(query) {
+    for (i, (k, v)) in form_urlencoded::parse(query).enumerate() {
+        if i == MAX_QUERY_PARAMS {
+            return Err(too_many("The query string", MAX_QUERY_PARAMS, "parameters"));
+        }
+        // PostgreSQL text cannot hold NUL; spliced into a statement (a
+        // select alias) it would break the wire protocol's framing.
+        if k.contains('\0') || v.contains('\0') {
+            return Err(QueryError::Nul.into());
+        }
         check_nesting(&v, false)?;
         let key = k.trim();
         match key {
@@ -570,11 +634,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(COOKIE, "a=1; b=\"two\"; a=3; junk".parse().expect("value"));
         h.insert("x-b", "v".parse().expect("value"));
-        let cookies: Value = serde_json::from_str(&cookies_json(&h)).expect("json");
+        let cookies: Value =
+            serde_json::from_str(&cookies_json(&h).expect("cookies")).expect("json");
         assert_eq!(cookies, serde_json::json!({"a": "3", "b": "two"}));
         let headers: Value = serde_json::from_str(&headers_json(&h)).expect("json");
         assert_eq!(headers, serde_json::json!({"x-b": "v"}));
-        assert_eq!(cookies_json(&HeaderMap::new()), "{}");
+        assert_eq!(cookies_json(&HeaderMap::new()).expect("none"), "{}");
     }
 
     #[test]

@@ -664,3 +664,62 @@ async fn schema_sql_is_the_migrated_schema() {
         );
     }
 }
+
+/// Whether the test `module::name` exists: `fn name` in `tests/it/<module>.rs`,
+/// or in a `src/` file named `<module>.rs` (or `<module>/mod.rs`).
+fn test_exists(module: &str, name: &str) -> bool {
+    let needle = format!("fn {name}(");
+    let mut files = vec![
+        repo().join(format!("tests/it/{module}.rs")),
+        repo().join(format!("src/{module}.rs")),
+        repo().join(format!("src/{module}/mod.rs")),
+    ];
+    for dir in ["src", "src/http", "src/auth", "src/db", "src/relay"] {
+        files.push(repo().join(format!("{dir}/{module}.rs")));
+    }
+    files
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|text| text.contains(&needle)))
+}
+
+// Every row of docs/limits.md names a bound, an answer past it and a test
+// that exists, so the table cannot promise a limit nothing proves.
+#[test]
+fn every_row_of_the_limits_table_has_a_bound_an_answer_and_an_existing_test() {
+    let doc = read(&repo().join("docs/limits.md"));
+    let mut problems = Vec::new();
+    let mut rows = 0;
+    for line in doc.lines().map(str::trim) {
+        if !line.starts_with('|') || line.starts_with("|---") || line.starts_with("| dimension") {
+            continue;
+        }
+        rows += 1;
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [dimension, bound, answer, test] = cells.as_slice() else {
+            problems.push(format!("not four cells: {line}"));
+            continue;
+        };
+        if bound.is_empty() {
+            problems.push(format!("{dimension}: no bound"));
+        }
+        if answer.is_empty() {
+            problems.push(format!("{dimension}: no answer past the bound"));
+        }
+        let named: Vec<&str> = test.split('`').skip(1).step_by(2).collect();
+        if named.is_empty() {
+            problems.push(format!("{dimension}: no test named"));
+        }
+        for path in named {
+            match path.split_once("::") {
+                Some((module, name)) if test_exists(module, name) => {}
+                _ => problems.push(format!("{dimension}: no test function {path}")),
+            }
+        }
+    }
+    assert!(rows >= 10, "docs/limits.md has only {rows} rows");
+    assert!(
+        problems.is_empty(),
+        "docs/limits.md:\n  {}",
+        problems.join("\n  ")
+    );
+}
