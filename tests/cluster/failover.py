@@ -171,18 +171,18 @@ def netns(short, *cmd):
         raise RuntimeError(f"nsenter {short} {' '.join(cmd)}: {p.stderr.strip()}")
 
 
-def cut(short, others):
-    """Drops every packet between the container and the others (a
-    partition: no answer, no refusal), in its own namespace only."""
+def cut_rules(others):
+    """iptables commands that drop every packet between a container and the
+    others (a partition: no answer, no refusal), for its own namespace."""
+    cmds = []
     for o in others:
         ip = container_ip(o)
-        netns(short, "iptables", "-I", "INPUT", "-s", ip, "-j", "DROP")
-        netns(short, "iptables", "-I", "OUTPUT", "-d", ip, "-j", "DROP")
+        cmds.append(f"iptables -I INPUT -s {ip} -j DROP && iptables -I OUTPUT -d {ip} -j DROP")
+    return " && ".join(cmds)
 
 
 def uncut(short):
-    netns(short, "iptables", "-F", "INPUT")
-    netns(short, "iptables", "-F", "OUTPUT")
+    netns(short, "sh", "-c", "iptables -F INPUT && iptables -F OUTPUT")
 
 
 def etcd_leader():
@@ -536,8 +536,9 @@ class Round:
         self.small_budget = max(50, int(rate * 6))
         sql(f"SELECT admin.set_token_allowance('freemium', 'alt_text', {self.small_budget})")
         self.small_go.set()
-        self.fault_at = now()
         mode = self.mode
+        rules = cut_rules(ETCDS + [n for n in NODES if n != old]) if mode == "dcs" else None
+        self.fault_at = now()
         if mode == "kill":
             log(f"SIGKILL to {NAME}-{old} (the primary)")
             docker("kill", "-s", "KILL", f"{NAME}-{old}")
@@ -546,7 +547,7 @@ class Round:
             docker("pause", f"{NAME}-{old}")
         elif mode == "dcs":
             log(f"cutting {NAME}-{old} (the primary) from etcd and the other nodes; HAProxy still reaches it")
-            cut(old, ETCDS + [n for n in NODES if n != old])
+            netns(old, "sh", "-c", rules)
         elif mode == "proxy":
             log(f"SIGKILL to {NAME}-api1")
             docker("kill", "-s", "KILL", f"{NAME}-api1")
@@ -819,9 +820,18 @@ class Round:
         row = {"mode": self.mode, "writes_back": None, "gap": None, "front_max": None, "leader": None}
         if self.fault_at is not None:
             back = self.first_write_after(self.fault_at + 0.5)
-            writes = sorted(r.end for r in self.results if r.status == 200 and r.write)
-            gap = max((b - a for a, b in zip(writes, writes[1:])), default=0)
+            # The load's writes only: the retries after it are not load.
+            end = getattr(self, "load_end", now())
+            writes = sorted(r.end for r in self.results if r.status == 200 and r.write and r.start <= end)
+            gaps = [(b - a, a, b) for a, b in zip(writes, writes[1:])]
+            gap, gap_at, _ = max(gaps, default=(0, 0, 0))
             row["gap"] = round(gap, 1)
+            # Writes are back at the end of the longest gap the fault
+            # caused (one ending after it), if writes stopped at all.
+            after = max((g for g in gaps if g[2] > self.fault_at), default=None)
+            if after is not None and after[0] >= 1.0:
+                back = after[2]
+            lines.append(f"the longest write gap starts {gap_at - self.fault_at:+.1f}s from the fault")
             if self.leader_at is not None:
                 row["leader"] = round(self.leader_at - self.fault_at, 1)
                 lines.append(f"fault at {self.fault_at:.1f}s on {self.old_leader}; new leader "
