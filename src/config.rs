@@ -118,6 +118,11 @@ pub struct ServeConfig {
     /// A replica further behind the primary than this is skipped, in ms.
     #[arg(long = "read-max-lag-ms", env = "PGRPC_READ_MAX_LAG_MS", default_value = "5000", value_parser = millis)]
     pub read_max_lag: Duration,
+    /// Set the `pgrpc_lsn` cookie (HttpOnly, SameSite=Lax, Path=/) on every
+    /// answer that carries `X-Pgrpc-Lsn`, so that a browser's next reads
+    /// see its writes with no client code (docs/replicas.md).
+    #[arg(long, env = "PGRPC_LSN_COOKIE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub lsn_cookie: bool,
     /// Named prepared statements on pooled connections; `false` behind a
     /// transaction-mode pooler (pgbouncer), as PostgREST's
     /// db-prepared-statements.

@@ -740,7 +740,7 @@ pub fn checks(plan: &CallPlan) -> Option<Check> {
     if range.is_none() && max.is_none() {
         return None;
     }
-    Some(Box::new(move |result: &CallResult| {
+    Some(std::sync::Arc::new(move |result: &CallResult| {
         if let Some(max) = max {
             if result.rows > max {
                 return Err(PlanError::MaxAffected(result.rows).into());
@@ -760,7 +760,7 @@ pub fn range_check(plan: &CallPlan) -> Option<Check> {
         return None;
     }
     let page = plan.page;
-    Some(Box::new(move |result: &CallResult| {
+    Some(std::sync::Arc::new(move |result: &CallResult| {
         content_range(result, page)
             .map(|_| ())
             .map_err(crate::error::ApiError::from)

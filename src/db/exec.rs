@@ -154,6 +154,7 @@ pub struct CallResult {
 /// last for the transaction only: the role, the request GUCs PostgREST
 /// sets, and the role's own settings (`ALTER ROLE … SET`), which `SET ROLE`
 /// alone would not apply.
+#[derive(Clone)]
 pub struct RequestSettings {
     pub role: String,
     pub claims: String,
@@ -198,7 +199,7 @@ pub struct StoredResponse {
 pub type Shaper = Box<dyn FnOnce(&CallResult) -> Result<StoredResponse, ApiError> + Send + Sync>;
 
 /// A check of a call's result, run inside its transaction.
-pub type Check = Box<dyn Fn(&CallResult) -> Result<(), ApiError> + Send + Sync>;
+pub type Check = Arc<dyn Fn(&CallResult) -> Result<(), ApiError> + Send + Sync>;
 
 pub struct IdempotentCall {
     pub key: String,
@@ -242,6 +243,30 @@ pub struct CallJob {
 }
 
 impl CallJob {
+    /// The same call again, for a read to run once more on the primary
+    /// after its replica connection broke; none for a call under an
+    /// `Idempotency-Key` (POST only, never a replica read).
+    pub fn read_copy(&self) -> Option<CallJob> {
+        if self.idempotency.is_some() {
+            return None;
+        }
+        Some(CallJob {
+            sql: self.sql.clone(),
+            args: self.args.clone(),
+            params: self.params.clone(),
+            transient: self.transient,
+            read_only: self.read_only,
+            singular: self.singular,
+            settings: self.settings.clone(),
+            isolation: self.isolation,
+            pre_request: self.pre_request.clone(),
+            idempotency: None,
+            check: self.check.clone(),
+            rollback: self.rollback,
+            anon: self.anon,
+        })
+    }
+
     /// `$1`, then the operations' values.
     fn binds(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
         let mut binds: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =

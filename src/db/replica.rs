@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_postgres::SimpleQueryMessage;
 use tracing::{info, warn};
 
+use super::exec::ExecError;
 use super::lsn::{Lsn, WalLayout};
 use super::pool::{build_pool, Conn, Pool, PoolOptions};
 use super::DbError;
@@ -44,10 +45,13 @@ pub enum ReadRoute {
     LsnWaitTimeout,
     /// On the primary: every replica connection stayed busy.
     Busy,
+    /// On the primary, a second time: the replica connection broke during
+    /// the read.
+    ReplicaFailed,
 }
 
 impl ReadRoute {
-    pub const ALL: [ReadRoute; 7] = [
+    pub const ALL: [ReadRoute; 8] = [
         ReadRoute::Replica,
         ReadRoute::LsnReplayed,
         ReadRoute::NoReplica,
@@ -55,6 +59,7 @@ impl ReadRoute {
         ReadRoute::Lagging,
         ReadRoute::LsnWaitTimeout,
         ReadRoute::Busy,
+        ReadRoute::ReplicaFailed,
     ];
 
     pub fn target(self) -> &'static str {
@@ -73,6 +78,7 @@ impl ReadRoute {
             ReadRoute::Lagging => "lagging",
             ReadRoute::LsnWaitTimeout => "lsn_wait_timeout",
             ReadRoute::Busy => "busy",
+            ReadRoute::ReplicaFailed => "replica_failed",
         }
     }
 }
@@ -103,6 +109,9 @@ pub struct Replica {
     pool: Pool,
     up: AtomicBool,
     lag_micros: AtomicU64,
+    /// The newest primary WAL position seen (by the probe, or asked for a
+    /// read that sent a newer one): nothing past it can be replayed yet.
+    primary_seen: AtomicU64,
     wait: Duration,
     max_lag: Duration,
 }
@@ -119,6 +128,7 @@ impl Replica {
             // Unknown until the first probe answers: reads go to the primary.
             up: AtomicBool::new(false),
             lag_micros: AtomicU64::new(0),
+            primary_seen: AtomicU64::new(0),
             wait,
             max_lag,
         })
@@ -133,6 +143,49 @@ impl Replica {
             up: self.up.load(Ordering::Relaxed),
             lag: Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
         }
+    }
+
+    /// Whether `lsn` is at or before the primary's current position: known
+    /// from the newest position seen, else asked of the primary once. When
+    /// the primary cannot say, the read goes on (and waits as usual).
+    /// `Err` carries the primary's position `lsn` is past.
+    pub async fn not_ahead(&self, lsn: Lsn, primary: &Pool) -> Result<(), Lsn> {
+        if lsn.0 <= self.primary_seen.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let timeouts = Timeouts {
+            wait: Some(self.wait.max(Duration::from_millis(100))),
+            create: Some(Duration::from_secs(2)),
+            recycle: Some(Duration::from_secs(1)),
+        };
+        let Ok(conn) = primary.timeout_get(&timeouts).await else {
+            return Ok(());
+        };
+        match position(&conn.client, conn.wal).await {
+            Ok((at, false)) => {
+                let seen = self
+                    .primary_seen
+                    .fetch_max(at.0, Ordering::Relaxed)
+                    .max(at.0);
+                if lsn.0 <= seen {
+                    Ok(())
+                } else {
+                    Err(Lsn(seen))
+                }
+            }
+            // A primary in recovery is no primary; nothing to compare with.
+            Ok((_, true)) => Ok(()),
+            Err(_) => {
+                drop(deadpool::managed::Object::take(conn));
+                Ok(())
+            }
+        }
+    }
+
+    /// A read broke on its replica connection: reads go to the primary
+    /// until the probe finds the replica again.
+    pub fn read_failed(&self) {
+        self.mark_down();
     }
 
     fn mark_down(&self) {
@@ -186,6 +239,20 @@ impl Replica {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+/// Whether a call's failure is its connection breaking (the session lost,
+/// or ended by the server: 08*, 57P01..57P03), so that a read can run again
+/// elsewhere. A read has no effect, so running it twice is safe.
+pub fn connection_broke(e: &ExecError) -> bool {
+    match e {
+        ExecError::Lost(_) | ExecError::Unavailable(_) => true,
+        ExecError::Postgres { error, .. } => {
+            let code = error.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        _ => false,
     }
 }
 
@@ -269,7 +336,10 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
     loop {
         if let Ok(conn) = primary.timeout_get(&timeouts).await {
             match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
-                Ok(Ok((lsn, _))) => history.push(Instant::now(), lsn, keep),
+                Ok(Ok((lsn, _))) => {
+                    history.push(Instant::now(), lsn, keep);
+                    replica.primary_seen.fetch_max(lsn.0, Ordering::Relaxed);
+                }
                 // A session that does not answer is not handed to a request.
                 _ => drop(deadpool::managed::Object::take(conn)),
             }

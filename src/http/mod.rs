@@ -177,7 +177,8 @@ async fn rpc(
         }
     }
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
-    let lsn = consistency::requested_lsn(req.headers())?;
+    let lsn =
+        consistency::checked_lsn(req.headers(), state.replica.as_deref(), &state.pool).await?;
     let request = request::parse(
         req,
         name,
@@ -258,6 +259,9 @@ async fn rpc(
     };
     if let Some(lsn) = commit_lsn {
         reply.headers.push(consistency::lsn_header(lsn));
+        if state.config.lsn_cookie {
+            reply.headers.push(consistency::lsn_cookie(lsn));
+        }
     }
     // A replay has the same preferences: they are part of the request hash.
     if let Some(value) = plan.prefs.header() {
@@ -298,7 +302,20 @@ async fn execute(
     match routed {
         Ok((conn, route)) => {
             state.metrics.count_read(route);
-            exec::execute_on(conn, job).await
+            let again = job.read_copy();
+            match (exec::execute_on(conn, job).await, again, &state.replica) {
+                // The replica connection broke during the read: it runs
+                // once more, on the primary.
+                (Err(e), Some(again), Some(replica))
+                    if crate::db::replica::connection_broke(&e) =>
+                {
+                    tracing::warn!(cause = %e, "a read broke on the replica; running it on the primary");
+                    replica.read_failed();
+                    state.metrics.count_read(ReadRoute::ReplicaFailed);
+                    exec::execute(&state.pool, again).await
+                }
+                (result, _, _) => result,
+            }
         }
         Err(route) => {
             state.metrics.count_read(route);

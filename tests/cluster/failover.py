@@ -1,13 +1,28 @@
 #!/usr/bin/env python3
 """One failover round under load against the topology of scripts/cluster.
 
-usage: tests/cluster/failover.py kill|pause   (run by scripts/test-cluster)
+usage: tests/cluster/failover.py MODE   (run by scripts/test-cluster)
+
+MODE is the fault:
+  kill      SIGKILL of the primary's container (started again afterwards)
+  pause     the primary frozen (docker pause) until another node leads
+  dcs       the primary cut from the etcd members and from the other
+            nodes (iptables in its network namespace), still reachable by
+            HAProxy, for 25 s
+  proxy     SIGKILL of proxy api1, under load through HAProxy's front, which
+            must answer every call (JSON, never HTML, never dropped) within
+            3 s; api1 is started again 5 s later
+  etcd-one  SIGKILL of the etcd member that leads etcd, for 15 s
+  etcd-all  SIGKILL of every etcd member for 15 s: with failsafe_mode and
+            every Patroni member healthy, writes must not stop at all
 
 It drives, through both proxies at once, consume_token on one budget,
 sign_contract, finalize_receive, consume_token under Idempotency-Key, and
 set_connection_status (whose events check the relay's per-aggregate
-order). Mid-run it SIGKILLs the primary's container (kill) or freezes it
-until another node leads, then resumes it (pause). Then it checks, on the
+order), plus read-your-writes through HAProxy's front: a write, then a GET
+sending back its X-Pgrpc-Lsn (or only the pgrpc_lsn cookie the write set),
+which must see the write, served by a replica when one has it. Mid-run it
+injects the fault. Then it checks, on the
 new primary and at the test webhook, that no acknowledged write was lost,
 nothing was over-spent or done twice, no answer was a 500, and the relay
 delivered every event in per-aggregate order. It prints a report and exits
@@ -19,7 +34,10 @@ PGRPC_CLUSTER_API_PORT, PGRPC_CLUSTER_API1_PORT, PGRPC_CLUSTER_API2_PORT,
 PGRPC_CLUSTER_WEBHOOK_PORT,
 PGRPC_FAILOVER_WARMUP (s, default 8), PGRPC_FAILOVER_AFTER (s of load after
 writes recovered, default 10), PGRPC_FAILOVER_MAX_OUTAGE (s, default 45:
-the run stops waiting for writes to come back).
+the run stops waiting for writes to come back), PGRPC_FAILOVER_WRITES_BACK
+(s, default 15: writes must succeed again within this long after the
+fault), PGRPC_FAILOVER_RESULTS (a file to which one JSON line with the
+round's times is appended, for scripts/test-cluster's table).
 Standard library only.
 """
 import base64
@@ -48,7 +66,13 @@ WEBHOOK_PORT = int(ENV.get("PGRPC_CLUSTER_WEBHOOK_PORT", "13080"))
 WARMUP = float(ENV.get("PGRPC_FAILOVER_WARMUP", "8"))
 AFTER = float(ENV.get("PGRPC_FAILOVER_AFTER", "10"))
 MAX_OUTAGE = float(ENV.get("PGRPC_FAILOVER_MAX_OUTAGE", "45"))
+WRITES_BACK = float(ENV.get("PGRPC_FAILOVER_WRITES_BACK", "15"))
+RESULTS = ENV.get("PGRPC_FAILOVER_RESULTS")
 NODES = ["pg1", "pg2", "pg3"]
+ETCDS = ["etcd1", "etcd2", "etcd3"]
+MODES = ("kill", "pause", "dcs", "proxy", "etcd-one", "etcd-all")
+FRONT_BOUND = 3.0      # s: the longest a call through HAProxy's front may take around a proxy's loss
+NO_GAP = 2.0           # s: the longest write gap that counts as none (etcd lost, every member healthy)
 BUDGET = 4000          # tokens of the spent budget (site A)
 PLAYERS = 10000        # contracts that may be signed in one round
 REQUEST_TIMEOUT = 30
@@ -134,6 +158,84 @@ def leader(exclude=()):
     return None
 
 
+def container_ip(short):
+    return docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{NAME}").IPAddress}}}}',
+                  f"{NAME}-{short}").strip()
+
+
+def netns(short, *cmd):
+    """Runs the host's command (iptables) in the container's network namespace."""
+    pid = docker("inspect", "--format", "{{.State.Pid}}", f"{NAME}-{short}").strip()
+    p = subprocess.run(["nsenter", "-t", pid, "-n", *cmd], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"nsenter {short} {' '.join(cmd)}: {p.stderr.strip()}")
+
+
+def cut_rules(others):
+    """iptables commands that drop every packet between a container and the
+    others (a partition: no answer, no refusal), for its own namespace."""
+    cmds = []
+    for o in others:
+        ip = container_ip(o)
+        cmds.append(f"iptables -I INPUT -s {ip} -j DROP && iptables -I OUTPUT -d {ip} -j DROP")
+    return " && ".join(cmds)
+
+
+def uncut(short):
+    netns(short, "sh", "-c", "iptables -F INPUT && iptables -F OUTPUT")
+
+
+def etcd_leader():
+    """The etcd member that leads etcd's own cluster (etcd1 if unknown)."""
+    eps = ",".join(f"http://{e}:2379" for e in ETCDS)
+    p = subprocess.run(["docker", "exec", "-e", "ETCDCTL_API=3", f"{NAME}-etcd1", "etcdctl", f"--endpoints={eps}",
+                        "endpoint", "status", "-w", "json"], capture_output=True, text=True, timeout=20)
+    try:
+        for st in json.loads(p.stdout):
+            if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
+                return st["Endpoint"].split("//")[1].split(":")[0]
+    except (ValueError, KeyError, IndexError):
+        pass
+    return "etcd1"
+
+
+def streaming(node):
+    """How many standbys stream from the node (its pg_stat_replication)."""
+    p = subprocess.run(["docker", "exec", "-u", "postgres", f"{NAME}-{node}", "psql", "-X", "-At", "-c",
+                        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"],
+                       capture_output=True, text=True, timeout=20)
+    return int(p.stdout.strip()) if p.returncode == 0 and p.stdout.strip().isdigit() else -1
+
+
+def wait_http(port, path, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def replica_reads():
+    """pgrpc_reads_total{target="replica"} summed over both proxies."""
+    total = 0
+    for port in API_PORTS:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/metrics")
+            for line in conn.getresponse().read().decode().splitlines():
+                if line.startswith('pgrpc_reads_total{target="replica"'):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 # --- HTTP -------------------------------------------------------------------
 
 class Client:
@@ -145,37 +247,48 @@ class Client:
         self.conn = None
         self.last = 0.0
 
-    def call(self, fn, body, token=SERVICE, key=None):
+    def call(self, fn, body, token=SERVICE, key=None, method="POST", extra=None):
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if key:
             headers["Idempotency-Key"] = key
+        headers.update(extra or {})
         if self.conn is None or time.monotonic() - self.last > 3:
             if self.conn is not None:
                 self.conn.close()
             self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
         start = now()
         try:
-            self.conn.request("POST", f"/rpc/{fn}", json.dumps(body), headers)
+            if method == "GET":
+                query = "&".join(f"{k}={v}" for k, v in body.items())
+                self.conn.request("GET", f"/rpc/{fn}?{query}", headers=headers)
+            else:
+                self.conn.request("POST", f"/rpc/{fn}", json.dumps(body), headers)
             r = self.conn.getresponse()
             data = r.read().decode()
-            status, hdrs = r.status, {k.lower(): v for k, v in r.getheaders()}
+            status = r.status
+            hdrs = {}
+            for k, v in r.getheaders():
+                k = k.lower()
+                hdrs[k] = f"{hdrs[k]}\n{v}" if k in hdrs else v
             if r.getheader("connection", "").lower() == "close":
                 self.conn.close()
                 self.conn = None
         except (OSError, http.client.HTTPException) as e:
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
             self.conn = None
-            return Result(fn, self.port, start, now(), None, {}, repr(e))
+            return Result(fn, self.port, start, now(), None, {}, repr(e), method)
         self.last = time.monotonic()
-        return Result(fn, self.port, start, now(), status, hdrs, data)
+        return Result(fn, self.port, start, now(), status, hdrs, data, method)
 
 
 class Result:
-    def __init__(self, fn, port, start, end, status, headers, text):
+    def __init__(self, fn, port, start, end, status, headers, text, method="POST"):
         self.fn, self.port, self.start, self.end = fn, port, start, end
         self.status, self.headers, self.text = status, headers, text
+        self.write = method != "GET"
 
     def json(self):
         return json.loads(self.text)
@@ -206,6 +319,11 @@ class Round:
         self.finalized_acked = set()
         self.idem = {}             # key -> first 200 body (or None while pending)
         self.status_acked = collections.defaultdict(list)  # connection id -> acked seqs
+        self.ryw_checked = collections.Counter()           # reads after a write, by how the position was sent
+        self.old_leader = None
+        self.new_leader = None
+        self.leader_at = None
+        self.restored = []
 
     def violation(self, msg):
         with self.lock:
@@ -215,8 +333,22 @@ class Round:
     def record(self, r, ok_statuses):
         with self.lock:
             self.results.append(r)
-        if r.status is None:
-            self.violation(f"{r.fn} via :{r.port} at {r.start:.2f}s: no HTTP answer ({r.text})")
+        if r.text.lstrip().startswith("<"):
+            self.violation(f"{r.fn} via :{r.port} at {r.start:.2f}s: an HTML answer {r.status}: {r.text[:200]}")
+        elif r.status is None:
+            # The killed proxy refuses its direct clients until it is back:
+            # expected. Through HAProxy's front, never.
+            if not (self.mode == "proxy" and r.port == API_PORTS[0] and self.fault_at is not None):
+                self.violation(f"{r.fn} via :{r.port} at {r.start:.2f}s: no HTTP answer ({r.text})")
+        elif r.port == FRONT_PORT and r.status in (502, 503, 504):
+            # HAProxy's own answers: the four-key JSON body and Retry-After.
+            try:
+                keys = set(r.json())
+            except ValueError:
+                keys = set()
+            if keys != {"code", "message", "details", "hint"} or "retry-after" not in r.headers:
+                self.violation(f"{r.fn} via the front: {r.status} that is not a JSON error with Retry-After: "
+                               f"{r.headers} {r.text[:200]}")
         elif r.status == 503:
             if "retry-after" not in r.headers:
                 self.violation(f"{r.fn} via :{r.port}: 503 without Retry-After: {r.text}")
@@ -234,6 +366,9 @@ class Round:
         self.site_a = c.call("create_site", {"organization_id": org, "base_url": "https://a.test"}).json()["id"]
         self.site_b = c.call("create_site", {"organization_id": org, "base_url": "https://b.test"}).json()["id"]
         self.site_c = c.call("create_site", {"organization_id": org, "base_url": "https://c.test"}).json()["id"]
+        self.site_d = c.call("create_site", {"organization_id": org, "base_url": "https://d.test"}).json()["id"]
+        # Site D's counter exists before the small budget is set.
+        c.call("consume_token", {"site_id": self.site_d, "token_type": "alt_text"})
         tenant = random.randint(10_000, 2_000_000_000)
         team = c.call("create_team", {"tenant_id": tenant, "name": "U12"}).json()["id"]
         parent = c.call("create_parent", {"tenant_id": tenant, "name": "Ann",
@@ -315,8 +450,8 @@ class Round:
                 retry.append(rid)
                 time.sleep(0.1)
 
-    def idem_worker(self, i):
-        c = Client(API_PORTS[i % 2])
+    def idem_worker(self, i, port=None):
+        c = Client(port or API_PORTS[i % 2])
         pending = []
         body = {"site_id": self.site_b, "token_type": "alt_text"}
         while not self.stop.is_set():
@@ -334,6 +469,37 @@ class Round:
             else:
                 pending.append(key)
                 time.sleep(0.1)
+
+    def ryw_worker(self, i):
+        """Read-your-writes through HAProxy's front: each write's position is
+        sent back with the next read (the header, or only the cookie the
+        write set), which must see the write."""
+        c = Client(FRONT_PORT)
+        body = {"site_id": self.site_d, "token_type": "alt_text"}
+        n = 0
+        while not self.stop.is_set():
+            r = c.call("consume_token", body)
+            self.record(r, {200, 429})
+            if r.status != 200:
+                time.sleep(0.2)
+                continue
+            used = r.json()["used"]
+            lsn = r.headers.get("x-pgrpc-lsn")
+            cookie = None
+            for line in r.headers.get("set-cookie", "").split("\n"):
+                if line.startswith("pgrpc_lsn="):
+                    cookie = line.split(";", 1)[0]
+            if lsn is None:
+                self.violation("a write through the front without X-Pgrpc-Lsn (no replica configured?)")
+                return
+            n += 1
+            extra = {"Cookie": cookie} if cookie and n % 2 else {"X-Pgrpc-Lsn": lsn}
+            with self.lock:
+                self.ryw_checked[("cookie" if "Cookie" in extra else "header")] += 1
+            r = c.call("token_balance", body, method="GET", extra=extra)
+            self.record(r, {200})
+            if r.status == 200 and r.json()["used"] < used:
+                self.violation(f"read-your-writes: wrote used={used}, then read {r.text} with {extra}")
 
     def status_worker(self, i):
         c = Client(API_PORTS[i % 2])
@@ -370,32 +536,64 @@ class Round:
         self.small_budget = max(50, int(rate * 6))
         sql(f"SELECT admin.set_token_allowance('freemium', 'alt_text', {self.small_budget})")
         self.small_go.set()
+        mode = self.mode
+        rules = cut_rules(ETCDS + [n for n in NODES if n != old]) if mode == "dcs" else None
         self.fault_at = now()
-        if self.mode == "kill":
+        if mode == "kill":
             log(f"SIGKILL to {NAME}-{old} (the primary)")
             docker("kill", "-s", "KILL", f"{NAME}-{old}")
-        else:
+        elif mode == "pause":
             log(f"docker pause {NAME}-{old} (the primary)")
             docker("pause", f"{NAME}-{old}")
-        deadline = time.monotonic() + 60
-        new = None
-        while time.monotonic() < deadline:
-            new = leader(exclude=(old,))
-            if new and new != old:
-                break
-            time.sleep(0.5)
-        self.new_leader = new
-        self.leader_at = now()
-        if not new or new == old:
-            self.violation(f"no new leader 60 s after the fault on {old}")
-        else:
-            log(f"new leader {new}, {self.leader_at - self.fault_at:.1f}s after the fault")
-        if self.mode == "pause":
+        elif mode == "dcs":
+            log(f"cutting {NAME}-{old} (the primary) from etcd and the other nodes; HAProxy still reaches it")
+            netns(old, "sh", "-c", rules)
+        elif mode == "proxy":
+            log(f"SIGKILL to {NAME}-api1")
+            docker("kill", "-s", "KILL", f"{NAME}-api1")
+        elif mode == "etcd-one":
+            victim = etcd_leader()
+            log(f"SIGKILL to {NAME}-{victim} (etcd's leader)")
+            docker("kill", "-s", "KILL", f"{NAME}-{victim}")
+            self.restored = [victim]
+        elif mode == "etcd-all":
+            log("SIGKILL to every etcd member")
+            for e in ETCDS:
+                docker("kill", "-s", "KILL", f"{NAME}-{e}")
+            self.restored = list(ETCDS)
+        if mode in ("kill", "pause", "dcs"):
+            deadline = time.monotonic() + 60
+            new = None
+            while time.monotonic() < deadline:
+                new = leader(exclude=(old,))
+                if new and new != old:
+                    break
+                time.sleep(0.5)
+            self.new_leader = new
+            self.leader_at = now()
+            if not new or new == old:
+                self.violation(f"no new leader 60 s after the fault on {old}")
+            else:
+                log(f"new leader {new}, {self.leader_at - self.fault_at:.1f}s after the fault")
+        if mode == "pause":
             log(f"docker unpause {NAME}-{old}")
             docker("unpause", f"{NAME}-{old}")
+        elif mode == "dcs":
+            time.sleep(max(0.0, self.fault_at + 25 - now()))
+            log(f"reconnecting {NAME}-{old}")
+            uncut(old)
+        elif mode == "proxy":
+            time.sleep(max(0.0, self.fault_at + 5 - now()))
+            log(f"starting {NAME}-api1 again")
+            docker("start", f"{NAME}-api1")
+        elif mode.startswith("etcd"):
+            time.sleep(max(0.0, self.fault_at + 15 - now()))
+            log(f"starting {', '.join(self.restored)} again")
+            for e in self.restored:
+                docker("start", f"{NAME}-{e}")
 
     def first_write_after(self, t):
-        writes = [r.end for r in self.results if r.status == 200 and r.start >= t]
+        writes = [r.end for r in self.results if r.status == 200 and r.write and r.start >= t]
         return min(writes) if writes else None
 
     def run(self):
@@ -403,7 +601,8 @@ class Round:
         workers = ([(self.spend_worker, i) for i in range(3)] +
                    [(lambda i: self.spend_worker(i, small=True), i) for i in range(2)] + [(self.sign_worker, i) for i in range(2)] +
                    [(self.finalize_worker, i) for i in range(2)] + [(self.idem_worker, i) for i in range(2)] +
-                   [(self.status_worker, 0)])
+                   [(self.status_worker, 0), (self.ryw_worker, 0),
+                    (lambda i: self.idem_worker(i, FRONT_PORT), 0)])
         threads = [threading.Thread(target=f, args=(i,), daemon=True) for f, i in workers]
         self.load_start = now()
         for t in threads:
@@ -426,23 +625,36 @@ class Round:
     # -- after the round
 
     def heal(self):
-        """The killed node is started again; the frozen one must demote itself."""
-        old = getattr(self, "old_leader", None)
+        """Everything comes back: the killed node is started again, the
+        frozen or cut one must demote itself and rejoin; then every member
+        streams (three members, a leader, a synchronous standby)."""
+        old = self.old_leader
         if old is None:
             return
         if self.mode == "kill":
             docker("start", f"{NAME}-{old}")
-        deadline = time.monotonic() + 90
+        if self.mode == "proxy":
+            wait_http(API_PORTS[0], "/ready", 60) or self.violation("api1 not ready 60 s after its restart")
+        deadline = time.monotonic() + 120
+        ms = {}
         while time.monotonic() < deadline:
             ms = {m["Member"]: m for m in members()}
-            m = ms.get(old)
-            sync = any(x["Role"] == "Sync Standby" for x in ms.values())
-            if (m and m["Role"] in ("Replica", "Sync Standby") and m["State"] in ("running", "streaming")
-                    and sync and len(ms) == 3):
-                log(f"{old} rejoined as {m['Role'].lower()} on timeline {m.get('TL')}")
+            lead = [m for m in ms.values() if m["Role"] == "Leader" and m["State"] == "running"]
+            rest = [m for m in ms.values() if m["Role"] != "Leader"]
+            if (len(ms) == 3 and len(lead) == 1 and any(m["Role"] == "Sync Standby" for m in rest)
+                    and all(m["State"] in ("running", "streaming") for m in rest)
+                    and streaming(lead[0]["Member"]) == 2):
+                log(f"healed: {lead[0]['Member']} leads on timeline {lead[0].get('TL')}, both others stream")
+                if self.mode.startswith("etcd") and lead[0]["Member"] != old:
+                    # Seen once in 4 etcd-all rounds (Patroni 3.0.2): the key
+                    # expired during the outage and another member took it
+                    # when etcd came back. Reported, not failed: the write
+                    # gap (checked) is what the round is about.
+                    log(f"NOTE: the leader changed from {old} to {lead[0]['Member']} once etcd was back")
+                    self.summary.append(f"leader changed from {old} to {lead[0]['Member']} after etcd came back")
                 return
             time.sleep(1)
-        self.violation(f"{old} did not rejoin as a replica within 90 s: {members()}")
+        self.violation(f"not healed within 120 s: {list(ms.values())}")
 
     def check_reload(self):
         """Each proxy's schema listener follows the new primary: a function
@@ -610,24 +822,54 @@ class Round:
         statuses = collections.Counter((r.fn, r.status) for r in self.results)
         codes = collections.Counter(r.status for r in self.results)
         lines = [f"== round {self.mode}: {len(self.results)} calls, statuses {dict(sorted(codes.items(), key=str))}"]
+        row = {"mode": self.mode, "writes_back": None, "gap": None, "front_max": None, "leader": None}
         if self.fault_at is not None:
             back = self.first_write_after(self.fault_at + 0.5)
-            writes = sorted(r.end for r in self.results if r.status == 200)
-            gap = max((b - a for a, b in zip(writes, writes[1:])), default=0)
-            lines.append(f"fault at {self.fault_at:.1f}s on {self.old_leader}; new leader "
-                         f"{self.new_leader} after {self.leader_at - self.fault_at:.1f}s")
+            # The load's writes only: the retries after it are not load.
+            end = getattr(self, "load_end", now())
+            writes = sorted(r.end for r in self.results if r.status == 200 and r.write and r.start <= end)
+            gaps = [(b - a, a, b) for a, b in zip(writes, writes[1:])]
+            gap, gap_at, _ = max(gaps, default=(0, 0, 0))
+            row["gap"] = round(gap, 1)
+            # Writes are back at the end of the longest gap the fault
+            # caused (one ending after it), if writes stopped at all.
+            after = max((g for g in gaps if g[2] > self.fault_at), default=None)
+            if after is not None and after[0] >= 1.0:
+                back = after[2]
+            lines.append(f"the longest write gap starts {gap_at - self.fault_at:+.1f}s from the fault")
+            if self.leader_at is not None:
+                row["leader"] = round(self.leader_at - self.fault_at, 1)
+                lines.append(f"fault at {self.fault_at:.1f}s on {self.old_leader}; new leader "
+                             f"{self.new_leader} after {self.leader_at - self.fault_at:.1f}s")
             if back is None:
                 self.violation("writes never succeeded again")
             else:
+                row["writes_back"] = round(back - self.fault_at, 1)
                 lines.append(f"writes succeeded again {back - self.fault_at:.1f}s after the fault; "
                              f"longest time without a successful write: {gap:.1f}s")
-                self.recovery = back - self.fault_at
+                if back - self.fault_at > WRITES_BACK:
+                    self.violation(f"writes came back {back - self.fault_at:.1f}s after the fault (> {WRITES_BACK:.0f}s)")
+            if self.mode.startswith("etcd") and gap > NO_GAP:
+                self.violation(f"a write gap of {gap:.1f}s with only etcd lost (> {NO_GAP:.0f}s)")
+            front = [r for r in self.results if r.port == FRONT_PORT and self.fault_at - 1 <= r.start <= self.fault_at + 10]
+            if front:
+                slow = max(front, key=lambda r: r.end - r.start)
+                row["front_max"] = round(slow.end - slow.start, 1)
+                lines.append(f"through HAProxy's front around the fault: {len(front)} calls, the longest "
+                             f"{slow.end - slow.start:.1f}s ({slow.fn} {slow.status})")
+                if self.mode == "proxy" and slow.end - slow.start > FRONT_BOUND:
+                    self.violation(f"a call through the front took {slow.end - slow.start:.1f}s around a proxy's "
+                                   f"loss (> {FRONT_BOUND:.0f}s): {slow.fn} {slow.status} {slow.text[:100]}")
         lines += self.summary
         lines.append("per function: " + ", ".join(f"{fn} {st}: {n}" for (fn, st), n in sorted(statuses.items(), key=str)))
         errors = collections.Counter((r.status, r.message()) for r in self.results if r.status and r.status >= 400)
         lines.append("errors: " + (", ".join(f"{st} {m}: {n}" for (st, m), n in errors.most_common()) or "none"))
         for line in lines:
             print(line, flush=True)
+        row["passed"] = not self.violations
+        if RESULTS:
+            with open(RESULTS, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
 def webhook_events(after):
@@ -639,7 +881,7 @@ def webhook_events(after):
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in ("kill", "pause"):
+    if len(sys.argv) != 2 or sys.argv[1] not in MODES:
         print(__doc__.strip(), file=sys.stderr)
         return 2
     rnd = Round(sys.argv[1])
@@ -650,6 +892,11 @@ def main():
         rnd.retry_keys()
         rnd.wait_relay()
         rnd.check()
+        reads = replica_reads()
+        rnd.summary.append(f"read-your-writes through the front: {dict(rnd.ryw_checked)} reads after a write; "
+                           f"{reads} reads served by a replica so far (both proxies)")
+        if not reads:
+            rnd.violation("no read was served by a replica")
     except Exception as e:  # the report must come out whatever failed
         rnd.violation(f"the round stopped: {e!r}")
         rnd.summary = getattr(rnd, "summary", [])

@@ -323,7 +323,7 @@ async fn a_stopped_replica_falls_back_to_the_primary_without_an_error() {
 }
 
 // Without PGRPC_READ_DATABASE_URL every read runs on the primary (counted as no_replica), writes carry no WAL
-// position (reading it costs every write), and a malformed position sent back is still a 400.
+// position (reading it costs every write), and a malformed X-Pgrpc-Lsn header sent back is still a 400.
 #[tokio::test]
 async fn without_a_replica_reads_run_on_the_primary_and_writes_carry_no_position() {
     let s = TestServer::start_with_sql(FIXTURES, |_| {}).await;
@@ -341,20 +341,165 @@ async fn without_a_replica_reads_run_on_the_primary_and_writes_carry_no_position
         "no replica gauges without a replica"
     );
 
-    for (header, cookie) in [
-        (Some("not-a-position"), None),
-        (None, Some("pgrpc_lsn=1/2/3")),
+    let r = send(
+        s.http
+            .get(s.url("/rpc/notes"))
+            .header("X-Pgrpc-Lsn", "not-a-position"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "PGRPC110");
+}
+
+// A malformed pgrpc_lsn cookie (any site's script may set one) is ignored, for reads and writes alike, with or
+// without a replica; the same value in the X-Pgrpc-Lsn header is a 400 PGRPC110 that names the header.
+#[tokio::test]
+async fn a_malformed_lsn_cookie_is_ignored_while_a_malformed_header_is_refused() {
+    let s = TestServer::start_with_sql(FIXTURES, |_| {}).await;
+    let r = send(
+        s.http
+            .post(s.url("/rpc/add_note"))
+            .header("Cookie", "theme=dark; pgrpc_lsn=1/2/3")
+            .json(&json!({ "v": 7 })),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for cookie in [
+        "pgrpc_lsn=1/2/3",
+        "pgrpc_lsn=",
+        "a=1; pgrpc_lsn=yesterday; b=2",
     ] {
-        let mut req = s.http.get(s.url("/rpc/notes"));
-        if let Some(h) = header {
-            req = req.header("X-Pgrpc-Lsn", h);
+        let r = get_notes(&s, None, Some(cookie)).await;
+        assert_eq!(r.body["values"], json!([7]), "{cookie}: {}", r.text);
+    }
+    let r = send(
+        s.http
+            .get(s.url("/rpc/notes"))
+            .header("X-Pgrpc-Lsn", "1/2/3")
+            .header("Cookie", "pgrpc_lsn=0/1"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "PGRPC110");
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("X-Pgrpc-Lsn"),
+        "{}",
+        r.text
+    );
+}
+
+// A position past the primary's own current one can never be replayed: the header is refused with 400 at once,
+// not after PGRPC_READ_WAIT_MS holding a replica connection; the same cookie is ignored and the read runs on the
+// replica at once. A write's own position, even one newer than the probe's last sample, is still served.
+#[tokio::test]
+async fn a_position_ahead_of_the_primary_is_refused_before_any_wait() {
+    let p = pair();
+    let db = pair_db(FIXTURES).await;
+    let url = p.replica.authenticator_url(&db.name);
+    let s = TestServer::start_on(db, move |c| {
+        c.read_database_url = Some(url);
+        c.read_wait = Duration::from_secs(5);
+        c.read_max_lag = Duration::from_secs(60);
+    })
+    .await;
+    wait_replica_usable(&s, 60.0).await;
+    let far = "FFFFFFF0/0";
+
+    let started = Instant::now();
+    let r = send(s.http.get(s.url("/rpc/notes")).header("X-Pgrpc-Lsn", far)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "PGRPC110");
+    assert!(r.text.contains("ahead of the primary"), "{}", r.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(reads(&s, "primary", "lsn_wait_timeout").await, 0.0);
+
+    let started = Instant::now();
+    let r = get_notes(&s, None, Some(&format!("pgrpc_lsn={far}"))).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.body["standby"], json!(true), "{}", r.text);
+    assert_eq!(reads(&s, "primary", "lsn_wait_timeout").await, 0.0);
+
+    let lsn = add_note(&s, 4).await;
+    let r = get_notes(&s, Some(&lsn), None).await;
+    assert_eq!(r.body["values"], json!([4]), "{}", r.text);
+}
+
+// A replica session that breaks during a read (here the function ends its own session, only on the standby) is
+// not a 503: the read runs once more on the primary, is counted as replica_failed, and the replica is skipped
+// until the probe finds it again.
+#[tokio::test]
+async fn a_replica_connection_breaking_mid_read_is_retried_once_on_the_primary() {
+    const FRAGILE: &str = r#"
+    CREATE FUNCTION api.fragile() RETURNS jsonb LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
+    BEGIN
+      IF pg_is_in_recovery() THEN
+        PERFORM pg_terminate_backend(pg_backend_pid());
+      END IF;
+      RETURN jsonb_build_object('standby', pg_is_in_recovery());
+    END $$;
+    GRANT EXECUTE ON FUNCTION api.fragile() TO pgrpc_anon;
+    "#;
+    let p = pair();
+    let db = pair_db(&format!("{FIXTURES}{FRAGILE}")).await;
+    {
+        let primary = db.superuser().await;
+        let replica = p.replica.superuser(&db.name).await;
+        wait_caught_up(&primary, &replica).await;
+    }
+    let url = p.replica.authenticator_url(&db.name);
+    let s = TestServer::start_on(db, move |c| {
+        c.read_database_url = Some(url);
+        c.read_max_lag = Duration::from_secs(60);
+    })
+    .await;
+    wait_replica_usable(&s, 60.0).await;
+    let r = send(s.http.get(s.url("/rpc/fragile"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["standby"], json!(false), "{}", r.text);
+    assert_eq!(reads(&s, "primary", "replica_failed").await, 1.0);
+}
+
+// With PGRPC_LSN_COOKIE=true, an answer that carries X-Pgrpc-Lsn also sets the pgrpc_lsn cookie to the same
+// position (HttpOnly, SameSite=Lax, Path=/), and a read sending back only that cookie sees the write; without the
+// setting, no cookie is set.
+#[tokio::test]
+async fn with_lsn_cookie_a_write_sets_the_pgrpc_lsn_cookie() {
+    let p = pair();
+    for enabled in [true, false] {
+        let db = pair_db(FIXTURES).await;
+        let url = p.replica.authenticator_url(&db.name);
+        let s = TestServer::start_on(db, move |c| {
+            c.read_database_url = Some(url);
+            c.read_max_lag = Duration::from_secs(60);
+            c.lsn_cookie = enabled;
+        })
+        .await;
+        wait_replica_usable(&s, 60.0).await;
+        let r = s.rpc("add_note", None, json!({ "v": 9 })).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let lsn = r.header("x-pgrpc-lsn").expect("X-Pgrpc-Lsn").to_string();
+        let cookie = r.header("set-cookie").map(str::to_string);
+        if !enabled {
+            assert_eq!(cookie, None, "{:?}", r.headers);
+            continue;
         }
-        if let Some(c) = cookie {
-            req = req.header("Cookie", c);
-        }
-        let r = send(req).await;
-        assert_eq!(r.status, 400, "{}", r.text);
-        assert_eq!(r.error_code(), "PGRPC110");
+        assert_eq!(
+            cookie.as_deref(),
+            Some(format!("pgrpc_lsn={lsn}; Path=/; HttpOnly; SameSite=Lax").as_str())
+        );
+        let r = get_notes(&s, None, Some(&format!("pgrpc_lsn={lsn}"))).await;
+        assert_eq!(r.body["values"], json!([9]), "{}", r.text);
     }
 }
 
