@@ -4,6 +4,7 @@
 
 pub mod consistency;
 mod cors;
+pub mod deadline;
 pub mod request;
 
 use std::sync::Arc;
@@ -59,6 +60,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "request"
     );
     resp
+}
+
+/// Entry point of the admin address (`PGRPC_ADMIN_LISTEN`): `/live`,
+/// `/ready` and `/metrics` as on the main address; any other path is 404.
+pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/live" | "/ready" | "/metrics" => handle(state, req).await,
+        path => ApiError::from(RequestError::InvalidPath(path.to_string())).into_response(),
+    }
 }
 
 fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
@@ -178,8 +188,12 @@ async fn rpc(
     }
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
     let lsn = consistency::requested_lsn(req.headers())?;
+    let limits = deadline::BodyLimits {
+        idle: state.config.body_read_timeout,
+        min_rate: state.config.body_min_bytes_per_sec,
+    };
     let request = request::parse(
-        req,
+        req.map(|body| deadline::ReadDeadline::new(body, limits)),
         name,
         &state.config.schemas,
         state.config.max_body_bytes,
