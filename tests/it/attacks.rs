@@ -17,6 +17,126 @@
 // Section: transport (body read deadline, panics, metrics labels, reloads, GET /)
 // ---------------------------------------------------------------------------
 
+mod transport {
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use crate::support::{send, TestServer};
+
+    fn host(s: &TestServer) -> String {
+        s.base_url.trim_start_matches("http://").to_string()
+    }
+
+    /// A port free on 127.0.0.1 a moment ago, for the admin address.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    }
+
+    /// Everything `sock` receives until the peer closes it or `within` passes.
+    async fn read_until_closed(sock: &mut TcpStream, within: Duration) -> (String, bool) {
+        let deadline = Instant::now() + within;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, sock.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&buf).into(), true),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return (String::from_utf8_lossy(&buf).into(), false),
+            }
+        }
+    }
+
+    /// A raw HTTP/1.1 response's status, lowercase head and JSON body.
+    fn parse_raw(text: &str) -> (u16, String, Value) {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            head.to_ascii_lowercase(),
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
+    }
+
+    // Every connection slot held by a body that stopped after one byte: /live
+    // answers on the admin address meanwhile, a normal call waiting behind them
+    // is served within the body deadline, and each stalled client gets 408
+    // PGRPC408 with Connection: close, then a closed connection.
+    #[tokio::test]
+    async fn stalled_bodies_are_cut_off_with_408_and_the_proxy_keeps_answering() {
+        const SLOTS: usize = 8;
+        let deadline = Duration::from_millis(1500);
+        let admin = format!("127.0.0.1:{}", free_port());
+        let admin_addr = admin.clone();
+        let s = TestServer::start_with(move |c| {
+            c.max_connections = SLOTS;
+            c.body_read_timeout = deadline;
+            c.admin_listen = Some(admin_addr);
+        })
+        .await;
+        // The harness's idle keep-alive connection holds a slot too: more
+        // stalled clients than slots, so that every slot is surely taken.
+        let mut stalled = Vec::new();
+        for _ in 0..SLOTS + 2 {
+            let mut sock = TcpStream::connect(host(&s)).await.expect("connect");
+            sock.write_all(
+                b"POST /rpc/version HTTP/1.1\r\nHost: pgrpc\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("write");
+            stalled.push(sock);
+        }
+        let started = Instant::now();
+        // The orchestrator's probe: on the admin address, whatever the main one holds.
+        let fresh = reqwest::Client::new();
+        let live = send(
+            fresh
+                .get(format!("http://{admin}/live"))
+                .timeout(Duration::from_millis(500)),
+        )
+        .await;
+        assert_eq!(live.status, 200, "{}", live.text);
+        // A normal call on a connection of its own waits for a slot and is served.
+        let r = send(
+            reqwest::Client::new()
+                .get(s.url("/rpc/version"))
+                .timeout(Duration::from_secs(30)),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(
+            started.elapsed() < deadline * 2 + Duration::from_secs(2),
+            "served after {:?}",
+            started.elapsed()
+        );
+        for mut sock in stalled {
+            let (text, closed) = read_until_closed(&mut sock, deadline * 4).await;
+            let (status, head, body) = parse_raw(&text);
+            assert_eq!(status, 408, "{text}");
+            assert!(head.contains("connection: close"), "{text}");
+            assert_eq!(body["code"], "PGRPC408", "{text}");
+            for key in ["code", "message", "details", "hint"] {
+                assert!(body.get(key).is_some(), "{key} missing: {text}");
+            }
+            assert!(closed, "the connection stayed open after the 408");
+        }
+        // Still up, on both addresses.
+        let r = s.service_rpc_get("version", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
 // (end of section: transport)
 
 // ---------------------------------------------------------------------------
