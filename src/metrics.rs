@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::db::replica::{ReadRoute, Replica};
-use crate::db::Pool;
+use crate::db::{Catalog, Pool};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -80,7 +80,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, pool: &Pool, replica: Option<&Replica>) -> String {
+    pub fn render(&self, pool: &Pool, replica: Option<&Replica>, catalog: &Catalog) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n",
@@ -137,6 +137,11 @@ impl Metrics {
         out.push_str("# HELP pgrpc_pool_waiting Requests waiting for a pooled connection.\n");
         out.push_str("# TYPE pgrpc_pool_waiting gauge\n");
         let _ = writeln!(out, "pgrpc_pool_waiting {}", status.waiting);
+        out.push_str(
+            "# HELP pgrpc_schema_reloads_total Function cache loads since start (NOTIFY pgrst bursts are coalesced).\n",
+        );
+        out.push_str("# TYPE pgrpc_schema_reloads_total counter\n");
+        let _ = writeln!(out, "pgrpc_schema_reloads_total {}", catalog.reloads());
         self.render_reads(&mut out, replica);
         out
     }

@@ -112,9 +112,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             }
         }
         "/metrics" if read => {
-            let mut r = Response::new(Full::new(Bytes::from(
-                state.metrics.render(&state.pool, state.replica.as_deref()),
-            )));
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
+                &state.pool,
+                state.replica.as_deref(),
+                &state.catalog,
+            ))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -135,6 +135,56 @@ mod transport {
         let r = s.service_rpc_get("version", &[]).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
+
+    /// The value of an unlabelled counter on `/metrics`.
+    async fn counter(s: &TestServer, name: &str) -> u64 {
+        let r = send(s.http.get(s.url("/metrics"))).await;
+        r.text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not on /metrics:\n{}", r.text))
+    }
+
+    // 3,000 NOTIFY pgrst from a login granted nothing, each its own
+    // transaction, give at most three function cache reloads, and the
+    // proxy still answers.
+    #[tokio::test]
+    async fn a_burst_of_reload_notifications_from_any_login_is_coalesced() {
+        let s = TestServer::start().await;
+        let login = format!("storm_{}", s.db.name);
+        s.db.superuser()
+            .await
+            .batch_execute(&format!("CREATE ROLE {login} LOGIN PASSWORD 'storm'"))
+            .await
+            .expect("create login");
+        let storm = crate::support::connect(&s.db.url_as(&login, "storm")).await;
+        let before = counter(&s, "pgrpc_schema_reloads_total").await;
+        let started = Instant::now();
+        // Pipelined on one connection, each NOTIFY is a transaction of its
+        // own, so PostgreSQL delivers every one.
+        let notes = (0..3000).map(|_| storm.execute("NOTIFY pgrst, 'reload schema'", &[]));
+        futures_util::future::try_join_all(notes)
+            .await
+            .expect("a login granted nothing may NOTIFY");
+        let burst = started.elapsed();
+        // Wait until the reloads settle: the count stays still for 2 s.
+        let mut last = counter(&s, "pgrpc_schema_reloads_total").await;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = counter(&s, "pgrpc_schema_reloads_total").await;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let reloads = last - before;
+        println!("3000 notifications in {burst:?}: {reloads} reloads");
+        assert!(reloads >= 1, "the burst was never seen");
+        assert!(reloads <= 3, "{reloads} reloads for one burst of {burst:?}");
+        let r = send(s.http.get(s.url("/rpc/version"))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
 }
 
 // (end of section: transport)
