@@ -15,9 +15,9 @@ use crate::db::{Catalog, Pool};
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-/// Distinct function labels kept; past this, requests count as "other"
-/// so hostile paths cannot grow the map without bound.
-const MAX_LABELS: usize = 1000;
+/// The label of every request that names no function of the cache and
+/// no fixed path: junk paths cannot grow the label table.
+const OTHER: &str = "other";
 
 #[derive(Default)]
 pub struct Metrics {
@@ -31,17 +31,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// An interned label for a function name or path.
-    pub fn label_for(&self, name: &str) -> Arc<str> {
+    /// The label of a request: `name` when it is a function of the
+    /// schema cache or a fixed path (the caller says which), else `other`.
+    /// Labels come from the catalog and the router only, so the table is
+    /// bounded by the functions ever loaded, whatever clients send.
+    pub fn label_for(&self, name: Option<&str>) -> Arc<str> {
+        let Some(name) = name else {
+            return Arc::from(OTHER);
+        };
         let Ok(mut labels) = self.labels.lock() else {
-            return Arc::from("other");
+            return Arc::from(OTHER);
         };
         if let Some(l) = labels.get(name) {
             return l.clone();
         }
-        if labels.len() >= MAX_LABELS {
-            return Arc::from("other");
-        }
+        // A quoted identifier may hold anything: keep label values plain.
         let clean: String = name
             .chars()
             .map(|c| {

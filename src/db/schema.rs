@@ -253,6 +253,13 @@ impl SchemaCache {
         self.media_aggregates.get(&oid)?.get(media_key)
     }
 
+    /// Whether any exposed schema has a function of this name.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.routines
+            .values()
+            .any(|by_name| by_name.contains_key(name))
+    }
+
     pub fn overloads(&self, schema: &str, name: &str) -> Option<&[Arc<Routine>]> {
         self.routines.get(schema)?.get(name).map(Vec::as_slice)
     }

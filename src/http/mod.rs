@@ -90,13 +90,18 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         let name = percent_encoding::percent_decode_str(name)
             .decode_utf8_lossy()
             .into_owned();
-        let label = state.metrics.label_for(&name);
+        let known = state
+            .catalog
+            .get()
+            .is_some_and(|cache| cache.has_function(&name));
+        let label = state.metrics.label_for(known.then_some(name.as_str()));
         return match rpc(state, req, &name).await {
             Ok(resp) => (resp, label),
             Err(e) => (e.into_response(), label),
         };
     }
-    let label = state.metrics.label_for(path);
+    let fixed = matches!(path, "/live" | "/ready" | "/metrics" | "/");
+    let label = state.metrics.label_for(fixed.then_some(path));
     let method = req.method();
     let read = method == Method::GET || method == Method::HEAD;
     let resp = match path {

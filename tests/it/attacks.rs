@@ -185,6 +185,50 @@ mod transport {
         let r = send(s.http.get(s.url("/rpc/version"))).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
+
+    // 1,000 anonymous junk paths leave the metrics' labels as they were: a
+    // real function called for the first time afterwards is counted under
+    // its own name, and junk shares the one label `other`.
+    #[tokio::test]
+    async fn junk_paths_cannot_blind_the_metrics() {
+        use futures_util::StreamExt;
+        let s = TestServer::start().await;
+        let junk = futures_util::stream::iter(0..1000)
+            .map(|i| {
+                let path = if i % 2 == 0 {
+                    format!("/rpc/junk_{i}")
+                } else {
+                    format!("/junk_{i}")
+                };
+                send(s.http.get(s.url(&path)))
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        assert!(junk.iter().all(|r| r.status == 404), "junk was found");
+        let r = send(s.http.get(s.url("/rpc/version"))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let m = send(s.http.get(s.url("/metrics"))).await;
+        assert!(
+            m.text
+                .contains(r#"pgrpc_requests_total{function="version",status="200"} 1"#),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text
+                .contains(r#"pgrpc_requests_total{function="other",status="404"} 1000"#),
+            "{}",
+            m.text
+        );
+        let labels: std::collections::BTreeSet<&str> = m
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix("pgrpc_requests_total{function=\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(labels.len() <= 4, "labels grew with junk: {labels:?}");
+    }
 }
 
 // (end of section: transport)
