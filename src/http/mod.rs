@@ -129,20 +129,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             r
         }
         "/" if read => match state.catalog.get() {
-            Some(cache) => match request::profile(req.headers(), false, &state.config.schemas) {
-                Ok(schema) => {
-                    let mut r = json_response(
-                        StatusCode::OK,
-                        crate::openapi::document(&cache, schema).to_string(),
-                    );
-                    r.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/openapi+json; charset=utf-8"),
-                    );
-                    r
-                }
-                Err(e) => ApiError::from(e).into_response(),
-            },
+            Some(cache) => openapi(state, &req, &cache).unwrap_or_else(ApiError::into_response),
             None => ApiError::from(PlanError::SchemaCacheMissing).into_response(),
         },
         "/live" | "/ready" | "/metrics" | "/" => ApiError::from(RequestError::MethodNotAllowed {
@@ -158,6 +145,29 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         resp
     };
     (resp, label)
+}
+
+/// `GET /`: the OpenAPI document of the profile's schema, listing only the
+/// functions the request's role (from its token, or anonymous) may call.
+fn openapi(
+    state: &AppState,
+    req: &Request<Incoming>,
+    cache: &crate::db::schema::SchemaCache,
+) -> Result<Response<Body>, ApiError> {
+    let schema = request::profile(req.headers(), false, &state.config.schemas)?;
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION);
+    let identity = state
+        .auth
+        .identify(authorization.map(|v| v.as_bytes()), &cache.roles)?;
+    let mut r = json_response(
+        StatusCode::OK,
+        crate::openapi::document(cache, schema, &identity.role).to_string(),
+    );
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openapi+json; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {

@@ -229,6 +229,46 @@ mod transport {
             .collect();
         assert!(labels.len() <= 4, "labels grew with junk: {labels:?}");
     }
+
+    /// The `/rpc/...` paths of an OpenAPI document.
+    fn documented(doc: &Value) -> std::collections::BTreeSet<String> {
+        doc["paths"]
+            .as_object()
+            .map(|paths| paths.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    // GET / shows each caller only the functions its role may execute: an
+    // anonymous caller sees version and sign_contract, with nothing of the
+    // rest's descriptions; a service token sees more.
+    #[tokio::test]
+    async fn the_openapi_document_lists_only_what_the_caller_may_execute() {
+        let s = TestServer::start().await;
+        let anon = send(s.http.get(s.url("/"))).await;
+        assert_eq!(anon.status, 200, "{}", anon.text);
+        let seen = documented(&anon.body);
+        let expected: std::collections::BTreeSet<String> = ["/rpc/sign_contract", "/rpc/version"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(seen, expected, "anonymous callers see {seen:?}");
+        let service = send(
+            s.http
+                .get(s.url("/"))
+                .bearer_auth(crate::support::service_token()),
+        )
+        .await;
+        assert_eq!(service.status, 200, "{}", service.text);
+        let more = documented(&service.body);
+        assert!(
+            more.len() > seen.len() && more.contains("/rpc/version"),
+            "a service token sees {more:?}"
+        );
+        // The anonymous document says nothing of what it does not list.
+        for path in more.difference(&seen) {
+            assert!(!anon.text.contains(path.as_str()), "{path} leaked");
+        }
+    }
 }
 
 // (end of section: transport)
