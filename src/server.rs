@@ -85,9 +85,11 @@ async fn check_pre_request(config: &ServeConfig) -> Result<(), ServeError> {
     }
 }
 
-/// The most a request's line and headers may take; hyper answers 431
-/// beyond it. Ample for PostgREST clients' tokens and cookies.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most a request's line and headers may take: hyper's read buffer
+/// stops there (a 1 MB token is 431 before it is read whole), and
+/// `http::handle` answers 431 `PGRPC431` to what fits in the buffer but
+/// is over it. Ample for PostgREST clients' tokens and cookies.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// The most header fields a request may carry; hyper answers 431 beyond
 /// it. (hyper's default is 100; stated here so the limits table has one

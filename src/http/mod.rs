@@ -42,7 +42,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         return resp;
     }
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-    let (mut resp, label) = route(&state, req).await;
+    let (mut resp, label) = match head_bytes(&req) {
+        n if n > crate::server::MAX_HEADER_BYTES => (
+            ApiError::from(HeadersTooLarge(n)).into_response(),
+            state.metrics.label_for(None),
+        ),
+        _ => route(&state, req).await,
+    };
     cors::decorate(origins, origin.as_ref(), resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut()
@@ -68,6 +74,38 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
     match req.uri().path() {
         "/live" | "/ready" | "/metrics" => handle(state, req).await,
         path => ApiError::from(RequestError::InvalidPath(path.to_string())).into_response(),
+    }
+}
+
+/// The size of a request's line and headers, as sent (near enough: the
+/// separators are counted as four bytes a field).
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// A request whose line and headers are over `MAX_HEADER_BYTES`.
+#[derive(Debug, thiserror::Error)]
+#[error("The request's headers are too large")]
+struct HeadersTooLarge(usize);
+
+impl crate::error::Fault for HeadersTooLarge {
+    fn pgrst(&self) -> crate::error::Pgrst {
+        crate::error::Pgrst::HeadersTooLarge
+    }
+    fn details(&self) -> Option<String> {
+        Some(format!(
+            "{} bytes of request line and headers; at most {} are accepted",
+            self.0,
+            crate::server::MAX_HEADER_BYTES
+        ))
+    }
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        vec![(hyper::header::CONNECTION, HeaderValue::from_static("close"))]
     }
 }
 

@@ -269,6 +269,30 @@ mod transport {
             assert!(!anon.text.contains(path.as_str()), "{path} leaked");
         }
     }
+
+    // More header fields than MAX_HEADERS, or headers over 64 KiB, are
+    // answered 431 and cost nothing more; the proxy answers the next call.
+    #[tokio::test]
+    async fn too_many_or_too_large_headers_are_431() {
+        let s = TestServer::start().await;
+        let mut many = String::from("GET /rpc/version HTTP/1.1\r\nHost: pgrpc\r\n");
+        for i in 0..pgrpc::server::MAX_HEADERS + 1 {
+            many.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        let big = format!(
+            "GET /rpc/version HTTP/1.1\r\nHost: pgrpc\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(70 * 1024)
+        );
+        for request in [many, big] {
+            let mut sock = TcpStream::connect(host(&s)).await.expect("connect");
+            let _ = sock.write_all(request.as_bytes()).await;
+            let (text, _) = read_until_closed(&mut sock, Duration::from_secs(10)).await;
+            assert_eq!(parse_raw(&text).0, 431, "{} bytes: {text}", request.len());
+        }
+        let r = send(s.http.get(s.url("/rpc/version"))).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
 }
 
 // (end of section: transport)
