@@ -102,10 +102,26 @@ pub struct ServeConfig {
     /// keep-alive time included, before its connection is closed, in ms.
     #[arg(long = "header-read-timeout-ms", env = "PGRPC_HEADER_READ_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub header_read_timeout: Duration,
+    /// The longest a request's body may go without a byte arriving, and
+    /// the grace period before `PGRPC_BODY_MIN_BYTES_PER_SEC` applies, in
+    /// ms; past it the request is 408 and its connection closed.
+    #[arg(long = "body-read-timeout-ms", env = "PGRPC_BODY_READ_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
+    pub body_read_timeout: Duration,
+    /// The slowest average rate a body may arrive at once its grace period
+    /// (`PGRPC_BODY_READ_TIMEOUT_MS`) is over, in bytes per second; 0 turns
+    /// the rate check off.
+    #[arg(long, env = "PGRPC_BODY_MIN_BYTES_PER_SEC", default_value_t = 1024)]
+    pub body_min_bytes_per_sec: u64,
     /// Open client connections at most; further clients wait in the listen
     /// backlog until one closes.
     #[arg(long, env = "PGRPC_MAX_CONNECTIONS", default_value_t = 1000)]
     pub max_connections: usize,
+    /// A second listen address serving only `/live`, `/ready` and
+    /// `/metrics`, with connections of its own, as PostgREST's
+    /// admin-server-port: an orchestrator's probes reach it even when
+    /// clients hold every connection of the main address.
+    #[arg(long, env = "PGRPC_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
     /// A read replica (or a pooler in front of several, such as HAProxy's
     /// replica port) in the `pgrpc_authenticator` role: GET and HEAD calls
     /// of STABLE or IMMUTABLE functions run there (docs/replicas.md).
@@ -210,6 +226,18 @@ impl ServeConfig {
         if self.header_read_timeout.is_zero() {
             return Err("PGRPC_HEADER_READ_TIMEOUT_MS must be at least 1".into());
         }
+        if self.body_read_timeout.is_zero() {
+            return Err("PGRPC_BODY_READ_TIMEOUT_MS must be at least 1".into());
+        }
+        if self
+            .admin_listen
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(
+                "PGRPC_ADMIN_LISTEN must not be empty; unset it to serve no admin address".into(),
+            );
+        }
         if self
             .read_database_url
             .as_deref()
@@ -249,6 +277,9 @@ mod tests {
         assert_eq!(c.pool_timeout, Duration::from_secs(10));
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.body_min_bytes_per_sec, 1024);
+        assert_eq!(c.admin_listen, None);
         assert_eq!(c.jwt_secret, None);
         assert_eq!(c.jwt_role_claim_key, ".role");
         assert_eq!(c.jwt_aud, None);

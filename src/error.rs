@@ -95,6 +95,10 @@ pgrst_table! {
     InvalidLsn => "PGRPC110", BAD_REQUEST;
     /// PGRPC413: a body over `PGRPC_MAX_BODY_BYTES`.
     BodyTooLarge => "PGRPC413", PAYLOAD_TOO_LARGE;
+    /// PGRPC431: a request line and headers over 64 KiB.
+    HeadersTooLarge => "PGRPC431", REQUEST_HEADER_FIELDS_TOO_LARGE;
+    /// PGRPC408: a body that stopped arriving, or arrived too slowly.
+    BodyTimeout => "PGRPC408", REQUEST_TIMEOUT;
     /// PGRPC500: a fault of the proxy itself.
     Internal => "PGRPC500", INTERNAL_SERVER_ERROR;
 }

@@ -106,6 +106,7 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    pgrpc::server::log_panics();
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url, args.versioned_only).await,
         Command::Serve(args) => serve(*args).await,

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::db::replica::{ReadRoute, Replica};
-use crate::db::Pool;
+use crate::db::{Catalog, Pool};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
-/// Distinct function labels kept; past this, requests count as "other"
-/// so hostile paths cannot grow the map without bound.
-const MAX_LABELS: usize = 1000;
+/// The label of every request that names no function of the cache and
+/// no fixed path: junk paths cannot grow the label table.
+const OTHER: &str = "other";
 
 #[derive(Default)]
 pub struct Metrics {
@@ -31,17 +31,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// An interned label for a function name or path.
-    pub fn label_for(&self, name: &str) -> Arc<str> {
+    /// The label of a request: `name` when it is a function of the
+    /// schema cache or a fixed path (the caller says which), else `other`.
+    /// Labels come from the catalog and the router only, so the table is
+    /// bounded by the functions ever loaded, whatever clients send.
+    pub fn label_for(&self, name: Option<&str>) -> Arc<str> {
+        let Some(name) = name else {
+            return Arc::from(OTHER);
+        };
         let Ok(mut labels) = self.labels.lock() else {
-            return Arc::from("other");
+            return Arc::from(OTHER);
         };
         if let Some(l) = labels.get(name) {
             return l.clone();
         }
-        if labels.len() >= MAX_LABELS {
-            return Arc::from("other");
-        }
+        // A quoted identifier may hold anything: keep label values plain.
         let clean: String = name
             .chars()
             .map(|c| {
@@ -80,7 +84,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, pool: &Pool, replica: Option<&Replica>) -> String {
+    pub fn render(&self, pool: &Pool, replica: Option<&Replica>, catalog: &Catalog) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n",
@@ -137,6 +141,11 @@ impl Metrics {
         out.push_str("# HELP pgrpc_pool_waiting Requests waiting for a pooled connection.\n");
         out.push_str("# TYPE pgrpc_pool_waiting gauge\n");
         let _ = writeln!(out, "pgrpc_pool_waiting {}", status.waiting);
+        out.push_str(
+            "# HELP pgrpc_schema_reloads_total Function cache loads since start (NOTIFY pgrst bursts are coalesced).\n",
+        );
+        out.push_str("# TYPE pgrpc_schema_reloads_total counter\n");
+        let _ = writeln!(out, "pgrpc_schema_reloads_total {}", catalog.reloads());
         self.render_reads(&mut out, replica);
         out
     }

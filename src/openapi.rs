@@ -447,9 +447,13 @@ fn request_body(r: &Routine) -> Value {
 
 /// The document for one schema (profile). Every function answers POST,
 /// GET and HEAD (SPEC 2.2: GET runs READ ONLY, whatever the volatility).
-pub fn document(cache: &SchemaCache, schema: &str) -> Value {
+pub fn document(cache: &SchemaCache, schema: &str, role: &str) -> Value {
     let mut paths = Map::new();
     for r in cache.routines_in(schema) {
+        // As PostgREST: a caller is shown only what its role may call.
+        if !cache.may_execute(role, r) {
+            continue;
+        }
         let key = format!("/rpc/{}", r.name);
         let entry = paths.entry(key).or_insert_with(|| json!({}));
         if entry.get("post").is_none() {

@@ -8,19 +8,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{service_fn, Service};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::app::AppState;
 use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::db::replica::Replica;
 use crate::db::{self, Catalog, PoolOptions};
+use crate::error::ApiError;
+use crate::http::Body;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,12 +85,39 @@ async fn check_pre_request(config: &ServeConfig) -> Result<(), ServeError> {
     }
 }
 
-/// The most a request's line and headers may take; hyper answers 431
-/// beyond it. Ample for PostgREST clients' tokens and cookies.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most a request's line and headers may take: hyper's read buffer
+/// stops there (a 1 MB token is 431 before it is read whole), and
+/// `http::handle` answers 431 `PGRPC431` to what fits in the buffer but
+/// is over it. Ample for PostgREST clients' tokens and cookies.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The most header fields a request may carry; hyper answers 431 beyond
+/// it. (hyper's default is 100; stated here so the limits table has one
+/// place to read it from.)
+pub const MAX_HEADERS: usize = 100;
 
 pub async fn serve<F>(
     listener: TcpListener,
+    config: ServeConfig,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let admin = match config.admin_listen.as_deref() {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            ServeError::Config(format!("cannot listen on {addr} (PGRPC_ADMIN_LISTEN): {e}"))
+        })?),
+        None => None,
+    };
+    serve_with_admin(listener, admin, config, shutdown).await
+}
+
+/// `serve`, with the admin address's listener already bound (tests bind
+/// 127.0.0.1:0); `PGRPC_ADMIN_LISTEN` is not read.
+pub async fn serve_with_admin<F>(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     config: ServeConfig,
     shutdown: F,
 ) -> Result<(), ServeError>
@@ -135,12 +167,14 @@ where
     ));
     let probe_task = replica
         .clone()
-        .map(|r| tokio::spawn(db::replica::probe(r, pool.clone(), stop_rx)));
+        .map(|r| tokio::spawn(db::replica::probe(r, pool.clone(), stop_rx.clone())));
     let state = Arc::new(AppState::new(config, pool, replica, catalog, auth));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
     }
 
+    let admin_task =
+        admin.map(|admin| tokio::spawn(serve_admin(admin, state.clone(), stop_rx.clone())));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -156,29 +190,11 @@ where
         };
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Out of file descriptors and the like: keep serving.
-                        warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let header_read_timeout = state.config.header_read_timeout;
+                let Some(stream) = accepted_stream(accepted).await else { continue };
+                let timeout = state.config.header_read_timeout;
                 let state = state.clone();
-                let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(crate::http::handle(state, req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    // Bounds each connection's read buffer, and so the
-                    // headers one request may send (a 1 MB token is 431).
-                    .max_buf_size(MAX_HEADER_BYTES)
-                    .keep_alive(true)
+                let service = guarded(move |req| crate::http::handle(state.clone(), req));
+                let conn = connection_builder(timeout, true)
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -197,6 +213,9 @@ where
     }
     let _ = stop_tx.send(true);
     let _ = listener_task.await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     if let Some(task) = probe_task {
         let _ = task.await;
     }
@@ -205,4 +224,218 @@ where
         replica.pool().close();
     }
     Ok(())
+}
+
+/// Connections the admin address keeps open at once: probes and a scraper
+/// need a few, and each asks one question.
+const ADMIN_CONNECTIONS: usize = 16;
+
+/// The admin address (`PGRPC_ADMIN_LISTEN`): `/live`, `/ready` and
+/// `/metrics` on connections of its own, one request each, so that an
+/// orchestrator's probes are answered even while clients hold every
+/// connection of the main address.
+async fn serve_admin(listener: TcpListener, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        let Some(stream) = accepted_stream(accepted).await else {
+            continue;
+        };
+        let timeout = state.config.header_read_timeout;
+        let state = state.clone();
+        let service = guarded(move |req| crate::http::handle_admin(state.clone(), req));
+        let conn =
+            connection_builder(timeout, false).serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+}
+
+/// The stream of an accepted connection; after a failed accept (out of
+/// file descriptors and the like) a short pause, and serving goes on.
+async fn accepted_stream(
+    accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+) -> Option<TcpStream> {
+    match accepted {
+        Ok((stream, _)) => {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        }
+        Err(e) => {
+            warn!(cause = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// How every client connection is served: the header-read timeout, and a
+/// bounded read buffer, which bounds the headers one request may send (a
+/// 1 MB token is 431).
+fn connection_builder(header_read_timeout: Duration, keep_alive: bool) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(keep_alive);
+    builder
+}
+
+/// The service of a connection: `handler` for each request, with a panic
+/// in it answered 500 `PGRPC500` (the four-key body) instead of ending the
+/// connection's task. The panic's message, location and backtrace are
+/// logged by the hook `log_panics` installs; the request's outcome here.
+fn guarded<H, Fut>(
+    handler: H,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |req: Request<Incoming>| {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let answer = std::panic::AssertUnwindSafe(handler(req)).catch_unwind();
+        async move {
+            Ok(answer.await.unwrap_or_else(|payload| {
+                error!(
+                    %method,
+                    %path,
+                    panic = %panic_message(payload.as_ref()),
+                    "request handler panicked; answered 500"
+                );
+                ApiError::from(Panicked).into_response()
+            }))
+        }
+    })
+}
+
+/// A request whose handler panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("The server failed while answering this request")]
+struct Panicked;
+
+impl crate::error::Fault for Panicked {
+    fn pgrst(&self) -> crate::error::Pgrst {
+        crate::error::Pgrst::Internal
+    }
+    fn hint(&self) -> Option<String> {
+        Some("The cause is in the server's log; the request may be retried".into())
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+/// Logs every panic through `tracing`, with its location and a backtrace,
+/// then lets it unwind to the task that catches it: set once by `main`.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        error!(
+            panic = %panic_message(info.payload()),
+            %location,
+            backtrace = %std::backtrace::Backtrace::force_capture(),
+            "panic"
+        );
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one response (headers and a `Content-Length` body) off `sock`.
+    async fn read_response(sock: &mut TcpStream) -> (String, String) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = text[..end].to_string();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().expect("length"))
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = text[end + 4..end + 4 + len].to_string();
+                    return (head, body);
+                }
+            }
+            let n = sock.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed after {:?}", text);
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    // A handler that panics gets 500 with the four-key body, and the same
+    // keep-alive connection then serves the next request.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_connection_lives_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let service = guarded(|req: Request<Incoming>| async move {
+                if req.uri().path() == "/boom" {
+                    panic!("handler failed on purpose");
+                }
+                Response::new(Body::from("fine"))
+            });
+            connection_builder(Duration::from_secs(5), true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+        });
+        let mut sock = TcpStream::connect(addr).await.expect("connect");
+        sock.write_all(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_response(&mut sock).await;
+        assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json body");
+        assert_eq!(body["code"], "PGRPC500", "{body}");
+        for key in ["code", "message", "details", "hint"] {
+            assert!(body.get(key).is_some(), "{key} missing: {body}");
+        }
+        sock.write_all(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_response(&mut sock).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "fine");
+        drop(sock);
+        assert!(server.await.expect("connection task").is_ok());
+    }
 }

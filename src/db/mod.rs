@@ -10,7 +10,7 @@ pub mod schema;
 
 pub use pool::{build_pool, Pool, PoolOptions};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub enum DbError {
 pub struct Catalog {
     cache: RwLock<Option<Arc<SchemaCache>>>,
     db_up: AtomicBool,
+    /// Function cache loads since start (`pgrpc_schema_reloads_total`).
+    reloads: AtomicU64,
 }
 
 impl Catalog {
@@ -50,6 +52,11 @@ impl Catalog {
     /// Ready: the database answers and the cache is loaded.
     pub fn is_ready(&self) -> bool {
         self.db_up.load(Ordering::Relaxed) && self.get().is_some()
+    }
+
+    /// How many times the function cache was loaded since start.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
     }
 
     pub fn mark_down(&self) {
@@ -123,11 +130,11 @@ async fn listen_once(
         loop {
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(payload) => {
-                        if payload.is_empty() || payload == "reload schema" {
-                            reload(&client, schemas, catalog, pools).await?;
-                        }
-                    }
+                    Some(payload) => match coalesce(&mut rx, &payload).await {
+                        Some(true) => reload(&client, schemas, catalog, pools).await?,
+                        Some(false) => {}
+                        None => return Err(ListenError::Ended),
+                    },
                     None => return Err(ListenError::Ended),
                 },
                 _ = stop.changed() => return Ok(()),
@@ -137,6 +144,41 @@ async fn listen_once(
     .await;
     driver.abort();
     result
+}
+
+/// How long the channel must stay quiet before a requested reload runs.
+const RELOAD_QUIET: Duration = Duration::from_millis(100);
+/// The longest a requested reload waits for the channel to be quiet.
+const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Any login may `NOTIFY pgrst`, and a reload drops every pooled
+/// connection's prepared statements: after a first notification, takes
+/// every one that follows until the channel is quiet for `RELOAD_QUIET`
+/// (at most `RELOAD_MAX_DELAY`), so that a burst is one reload, of the
+/// catalog as it is at its end; a steady stream, one a second. Whether any
+/// asked for a reload; None when the connection ended.
+async fn coalesce(rx: &mut mpsc::UnboundedReceiver<String>, first: &str) -> Option<bool> {
+    let mut wanted = is_reload_request(first);
+    let give_up = tokio::time::Instant::now() + RELOAD_MAX_DELAY;
+    loop {
+        while let Ok(more) = rx.try_recv() {
+            wanted |= is_reload_request(&more);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= give_up {
+            return Some(wanted);
+        }
+        match tokio::time::timeout_at((now + RELOAD_QUIET).min(give_up), rx.recv()).await {
+            Ok(Some(more)) => wanted |= is_reload_request(&more),
+            Ok(None) => return None,
+            Err(_) => return Some(wanted),
+        }
+    }
+}
+
+/// The payloads of `NOTIFY pgrst` that ask for a reload, as PostgREST's.
+fn is_reload_request(payload: &str) -> bool {
+    payload.is_empty() || payload == "reload schema"
 }
 
 async fn reload(
@@ -158,6 +200,7 @@ async fn reload(
         "function cache loaded"
     );
     catalog.set(cache);
+    catalog.reloads.fetch_add(1, Ordering::Relaxed);
     // Statements prepared against the old catalog may no longer be valid,
     // on the primary's connections and on the replica's.
     for pool in pools {

@@ -184,6 +184,10 @@ pub struct SchemaCache {
     /// Media-type aggregates by argument type oid (0 for `anyelement`),
     /// then lowercase media type.
     pub media_aggregates: HashMap<u32, HashMap<String, MediaAggregate>>,
+    /// The routines (by oid) each assumable role may call: EXECUTE on the
+    /// function and USAGE on its schema. `GET /` lists only these, as
+    /// PostgREST's OpenAPI does.
+    pub executable: HashMap<String, HashSet<u32>>,
 }
 
 /// One role's settings as two parallel arrays, ready to bind.
@@ -251,6 +255,20 @@ impl SchemaCache {
     /// The media-type aggregate for rows of type `oid` (0: `anyelement`).
     pub fn media_aggregate(&self, oid: u32, media_key: &str) -> Option<&MediaAggregate> {
         self.media_aggregates.get(&oid)?.get(media_key)
+    }
+
+    /// Whether `role` may call `routine` (EXECUTE, and USAGE on its schema).
+    pub fn may_execute(&self, role: &str, routine: &Routine) -> bool {
+        self.executable
+            .get(role)
+            .is_some_and(|oids| oids.contains(&routine.oid))
+    }
+
+    /// Whether any exposed schema has a function of this name.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.routines
+            .values()
+            .any(|by_name| by_name.contains_key(name))
     }
 
     pub fn overloads(&self, schema: &str, name: &str) -> Option<&[Arc<Routine>]> {
@@ -469,12 +487,23 @@ impl SchemaCache {
             let oid = if agg.target_sql.is_some() { arg } else { 0 };
             media_aggregates.entry(oid).or_default().insert(key, agg);
         }
+        let oids: Vec<u32> = routines
+            .values()
+            .flat_map(|by_name| by_name.values().flatten())
+            .map(|r| r.oid)
+            .collect();
+        let role_list: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let mut executable: HashMap<String, HashSet<u32>> = HashMap::new();
+        for row in client.query(EXECUTABLE_SQL, &[&role_list, &oids]).await? {
+            executable.insert(row.get(0), row.get::<_, Vec<u32>>(1).into_iter().collect());
+        }
         Ok(SchemaCache {
             routines,
             roles,
             role_settings,
             timezones: tokio::sync::OnceCell::new(),
             media_aggregates,
+            executable,
         })
     }
 }
@@ -569,6 +598,17 @@ WHERE pn.nspname = ANY($1)
        OR a.oid IN (SELECT c.reltype FROM pg_catalog.pg_class c
                     WHERE c.relkind IN ('r', 'v', 'm', 'f', 'p')))
 ORDER BY p.oid
+"#;
+
+/// For each role of `$1`, the routines of `$2` it may call.
+const EXECUTABLE_SQL: &str = r#"
+SELECT r.rolname::text, array_agg(p.oid)
+FROM pg_catalog.pg_roles r
+CROSS JOIN pg_catalog.pg_proc p
+WHERE r.rolname::text = ANY($1) AND p.oid = ANY($2)
+  AND pg_catalog.has_function_privilege(r.oid, p.oid, 'EXECUTE')
+  AND pg_catalog.has_schema_privilege(r.oid, p.pronamespace, 'USAGE')
+GROUP BY r.rolname
 "#;
 
 const ROLES_SQL: &str = r#"

@@ -4,6 +4,7 @@
 
 pub mod consistency;
 mod cors;
+pub mod deadline;
 pub mod request;
 
 use std::sync::Arc;
@@ -41,7 +42,13 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         return resp;
     }
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-    let (mut resp, label) = route(&state, req).await;
+    let (mut resp, label) = match head_bytes(&req) {
+        n if n > crate::server::MAX_HEADER_BYTES => (
+            ApiError::from(HeadersTooLarge(n)).into_response(),
+            state.metrics.label_for(None),
+        ),
+        _ => route(&state, req).await,
+    };
     cors::decorate(origins, origin.as_ref(), resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut()
@@ -59,6 +66,47 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "request"
     );
     resp
+}
+
+/// Entry point of the admin address (`PGRPC_ADMIN_LISTEN`): `/live`,
+/// `/ready` and `/metrics` as on the main address; any other path is 404.
+pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/live" | "/ready" | "/metrics" => handle(state, req).await,
+        path => ApiError::from(RequestError::InvalidPath(path.to_string())).into_response(),
+    }
+}
+
+/// The size of a request's line and headers, as sent (near enough: the
+/// separators are counted as four bytes a field).
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+/// A request whose line and headers are over `MAX_HEADER_BYTES`.
+#[derive(Debug, thiserror::Error)]
+#[error("The request's headers are too large")]
+struct HeadersTooLarge(usize);
+
+impl crate::error::Fault for HeadersTooLarge {
+    fn pgrst(&self) -> crate::error::Pgrst {
+        crate::error::Pgrst::HeadersTooLarge
+    }
+    fn details(&self) -> Option<String> {
+        Some(format!(
+            "{} bytes of request line and headers; at most {} are accepted",
+            self.0,
+            crate::server::MAX_HEADER_BYTES
+        ))
+    }
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        vec![(hyper::header::CONNECTION, HeaderValue::from_static("close"))]
+    }
 }
 
 fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
@@ -80,13 +128,18 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         let name = percent_encoding::percent_decode_str(name)
             .decode_utf8_lossy()
             .into_owned();
-        let label = state.metrics.label_for(&name);
+        let known = state
+            .catalog
+            .get()
+            .is_some_and(|cache| cache.has_function(&name));
+        let label = state.metrics.label_for(known.then_some(name.as_str()));
         return match rpc(state, req, &name).await {
             Ok(resp) => (resp, label),
             Err(e) => (e.into_response(), label),
         };
     }
-    let label = state.metrics.label_for(path);
+    let fixed = matches!(path, "/live" | "/ready" | "/metrics" | "/");
+    let label = state.metrics.label_for(fixed.then_some(path));
     let method = req.method();
     let read = method == Method::GET || method == Method::HEAD;
     let resp = match path {
@@ -102,9 +155,11 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             }
         }
         "/metrics" if read => {
-            let mut r = Response::new(Full::new(Bytes::from(
-                state.metrics.render(&state.pool, state.replica.as_deref()),
-            )));
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
+                &state.pool,
+                state.replica.as_deref(),
+                &state.catalog,
+            ))));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -112,20 +167,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             r
         }
         "/" if read => match state.catalog.get() {
-            Some(cache) => match request::profile(req.headers(), false, &state.config.schemas) {
-                Ok(schema) => {
-                    let mut r = json_response(
-                        StatusCode::OK,
-                        crate::openapi::document(&cache, schema).to_string(),
-                    );
-                    r.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("application/openapi+json; charset=utf-8"),
-                    );
-                    r
-                }
-                Err(e) => ApiError::from(e).into_response(),
-            },
+            Some(cache) => openapi(state, &req, &cache).unwrap_or_else(ApiError::into_response),
             None => ApiError::from(PlanError::SchemaCacheMissing).into_response(),
         },
         "/live" | "/ready" | "/metrics" | "/" => ApiError::from(RequestError::MethodNotAllowed {
@@ -141,6 +183,29 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         resp
     };
     (resp, label)
+}
+
+/// `GET /`: the OpenAPI document of the profile's schema, listing only the
+/// functions the request's role (from its token, or anonymous) may call.
+fn openapi(
+    state: &AppState,
+    req: &Request<Incoming>,
+    cache: &crate::db::schema::SchemaCache,
+) -> Result<Response<Body>, ApiError> {
+    let schema = request::profile(req.headers(), false, &state.config.schemas)?;
+    let authorization = req.headers().get(hyper::header::AUTHORIZATION);
+    let identity = state
+        .auth
+        .identify(authorization.map(|v| v.as_bytes()), &cache.roles)?;
+    let mut r = json_response(
+        StatusCode::OK,
+        crate::openapi::document(cache, schema, &identity.role).to_string(),
+    );
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openapi+json; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
@@ -179,8 +244,12 @@ async fn rpc(
     let cache = state.catalog.get().ok_or(PlanError::SchemaCacheMissing)?;
     let lsn =
         consistency::checked_lsn(req.headers(), state.replica.as_deref(), &state.pool).await?;
+    let limits = deadline::BodyLimits {
+        idle: state.config.body_read_timeout,
+        min_rate: state.config.body_min_bytes_per_sec,
+    };
     let request = request::parse(
-        req,
+        req.map(|body| deadline::ReadDeadline::new(body, limits)),
         name,
         &state.config.schemas,
         state.config.max_body_bytes,

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use hyper::{Method, Request};
 use serde::de::IgnoredAny;
@@ -38,6 +37,8 @@ pub enum RequestError {
     BodyTooLarge(usize),
     #[error("Could not read the request body")]
     BodyUnreadable(String),
+    #[error("The request body did not arrive in time")]
+    BodyTimeout(super::deadline::BodyTimeout),
     #[error("{message}")]
     MethodNotAllowed {
         message: &'static str,
@@ -62,6 +63,7 @@ impl Fault for RequestError {
             RequestError::UnknownProfile(_) => Pgrst::UnacceptableSchema,
             RequestError::BadIdempotencyKey | RequestError::BodyUnreadable(_) => Pgrst::QueryParam,
             RequestError::BodyTooLarge(_) => Pgrst::BodyTooLarge,
+            RequestError::BodyTimeout(_) => Pgrst::BodyTimeout,
             RequestError::MethodNotAllowed { .. } => Pgrst::InvalidMethod,
             RequestError::InvalidPath(_) => Pgrst::InvalidPath,
             RequestError::Query(e) => e.pgrst(),
@@ -78,6 +80,7 @@ impl Fault for RequestError {
                 "{path} is not served; functions are under /rpc/<name>"
             )),
             RequestError::Query(e) => e.details(),
+            RequestError::BodyTimeout(why) => Some(why.to_string()),
             RequestError::InvalidRange(_) => Some(
                 "The lower boundary must be lower than or equal to the upper boundary in the Range header.".into(),
             ),
@@ -89,6 +92,9 @@ impl Fault for RequestError {
             RequestError::BodyTooLarge(_) => {
                 Some("Send a smaller body, or raise PGRPC_MAX_BODY_BYTES".into())
             }
+            RequestError::BodyTimeout(_) => Some(
+                "Send the body as soon as the headers, or raise PGRPC_BODY_READ_TIMEOUT_MS".into(),
+            ),
             _ => None,
         }
     }
@@ -98,6 +104,12 @@ impl Fault for RequestError {
                 hyper::header::ALLOW,
                 hyper::header::HeaderValue::from_static(allow),
             )],
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            RequestError::BodyTimeout(_) => vec![(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            )],
             _ => Vec::new(),
         }
     }
@@ -106,12 +118,16 @@ impl Fault for RequestError {
 /// Reads everything a call needs from the request: arguments (body or
 /// query string), profile, Accept, the `Idempotency-Key`, and the headers
 /// as JSON for `request.headers`.
-pub async fn parse(
-    req: Request<Incoming>,
+pub async fn parse<B>(
+    req: Request<B>,
     function: &str,
     schemas: &[String],
     max_body_bytes: usize,
-) -> Result<ApiRequest, RequestError> {
+) -> Result<ApiRequest, RequestError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let method = req.method().clone();
     let write = method == Method::POST;
     let schema = profile(req.headers(), write, schemas)?.to_string();
@@ -190,7 +206,11 @@ pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String
         .map_err(|_| RequestError::BadIdempotencyKey)
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, RequestError> {
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, RequestError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Some(len) = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -208,6 +228,8 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Reques
                 .is_some()
             {
                 Err(RequestError::BodyTooLarge(limit))
+            } else if let Some(timeout) = e.downcast_ref::<super::deadline::BodyTimeout>() {
+                Err(RequestError::BodyTimeout(*timeout))
             } else {
                 Err(RequestError::BodyUnreadable(e.to_string()))
             }
