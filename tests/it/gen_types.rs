@@ -184,6 +184,23 @@ async fn generate(db: &TestDb) -> String {
         .unwrap_or_else(|e| panic!("gen types: {e}"))
 }
 
+/// What `pgrpc gen types typescript` writes to stdout, with the database and
+/// schemas in the environment, as `serve` reads them.
+fn generate_with_the_binary(db: &TestDb) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_pgrpc"))
+        .args(["gen", "types", "typescript"])
+        .env("PGRPC_DATABASE_URL", db.authenticator_url())
+        .env("PGRPC_SCHEMAS", "api")
+        .output()
+        .expect("run pgrpc gen types typescript");
+    assert!(
+        output.status.success(),
+        "pgrpc gen types typescript failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("the types are UTF-8")
+}
+
 // The generated file compiles under --strict, a correct use of every kind
 // of function type-checks, and each wrong use fails with its expected error.
 #[tokio::test]
@@ -236,12 +253,13 @@ async fn generated_types_compile_and_refuse_wrong_calls() {
 }
 
 // docs/clients/database.types.ts is what `pgrpc gen types typescript`
-// writes for the migrated `api` schema: a migration that changes the API
+// (the binary, its settings from the environment) writes to stdout for
+// the migrated `api` schema: a migration that changes the API
 // without regenerating it (scripts/types-dump) fails here.
 #[tokio::test]
 async fn docs_database_types_are_the_generated_types() {
     let db = TestDb::new().await;
-    let types = generate(&db).await;
+    let types = generate_with_the_binary(&db);
     let path = repo().join("docs/clients/database.types.ts");
     if std::env::var_os("PGRPC_WRITE_TYPES").is_some() {
         std::fs::write(&path, &types).expect("write docs/clients/database.types.ts");
