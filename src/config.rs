@@ -43,7 +43,7 @@ pub struct ServeConfig {
         long,
         env = "PGRPC_SCHEMAS",
         value_delimiter = ',',
-        default_value = "api"
+        default_value = DEFAULT_SCHEMAS
     )]
     pub schemas: Vec<String>,
     /// Schemas searched after the profile's schema, comma-separated, as
@@ -153,6 +153,10 @@ pub struct ServeConfig {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+/// The exposed schemas without `PGRPC_SCHEMAS` (`serve`, `gen types`).
+pub const DEFAULT_SCHEMAS: &str = "api";
+
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 /// `schema.function` or `function`, each part a plain identifier.

@@ -40,6 +40,9 @@
 //! - [`media`]: media types: the Accept header, the body's Content-Type,
 //!   content negotiation against the built-in and custom (domain) handlers.
 //! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
+//! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
+//!   supabase-js and postgrest-js, from the same function cache (and
+//!   `db::types`, the catalog's enums, domains and composites).
 //! - [`metrics`]: `GET /metrics`, Prometheus text.
 //! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
 //! - [`embedded`]: the embedded PostgreSQL of `pgrpc serve` without a
@@ -59,6 +62,7 @@ pub mod embedded;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod gen_types;
 pub mod http;
 pub mod media;
 pub mod metrics;

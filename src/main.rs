@@ -1,13 +1,14 @@
 //! The `pgrpc` binary: parses arguments, starts logging, and hands over to
-//! the library (`migrate::run`, `server::serve`, `relay::run`). Every
+//! the library (`migrate::run`, `server::serve`, `relay::run`,
+//! `gen_types::typescript_from_url`). Every
 //! setting and its default is declared once, in `config::ServeConfig` and
 //! `relay::RelayConfig`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use pgrpc::config::{ServeConfig, DEFAULT_LISTEN};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgrpc::config::{ServeConfig, DEFAULT_LISTEN, DEFAULT_SCHEMAS};
 use pgrpc::relay::RelayConfig;
 use tracing::{error, info};
 
@@ -39,6 +40,41 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Deliver outbox events to an HTTP endpoint.
     Relay(RelayConfig),
+    /// Generate client code from the exposed schemas.
+    Gen(GenArgs),
+}
+
+#[derive(Args)]
+struct GenArgs {
+    #[command(subcommand)]
+    what: GenCommand,
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// Write the types of the exposed functions to stdout
+    /// (`pgrpc gen types typescript > database.types.ts`).
+    Types(TypesArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Language {
+    /// The `Database` type of supabase-js and postgrest-js.
+    Typescript,
+}
+
+/// The database and schemas are read from the same settings as `serve`.
+#[derive(Args)]
+struct TypesArgs {
+    #[arg(value_enum)]
+    language: Language,
+    /// Connection URL (the authenticator's, as for `serve`; any role that
+    /// can read pg_catalog will do).
+    #[arg(long, env = "PGRPC_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Exposed schemas, comma-separated, as for `serve`.
+    #[arg(long, env = "PGRPC_SCHEMAS", value_delimiter = ',', default_value = DEFAULT_SCHEMAS)]
+    schemas: Vec<String>,
 }
 
 #[derive(Args)]
@@ -71,11 +107,18 @@ struct ServeArgs {
     config: ServeConfig,
 }
 
-fn init_logging(format: &str) {
+/// Logs go to stdout, or to stderr when stdout carries the command's output.
+fn init_logging(format: &str, to_stderr: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let writer = if to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer)
         .with_target(false);
     if format == "json" {
         builder.json().init();
@@ -105,7 +148,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    init_logging(&cli.log_format, matches!(cli.command, Command::Gen(_)));
     pgrpc::server::log_panics();
     let result = match cli.command {
         Command::Migrate(args) => migrate(&args.database_url, args.versioned_only).await,
@@ -113,6 +156,9 @@ async fn main() -> ExitCode {
         Command::Relay(config) => pgrpc::relay::run(config, shutdown_signal())
             .await
             .map_err(|e| e.to_string()),
+        Command::Gen(GenArgs {
+            what: GenCommand::Types(args),
+        }) => gen_types(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,4 +220,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         pg.stop().await;
     }
     result.map_err(|e| e.to_string())
+}
+
+async fn gen_types(args: TypesArgs) -> Result<(), String> {
+    let url = args.database_url.ok_or(
+        "gen types reads the catalog of a running database: set PGRPC_DATABASE_URL (or --database-url)",
+    )?;
+    let text = match args.language {
+        Language::Typescript => pgrpc::gen_types::typescript_from_url(&url, &args.schemas)
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    use std::io::Write;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
 }

@@ -7,6 +7,7 @@ pub mod lsn;
 pub mod pool;
 pub mod replica;
 pub mod schema;
+pub mod types;
 
 pub use pool::{build_pool, Pool, PoolOptions};
 

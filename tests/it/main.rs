@@ -14,6 +14,7 @@ mod cors;
 mod docs;
 mod embedded;
 mod feed;
+mod gen_types;
 mod hostile;
 mod idempotency;
 mod integrity;
