@@ -5,6 +5,11 @@ usage: tests/cluster/failover.py MODE   (run by scripts/test-cluster)
 
 MODE is the fault:
   kill      SIGKILL of the primary's container (started again afterwards)
+  postmaster SIGKILL of the primary's postmaster only (Patroni, alive,
+            restarts it)
+  switchover a planned switchover (patronictl switchover --force)
+  netcut    every packet of the primary dropped (etcd, the other nodes and
+            HAProxy) for 25 s
   pause     the primary frozen (docker pause) until another node leads
   dcs       the primary cut from the etcd members and from the other
             nodes (iptables in its network namespace), still reachable by
@@ -70,7 +75,7 @@ WRITES_BACK = float(ENV.get("PGRPC_FAILOVER_WRITES_BACK", "15"))
 RESULTS = ENV.get("PGRPC_FAILOVER_RESULTS")
 NODES = ["pg1", "pg2", "pg3"]
 ETCDS = ["etcd1", "etcd2", "etcd3"]
-MODES = ("kill", "pause", "dcs", "proxy", "etcd-one", "etcd-all")
+MODES = ("kill", "pause", "dcs", "netcut", "postmaster", "switchover", "proxy", "etcd-one", "etcd-all")
 FRONT_BOUND = 3.0      # s: the longest a call through HAProxy's front may take around a proxy's loss
 NO_GAP = 2.0           # s: the longest write gap that counts as none (etcd lost, every member healthy)
 BUDGET = 4000          # tokens of the spent budget (site A)
@@ -539,7 +544,19 @@ class Round:
         mode = self.mode
         rules = cut_rules(ETCDS + [n for n in NODES if n != old]) if mode == "dcs" else None
         self.fault_at = now()
-        if mode == "kill":
+        if mode == "postmaster":
+            log(f"SIGKILL to the postmaster of {NAME}-{old} (Patroni lives on)")
+            docker("exec", f"{NAME}-{old}", "sh", "-c",
+                   "kill -KILL \"$(head -n1 /var/lib/postgresql/data/pgdata/postmaster.pid)\"")
+        elif mode == "netcut":
+            log(f"cutting every packet of {NAME}-{old} (the primary): etcd, the nodes and HAProxy")
+            netns(old, "sh", "-c", "iptables -I INPUT ! -i lo -j DROP && iptables -I OUTPUT ! -o lo -j DROP")
+        elif mode == "switchover":
+            log(f"switchover from {NAME}-{old}")
+            other = next(n for n in NODES if n != old)
+            docker("exec", f"{NAME}-{other}", "patronictl", "-c", "/cluster/patroni.yml",
+                   "switchover", "--leader", old, "--force")
+        elif mode == "kill":
             log(f"SIGKILL to {NAME}-{old} (the primary)")
             docker("kill", "-s", "KILL", f"{NAME}-{old}")
         elif mode == "pause":
@@ -561,7 +578,7 @@ class Round:
             for e in ETCDS:
                 docker("kill", "-s", "KILL", f"{NAME}-{e}")
             self.restored = list(ETCDS)
-        if mode in ("kill", "pause", "dcs"):
+        if mode in ("kill", "pause", "dcs", "netcut", "switchover"):
             deadline = time.monotonic() + 60
             new = None
             while time.monotonic() < deadline:
@@ -578,7 +595,7 @@ class Round:
         if mode == "pause":
             log(f"docker unpause {NAME}-{old}")
             docker("unpause", f"{NAME}-{old}")
-        elif mode == "dcs":
+        elif mode in ("dcs", "netcut"):
             time.sleep(max(0.0, self.fault_at + 25 - now()))
             log(f"reconnecting {NAME}-{old}")
             uncut(old)
