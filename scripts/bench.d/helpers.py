@@ -8,9 +8,13 @@
     helpers.py cpu-per-request WRKFILE TICKS
                                          CPU microseconds per request: TICKS clock ticks
                                          over the requests wrk counted
-    helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID
+    helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID [PEER_PID]
                                          samples CPU time per process group until SIGTERM,
                                          then writes "group NN%, ..." (percent of one core)
+    helpers.py same-response MODE A_FILE B_FILE
+                                         exits non-zero, saying why, unless two JSON bodies
+                                         are equal (MODE equal) or have the same keys and
+                                         value types (MODE shape: values that change per call)
 """
 import base64
 import glob
@@ -113,7 +117,7 @@ def machine_busy_ticks():
     return sum(fields[:8]) - fields[3] - fields[4]
 
 
-def cpu(out_path, proxy_pid, postmaster_pid):
+def cpu(out_path, proxy_pid, postmaster_pid, peer_pid=None):
     """Samples utime+stime of every process twice a second and, on SIGTERM,
     writes the CPU use of each group over the sampled window, in percent of
     one core: this benchmark's processes (pgrpc, postgres = this cluster's
@@ -132,6 +136,8 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     def classify(pid, ppid, comm):
         if pid == proxy_pid:
             return "pgrpc"
+        if pid == peer_pid:
+            return "postrust"
         if postmaster_pid in (pid, ppid):
             return "postgres"
         if comm in ("wrk", "pgbench"):
@@ -172,13 +178,33 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     for pid, ticks in last.items():
         usage[label[pid]] = usage.get(label[pid], 0) + ticks - first[pid]
     percent = {name: 100.0 * t / tick / elapsed for name, t in usage.items()}
-    ours = [n for n in ("pgrpc", "postgres", "wrk", "pgbench", "kernel threads") if percent.get(n, 0) >= 0.5]
+    ours = [n for n in ("pgrpc", "postrust", "postgres", "wrk", "pgbench", "kernel threads") if percent.get(n, 0) >= 0.5]
     others = sorted((n for n in percent if n.startswith("other ") and percent[n] >= 2),
                     key=lambda n: -percent[n])[:3]
     rest = 100.0 * max(0, busy - sum(usage.values())) / tick / elapsed
     parts = [f"{n} {percent[n]:.0f}%" for n in ours + others] + [f"rest {rest:.0f}%"]
     with open(out_path, "w") as f:
         f.write(", ".join(parts) + "\n")
+
+
+def shape(value):
+    """The keys and value types of a JSON value, recursively."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def same_response(mode, a_path, b_path):
+    try:
+        a, b = (json.load(open(p)) for p in (a_path, b_path))
+    except ValueError as e:
+        raise SystemExit(f"not JSON: {e}")
+    if mode == "shape":
+        a, b = shape(a), shape(b)
+    if a != b:
+        raise SystemExit(f"{json.dumps(a)[:300]} != {json.dumps(b)[:300]}")
 
 
 def main():
@@ -194,7 +220,9 @@ def main():
     elif cmd == "cpu-per-request":
         cpu_per_request(*args)
     elif cmd == "cpu":
-        cpu(args[0], int(args[1]), int(args[2]))
+        cpu(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else None)
+    elif cmd == "same-response":
+        same_response(*args)
     else:
         raise SystemExit(__doc__)
 
