@@ -11,6 +11,9 @@
     helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID [PEER_PID]
                                          samples CPU time per process group until SIGTERM,
                                          then writes "group NN%, ..." (percent of one core)
+    helpers.py cpu-per-transaction PGBENCH_OUT TICKS_FILE
+                                         this cluster's CPU microseconds per pgbench
+                                         transaction, from the sampler's OUTFILE.ticks
     helpers.py same-response MODE A_FILE B_FILE
                                          exits non-zero, saying why, unless two JSON bodies
                                          are equal (MODE equal) or have the same keys and
@@ -127,7 +130,7 @@ def cpu(out_path, proxy_pid, postmaster_pid, peer_pid=None):
     no sampled process accounts for (interrupts, processes that came and went
     between samples). A process first seen after the first sample counts
     from zero (it started during the window). OUTFILE.ready appears once
-    the first sample is taken."""
+    the first sample is taken; OUTFILE.ticks gets "group ticks" lines."""
     tick = os.sysconf("SC_CLK_TCK")
     first, last, label = {}, {}, {}
     stop = [False]
@@ -170,7 +173,7 @@ def cpu(out_path, proxy_pid, postmaster_pid, peer_pid=None):
     with open(out_path + ".ready", "w"):
         pass
     while not stop[0]:
-        time.sleep(0.5)
+        time.sleep(0.2)
         sample(False)
     elapsed = time.monotonic() - started
     busy = machine_busy_ticks() - busy_start
@@ -185,6 +188,26 @@ def cpu(out_path, proxy_pid, postmaster_pid, peer_pid=None):
     parts = [f"{n} {percent[n]:.0f}%" for n in ours + others] + [f"rest {rest:.0f}%"]
     with open(out_path, "w") as f:
         f.write(", ".join(parts) + "\n")
+    with open(out_path + ".ticks", "w") as f:
+        for name, t in sorted(usage.items()):
+            f.write(f"{name.replace(' ', '_')} {t}\n")
+
+
+def cpu_per_transaction(pgbench_out, ticks_path):
+    """PostgreSQL's CPU time (this cluster's processes, sampled every 0.2 s,
+    so a backend's last fraction of a second before it exits may be missed)
+    per transaction pgbench processed."""
+    text = open(pgbench_out).read()
+    m = re.search(r"number of transactions actually processed: (\d+)", text)
+    ticks = 0
+    for line in open(ticks_path):
+        name, value = line.split()
+        if name == "postgres":
+            ticks = int(value)
+    if not m or int(m.group(1)) == 0:
+        print("nan")
+        return
+    print(f"{ticks / os.sysconf('SC_CLK_TCK') * 1e6 / int(m.group(1)):.0f}")
 
 
 def shape(value):
@@ -221,6 +244,8 @@ def main():
         cpu_per_request(*args)
     elif cmd == "cpu":
         cpu(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else None)
+    elif cmd == "cpu-per-transaction":
+        cpu_per_transaction(*args)
     elif cmd == "same-response":
         same_response(*args)
     else:
