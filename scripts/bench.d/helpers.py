@@ -8,9 +8,17 @@
     helpers.py cpu-per-request WRKFILE TICKS
                                          CPU microseconds per request: TICKS clock ticks
                                          over the requests wrk counted
-    helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID
+    helpers.py cpu OUTFILE PROXY_PID POSTMASTER_PID [PEER_PID]
                                          samples CPU time per process group until SIGTERM,
                                          then writes "group NN%, ..." (percent of one core)
+    helpers.py cpu-per-transaction PGBENCH_OUT TICKS_FILE
+                                         this cluster's CPU microseconds per pgbench
+                                         transaction, from the sampler's OUTFILE.ticks
+    helpers.py same-response MODE A_FILE B_FILE
+                                         exits non-zero, saying why, unless two JSON bodies
+                                         are equal (MODE equal) or have the same keys and
+                                         value types (MODE shape: values that change per call);
+                                         B as [A] or [{"name": A}] passes too, with a note
 """
 import base64
 import glob
@@ -113,7 +121,7 @@ def machine_busy_ticks():
     return sum(fields[:8]) - fields[3] - fields[4]
 
 
-def cpu(out_path, proxy_pid, postmaster_pid):
+def cpu(out_path, proxy_pid, postmaster_pid, peer_pid=None):
     """Samples utime+stime of every process twice a second and, on SIGTERM,
     writes the CPU use of each group over the sampled window, in percent of
     one core: this benchmark's processes (pgrpc, postgres = this cluster's
@@ -123,7 +131,7 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     no sampled process accounts for (interrupts, processes that came and went
     between samples). A process first seen after the first sample counts
     from zero (it started during the window). OUTFILE.ready appears once
-    the first sample is taken."""
+    the first sample is taken; OUTFILE.ticks gets "group ticks" lines."""
     tick = os.sysconf("SC_CLK_TCK")
     first, last, label = {}, {}, {}
     stop = [False]
@@ -132,6 +140,8 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     def classify(pid, ppid, comm):
         if pid == proxy_pid:
             return "pgrpc"
+        if pid == peer_pid:
+            return "postrust"
         if postmaster_pid in (pid, ppid):
             return "postgres"
         if comm in ("wrk", "pgbench"):
@@ -164,7 +174,7 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     with open(out_path + ".ready", "w"):
         pass
     while not stop[0]:
-        time.sleep(0.5)
+        time.sleep(0.2)
         sample(False)
     elapsed = time.monotonic() - started
     busy = machine_busy_ticks() - busy_start
@@ -172,13 +182,71 @@ def cpu(out_path, proxy_pid, postmaster_pid):
     for pid, ticks in last.items():
         usage[label[pid]] = usage.get(label[pid], 0) + ticks - first[pid]
     percent = {name: 100.0 * t / tick / elapsed for name, t in usage.items()}
-    ours = [n for n in ("pgrpc", "postgres", "wrk", "pgbench", "kernel threads") if percent.get(n, 0) >= 0.5]
+    ours = [n for n in ("pgrpc", "postrust", "postgres", "wrk", "pgbench", "kernel threads") if percent.get(n, 0) >= 0.5]
     others = sorted((n for n in percent if n.startswith("other ") and percent[n] >= 2),
                     key=lambda n: -percent[n])[:3]
     rest = 100.0 * max(0, busy - sum(usage.values())) / tick / elapsed
     parts = [f"{n} {percent[n]:.0f}%" for n in ours + others] + [f"rest {rest:.0f}%"]
     with open(out_path, "w") as f:
         f.write(", ".join(parts) + "\n")
+    with open(out_path + ".ticks", "w") as f:
+        for name, t in sorted(usage.items()):
+            f.write(f"{name.replace(' ', '_')} {t}\n")
+
+
+def cpu_per_transaction(pgbench_out, ticks_path):
+    """PostgreSQL's CPU time (this cluster's processes, sampled every 0.2 s,
+    so a backend's last fraction of a second before it exits may be missed)
+    per transaction pgbench processed."""
+    text = open(pgbench_out).read()
+    m = re.search(r"number of transactions actually processed: (\d+)", text)
+    ticks = 0
+    for line in open(ticks_path):
+        name, value = line.split()
+        if name == "postgres":
+            ticks = int(value)
+    if not m or int(m.group(1)) == 0:
+        print("nan")
+        return
+    print(f"{ticks / os.sysconf('SC_CLK_TCK') * 1e6 / int(m.group(1)):.0f}")
+
+
+def shape(value):
+    """The keys and value types of a JSON value, recursively."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+def same_response(mode, a_path, b_path):
+    try:
+        a, b = (json.load(open(p)) for p in (a_path, b_path))
+    except ValueError as e:
+        raise SystemExit(f"not JSON: {e}")
+    if mode == "shape":
+        a, b = shape(a), shape(b)
+    if a != b and isinstance(b, list) and len(b) == 1 and b[0] == a:
+        # postrust 3.1.0 answers a function returning one composite value
+        # as a one-element array: the same value in another envelope.
+        print("same value, as a one-element array")
+        return
+    if a != b and unwrapped(b) == a:
+        # postrust 3.1.0 answers some scalar functions as [{"name": value}]
+        # (its schema cache does not see their return type): the same
+        # function, arguments and value, in another envelope.
+        print("same value, wrapped as [{name: value}]")
+        return
+    if a != b:
+        raise SystemExit(f"{json.dumps(a)[:300]} != {json.dumps(b)[:300]}")
+
+
+def unwrapped(value):
+    """[{"name": v}] as v; anything else as it is."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and len(value[0]) == 1:
+        return next(iter(value[0].values()))
+    return value
 
 
 def main():
@@ -194,7 +262,11 @@ def main():
     elif cmd == "cpu-per-request":
         cpu_per_request(*args)
     elif cmd == "cpu":
-        cpu(args[0], int(args[1]), int(args[2]))
+        cpu(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else None)
+    elif cmd == "cpu-per-transaction":
+        cpu_per_transaction(*args)
+    elif cmd == "same-response":
+        same_response(*args)
     else:
         raise SystemExit(__doc__)
 

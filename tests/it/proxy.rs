@@ -60,6 +60,7 @@ CREATE FUNCTION api.whoami() RETURNS jsonb LANGUAGE sql STABLE AS $$
 CREATE FUNCTION api.service_only() RETURNS text LANGUAGE sql STABLE AS $$ SELECT 'secret' $$;
 REVOKE EXECUTE ON FUNCTION api.service_only() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.service_only() TO pgrpc_service;
+CREATE FUNCTION api.tx_read_only(a int) RETURNS text LANGUAGE sql VOLATILE AS $$ SELECT current_setting('transaction_read_only') || ':' || a $$;
 CREATE FUNCTION api.slow(seconds float8) RETURNS text LANGUAGE sql VOLATILE AS $$ SELECT pg_sleep(seconds)::text || 'done' $$;
 COMMENT ON FUNCTION api.add(int, int) IS 'Adds two numbers.
 
@@ -135,6 +136,16 @@ async fn get_runs_stable_functions_with_query_arguments() {
     let head = send(s.http.head(s.url("/rpc/add?a=1"))).await;
     assert_eq!(head.status, 200);
     assert!(head.text.is_empty());
+    // Read-only even for a VOLATILE function, which POST runs read-write.
+    let get = s.rpc_get("tx_read_only", anon(), &[("a", "5")]).await;
+    assert_eq!((get.status, get.body), (200, json!("on:5")), "{}", get.text);
+    let post = s.rpc("tx_read_only", anon(), json!({"a": 6})).await;
+    assert_eq!(
+        (post.status, post.body),
+        (200, json!("off:6")),
+        "{}",
+        post.text
+    );
 }
 
 /// A function that writes, called by GET, fails with 405 and SQLSTATE 25006, and writes nothing.
@@ -555,7 +566,7 @@ async fn notify_reloads_the_function_cache() {
     assert_eq!((after.status, after.body), (200, json!(7)));
 }
 
-/// /live answers at once; /ready is 503 while the database is unreachable, and RPC is 503 with Retry-After.
+/// /live answers at once; /ready is 503 while the database is unreachable, and RPC is 503 PGRST002 with Retry-After.
 #[tokio::test]
 async fn health_endpoints_follow_the_database() {
     let s = TestServer::start().await;
@@ -570,7 +581,8 @@ async fn health_endpoints_follow_the_database() {
     assert_eq!(ready.status, 503);
     let r = dead.rpc("version", anon(), json!({})).await;
     assert_eq!(r.status, 503, "{}", r.text);
-    r.error_code();
+    // The function cache could never be loaded: PostgREST's PGRST002.
+    assert_eq!(r.error_code(), "PGRST002", "{}", r.text);
     assert!(r.header("retry-after").is_some());
 }
 
@@ -581,7 +593,7 @@ async fn oversized_bodies_are_413() {
     let big = json!({"name": "x".repeat(4096)}).to_string();
     let r = send(s.http.post(s.url("/rpc/version")).body(big)).await;
     assert_eq!(r.status, 413, "{}", r.text);
-    r.error_code();
+    assert_eq!(r.error_code(), "PGRPC413", "{}", r.text);
 }
 
 /// Waiting on an exhausted pool past its timeout is 504 PGRST003.

@@ -651,13 +651,59 @@ async fn operator_login_cannot_read_credentials_from_stored_responses() {
     }
 }
 
-/// The proxy's connection role ends a transaction left idle for a minute.
+/// The proxy's connection role ends a transaction left idle for a minute: the server closes such a session.
 #[tokio::test]
 async fn authenticator_sessions_end_idle_transactions() {
     let db = TestDb::new().await;
     let auth = connect(&db.authenticator_url()).await;
     let timeout: String = query_value(&auth, "SHOW idle_in_transaction_session_timeout", &[]).await;
-    assert_eq!(timeout, "1min");
+    assert_eq!(
+        timeout, "1min",
+        "the shipped setting of pgrpc_authenticator"
+    );
+    drop(auth);
+
+    // A minute is too long to wait: shorten it for the authenticator in
+    // this test's database only (a per-database role setting, invisible to
+    // the tests beside it), then leave a transaction idle past it.
+    let su = db.superuser().await;
+    su.batch_execute(&format!(
+        "ALTER ROLE pgrpc_authenticator IN DATABASE {} SET idle_in_transaction_session_timeout = '300ms'",
+        db.name
+    ))
+    .await
+    .expect("shorten the timeout");
+    let auth = connect(&db.authenticator_url()).await;
+    let pid: i32 = query_value(&auth, "SELECT pg_backend_pid()", &[]).await;
+    auth.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open a transaction");
+    let mut alive = true;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let n: i64 = query_value(
+            &su,
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await;
+        if n == 0 {
+            alive = false;
+            break;
+        }
+    }
+    assert!(
+        !alive,
+        "the idle transaction's session is still there after 5 s"
+    );
+    let err = auth
+        .batch_execute("SELECT 1")
+        .await
+        .expect_err("the session was ended");
+    assert!(
+        auth.is_closed() || err.code() == Some(&SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT),
+        "{err}"
+    );
 }
 
 /// While a role is a member of pgrpc_migrator, even a superuser's DDL (pgrpc migrate) is refused.
