@@ -271,7 +271,9 @@ fn header_params(r: &Routine, read: bool) -> Vec<Value> {
             "items (any other unit is ignored)",
         ));
     }
-    if !read {
+    // A call that cannot write (a STABLE or IMMUTABLE function) ignores the
+    // key and stores nothing (docs/proxy.md), so only writes declare it.
+    if !read && r.volatility == Volatility::Volatile {
         params.push(header_param(
             "Idempotency-Key",
             json!({"type": "string", "minLength": 1, "maxLength": 255}),

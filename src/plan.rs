@@ -345,10 +345,19 @@ fn ops_sql(
     } else {
         "NULL::bigint"
     };
+    // `LIMIT 0` fetches nothing, so PostgreSQL would never run the call:
+    // its arguments would go unchecked and a write would be answered
+    // without happening. A qual without columns is evaluated once before
+    // any row is fetched, and this one reads the whole call.
+    let run_call = if limit == Some(0) {
+        " WHERE (SELECT count(*) FROM _f) >= 0"
+    } else {
+        ""
+    };
     let sql = if media.needs_rows() {
         format!(
             "WITH _f AS (SELECT {}{source}{}), _s AS (SELECT {} FROM _f{}{page}) \
-             SELECT {}, count(*), {TAIL}, {total} FROM _s",
+             SELECT {}, count(*), {TAIL}, {total} FROM _s{run_call}",
             c.source_cols,
             c.where_sql,
             c.select_sql,
@@ -358,7 +367,7 @@ fn ops_sql(
     } else {
         format!(
             "WITH _f AS (SELECT {}{source}{}) SELECT {body}, count(*), {TAIL}, {total} \
-             FROM (SELECT {} FROM _f{}{page}) AS _s",
+             FROM (SELECT {} FROM _f{}{page}) AS _s{run_call}",
             c.source_cols, c.where_sql, c.select_sql, c.order_sql
         )
     };

@@ -667,15 +667,22 @@ async fn schema_sql_is_the_migrated_schema() {
 
 /// Whether the test `module::name` exists: `fn name` in `tests/it/<module>.rs`,
 /// or in a `src/` file named `<module>.rs` (or `<module>/mod.rs`).
+/// Whether `fn name(` stands in the file of `module`, a path such as
+/// `attacks` or `attacks::transport` (an inline module of attacks.rs) or
+/// `server::tests`: the file is that of its first segment, or of the whole
+/// path taken as folders.
 fn test_exists(module: &str, name: &str) -> bool {
     let needle = format!("fn {name}(");
-    let mut files = vec![
-        repo().join(format!("tests/it/{module}.rs")),
-        repo().join(format!("src/{module}.rs")),
-        repo().join(format!("src/{module}/mod.rs")),
-    ];
-    for dir in ["src", "src/http", "src/auth", "src/db", "src/relay"] {
-        files.push(repo().join(format!("{dir}/{module}.rs")));
+    let first = module.split("::").next().unwrap_or(module);
+    let nested = module.replace("::", "/");
+    let mut files = Vec::new();
+    for m in [first, nested.as_str()] {
+        files.push(repo().join(format!("tests/it/{m}.rs")));
+        files.push(repo().join(format!("src/{m}.rs")));
+        files.push(repo().join(format!("src/{m}/mod.rs")));
+        for dir in ["src/http", "src/auth", "src/db", "src/relay"] {
+            files.push(repo().join(format!("{dir}/{m}.rs")));
+        }
     }
     files
         .iter()
@@ -710,7 +717,7 @@ fn every_row_of_the_limits_table_has_a_bound_an_answer_and_an_existing_test() {
             problems.push(format!("{dimension}: no test named"));
         }
         for path in named {
-            match path.split_once("::") {
+            match path.rsplit_once("::") {
                 Some((module, name)) if test_exists(module, name) => {}
                 _ => problems.push(format!("{dimension}: no test function {path}")),
             }

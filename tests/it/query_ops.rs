@@ -579,3 +579,27 @@ async fn idempotent_replays_keep_the_operations() {
     );
     assert_eq!(get(&s, "made_count", &[]).await.body, json!(3));
 }
+
+/// `limit=0` still runs the call: a write happens (and is answered with no
+/// rows), and arguments that cannot be converted are a 400, not a 200 for
+/// a call PostgreSQL never made.
+#[tokio::test]
+async fn limit_zero_still_runs_the_call_and_checks_its_arguments() {
+    let s = server().await;
+    let r = post(&s, "make?limit=0", json!({"n": 3}), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, json!([]));
+    let made = get(&s, "made_count", &[]).await;
+    assert_eq!(
+        made.body,
+        json!(3),
+        "the write behind limit=0 did not happen"
+    );
+    for path in ["make?limit=0", "items?limit=0&order=id"] {
+        let r = post(&s, path, json!({"n": {}}), &[]).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert_eq!(r.body["code"], json!("22P02"), "{path}: {}", r.text);
+    }
+    let r = get(&s, "items?n=x&limit=0", &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+}
