@@ -312,14 +312,15 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     service_fn(move |req: Request<Incoming>| {
+        // Both are reference-counted: nothing is copied unless it panics.
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let uri = req.uri().clone();
         let answer = std::panic::AssertUnwindSafe(handler(req)).catch_unwind();
         async move {
             Ok(answer.await.unwrap_or_else(|payload| {
                 error!(
                     %method,
-                    %path,
+                    path = %uri.path(),
                     panic = %panic_message(payload.as_ref()),
                     "request handler panicked; answered 500"
                 );

@@ -163,10 +163,8 @@ impl Replica {
         };
         match position(&conn.client, conn.wal).await {
             Ok((at, false)) => {
-                let seen = self
-                    .primary_seen
-                    .fetch_max(at.0, Ordering::Relaxed)
-                    .max(at.0);
+                self.saw_primary(at);
+                let seen = self.primary_seen.load(Ordering::Relaxed);
                 if lsn.0 <= seen {
                     Ok(())
                 } else {
@@ -180,6 +178,11 @@ impl Replica {
                 Ok(())
             }
         }
+    }
+
+    /// A WAL position the primary has reached (a write's commit here).
+    pub fn saw_primary(&self, lsn: Lsn) {
+        self.primary_seen.fetch_max(lsn.0, Ordering::Relaxed);
     }
 
     /// A read broke on its replica connection: reads go to the primary
@@ -338,7 +341,7 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
             match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
                 Ok(Ok((lsn, _))) => {
                     history.push(Instant::now(), lsn, keep);
-                    replica.primary_seen.fetch_max(lsn.0, Ordering::Relaxed);
+                    replica.saw_primary(lsn);
                 }
                 // A session that does not answer is not handed to a request.
                 _ => drop(deadpool::managed::Object::take(conn)),

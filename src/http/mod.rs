@@ -80,7 +80,11 @@ pub async fn handle_admin(state: Arc<AppState>, req: Request<Incoming>) -> Respo
 /// The size of a request's line and headers, as sent (near enough: the
 /// separators are counted as four bytes a field).
 fn head_bytes(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -327,6 +331,11 @@ async fn rpc(
         Executed::Replayed(stored, lsn) => (plan::replayed(stored)?, lsn),
     };
     if let Some(lsn) = commit_lsn {
+        // The primary has written at least this far: a read that sends it
+        // back is not ahead of the primary, and need not ask it again.
+        if let Some(replica) = &state.replica {
+            replica.saw_primary(lsn);
+        }
         reply.headers.push(consistency::lsn_header(lsn));
         if state.config.lsn_cookie {
             reply.headers.push(consistency::lsn_cookie(lsn));

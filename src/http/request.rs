@@ -2,6 +2,7 @@
 //! become the JSON argument object, the Accept header picks the response
 //! form, the profile headers pick the schema.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -475,17 +476,37 @@ fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
     Ok(map.into_keys().collect())
 }
 
+/// The pairs of a query string or form body, each checked as it comes: at
+/// most [`MAX_QUERY_PARAMS`] of them (`what` names the source), no NUL
+/// (PostgreSQL text cannot hold one; spliced into a statement, a select
+/// alias, it would break the wire protocol's framing: `nul` is the
+/// answer), values nested no deeper than JSON's bound.
+fn bounded_pairs<'q>(
+    query: &'q [u8],
+    what: &'static str,
+    nul: fn() -> RequestError,
+) -> impl Iterator<Item = Result<(Cow<'q, str>, Cow<'q, str>), RequestError>> + 'q {
+    form_urlencoded::parse(query)
+        .enumerate()
+        .map(move |(i, (k, v))| {
+            if i == MAX_QUERY_PARAMS {
+                return Err(too_many(what, MAX_QUERY_PARAMS, "parameters"));
+            }
+            if k.contains('\0') || v.contains('\0') {
+                return Err(nul());
+            }
+            check_nesting(&v, false)?;
+            Ok((k, v))
+        })
+}
+
 /// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
 pub fn parse_pairs(query: &[u8]) -> Result<Args, RequestError> {
     let mut map = Map::new();
-    for (i, (k, v)) in form_urlencoded::parse(query).enumerate() {
-        if i == MAX_QUERY_PARAMS {
-            return Err(too_many("A form body", MAX_QUERY_PARAMS, "parameters"));
-        }
-        if k.contains('\0') || v.contains('\0') {
-            return Err(RequestError::NotText("a form body"));
-        }
-        check_nesting(&v, false)?;
+    for pair in bounded_pairs(query, "A form body", || {
+        RequestError::NotText("a form body")
+    }) {
+        let (k, v) = pair?;
         map.insert(k.into_owned(), Value::String(v.into_owned()));
     }
     Ok(args_of(map))
@@ -504,16 +525,8 @@ fn args_of(map: Map<String, Value>) -> Args {
 pub fn parse_query(query: &[u8], args: bool) -> Result<(Args, QueryOps), RequestError> {
     let mut map = Map::new();
     let mut ops = QueryOps::default();
-    for (i, (k, v)) in form_urlencoded::parse(query).enumerate() {
-        if i == MAX_QUERY_PARAMS {
-            return Err(too_many("The query string", MAX_QUERY_PARAMS, "parameters"));
-        }
-        // PostgreSQL text cannot hold NUL; spliced into a statement (a
-        // select alias) it would break the wire protocol's framing.
-        if k.contains('\0') || v.contains('\0') {
-            return Err(QueryError::Nul.into());
-        }
-        check_nesting(&v, false)?;
+    for pair in bounded_pairs(query, "The query string", || QueryError::Nul.into()) {
+        let (k, v) = pair?;
         let key = k.trim();
         match key {
             "select" => ops.select = query::parse_select(&v)?,
