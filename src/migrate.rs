@@ -23,6 +23,8 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("cannot take the migration lock (pgrpc migrate needs a superuser connection): {0}")]
     Lock(#[source] tokio_postgres::Error),
+    #[error("the migration lock was lost during the run (its session ended: check idle_in_transaction_session_timeout and the server log); what was applied is committed, run pgrpc migrate again: {0}")]
+    LockLost(#[source] tokio_postgres::Error),
     #[error("refused: {}", db_error(.0))]
     Refused(#[source] tokio_postgres::Error),
     #[error("migration failed: {}", chain(.0))]
@@ -188,24 +190,36 @@ impl MigrationLock {
             client,
             driver: tokio::spawn(connection),
         };
-        let taken = match lock.client.batch_execute(&format!("BEGIN; {LOCK}")).await {
+        // The session sits idle in its transaction for the whole run: no
+        // timeout of the server's or the database's may end it (and with
+        // it the lock) halfway.
+        let taken = match lock
+            .client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; \
+                 SET LOCAL statement_timeout = 0; {LOCK}"
+            ))
+            .await
+        {
             Ok(()) => refuse_forbidden_memberships(&lock.client).await,
             Err(e) => Err(MigrateError::Lock(e)),
         };
         match taken {
             Ok(()) => Ok(lock),
             Err(e) => {
-                lock.release().await;
+                let _ = lock.release().await;
                 Err(e)
             }
         }
     }
 
-    /// Ending the lock's transaction (or its connection) releases the lock.
-    async fn release(self) {
-        let _ = self.client.batch_execute("COMMIT").await;
+    /// Ending the lock's transaction (or its connection) releases the lock;
+    /// a COMMIT that fails means the lock was lost before the end.
+    async fn release(self) -> Result<(), MigrateError> {
+        let ended = self.client.batch_execute("COMMIT").await;
         drop(self.client);
         let _ = self.driver.await;
+        ended.map_err(MigrateError::LockLost)
     }
 }
 
@@ -246,6 +260,7 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 async fn apply_modules(
     client: &mut tokio_postgres::Client,
     modules: &[(&str, &str)],
+    every: bool,
 ) -> Result<Vec<String>, MigrateError> {
     let module_err = |module: &str, e: tokio_postgres::Error| {
         if is_incompatible(&e) {
@@ -274,17 +289,23 @@ async fn apply_modules(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let mut changed = Vec::new();
-    for &(module, sql) in modules {
-        let sum: String = tx
-            .query_one("SELECT md5($1)", &[&sql])
-            .await
-            .map_err(|e| module_err(module, e))?
-            .get(0);
-        if recorded.get(module) != Some(&sum) {
-            changed.push((module, sql, sum));
-        }
-    }
+    let texts: Vec<&str> = modules.iter().map(|&(_, sql)| sql).collect();
+    let sums: Vec<String> = tx
+        .query(
+            "SELECT md5(m) FROM unnest($1::text[]) WITH ORDINALITY AS t(m, i) ORDER BY i",
+            &[&texts],
+        )
+        .await
+        .map_err(|e| module_err("(all)", e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let changed: Vec<_> = modules
+        .iter()
+        .zip(sums)
+        .filter(|((module, _), sum)| every || recorded.get(*module) != Some(sum))
+        .map(|(&(module, sql), sum)| (module, sql, sum))
+        .collect();
     if changed.is_empty() {
         return Ok(Vec::new());
     }
@@ -327,15 +348,16 @@ pub async fn apply_module_files(
     let result = match tokio_postgres::connect(database_url, NoTls).await {
         Ok((mut client, connection)) => {
             let driver = tokio::spawn(connection);
-            let result = apply_modules(&mut client, modules).await;
+            let result = apply_modules(&mut client, modules, false).await;
             drop(client);
             let _ = driver.await;
             result
         }
         Err(e) => Err(MigrateError::Connect(e)),
     };
-    lock.release().await;
-    result
+    let released = lock.release().await;
+    let applied = result?;
+    released.map(|()| applied)
 }
 
 /// Applies what `options` asks for.
@@ -360,16 +382,23 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
         Err(e) => Err(MigrateError::from(e)),
     };
     let result = match result {
-        Ok(report) if options.modules => apply_modules(&mut client, &MODULES)
-            .await
-            .map(|modules| (report, modules)),
+        // After any versioned migration every module is applied again: a
+        // migration may have dropped what a module defines (DROP … CASCADE,
+        // a column type change under a view) while the files stayed the same.
+        Ok(report) if options.modules => {
+            let every = !report.applied_migrations().is_empty();
+            apply_modules(&mut client, &MODULES, every)
+                .await
+                .map(|modules| (report, modules))
+        }
         Ok(report) => Ok((report, Vec::new())),
         Err(e) => Err(e),
     };
     drop(client);
     let _ = driver.await;
-    lock.release().await;
+    let released = lock.release().await;
     let (report, modules) = result?;
+    released?;
     Ok(Report {
         applied: report
             .applied_migrations()

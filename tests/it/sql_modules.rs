@@ -192,6 +192,41 @@ async fn a_changed_module_waits_for_the_migration_lock() {
     assert_eq!(applied, vec!["nonces"]);
 }
 
+// The migration lock holds for the whole run even where the database ends
+// sessions idle in a transaction: the lock's session sits idle while the
+// modules apply, and a lock lost halfway would let a second run interleave.
+#[tokio::test]
+async fn the_migration_lock_outlives_an_idle_in_transaction_timeout() {
+    let db = TestDb::new().await;
+    let c = db.superuser().await;
+    c.batch_execute(&format!(
+        "ALTER DATABASE \"{}\" SET idle_in_transaction_session_timeout = '150ms'",
+        db.name
+    ))
+    .await
+    .expect("a short idle-in-transaction timeout");
+    let url = db.url();
+    let run = tokio::spawn(async move {
+        migrate::apply_module_files(&url, &[("slow_probe", "SELECT pg_sleep(1.5);")]).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let held: i64 = support::db::query_value(
+        &c,
+        "SELECT count(*) FROM pg_catalog.pg_locks l \
+         JOIN pg_catalog.pg_class k ON k.oid = l.relation \
+         WHERE k.relname = 'sql_features' AND l.mode = 'ShareRowExclusiveLock' AND l.granted",
+        &[],
+    )
+    .await;
+    assert_eq!(held, 1, "the migration lock's session was ended mid-run");
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("the run ends")
+        .expect("task")
+        .expect("applied with the lock held to the end");
+    assert_eq!(applied, vec!["slow_probe"]);
+}
+
 // A module that changes a function's return type is refused with a message
 // naming the module and the way out (a versioned migration that drops the
 // function), and leaves the database as it was: the function, the recorded
