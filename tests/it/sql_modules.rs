@@ -214,7 +214,8 @@ async fn the_migration_lock_outlives_an_idle_in_transaction_timeout() {
         &c,
         "SELECT count(*) FROM pg_catalog.pg_locks l \
          JOIN pg_catalog.pg_class k ON k.oid = l.relation \
-         WHERE k.relname = 'sql_features' AND l.mode = 'ShareRowExclusiveLock' AND l.granted",
+         WHERE k.relname = 'sql_features' AND l.mode = 'ShareRowExclusiveLock' AND l.granted \
+           AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
         &[],
     )
     .await;
