@@ -1619,12 +1619,14 @@ mod guard {
 
     const BIG_RESPONSE: &str = r#"
 CREATE FUNCTION api.guard_big() RETURNS text
-LANGUAGE sql STABLE AS $$ SELECT repeat('x', 48 * 1024 * 1024) $$;
+LANGUAGE sql STABLE SET statement_timeout = '60s'
+AS $$ SELECT repeat('x', 16 * 1024 * 1024) $$;
 CREATE FUNCTION api.guard_small() RETURNS int
 LANGUAGE sql STABLE AS $$ SELECT 1 $$;
 "#;
 
-    /// A client that asks for a 48 MiB answer and stops reading holds its
+    /// A client that asks for a 16 MiB answer (four times the largest send
+    /// buffer Linux gives a socket) and stops reading holds its
     /// connection no longer than PGRPC_RESPONSE_WRITE_TIMEOUT_MS: with one
     /// connection slot, the next client is served soon after.
     #[tokio::test]
@@ -1647,12 +1649,13 @@ LANGUAGE sql STABLE AS $$ SELECT 1 $$;
             .await
             .expect("write");
         // The answer starts; then this client reads nothing more.
-        let mut first = [0u8; 12];
+        let mut first = [0u8; 512];
         stalled
             .read_exact(&mut first)
             .await
             .expect("the answer starts");
-        assert_eq!(&first, b"HTTP/1.1 200");
+        let first = String::from_utf8_lossy(&first);
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 
         let started = Instant::now();
         let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -1667,12 +1670,12 @@ LANGUAGE sql STABLE AS $$ SELECT 1 $$;
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(15),
             "served after {:?}",
             started.elapsed()
         );
         // The stalled connection was closed: draining it ends (EOF or reset)
-        // well short of 48 MiB.
+        // well short of 16 MiB.
         let mut drained = 0usize;
         let mut chunk = vec![0u8; 65536];
         loop {
@@ -1682,6 +1685,6 @@ LANGUAGE sql STABLE AS $$ SELECT 1 $$;
                 Err(_) => panic!("the stalled connection is still open"),
             }
         }
-        assert!(drained < 48 * 1024 * 1024, "{drained} bytes");
+        assert!(drained < 16 * 1024 * 1024, "{drained} bytes");
     }
 }
