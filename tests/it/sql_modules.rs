@@ -71,10 +71,30 @@ async fn empty_database(db: &TestDb, suffix: &str) -> String {
     )
 }
 
+/// Functions whose live definition has moved on since the move to
+/// sql/modules (V19), on purpose: the history alone no longer builds them,
+/// so the comparison below leaves them out. Each entry names its change.
+const CHANGED_SINCE_THE_MOVE: &[&str] = &[
+    // V20: outbox events store the request's trace context.
+    "api.outbox_claim(",
+    "private.outbox_emit(",
+    "pgrpc_http.traceparent(",
+    "pgrpc_http.tracestate(",
+    "pgrpc_http.trace_id(",
+];
+
+fn unchanged_since_the_move(catalog: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    catalog
+        .into_iter()
+        .filter(|(k, _)| !CHANGED_SINCE_THE_MOVE.iter().any(|c| k.contains(c)))
+        .collect()
+}
+
 // The move to sql/modules changed nothing: a database built by the
 // versioned migrations alone, with every function as the history left it,
 // equals the template (history, then the module files) in every function
-// body, owner, grant, comment, trigger and view.
+// body, owner, grant, comment, trigger and view, but for the functions
+// changed since on purpose (CHANGED_SINCE_THE_MOVE).
 #[tokio::test]
 async fn the_module_files_rebuild_exactly_what_the_history_built() {
     let db = TestDb::new().await;
@@ -90,8 +110,8 @@ async fn the_module_files_rebuild_exactly_what_the_history_built() {
     .expect("versioned migrations");
     assert!(report.modules.is_empty());
     assert_same(
-        &catalog(&url).await,
-        &catalog(&db.url()).await,
+        &unchanged_since_the_move(catalog(&url).await),
+        &unchanged_since_the_move(catalog(&db.url()).await),
         "history alone (first) and history plus modules (second) differ",
     );
 }
