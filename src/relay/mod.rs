@@ -325,7 +325,9 @@ impl Relay {
                 let started = std::time::SystemTime::now();
                 let outcome = self.deliver(&event, lease_ends, trace.as_ref()).await;
                 if let (Some(exporter), Some((context, parent))) = (&self.otlp, &trace) {
-                    exporter.record(delivery_span(&event, context, *parent, started, &outcome));
+                    if context.sampled() {
+                        exporter.record(delivery_span(&event, context, *parent, started, &outcome));
+                    }
                 }
                 self.settle(db, lease_token, &event, outcome).await;
             })
