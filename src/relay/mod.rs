@@ -36,7 +36,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use lease::Db;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
 
 use crate::trace::otlp::{Attr, Exporter, Kind, SpanData};
@@ -320,19 +320,37 @@ impl Relay {
         }
         debug!(%lease_token, claimed, "claimed batch");
         stream::iter(events)
-            .for_each_concurrent(self.config.concurrency, |event| async move {
+            .for_each_concurrent(self.config.concurrency, |event| {
                 let trace = event.delivery_context();
-                let started = std::time::SystemTime::now();
-                let outcome = self.deliver(&event, lease_ends, trace.as_ref()).await;
-                if let (Some(exporter), Some((context, parent))) = (&self.otlp, &trace) {
-                    if context.sampled() {
-                        exporter.record(delivery_span(&event, context, *parent, started, &outcome));
-                    }
-                }
-                self.settle(db, lease_token, &event, outcome).await;
+                // Every log line of this delivery names the emitting call's trace.
+                let span = tracing::info_span!(
+                    "delivery",
+                    trace_id = %trace.as_ref().map(|(c, _)| hex::encode(c.trace_id)).unwrap_or_default()
+                );
+                self.deliver_and_settle(db, lease_token, event, trace, lease_ends)
+                    .instrument(span)
             })
             .await;
         Ok(claimed)
+    }
+
+    /// Delivers one event, exports its span, and settles it.
+    async fn deliver_and_settle(
+        &self,
+        db: &Db,
+        lease_token: Uuid,
+        event: OutboxEvent,
+        trace: Option<(TraceParent, [u8; 8])>,
+        lease_ends: Instant,
+    ) {
+        let started = std::time::SystemTime::now();
+        let outcome = self.deliver(&event, lease_ends, trace.as_ref()).await;
+        if let (Some(exporter), Some((context, parent))) = (&self.otlp, &trace) {
+            if context.sampled() {
+                exporter.record(delivery_span(&event, context, *parent, started, &outcome));
+            }
+        }
+        self.settle(db, lease_token, &event, outcome).await;
     }
 
     async fn deliver(

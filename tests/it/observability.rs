@@ -696,3 +696,73 @@ async fn the_dashboard_queries_only_metrics_the_server_exports() {
         "{prometheus}"
     );
 }
+
+// The access log line of `pgrpc serve` (JSON format, a real process) names
+// the request's trace id: the caller's, or the one generated for it.
+#[tokio::test]
+async fn the_request_log_line_carries_the_trace_id() {
+    let db = crate::support::TestDb::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrpc"))
+        .args(["serve", "--database-url", &db.authenticator_url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("PGRPC_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pgrpc serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "pgrpc serve never became ready");
+    let r = http
+        .get(format!("{base}/rpc/version"))
+        .header("traceparent", CALLER)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{base}/rpc/version"))
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200);
+    let mut traced = Vec::new();
+    while traced.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a log line in time")
+            .expect("read")
+            .expect("a line");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == "request" && v["fields"]["path"] == "/rpc/version" {
+            traced.push(
+                v["fields"]["trace_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(traced[0], CALLER_TRACE);
+    assert_eq!(traced[1].len(), 32, "{traced:?}");
+    assert_ne!(traced[1], CALLER_TRACE);
+    let _ = child.kill().await;
+}
