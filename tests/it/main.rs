@@ -21,6 +21,7 @@ mod integrity;
 mod jwt;
 mod media_types;
 mod nonces;
+mod observability;
 mod outbox;
 mod pgbouncer;
 mod postgrest_db;
