@@ -2,7 +2,9 @@
 //! operator lists in `PGRPC_API_KEYS`.
 //!
 //! - `Authorization` present (any scheme): it decides, and `apikey` is
-//!   ignored, as Supabase's gateway lets the bearer token win.
+//!   ignored, as Supabase's gateway lets the bearer token win. A bearer
+//!   token that is a listed key runs as that key (supabase-js sends its
+//!   key as the bearer token too when there is no session).
 //! - No `Authorization`, `apikey` a listed key: the request runs as the
 //!   key's role, with the key's claims.
 //! - No `Authorization`, `apikey` a JWT: verified as the bearer token
@@ -201,8 +203,20 @@ impl super::Auth {
         apikey: Option<&[u8]>,
         assumable: &std::collections::HashSet<String>,
     ) -> Result<Identity, AuthError> {
-        let Some(key) = apikey.filter(|_| authorization.is_none()) else {
-            return self.identify(authorization, assumable);
+        if let Some(header) = authorization {
+            // A listed key as the bearer token; a JWT never is one, and
+            // is left to `identify` unhashed.
+            let listed = super::bearer_token(header)
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !self.api_keys.is_empty() && !looks_like_jwt(t))
+                .and_then(|t| self.api_keys.find(t));
+            return match listed {
+                Some(entry) => self.key_identity(entry, assumable),
+                None => self.identify(authorization, assumable),
+            };
+        }
+        let Some(key) = apikey else {
+            return self.identify(None, assumable);
         };
         let key = key.trim_ascii();
         if key.is_empty() {
@@ -214,15 +228,7 @@ impl super::Auth {
             )));
         }
         if let Some(entry) = self.api_keys.find(key) {
-            let role = entry.role.clone();
-            if role != self.anon_role && !assumable.contains(&role) {
-                return Err(AuthError::RoleNotAssumable(role));
-            }
-            return Ok(Identity {
-                anon: role == self.anon_role,
-                role,
-                claims: entry.claims.clone(),
-            });
+            return self.key_identity(entry, assumable);
         }
         if looks_like_jwt(key) {
             let mut bearer = Vec::with_capacity(7 + key.len());
@@ -233,6 +239,23 @@ impl super::Auth {
         Err(AuthError::Malformed(
             "The apikey header holds neither a JWT nor a key listed in PGRPC_API_KEYS".into(),
         ))
+    }
+
+    /// A listed key's identity, if the authenticator may assume its role.
+    fn key_identity(
+        &self,
+        entry: &Entry,
+        assumable: &std::collections::HashSet<String>,
+    ) -> Result<Identity, AuthError> {
+        let role = entry.role.clone();
+        if role != self.anon_role && !assumable.contains(&role) {
+            return Err(AuthError::RoleNotAssumable(role));
+        }
+        Ok(Identity {
+            anon: role == self.anon_role,
+            role,
+            claims: entry.claims.clone(),
+        })
     }
 }
 
@@ -296,6 +319,18 @@ mod tests {
                 .identify_request(Some(b"Basic x"), Some(b"sb_secret_abc"), &roles())
                 .expect("authorization wins");
             assert!(id.anon);
+            // supabase-js without a session: the key as the bearer token too.
+            let id = auth
+                .identify_request(
+                    Some(b"Bearer sb_secret_abc"),
+                    Some(b"sb_publishable_xyz"),
+                    &roles(),
+                )
+                .expect("a listed bearer key");
+            assert_eq!(id.role, "pgrpc_service");
+            assert!(auth
+                .identify_request(Some(b"Bearer sb_secret_abd"), None, &roles())
+                .is_err());
             for bad in [&b"sb_secret_abd"[..], b"", b"   ", b"a.b"] {
                 assert!(
                     auth.identify_request(None, Some(bad), &roles()).is_err(),

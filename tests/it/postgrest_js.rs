@@ -467,6 +467,15 @@ async fn supabase_js_apikey_authenticates_without_authorization() {
         assert!(r.header("www-authenticate").is_some(), "{bad}");
     }
 
+    // supabase-js without a session sends its key as the bearer token too.
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), Some(PUBLISHABLE_KEY)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_anon");
+    let r = whoami(&s, Some(SECRET_KEY), Some(SECRET_KEY)).await;
+    assert_eq!(r.body["role"], "pgrpc_service", "{}", r.text);
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), Some("sb_secret_unknown")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
     // supabase-js with a signed-in user: apikey is the publishable key,
     // Authorization the user's token, which wins.
     let r = whoami(&s, Some(PUBLISHABLE_KEY), Some(&jwt)).await;
