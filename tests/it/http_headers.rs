@@ -112,10 +112,18 @@ async fn errors_carry_proxy_status_with_their_code() {
 }
 
 /// `Content-Length` is sent wherever the body is known: answers, errors,
-/// OPTIONS, `/metrics`, `/`; a HEAD carries the length its GET would have.
+/// OPTIONS, `/metrics`, `/`; a HEAD carries the length its GET would have;
+/// a 204 carries none (RFC 9110 §8.6).
 #[tokio::test]
 async fn content_length_is_sent_wherever_the_body_is_known() {
-    let s = TestServer::start().await;
+    let s = TestServer::start_with_sql(
+        "CREATE FUNCTION api.nothing() RETURNS void LANGUAGE sql AS 'SELECT'",
+        |_| {},
+    )
+    .await;
+    let void = send(s.http.post(s.url("/rpc/nothing")).json(&json!({}))).await;
+    assert_eq!(void.status, 204, "{}", void.text);
+    assert_eq!(void.header("content-length"), None);
     let length = |r: &crate::support::Resp| {
         r.header("content-length")
             .map(|v| v.parse::<usize>().expect("a length"))

@@ -1369,3 +1369,36 @@ async fn a_retry_while_the_first_is_in_flight_is_409_past_the_wait() {
     assert_eq!(retry.text, first.text);
     assert_eq!(effects(&server.db, "flight").await, 1);
 }
+
+/// The server publishes its rules, expiry included, where a client reads
+/// them: the Idempotency-Key parameter of the OpenAPI document.
+#[tokio::test]
+async fn the_openapi_document_publishes_the_key_rules() {
+    let server = TestServer::start().await;
+    let doc = send(
+        server
+            .http
+            .get(server.url("/"))
+            .bearer_auth(service_token()),
+    )
+    .await;
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    let params = doc.body["paths"]["/rpc/create_organization"]["post"]["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let key = params
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap_or_else(|| panic!("no Idempotency-Key parameter: {params:?}"));
+    let text = key["description"].as_str().unwrap_or_default();
+    for rule in [
+        "RFC 8941",
+        "422 idempotency_key_reused",
+        "409 idempotency_key_in_use",
+        "Retry-After",
+        "idempotency_ttl setting (24 hours by default)",
+    ] {
+        assert!(text.contains(rule), "{rule} missing from: {text}");
+    }
+}
