@@ -26,7 +26,7 @@ pub const MAX_IDEMPOTENCY_KEY_HEADER_BYTES: usize = 1024;
 /// The key of an `Idempotency-Key` value: an sf-string (RFC 8941 §3.3.3:
 /// `"`, then printable ASCII with `\"` and `\\` as the only escapes, then
 /// `"` and nothing after), or, not starting with `"`, the value itself,
-/// printable ASCII. None: refused.
+/// printable ASCII (and tab, as before the draft). None: refused.
 pub fn idempotency_key(value: &[u8]) -> Option<String> {
     if value.len() > MAX_IDEMPOTENCY_KEY_HEADER_BYTES {
         return None;
@@ -36,7 +36,7 @@ pub fn idempotency_key(value: &[u8]) -> Option<String> {
         Some(b'"') => sf_string(value),
         _ => value
             .iter()
-            .all(|b| (0x20..=0x7e).contains(b))
+            .all(|b| (0x20..=0x7e).contains(b) || *b == b'\t')
             .then(|| String::from_utf8_lossy(value).into_owned()),
     }
 }

@@ -33,7 +33,7 @@ pub enum RequestError {
     #[error("The schema must be one of the following: {}", .0.join(", "))]
     UnknownProfile(Vec<String>),
     #[error(
-        "Idempotency-Key must be one RFC 8941 string (\"…\") or one unquoted key of visible ASCII"
+        "Idempotency-Key must be one RFC 8941 string (\"…\") or one unquoted key of printable ASCII"
     )]
     BadIdempotencyKey,
     #[error("The request body is larger than {0} bytes")]
@@ -200,7 +200,7 @@ where
 /// The `Idempotency-Key` of a write (it is ignored on reads): an RFC 8941
 /// sf-string (`"…"`, as the IETF draft writes it), or the key unquoted,
 /// as before the draft; both name the same key. Sent more than once, or
-/// not visible ASCII, or a quoted string that RFC 8941 refuses: 400
+/// not printable ASCII, or a quoted string that RFC 8941 refuses: 400
 /// `PGRST100`. Its length, 1 to 255 characters, is the database's rule
 /// (`pgrpc_http`), answered 400 `invalid_idempotency_key`.
 pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String>, RequestError> {
