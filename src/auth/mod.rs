@@ -10,6 +10,7 @@
 //! - [`role_claim`]: `PGRPC_JWT_ROLE_CLAIM_KEY`, the JSPath to the role.
 //! - [`cache`]: the bounded cache of validated tokens.
 
+pub mod api_keys;
 pub mod cache;
 pub mod claims;
 pub mod keys;
@@ -117,6 +118,8 @@ pub struct Auth {
     leeway: i64,
     cache: TokenCache,
     anon_role: String,
+    /// `PGRPC_API_KEYS`: opaque keys of the `apikey` header (`api_keys`).
+    api_keys: api_keys::ApiKeys,
 }
 
 impl Auth {
@@ -136,6 +139,7 @@ impl Auth {
             leeway: i64::try_from(config.jwt_leeway_secs).unwrap_or(i64::MAX),
             cache: TokenCache::new(config.jwt_cache_max_entries),
             anon_role: config.anon_role.clone(),
+            api_keys: api_keys::ApiKeys::from_setting(config.api_keys.as_deref())?,
         })
     }
 
