@@ -108,9 +108,9 @@ pub trait Fault: std::fmt::Display {
     /// The code and status; unused when [`Fault::postgres`] or
     /// [`Fault::answer`] gives the answer.
     fn pgrst(&self) -> Pgrst;
-    /// PostgreSQL's own error, answered with its SQLSTATE, and whether the
-    /// request ran as the anonymous role.
-    fn postgres(&self) -> Option<(&DbError, bool)> {
+    /// PostgreSQL's own error, answered by [`ApiError::from_db`], and
+    /// what the executor learned about the request and the node.
+    fn postgres(&self) -> Option<(&DbError, DbContext)> {
         None
     }
     /// An answer already made (a replayed or stored error).
@@ -131,8 +131,8 @@ pub trait Fault: std::fmt::Display {
 
 impl<E: Fault> From<E> for ApiError {
     fn from(e: E) -> ApiError {
-        if let Some((db, anon)) = e.postgres() {
-            return ApiError::from_db(db, anon);
+        if let Some((db, context)) = e.postgres() {
+            return ApiError::from_db(db, context);
         }
         if let Some(answer) = e.answer() {
             return answer.clone();
@@ -206,14 +206,19 @@ impl ApiError {
         resp
     }
 
-    /// Maps a PostgreSQL error raised by a request. `anon` tells whether the
-    /// request ran as the anonymous role (42501 is then 401, not 403).
-    pub fn from_db(err: &DbError, anon: bool) -> ApiError {
+    /// Maps a PostgreSQL error raised by a request, with its context:
+    /// whether the request ran as the anonymous role (42501 is then 401,
+    /// not 403), and whether the node turned out to be read-only (25006 is
+    /// then 503 `PGRST001`, retryable, instead of 405).
+    pub fn from_db(err: &DbError, context: DbContext) -> ApiError {
         let code = err.code().code();
         if code == "PGRST" {
             return from_raise_pgrst(err);
         }
-        let status = status_for_sqlstate(err.code(), anon);
+        if context.node_read_only && *err.code() == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return ApiError::from(ReadOnlyNode(err.message().to_string()));
+        }
+        let status = status_for_sqlstate(err.code(), context.anon);
         // PostgreSQL's hint for 54001 names a server setting to raise
         // (max_stack_depth): advice for the operator, not the client.
         let hint = if *err.code() == SqlState::STATEMENT_TOO_COMPLEX {
@@ -350,6 +355,31 @@ fn from_raise_pgrst(err: &DbError) -> ApiError {
         }
     }
     api
+}
+
+/// What the executor knows about a PostgreSQL error beyond the error
+/// itself, for the error table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbContext {
+    /// The request ran as the anonymous role.
+    pub anon: bool,
+    /// The node cannot take writes (in recovery, or read-only by default):
+    /// a standby, or a primary demoted or still finishing its promotion.
+    pub node_read_only: bool,
+}
+
+/// A write reached a node that only reads. Retryable.
+#[derive(Debug, thiserror::Error)]
+#[error("The database node is read-only; retry shortly")]
+struct ReadOnlyNode(String);
+
+impl Fault for ReadOnlyNode {
+    fn pgrst(&self) -> Pgrst {
+        Pgrst::Connection
+    }
+    fn details(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

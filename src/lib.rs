@@ -23,22 +23,34 @@
 //! - [`auth`]: the JWT check (HS256 secret, JWK or JWK Set; `exp`, `nbf`,
 //!   `iat`, `aud`; strict claims), the role claim key, the validated-token
 //!   cache, and role selection.
-//! - [`plan`]: overload resolution, the call statement, the response's
-//!   shape, and the `Idempotency-Key` request hash and stored response.
+//! - [`plan`]: overload resolution, READ ONLY or not, the post-call checks
+//!   as data, the response's shape, and the `Idempotency-Key` request hash
+//!   and stored response.
+//! - [`statement`]: the call statement for each result shape, media
+//!   handler and set of query-string operations, cached per routine.
 //! - [`prefer`]: the `Prefer` header: what a request states, what applies
 //!   to a call (`handling`, `count`, `tx`, `timezone`, `max-affected`), and
 //!   `Preference-Applied`.
 //! - [`response_settings`]: what a function may set in `response.headers`
-//!   and `response.status`, in Rust and as the SQL check run before COMMIT.
+//!   and `response.status`, in Rust and as the SQL check folded into the
+//!   statement of every call that may write (`CALL_TAIL`), so that a call
+//!   whose answer cannot be sent is never committed.
 //! - [`query`]: query-string operations on a function's result (`select`,
 //!   filters, `order`, `limit`, `offset`), parsed and compiled to SQL.
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
-//!   codes and statuses, and the one SQLSTATE → HTTP status map.
+//!   codes and statuses, and the one SQLSTATE → HTTP status map (with what
+//!   the executor learned: an anonymous caller, a read-only node).
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
 //!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
-//!   `db::exec`, the executor that owns every call's transaction.
-//! - [`media`]: media types: the Accept header, the body's Content-Type,
-//!   content negotiation against the built-in and custom (domain) handlers.
+//!   `db::call`, one call as plain values (`CallJob` in, `Executed` or
+//!   `ExecError` out); `db::exec`, the executor that owns every call's
+//!   transaction and runs the post-call checks `plan` gives it as data
+//!   (`Check`).
+//! - [`media`]: media types as plain values: the Accept header, the body's
+//!   Content-Type (it reads nothing of the function cache).
+//! - [`negotiate`]: content negotiation of an Accept list against a
+//!   routine's built-in and custom (domain, aggregate) handlers, and the
+//!   SQL of each handler.
 //! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
 //! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
 //!   supabase-js and postgrest-js, from the same function cache (and
@@ -70,6 +82,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod migrate;
+pub mod negotiate;
 pub mod openapi;
 pub mod plan;
 pub mod prefer;
@@ -77,4 +90,5 @@ pub mod query;
 pub mod relay;
 pub mod response_settings;
 pub mod server;
+pub mod statement;
 pub mod trace;

@@ -3,10 +3,8 @@
 //! what its result looks like as a response, and the hash that identifies
 //! it under an `Idempotency-Key`.
 //!
-//! Every identifier spliced into SQL comes from the catalog, quoted; request
-//! data only ever travels as `$1`.
+//! The statements themselves are built in `statement`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -18,18 +16,14 @@ use sha2::{Digest, Sha256};
 
 use crate::api_request::{ApiRequest, Args};
 use crate::db::exec::{CallResult, Check, Shaper, StoredResponse};
-use crate::db::quote_ident;
-use crate::db::schema::{Naming, Routine, SchemaCache, Shape};
+use crate::db::schema::{Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
-use crate::media::{self, BodyKind, Handler, Negotiated};
+use crate::media::BodyKind;
+use crate::negotiate::{self as media, Negotiated};
 use crate::prefer::{Applied, TxEnd};
 use crate::query::{self, QueryError, QueryOps};
 use crate::response_settings::{self, SettingsError};
-
-/// How many statements with query-string operations a routine keeps; past
-/// it, such statements are built per request and not kept, so that
-/// requests cannot grow the caches without bound.
-const MAX_CACHED_SHAPES: usize = 64;
+use crate::statement::{cached, call_sql, media_sql, ops_sql, CHECKED_TAIL, PLAIN_TAIL};
 
 /// Why no call can be made, or its result cannot become a response.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +68,6 @@ pub enum PlanError {
     InvalidPreferences(Vec<String>),
     #[error("Function must return SETOF or TABLE when max-affected preference is used with handling=strict")]
     MaxAffectedNotSet,
-    #[error("Query result exceeds max-affected preference constraint")]
-    MaxAffected(i64),
 }
 
 impl Fault for PlanError {
@@ -91,7 +83,6 @@ impl Fault for PlanError {
             PlanError::RangeNotSatisfiable { .. } | PlanError::EmptyRange => Pgrst::InvalidRange,
             PlanError::InvalidPreferences(_) => Pgrst::InvalidPreferences,
             PlanError::MaxAffectedNotSet => Pgrst::MaxAffectedNotSet,
-            PlanError::MaxAffected(_) => Pgrst::MaxAffected,
         }
     }
     fn details(&self) -> Option<String> {
@@ -121,7 +112,6 @@ impl Fault for PlanError {
             PlanError::InvalidPreferences(prefs) => {
                 Some(format!("Invalid preferences: {}", prefs.join(", ")))
             }
-            PlanError::MaxAffected(rows) => Some(format!("The query affects {rows} rows")),
             _ => None,
         }
     }
@@ -182,6 +172,12 @@ pub fn plan(
 ) -> Result<CallPlan, PlanError> {
     let write = req.is_write();
     let (routine, json, mask) = resolve(cache, &req.schema, &req.function, &req.args, write)?;
+    let read_only = !write || routine.is_read_only();
+    // A call that may write checks its response settings in its own
+    // statement, before COMMIT; a read-only one commits nothing, and the
+    // proxy's parse of its row suffices (the plain tail costs PostgreSQL
+    // less: no subplan to start on every execution).
+    let tail = if read_only { PLAIN_TAIL } else { CHECKED_TAIL };
     let args = variadic_args(&routine, mask, req, json).unwrap_or_else(|| json.to_string());
     let media = media::negotiate(&req.accept, &routine, cache, req.ops.select.is_none())
         .map_err(|e| PlanError::NotAcceptable(e.0))?;
@@ -204,11 +200,11 @@ pub fn plan(
         count: req.count,
     };
     let (sql, params, transient) = if wrap {
-        ops_sql(&routine, mask, &media, &req.ops, window, req.count)?
+        ops_sql(&routine, mask, &media, &req.ops, window, req.count, tail)?
     } else {
-        match media_sql(&routine, mask, &media) {
+        match media_sql(&routine, mask, &media, tail) {
             Some(sql) => cached(&routine, mask, singular, sql, Vec::new()),
-            None => (call_sql(&routine, mask, singular), Vec::new(), false),
+            None => (call_sql(&routine, mask, singular, tail), Vec::new(), false),
         }
     };
     let prefs = req
@@ -221,7 +217,7 @@ pub fn plan(
     }
     Ok(CallPlan {
         sql,
-        read_only: !write || routine.is_read_only(),
+        read_only,
         routine,
         args,
         singular,
@@ -290,113 +286,6 @@ fn window(
         limit = Some(limit.map_or(max, |l| l.min(max)));
     }
     Ok((first, limit))
-}
-
-/// The statement with query-string operations: the call's rows filtered
-/// in a CTE, then ordered, paginated and projected. Statements are cached
-/// per shape (the SQL text; values are parameters), up to
-/// `MAX_CACHED_SHAPES` per routine.
-fn ops_sql(
-    r: &Routine,
-    mask: u64,
-    media: &Negotiated,
-    ops: &QueryOps,
-    (offset, limit): (i64, Option<i64>),
-    count: bool,
-) -> Result<(Arc<str>, Vec<String>, bool), PlanError> {
-    let singular = media.singular();
-    let scalar = (r.shape == Shape::SetOf && r.naming == Naming::Bare) || r.shape == Shape::Scalar;
-    let c = query::compile(ops, &r.columns, scalar, 2)?;
-    let mut params = c.params;
-    let mut page = String::new();
-    if let Some(l) = limit {
-        params.push(l.to_string());
-        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
-    }
-    if offset > 0 {
-        params.push(offset.to_string());
-        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
-    }
-    let (call, from) = call_parts(r, mask);
-    let source = if from.is_empty() {
-        format!(" FROM {call} AS _r")
-    } else {
-        format!("{from} CROSS JOIN LATERAL {call} AS _r")
-    };
-    let agg = match &c.bare_column {
-        Some(col) => format!("json_agg(_s.{col})"),
-        None => "json_agg(_s)".to_string(),
-    };
-    let agg = match media.handler {
-        Handler::JsonStripped | Handler::Single { stripped: true } => {
-            format!("json_strip_nulls({agg})")
-        }
-        _ => agg,
-    };
-    let body = if singular || r.shape == Shape::Composite {
-        format!("({agg} -> 0)::text")
-    } else {
-        format!("coalesce({agg}, '[]')::text")
-    };
-    let bare = c.bare_column.as_ref().map(|col| format!("_s.{col}"));
-    let body = media::rows_body(media, "_s", bare.as_deref()).unwrap_or(body);
-    let total = if count {
-        "(SELECT count(*) FROM _f)"
-    } else {
-        "NULL::bigint"
-    };
-    // `LIMIT 0` fetches nothing, so PostgreSQL would never run the call:
-    // its arguments would go unchecked and a write would be answered
-    // without happening. A qual without columns is evaluated once before
-    // any row is fetched, and this one reads the whole call.
-    let run_call = if limit == Some(0) {
-        " WHERE (SELECT count(*) FROM _f) >= 0"
-    } else {
-        ""
-    };
-    let sql = if media.needs_rows() {
-        format!(
-            "WITH _f AS (SELECT {}{source}{}), _s AS (SELECT {} FROM _f{}{page}) \
-             SELECT {}, count(*), {TAIL}, {total} FROM _s{run_call}",
-            c.source_cols,
-            c.where_sql,
-            c.select_sql,
-            c.order_sql,
-            media::csv_body("_s")
-        )
-    } else {
-        format!(
-            "WITH _f AS (SELECT {}{source}{}) SELECT {body}, count(*), {TAIL}, {total} \
-             FROM (SELECT {} FROM _f{}{page}) AS _s{run_call}",
-            c.source_cols, c.where_sql, c.select_sql, c.order_sql
-        )
-    };
-    Ok(cached(r, mask, singular, sql, params))
-}
-
-/// A statement of one request's shape, cached per routine by its text (up
-/// to `MAX_CACHED_SHAPES`; past that, prepared per request and not kept).
-fn cached(
-    r: &Routine,
-    mask: u64,
-    singular: bool,
-    sql: String,
-    params: Vec<String>,
-) -> (Arc<str>, Vec<String>, bool) {
-    let key = (mask, singular, sql);
-    if let Ok(cache) = r.sql_cache.read() {
-        if let Some(sql) = cache.get(&key) {
-            return (sql.clone(), params, false);
-        }
-    }
-    let sql: Arc<str> = key.2.as_str().into();
-    if let Ok(mut cache) = r.sql_cache.write() {
-        if cache.len() < MAX_CACHED_SHAPES {
-            cache.insert(key, sql.clone());
-            return (sql, params, false);
-        }
-    }
-    (sql, params, true)
 }
 
 fn resolve<'a>(
@@ -515,179 +404,6 @@ pub fn overloads<'c>(
     }
 }
 
-/// The call statement for the provided parameters; built once per
-/// (mask, singular) and kept with the routine, so that prepared statements
-/// can be cached per connection.
-fn call_sql(r: &Routine, mask: u64, singular: bool) -> Arc<str> {
-    let key = (mask, singular, String::new());
-    if let Ok(cache) = r.sql_cache.read() {
-        if let Some(sql) = cache.get(&key) {
-            return sql.clone();
-        }
-    }
-    let sql: Arc<str> = build_sql(r, mask, singular).into();
-    if let Ok(mut cache) = r.sql_cache.write() {
-        cache.insert(key, sql.clone());
-    }
-    sql
-}
-
-/// `response.headers` and `response.status`, the third and fourth columns
-/// of every call statement.
-const TAIL: &str =
-    "current_setting('response.headers', true), current_setting('response.status', true)";
-
-/// The call expression and the `FROM` that binds its arguments from `$1`
-/// (empty for a single unnamed json parameter).
-fn call_parts(r: &Routine, mask: u64) -> (String, String) {
-    let func = format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name));
-    let mut call = String::new();
-    let mut from = String::new();
-    if r.takes_body && r.params[0].type_sql == "bytea" {
-        // The body travels in base64, as text like every `$1`.
-        let _ = write!(call, "{func}(decode($1::text, 'base64'))");
-    } else if r.takes_body {
-        let _ = write!(call, "{func}($1::text::{})", r.params[0].type_sql);
-    } else {
-        let provided: Vec<_> = r
-            .params
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| mask & (1 << i) != 0)
-            .map(|(_, p)| p)
-            .collect();
-        let args: Vec<String> = provided
-            .iter()
-            .map(|p| {
-                let q = quote_ident(&p.name);
-                if p.variadic {
-                    format!("VARIADIC {q} := _a.{q}")
-                } else {
-                    format!("{q} := _a.{q}")
-                }
-            })
-            .collect();
-        let _ = write!(call, "{func}({})", args.join(", "));
-        if !provided.is_empty() {
-            let cols: Vec<String> = provided
-                .iter()
-                .map(|p| format!("{} {}", quote_ident(&p.name), p.type_sql))
-                .collect();
-            let _ = write!(
-                from,
-                " FROM json_to_record($1::text::json) AS _a({})",
-                cols.join(", ")
-            );
-        } else {
-            // Keep $1 in the statement so every call binds one parameter.
-            from.push_str(" FROM (SELECT $1::text) AS _a");
-        }
-    }
-    (call, from)
-}
-
-/// Builds the call statement: `$1` is the JSON argument object as text (or
-/// the whole body for a single unnamed json parameter). It returns
-/// `(body, rows, response.headers, response.status, total)`; the total is
-/// NULL here (the row count is the total).
-pub fn build_sql(r: &Routine, mask: u64, singular: bool) -> String {
-    let (call, from) = call_parts(r, mask);
-    let tail = TAIL;
-    match r.shape {
-        Shape::SetOf => {
-            let body = if singular {
-                "(json_agg(_r) -> 0)::text"
-            } else {
-                "coalesce(json_agg(_r), '[]')::text"
-            };
-            let lateral = if from.is_empty() {
-                format!(" FROM {call} AS _r")
-            } else {
-                format!("{from} CROSS JOIN LATERAL {call} AS _r")
-            };
-            if r.naming == Naming::OutParam {
-                // `_r` of a base-type function is its bare value; `_r.*`
-                // is its one column, named for the TABLE/OUT parameter.
-                return format!(
-                    "SELECT {body}, count(*), {tail}, NULL::bigint FROM (SELECT _r.*{lateral}) AS _r"
-                );
-            }
-            format!("SELECT {body}, count(*), {tail}, NULL::bigint{lateral}")
-        }
-        Shape::Composite if r.naming == Naming::OutParam => {
-            let column = r.columns.first().map_or("v".to_string(), |c| quote_ident(&c.name));
-            format!(
-                "SELECT to_json(_r)::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS {column}{from} OFFSET 0) AS _r"
-            )
-        }
-        Shape::Void => {
-            format!("SELECT NULL::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call}{from} OFFSET 0) AS _r")
-        }
-        Shape::Scalar | Shape::Composite => format!(
-            "SELECT to_json(_r.v)::text, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS v{from} OFFSET 0) AS _r"
-        ),
-    }
-}
-
-/// The call statement for a media type other than plain JSON (no
-/// query-string operations): the body of a media-type domain or aggregate,
-/// or JSON without nulls. None for plain JSON, singular JSON and `void`,
-/// which `build_sql` builds.
-fn media_sql(r: &Routine, mask: u64, media: &Negotiated) -> Option<String> {
-    if matches!(
-        media.handler,
-        Handler::Json | Handler::Single { stripped: false }
-    ) || r.shape == Shape::Void
-    {
-        return None;
-    }
-    let (call, from) = call_parts(r, mask);
-    let tail = TAIL;
-    let stripped = matches!(
-        media.handler,
-        Handler::JsonStripped | Handler::Single { stripped: true }
-    );
-    Some(match r.shape {
-        Shape::SetOf => {
-            let body = match media::rows_body(media, "_r", None) {
-                Some(body) => body,
-                None if media.singular() => "(json_strip_nulls(json_agg(_r)) -> 0)::text".into(),
-                None => "coalesce(json_strip_nulls(json_agg(_r)), '[]')::text".into(),
-            };
-            let lateral = if from.is_empty() {
-                format!(" FROM {call} AS _r")
-            } else {
-                format!("{from} CROSS JOIN LATERAL {call} AS _r")
-            };
-            if r.naming == Naming::OutParam {
-                // As in `build_sql`: `_r.*` is the one named column.
-                return Some(format!(
-                    "SELECT {body}, count(*), {tail}, NULL::bigint FROM (SELECT _r.*{lateral}) AS _r"
-                ));
-            }
-            format!("SELECT {body}, count(*), {tail}, NULL::bigint{lateral}")
-        }
-        _ => {
-            // A single OUT parameter is a row of that one column (`_r`),
-            // anything else the value `_r.v`.
-            let (column, value) = match (r.shape, r.columns.first()) {
-                (Shape::Composite, Some(c)) if r.naming == Naming::OutParam => {
-                    (quote_ident(&c.name), "_r")
-                }
-                _ => ("v".to_string(), "_r.v"),
-            };
-            let body = match media::rows_body(media, value, Some(value)) {
-                Some(body) => body,
-                None if stripped => format!("json_strip_nulls(to_json({value}))::text"),
-                None => format!("to_json({value})::text"),
-            };
-            format!(
-                "SELECT {body}, 1::bigint, {tail}, NULL::bigint FROM (SELECT {call} AS {column}{from} OFFSET 0) AS _r"
-            )
-        }
-    })
-}
-
 /// A response computed from a call (or replayed), before the transport
 /// headers.
 pub struct Reply {
@@ -740,40 +456,25 @@ pub fn reply(
     })
 }
 
-/// The checks a call's result must pass before COMMIT, if any: the
-/// counted range ([`range_check`]) and `Prefer: max-affected` (400
-/// `PGRST124`, the call rolled back, as PostgREST does).
-pub fn checks(plan: &CallPlan) -> Option<Check> {
-    let range = range_check(plan);
-    let max = plan.prefs.max_affected;
-    if range.is_none() && max.is_none() {
-        return None;
+/// The checks a call's result must pass before COMMIT, in order: one row
+/// for a singular response, `Prefer: max-affected` (400 `PGRST124`, the
+/// call rolled back, as PostgREST does), and for a call that may write and
+/// asks for a count, the range (so a 416 never answers a committed
+/// change).
+pub fn checks(plan: &CallPlan) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if plan.singular {
+        checks.push(Check::Singular);
     }
-    Some(std::sync::Arc::new(move |result: &CallResult| {
-        if let Some(max) = max {
-            if result.rows > max {
-                return Err(PlanError::MaxAffected(result.rows).into());
-            }
-        }
-        match &range {
-            Some(check) => check(result),
-            None => Ok(()),
-        }
-    }))
-}
-
-/// For a call that may write and asks for a count: the range is checked
-/// before COMMIT, so a 416 never answers a committed change.
-pub fn range_check(plan: &CallPlan) -> Option<Check> {
-    if plan.read_only || !plan.page.count {
-        return None;
+    if let Some(max) = plan.prefs.max_affected {
+        checks.push(Check::MaxAffected(max));
     }
-    let page = plan.page;
-    Some(std::sync::Arc::new(move |result: &CallResult| {
-        content_range(result, page)
-            .map(|_| ())
-            .map_err(crate::error::ApiError::from)
-    }))
+    if !plan.read_only && plan.page.count {
+        checks.push(Check::RangeWithin {
+            offset: plan.page.offset,
+        });
+    }
+    checks
 }
 
 /// The status a range gives (206 when the rows returned are fewer than

@@ -1,8 +1,9 @@
 //! What a function may set in `response.headers` and `response.status`,
 //! defined once for both sides of the COMMIT: in Rust, what the proxy can
-//! send ([`headers`], [`status`]), and in SQL, the same rules as a
-//! statement that raises on anything else ([`CHECK_SQL`]), so that a call
-//! whose answer cannot be sent is rolled back, never committed.
+//! send ([`headers`], [`status`]), and in SQL, the same rules in the last
+//! columns of every call statement, which raise on anything else
+//! ([`CALL_TAIL`]), so that a call whose answer cannot be sent is rolled
+//! back, never committed.
 //!
 //! Refused, beyond what the `http` crate cannot represent: the headers the
 //! server owns because they frame the message or only concern one hop
@@ -31,30 +32,94 @@ pub const FRAMING_HEADERS: [&str; 7] = [
 /// The statuses a function may answer with.
 const STATUSES: std::ops::RangeInclusive<u16> = 200..=599;
 
-/// Runs after the call, before COMMIT, as the request role, in the same
-/// pipeline: it returns a row when both settings can be sent, and raises
-/// otherwise, which aborts the transaction so that the COMMIT behind it
-/// rolls back. The rules are those of [`headers`] and [`status`]: a JSON
-/// array of objects; names of HTTP token characters, at most 65,535, none
-/// of [`FRAMING_HEADERS`]; values (a JSON string's text, or any other JSON
-/// value's text) without control characters other than tab; a status of
-/// ASCII digits (an optional `+`, surrounding ASCII whitespace) from 200
-/// to 599. Only built-ins of pg_catalog, so any request role may run it.
-/// `concat` is STABLE, so the raising branch is never folded at planning.
-pub const CHECK_SQL: &str = "SELECT CASE WHEN \
-     (h IS NULL OR (jsonb_typeof(h::jsonb) = 'array' AND NOT EXISTS (\
-        SELECT FROM jsonb_array_elements(h::jsonb) AS e(o) \
-        WHERE jsonb_typeof(e.o) <> 'object' OR EXISTS (\
-          SELECT FROM jsonb_each_text(e.o) AS p(k, v) \
-          WHERE p.k !~ '^[-!#$%&''*+.^_`|~0-9A-Za-z]+$' OR char_length(p.k) > 65535 \
-             OR lower(p.k) IN ('content-length', 'transfer-encoding', 'connection', \
-                               'keep-alive', 'upgrade', 'te', 'trailer') \
-             OR p.v ~ '[\\x01-\\x08\\x0a-\\x1f\\x7f]')))) \
-     AND (s IS NULL OR (s ~ '^[ \\t\\n\\f\\r]*\\+?[0-9]+[ \\t\\n\\f\\r]*$' \
-                        AND btrim(s, E' \\t\\n\\f\\r')::numeric BETWEEN 200 AND 599)) \
-     THEN 1 ELSE concat('response.headers or response.status cannot be sent')::int END \
-     FROM (SELECT nullif(current_setting('response.headers', true), '') AS h, \
-                  nullif(current_setting('response.status', true), '') AS s) AS r";
+/// The rules of [`headers`] and [`status`] in SQL, over `h` (the
+/// `response.headers` text) and `s` (the `response.status` text), both
+/// NULL when unset: a JSON array of objects; names of HTTP token
+/// characters, at most 65,535, none of [`FRAMING_HEADERS`]; values (a JSON
+/// string's text, or any other JSON value's text) without control
+/// characters other than tab; a status of ASCII digits (an optional `+`,
+/// surrounding ASCII whitespace) from 200 to 599. Only built-ins of
+/// pg_catalog, so any request role may run it.
+macro_rules! valid_settings {
+    () => {
+        "(h IS NULL OR (jsonb_typeof(h::jsonb) = 'array' AND NOT EXISTS (\
+            SELECT FROM jsonb_array_elements(h::jsonb) AS e(o) \
+            WHERE jsonb_typeof(e.o) <> 'object' OR EXISTS (\
+              SELECT FROM jsonb_each_text(e.o) AS p(k, v) \
+              WHERE p.k !~ '^[-!#$%&''*+.^_`|~0-9A-Za-z]+$' OR char_length(p.k) > 65535 \
+                 OR lower(p.k) IN ('content-length', 'transfer-encoding', 'connection', \
+                                   'keep-alive', 'upgrade', 'te', 'trailer') \
+                 OR p.v ~ '[\\x01-\\x08\\x0a-\\x1f\\x7f]')))) \
+         AND (s IS NULL OR (s ~ '^[ \\t\\n\\f\\r]*\\+?[0-9]+[ \\t\\n\\f\\r]*$' \
+                            AND btrim(s, E' \\t\\n\\f\\r')::numeric BETWEEN 200 AND 599))"
+    };
+}
+
+/// Both settings, as `h` and `s` (NULL when unset or empty).
+macro_rules! settings_row {
+    () => {
+        "(SELECT nullif(current_setting('response.headers', true), '') AS h, \
+                 nullif(current_setting('response.status', true), '') AS s) AS _c"
+    };
+}
+
+/// The marker of a refusal raised by [`CALL_TAIL`], the first element of
+/// the JSON array it raises with.
+const REFUSAL_MARKER: &str = "[\"pgrpc.response_settings\"";
+
+/// The last columns of the statement of every call that may write:
+/// `response.headers` and `response.status` as the call left them, read
+/// after the call ran.
+/// When either is set and cannot be sent, the statement raises instead
+/// (22P02, its message holding the JSON array `["pgrpc.response_settings",
+/// headers, status]`), which aborts the transaction, so that the COMMIT
+/// behind it in the same pipeline rolls back: a call whose answer cannot
+/// be sent is never committed. [`refusal`] reads the error back. When
+/// neither is set, the rules are not evaluated (the subquery's `CASE`
+/// stops at its first branch). `json_build_array` is STABLE, so the
+/// raising branch is never folded at planning.
+pub const CALL_TAIL: &str = concat!(
+    "(SELECT CASE WHEN h IS NULL AND s IS NULL THEN NULL WHEN ",
+    valid_settings!(),
+    " THEN h ELSE json_build_array('pgrpc.response_settings', h, s)::text::int::text END FROM ",
+    settings_row!(),
+    "), current_setting('response.status', true)"
+);
+
+/// The last columns of a read-only call's statement: both settings as the
+/// call left them, unchecked (the proxy's parse of them suffices, since
+/// nothing is committed).
+pub const PLAIN_TAIL: &str =
+    "current_setting('response.headers', true), current_setting('response.status', true)";
+
+/// The same rules as one statement, which returns a row when both
+/// settings can be sent and raises otherwise (for tests that hold the SQL
+/// rules against the Rust ones).
+pub const CHECK_SQL: &str = concat!(
+    "SELECT CASE WHEN ",
+    valid_settings!(),
+    " THEN 1 ELSE concat('response.headers or response.status cannot be sent')::int END FROM ",
+    settings_row!()
+);
+
+/// The refusal a call statement raised through [`CALL_TAIL`], if `error`
+/// is one: the proxy's own rules, applied to the settings it carries, say
+/// why (`PGRST111`/`PGRST112`). The marker is searched for anywhere in the
+/// message, so a translated message still reads.
+pub fn refusal(error: &tokio_postgres::error::DbError) -> Option<SettingsError> {
+    if *error.code() != tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION {
+        return None;
+    }
+    let message = error.message();
+    let start = message.find(REFUSAL_MARKER)?;
+    let end = message.rfind(']')?;
+    let values: Vec<Option<String>> = serde_json::from_str(message.get(start..=end)?).ok()?;
+    let (headers, status) = match values.as_slice() {
+        [_, h, s] => (h.as_deref(), s.as_deref()),
+        _ => return None,
+    };
+    check(headers, status).err()
+}
 
 /// A response setting the proxy cannot send.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! The executor: the one place that checks out a connection, prepares the
 //! call and owns its transaction, for every kind of call (plain, singular,
-//! with an `Idempotency-Key`).
+//! with an `Idempotency-Key`). The call arrives as plain values
+//! (`db::call`, re-exported here).
 //!
 //! Each call runs in a task of its own. When a client disconnects, hyper
 //! drops the request's future, but not this task: the transaction still ends
@@ -10,284 +11,20 @@
 //! ever rides on another request's COMMIT.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-
-use super::lsn::Lsn;
-use super::pool::{Conn, PgConn, Pool, Prepared, SETTINGS_TYPES};
 use tracing::error;
 
-use super::schema::{RoleSettings, SchemaCache, TIMEZONES_SQL};
-use crate::error::{ApiError, Fault, Pgrst};
-use crate::response_settings::{self, SettingsError};
-
-/// Why a call did not run to its end.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("Timed out acquiring connection from connection pool.")]
-    PoolTimeout,
-    #[error("Database client error. Retrying the connection.")]
-    Unavailable(String),
-    #[error("Database connection lost")]
-    Lost(String),
-    /// PostgreSQL refused the call: its SQLSTATE decides the answer.
-    #[error("{}", .error.message())]
-    Postgres {
-        error: Box<tokio_postgres::error::DbError>,
-        anon: bool,
-    },
-    #[error("JSON object requested, multiple (or no) rows returned")]
-    Singularity(i64),
-    /// The call's result cannot become the response stored for its key.
-    #[error("{}", .0.message)]
-    Rejected(ApiError),
-    /// A write reached a node that only reads: a standby, or a primary
-    /// that was demoted or is still finishing its promotion. Retryable.
-    #[error("The database node is read-only; retry shortly")]
-    ReadOnlyNode(String),
-    /// The COMMIT succeeded on the primary, but PostgreSQL stopped waiting
-    /// for its synchronous standby (the wait was cancelled): the change may
-    /// be on no standby, and a failover could lose it. Not acknowledged.
-    #[error("The commit was not confirmed by a synchronous standby")]
-    Unreplicated,
-    /// The call set `response.headers` or `response.status` to something
-    /// the proxy cannot send: refused before COMMIT, the call rolled back.
-    #[error("{0}")]
-    Settings(SettingsError),
-    #[error("The call's task failed")]
-    TaskFailed,
-    #[error("unexpected idempotency claim state {0:?}")]
-    ClaimState(String),
-}
-
-impl ExecError {
-    fn from_pg(e: tokio_postgres::Error, anon: bool) -> ExecError {
-        match e.as_db_error() {
-            Some(db) => ExecError::Postgres {
-                error: Box::new(db.clone()),
-                anon,
-            },
-            None => {
-                error!(cause = %e, "database connection error");
-                ExecError::Lost(e.to_string())
-            }
-        }
-    }
-}
-
-impl Fault for ExecError {
-    fn pgrst(&self) -> Pgrst {
-        match self {
-            ExecError::PoolTimeout => Pgrst::PoolTimeout,
-            ExecError::Unavailable(_)
-            | ExecError::Lost(_)
-            | ExecError::ReadOnlyNode(_)
-            | ExecError::Unreplicated => Pgrst::Connection,
-            ExecError::Singularity(_) => Pgrst::Singularity,
-            ExecError::Settings(e) => e.pgrst(),
-            ExecError::TaskFailed
-            | ExecError::ClaimState(_)
-            | ExecError::Postgres { .. }
-            | ExecError::Rejected(_) => Pgrst::Internal,
-        }
-    }
-    fn postgres(&self) -> Option<(&tokio_postgres::error::DbError, bool)> {
-        match self {
-            ExecError::Postgres { error, anon } => Some((error, *anon)),
-            _ => None,
-        }
-    }
-    fn answer(&self) -> Option<&ApiError> {
-        match self {
-            ExecError::Rejected(api) => Some(api),
-            _ => None,
-        }
-    }
-    fn details(&self) -> Option<String> {
-        match self {
-            ExecError::Unavailable(d) | ExecError::Lost(d) | ExecError::ReadOnlyNode(d) => {
-                Some(d.clone())
-            }
-            ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
-            ExecError::Settings(e) => e.details(),
-            ExecError::Unreplicated => Some(
-                "PostgreSQL stopped waiting for the synchronous standby (the wait was cancelled): \
-                 the change is committed on the primary but may be on no standby."
-                    .into(),
-            ),
-            _ => None,
-        }
-    }
-    fn hint(&self) -> Option<String> {
-        match self {
-            ExecError::Unreplicated => Some(
-                "Retry with the same Idempotency-Key: it replays the stored answer if the change \
-                 survived, and runs the call once if it was lost."
-                    .into(),
-            ),
-            _ => None,
-        }
-    }
-}
-
-/// What the call statement returns: `(body, rows, response.headers, response.status)`.
-#[derive(Debug, Clone)]
-pub struct CallResult {
-    /// The body column: text, or bytes for a media type over `bytea`.
-    pub body: Option<Bytes>,
-    pub rows: i64,
-    pub headers: Option<String>,
-    pub status: Option<String>,
-    /// The rows before `limit`/`offset`, when a count was asked for and
-    /// the statement paginates; otherwise `rows` is the total.
-    pub total: Option<i64>,
-    /// The primary's WAL position after COMMIT, for a call that may write
-    /// (`X-Pgrpc-Lsn`).
-    pub commit_lsn: Option<Lsn>,
-}
-
-/// The per-request settings, applied with `set_config(..., true)` so they
-/// last for the transaction only: the role, the request GUCs PostgREST
-/// sets, and the role's own settings (`ALTER ROLE … SET`), which `SET ROLE`
-/// alone would not apply.
-#[derive(Clone)]
-pub struct RequestSettings {
-    pub role: String,
-    pub claims: String,
-    pub method: String,
-    pub path: String,
-    pub headers: String,
-    pub role_settings: Arc<RoleSettings>,
-    /// The profile's schema, then `PGRPC_EXTRA_SEARCH_PATH`, quoted.
-    pub search_path: String,
-    pub cookies: String,
-}
-
-impl RequestSettings {
-    /// The parameters of `pool::SETTINGS_SQL`.
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 9] {
-        [
-            &self.role,
-            &self.claims,
-            &self.method,
-            &self.path,
-            &self.headers,
-            &self.role_settings.names,
-            &self.role_settings.values,
-            &self.search_path,
-            &self.cookies,
-        ]
-    }
-}
-
-/// What the caller's HTTP layer stores for an `Idempotency-Key`, and what a
-/// replay gives back.
-#[derive(Debug, Clone)]
-pub struct StoredResponse {
-    pub status: i32,
-    /// A JSON array of single-key objects, as `response.headers` is.
-    pub headers_json: String,
-    pub body: Option<String>,
-}
-
-/// Turns a call's result into the response stored under its key, inside
-/// the transaction (a response that cannot be built rolls the call back).
-pub type Shaper = Box<dyn FnOnce(&CallResult) -> Result<StoredResponse, ApiError> + Send + Sync>;
-
-/// A check of a call's result, run inside its transaction.
-pub type Check = Arc<dyn Fn(&CallResult) -> Result<(), ApiError> + Send + Sync>;
-
-pub struct IdempotentCall {
-    pub key: String,
-    pub request_hash: String,
-    pub shape: Shaper,
-}
-
-/// Everything one call needs, owned, so the task can outlive the request.
-pub struct CallJob {
-    pub sql: Arc<str>,
-    /// `$1` of the call statement: the JSON arguments as text.
-    pub args: String,
-    /// `$2`, `$3`, …: the values of the query-string operations, as text.
-    pub params: Vec<String>,
-    /// A statement of one request's own shape: prepared, never kept.
-    pub transient: bool,
-    /// The call runs READ ONLY: GET and HEAD, and STABLE or IMMUTABLE
-    /// functions whatever the method.
-    pub read_only: bool,
-    /// Exactly one row is required (406 `PGRST116` otherwise).
-    pub singular: bool,
-    pub settings: RequestSettings,
-    /// `ISOLATION LEVEL …` the function asks for (hoisted
-    /// default_transaction_isolation).
-    pub isolation: Option<&'static str>,
-    /// `SELECT <PGRPC_PRE_REQUEST>()`, run after the settings.
-    pub pre_request: Option<Arc<str>>,
-    /// None for a read-only call: one that cannot write stores nothing
-    /// under a key (the header is ignored).
-    pub idempotency: Option<IdempotentCall>,
-    /// Checks the call's result before COMMIT, for calls whose answer may
-    /// still be an error (a counted range past its end): the call is then
-    /// rolled back, never committed under an error answer.
-    pub check: Option<Check>,
-    /// End the transaction with ROLLBACK whatever the outcome
-    /// (`Prefer: tx=rollback`, `PGRPC_TX_END`): the result is still
-    /// answered, its effects are not kept.
-    pub rollback: bool,
-    /// The request runs as the anonymous role (42501 is then 401).
-    pub anon: bool,
-}
-
-impl CallJob {
-    /// The same call again, for a read to run once more on the primary
-    /// after its replica connection broke; none for a call under an
-    /// `Idempotency-Key` (POST only, never a replica read).
-    pub fn read_copy(&self) -> Option<CallJob> {
-        if self.idempotency.is_some() {
-            return None;
-        }
-        Some(CallJob {
-            sql: self.sql.clone(),
-            args: self.args.clone(),
-            params: self.params.clone(),
-            transient: self.transient,
-            read_only: self.read_only,
-            singular: self.singular,
-            settings: self.settings.clone(),
-            isolation: self.isolation,
-            pre_request: self.pre_request.clone(),
-            idempotency: None,
-            check: self.check.clone(),
-            rollback: self.rollback,
-            anon: self.anon,
-        })
-    }
-
-    /// `$1`, then the operations' values.
-    fn binds(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-        let mut binds: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            Vec::with_capacity(1 + self.params.len());
-        binds.push(&self.args);
-        binds.extend(
-            self.params
-                .iter()
-                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)),
-        );
-        binds
-    }
-}
-
-#[derive(Debug)]
-pub enum Executed {
-    Called(CallResult),
-    /// A stored response, and the WAL position when it was replayed (at or
-    /// after the original call's COMMIT).
-    Replayed(StoredResponse, Option<Lsn>),
-}
+pub use super::call::{
+    CallJob, CallResult, Check, ExecError, Executed, IdempotentCall, RequestSettings, Shaper,
+    StoredResponse,
+};
+use super::lsn::Lsn;
+use super::pool::{Conn, PgConn, Pool, Prepared};
+use super::schema::{SchemaCache, TIMEZONES_SQL};
 
 const CLAIM_SQL: &str = "SELECT state, response_status, response_headers::text, response_body \
      FROM pgrpc_http.http_idempotency_claim($1, $2)";
@@ -342,22 +79,24 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     match result {
         // A call that may write was refused as read-only. Either the node
         // cannot write (a standby, or a primary demoted or still being
-        // promoted): retryable, 503; or the function raised 25006 itself,
-        // which keeps its 405. The server's own refusal of a write in the
-        // read-write transaction the proxy opened can only come from the
-        // node; otherwise one question to the node tells them apart. (That
-        // question alone can miss: it may run on another connection, after
-        // the promotion the failed call raced with has completed.)
-        Err(ExecError::Postgres { error, anon })
+        // promoted), or the function raised 25006 itself; the error table
+        // answers each (`error::ApiError::from_db`). The server's own
+        // refusal of a write in the read-write transaction the proxy opened
+        // can only come from the node; otherwise one question to the node
+        // tells them apart. (That question alone can miss: it may run on
+        // another connection, after the promotion the failed call raced
+        // with has completed.)
+        Err(ExecError::Postgres { error, mut context })
             if !read_only && *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
             if error.routine() == Some("PreventCommandIfReadOnly") || node_is_read_only(pool).await
             {
+                // Reconnect: through a proxy such as HAProxy, to the new
+                // primary.
                 pool.manager().forget_connections();
-                Err(ExecError::ReadOnlyNode(error.message().to_string()))
-            } else {
-                Err(ExecError::Postgres { error, anon })
+                context.node_read_only = true;
             }
+            Err(ExecError::Postgres { error, context })
         }
         other => other,
     }
@@ -443,7 +182,7 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let simple = !job.singular && job.idempotency.is_none() && job.check.is_none() && !job.rollback;
+    let simple = job.checks.is_empty() && job.idempotency.is_none() && !job.rollback;
     let rollback = job.rollback;
     conn.clear_unreplicated();
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
@@ -453,26 +192,23 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         return Ok(Executed::Called(result));
     }
     let mut job_read_only = true;
-    let outcome = match open(&mut conn, &job, cached, pre_cached).await {
+    // The first call of a statement on a connection, and calls that
+    // decide after the call, are boxed: their futures would otherwise
+    // size every call's task, which is moved when it is spawned.
+    let outcome = match Box::pin(open(&mut conn, &job, cached, pre_cached)).await {
         Ok(call) if simple => {
-            // First call of this statement on this connection: the call,
-            // the settings' check and COMMIT go together, one round trip
-            // after the Parse.
+            // First call of this statement on this connection: the call
+            // and COMMIT go together, one round trip after the Parse.
             let args = job.binds();
-            let (c, k, e) = futures_util::join!(
+            let (c, e) = futures_util::join!(
                 conn.query_row(&call, &args, &[]),
-                check_settings(&conn, job.read_only),
                 commit(&conn, job.read_only),
             );
             let ended = match (c, e) {
-                (Ok(row), Ok(lsn)) => {
-                    let result = read_call_row(row.as_ref());
-                    k.map_err(|e| refused(&result, e, anon))
-                        .map(|()| CallResult {
-                            commit_lsn: lsn,
-                            ..result
-                        })
-                }
+                (Ok(row), Ok(lsn)) => Ok(CallResult {
+                    commit_lsn: lsn,
+                    ..read_call_row(row.as_ref())
+                }),
                 (Err(e), _) | (Ok(_), Err(e)) => Err(fail(e)),
             };
             return match ended {
@@ -490,7 +226,7 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         }
         Ok(call) => {
             job_read_only = job.read_only;
-            stepwise(&mut conn, job, &call).await
+            Box::pin(stepwise(&mut conn, job, &call)).await
         }
         Err(e) => Err(e),
     };
@@ -559,11 +295,11 @@ async fn pre_request(conn: &PgConn, pre: Option<&Prepared>) -> Result<(), tokio_
     }
 }
 
-/// `BEGIN; settings; [pre-request;] call; [check;] COMMIT` as one
-/// pipeline: one round trip once the statements are prepared on this
-/// connection. An error anywhere aborts the transaction, and the trailing
-/// COMMIT then rolls it back: the check of the response settings, for a
-/// call that may write, raises when the answer could not be sent.
+/// `BEGIN; settings; [pre-request;] call; COMMIT` as one pipeline: one
+/// round trip once the statements are prepared on this connection. An
+/// error anywhere aborts the transaction, and the trailing COMMIT then
+/// rolls it back: the call statement itself raises when its response
+/// settings could not be sent (`response_settings::CALL_TAIL`).
 async fn pipelined(
     conn: &PgConn,
     job: &CallJob,
@@ -573,50 +309,24 @@ async fn pipelined(
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
     let client = &conn.client;
     let args = job.binds();
-    let params = job.settings.params();
+    let (settings, params, types) = job.settings.statement(conn);
     let begin = begin_sql(job);
-    let settings = conn.settings();
-    let (b, s, p, c, k, e) = futures_util::join!(
+    let (b, s, p, c, e) = futures_util::join!(
         client.batch_execute(&begin),
-        conn.query_row(&settings, &params, &SETTINGS_TYPES),
+        conn.query_row(&settings, &params, types),
         pre_request(conn, pre),
         conn.query_row(call, &args, &[]),
-        check_settings(conn, job.read_only),
         commit(conn, job.read_only),
     );
     b.map_err(fail)?;
     s.map_err(fail)?;
     p.map_err(fail)?;
     let result = read_call_row(c.map_err(fail)?.as_ref());
-    k.map_err(|e| refused(&result, e, job.anon))?;
     let lsn = e.map_err(fail)?;
     Ok(CallResult {
         commit_lsn: lsn,
         ..result
     })
-}
-
-/// For a call that may write, the check of its response settings
-/// (`response_settings::CHECK_SQL`), sent between the call and COMMIT: it
-/// raises, and so aborts the transaction, when the answer could not be
-/// sent. A read-only call commits nothing, so the proxy's own parse after
-/// it suffices.
-async fn check_settings(conn: &PgConn, read_only: bool) -> Result<(), tokio_postgres::Error> {
-    if read_only {
-        return Ok(());
-    }
-    conn.query_row(&conn.check(), &[], &[]).await.map(|_| ())
-}
-
-/// The check statement failed after the call succeeded: the proxy's own
-/// rules, applied to what the call set, say why (`PGRST111`/`PGRST112`).
-/// A failure they do not explain (a timeout, a lost connection) keeps its
-/// own error.
-fn refused(result: &CallResult, e: tokio_postgres::Error, anon: bool) -> ExecError {
-    match response_settings::check(result.headers.as_deref(), result.status.as_deref()) {
-        Err(refusal) if e.as_db_error().is_some() => ExecError::Settings(refusal),
-        _ => ExecError::from_pg(e, anon),
-    }
 }
 
 /// Opens the transaction and applies the settings, preparing the call and
@@ -631,9 +341,8 @@ async fn open(
     pre_cached: Option<Option<Prepared>>,
 ) -> Result<Prepared, ExecError> {
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
-    let params = job.settings.params();
+    let (settings, params, types) = job.settings.statement(conn);
     let begin = begin_sql(job);
-    let settings = conn.settings();
     let client = &conn.client;
     // Only a connection that prepares statements gets here without them.
     let prepare_pre = async {
@@ -651,7 +360,7 @@ async fn open(
     };
     let (b, s, p, c) = futures_util::join!(
         client.batch_execute(&begin),
-        conn.query_row(&settings, &params, &SETTINGS_TYPES),
+        conn.query_row(&settings, &params, types),
         prepare_pre,
         prepare_call,
     );
@@ -726,16 +435,10 @@ async fn stepwise(
         .query_row(call, &job.binds(), &[])
         .await
         .map_err(fail)?;
+    // The call statement checked its response settings itself.
     let result = read_call_row(row.as_ref());
-    // The answer is known before COMMIT here: one that could not be sent
-    // rolls the call back.
-    response_settings::check(result.headers.as_deref(), result.status.as_deref())
-        .map_err(ExecError::Settings)?;
-    if job.singular && result.rows != 1 {
-        return Err(ExecError::Singularity(result.rows));
-    }
-    if let Some(check) = &job.check {
-        check(&result).map_err(ExecError::Rejected)?;
+    for check in &job.checks {
+        check.apply(&result)?;
     }
     if job.rollback && !job.read_only {
         // As PostgREST before its ROLLBACK: deferred constraints are

@@ -2,6 +2,7 @@
 //! and its reload listener, the executor that owns each call's transaction
 //! (`exec`), and the read replica's pool and routing (`replica`, `lsn`).
 
+pub mod call;
 pub mod exec;
 pub mod lsn;
 pub mod pool;

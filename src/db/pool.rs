@@ -1,5 +1,6 @@
 //! The connection pool (deadpool's managed pool) and what each pooled
-//! connection keeps: its client, the settings statement, and the call
+//! connection keeps: its client, the settings statements (one per count of
+//! role settings up to four, then one through `unnest`), and the call
 //! statements it has prepared.
 //!
 //! Call statements are prepared inside the request's transaction, after the
@@ -28,28 +29,46 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 use super::DbError;
-// The check of the response settings touches only pg_catalog too: it is
-// prepared once per connection, with the settings statement.
-use crate::response_settings::CHECK_SQL;
 
 pub type Pool = managed::Pool<PgManager>;
 pub type Conn = managed::Object<PgManager>;
 
-/// Sets the transaction's role, request GUCs, search_path and the role's
-/// own settings (`ALTER ROLE … SET`), all with `set_config(..., true)`, so
-/// they end with the transaction. It touches only pg_catalog, so it is
-/// prepared once per connection, as the authenticator.
-pub const SETTINGS_SQL: &str = "SELECT set_config('role', $1, true), \
-     set_config('request.jwt.claims', $2, true), \
-     set_config('request.method', $3, true), \
-     set_config('request.path', $4, true), \
-     set_config('request.headers', $5, true), \
-     set_config('search_path', $8, true), \
-     set_config('request.cookies', $9, true), \
-     (SELECT count(set_config(k, v, true)) FROM unnest($6::text[], $7::text[]) AS s(k, v))";
+/// The settings statement's first seven settings: the transaction's role,
+/// the request GUCs PostgREST sets and search_path, all with
+/// `set_config(..., true)`, so they end with the transaction. Every
+/// settings statement touches only pg_catalog, so each is prepared once
+/// per connection, as the authenticator.
+macro_rules! settings_head {
+    () => {
+        "SELECT set_config('role', $1, true), \
+         set_config('request.jwt.claims', $2, true), \
+         set_config('request.method', $3, true), \
+         set_config('request.path', $4, true), \
+         set_config('request.headers', $5, true), \
+         set_config('search_path', $6, true), \
+         set_config('request.cookies', $7, true)"
+    };
+}
 
-/// The parameter types of `SETTINGS_SQL`, for the unnamed statement.
-pub const SETTINGS_TYPES: [Type; 9] = [
+/// Up to this many per-role settings (`ALTER ROLE … SET`, hoisted
+/// settings, `Prefer: timezone`) go as direct `set_config` arguments, one
+/// statement per count; more go through `unnest` of two arrays
+/// ([`SETTINGS_UNNEST_SQL`]). The direct form costs PostgreSQL less (see
+/// docs/benchmarks.md).
+pub const MAX_DIRECT_SETTINGS: usize = 4;
+
+/// The settings statement for more than [`MAX_DIRECT_SETTINGS`] role
+/// settings: their names in `$8`, their values in `$9`.
+pub const SETTINGS_UNNEST_SQL: &str = concat!(
+    settings_head!(),
+    ", (SELECT count(set_config(k, v, true)) FROM unnest($8::text[], $9::text[]) AS s(k, v))"
+);
+
+/// The parameter types of [`SETTINGS_UNNEST_SQL`], for the unnamed
+/// statement (the direct forms take text only).
+const SETTINGS_UNNEST_TYPES: [Type; 9] = [
+    Type::TEXT,
+    Type::TEXT,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -57,9 +76,37 @@ pub const SETTINGS_TYPES: [Type; 9] = [
     Type::TEXT,
     Type::TEXT_ARRAY,
     Type::TEXT_ARRAY,
-    Type::TEXT,
-    Type::TEXT,
 ];
+
+/// The settings statement for `n` role settings: direct `set_config`
+/// arguments (`$8` the first name, `$9` its value, …) up to
+/// [`MAX_DIRECT_SETTINGS`], then [`SETTINGS_UNNEST_SQL`].
+pub fn settings_sql(n: usize) -> &'static str {
+    static DIRECT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let direct = DIRECT.get_or_init(|| {
+        (0..=MAX_DIRECT_SETTINGS)
+            .map(|n| {
+                let mut sql = String::from(settings_head!());
+                for i in 0..n {
+                    let k = 8 + 2 * i;
+                    sql.push_str(&format!(", set_config(${k}, ${}, true)", k + 1));
+                }
+                sql
+            })
+            .collect()
+    });
+    direct.get(n).map_or(SETTINGS_UNNEST_SQL, String::as_str)
+}
+
+/// The parameter types of [`settings_sql`]`(n)` for the unnamed statement
+/// (empty: every parameter is text).
+pub fn settings_types(n: usize) -> &'static [Type] {
+    if n > MAX_DIRECT_SETTINGS {
+        &SETTINGS_UNNEST_TYPES
+    } else {
+        &[]
+    }
+}
 
 /// A statement as a connection runs it: prepared by name on this
 /// connection, or sent as the unnamed statement with its SQL each time.
@@ -80,10 +127,10 @@ impl Prepared {
 /// One pooled connection.
 pub struct PgConn {
     pub client: Client,
-    /// `SETTINGS_SQL`, prepared when the pool prepares statements.
-    settings: Option<Statement>,
-    /// `CHECK_SQL`, prepared when the pool prepares statements.
-    check: Option<Statement>,
+    /// The settings statements, `settings_sql(n)` at index `n` (then the
+    /// `unnest` form), prepared when the pool prepares statements; empty
+    /// otherwise.
+    settings: Vec<Statement>,
     /// Whether this connection prepares statements by name.
     prepares: bool,
     /// Whether a call that may write reads the WAL position its COMMIT
@@ -133,19 +180,12 @@ impl PgConn {
         self.prepares
     }
 
-    /// The settings statement as this connection runs it.
-    pub fn settings(&self) -> Prepared {
-        match &self.settings {
+    /// The settings statement for `n` role settings as this connection
+    /// runs it.
+    pub fn settings(&self, n: usize) -> Prepared {
+        match self.settings.get(n.min(MAX_DIRECT_SETTINGS + 1)) {
             Some(s) => Prepared::Named(s.clone()),
-            None => Prepared::UnnamedStatic(SETTINGS_SQL),
-        }
-    }
-
-    /// The response settings' check as this connection runs it.
-    pub fn check(&self) -> Prepared {
-        match &self.check {
-            Some(s) => Prepared::Named(s.clone()),
-            None => Prepared::UnnamedStatic(CHECK_SQL),
+            None => Prepared::UnnamedStatic(settings_sql(n)),
         }
     }
 
@@ -254,25 +294,21 @@ impl managed::Manager for PgManager {
                 }
             }
         });
-        let prepare = |sql: &'static str| {
-            let client = &client;
-            async move {
-                if self.prepared {
-                    client.prepare(sql).await.map(Some)
-                } else {
-                    Ok(None)
-                }
-            }
+        // Every settings statement, prepared in one round trip, with the
+        // WAL layout's question.
+        let wanted = if self.prepared {
+            MAX_DIRECT_SETTINGS + 2
+        } else {
+            0
         };
-        // In the same round trip as the prepares.
-        let (settings, check, wal) = futures_util::join!(
-            prepare(SETTINGS_SQL),
-            prepare(CHECK_SQL),
+        let prepares = (0..wanted).map(|n| client.prepare(settings_sql(n)));
+        let (settings, wal) = futures_util::join!(
+            futures_util::future::try_join_all(prepares),
             super::lsn::WalLayout::read(&client)
         );
-        let (settings, check) = match (settings, check) {
-            (Ok(s), Ok(c)) => (s, c),
-            (Err(e), _) | (_, Err(e)) => {
+        let settings = match settings {
+            Ok(s) => s,
+            Err(e) => {
                 driver.abort();
                 return Err(e);
             }
@@ -280,7 +316,6 @@ impl managed::Manager for PgManager {
         Ok(PgConn {
             client,
             settings,
-            check,
             prepares: self.prepared,
             reports_lsn: self.reports_lsn,
             wal: wal.ok(),

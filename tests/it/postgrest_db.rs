@@ -47,6 +47,8 @@ CREATE FUNCTION tut.do_write(task text) RETURNS int LANGUAGE sql VOLATILE AS
 CREATE FUNCTION tut.sneaky_write(task text) RETURNS int LANGUAGE sql STABLE AS
   $$ SELECT tut.do_write(task) $$;
 CREATE FUNCTION tut.whoami() RETURNS text LANGUAGE sql STABLE AS $$ SELECT current_user $$;
+CREATE FUNCTION tut.settings_seen(names text[]) RETURNS text[] LANGUAGE sql STABLE AS
+  $$ SELECT array_agg(coalesce(current_setting(n, true), '')) FROM unnest(names) AS n $$;
 CREATE FUNCTION tut.request_gucs() RETURNS json LANGUAGE sql STABLE AS $$
   SELECT json_build_object('cookies', current_setting('request.cookies', true)::json,
                            'headers', current_setting('request.headers', true)::json) $$;
@@ -313,4 +315,69 @@ async fn the_pre_request_function_runs_before_every_call() {
     assert!(config
         .validate()
         .is_err_and(|e| e.contains("PGRPC_PRE_REQUEST")));
+}
+
+/// Every role setting applies, however many a role has: up to four go as
+/// direct `set_config` arguments, more through `unnest` (two forms of the
+/// settings statement), and each lasts for its transaction only, prepared
+/// or not.
+#[tokio::test]
+async fn every_role_setting_applies_whatever_their_number() {
+    for prepared in [true, false] {
+        let db = TestDb::new().await;
+        let suffix = db.name.clone();
+        let su = db.superuser().await;
+        su.batch_execute(&fixture(&suffix)).await.expect("fixture");
+        let names: Vec<String> = (1..=6).map(|i| format!("app.s{i}")).collect();
+        for count in [0usize, 1, 4, 5, 6] {
+            let role = format!("many_{count}_{suffix}");
+            let mut sql = format!(
+                "CREATE ROLE {role} NOLOGIN; GRANT {role} TO authenticator_{suffix}; \
+                 GRANT USAGE ON SCHEMA tut TO {role}; "
+            );
+            for (i, name) in names.iter().take(count).enumerate() {
+                sql.push_str(&format!(
+                    "ALTER ROLE {role} IN DATABASE {suffix} SET {name} = 'v{i}-{count}'; "
+                ));
+            }
+            su.batch_execute(&sql).await.expect("role");
+        }
+        let url = db.url_as(&format!("authenticator_{suffix}"), "tutorial");
+        let anon = format!("web_anon_{suffix}");
+        let s = TestServer::start_on_url(db, url, |c| {
+            c.schemas = vec!["tut".to_string()];
+            c.anon_role = anon;
+            c.prepared_statements = prepared;
+        })
+        .await;
+        // Each role twice, interleaved, on a pool of connections the
+        // roles share: nothing carries over from one call to the next.
+        for _ in 0..2 {
+            for count in [6usize, 0, 5, 1, 4] {
+                let t = token(json!({"role": format!("many_{count}_{suffix}")}));
+                let r = send(
+                    s.http
+                        .post(s.url("/rpc/settings_seen"))
+                        .bearer_auth(t)
+                        .json(&json!({ "names": names })),
+                )
+                .await;
+                let want: Vec<String> = (0..6)
+                    .map(|i| {
+                        if i < count {
+                            format!("v{i}-{count}")
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .collect();
+                assert_eq!(
+                    (r.status, r.body.clone()),
+                    (200, json!(want)),
+                    "{count} settings, prepared {prepared}: {}",
+                    r.text
+                );
+            }
+        }
+    }
 }
