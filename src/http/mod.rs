@@ -171,7 +171,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             r
         }
         "/" if read => match state.catalog.get() {
-            Some(cache) => openapi(state, &req, &cache).unwrap_or_else(ApiError::into_response),
+            Some(cache) => openapi(state, &req, &cache)
+                .await
+                .unwrap_or_else(ApiError::into_response),
             None => ApiError::from(PlanError::SchemaCacheMissing).into_response(),
         },
         "/live" | "/ready" | "/metrics" | "/" => ApiError::from(RequestError::MethodNotAllowed {
@@ -191,7 +193,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
 
 /// `GET /`: the OpenAPI document of the profile's schema, listing only the
 /// functions the request's role (from its token, or anonymous) may call.
-fn openapi(
+async fn openapi(
     state: &AppState,
     req: &Request<Incoming>,
     cache: &crate::db::schema::SchemaCache,
@@ -200,7 +202,12 @@ fn openapi(
     let authorization = req.headers().get(hyper::header::AUTHORIZATION);
     let identity = state
         .auth
-        .identify(authorization.map(|v| v.as_bytes()), &cache.roles)?;
+        .with_fresh_keys(|| {
+            state
+                .auth
+                .identify(authorization.map(|v| v.as_bytes()), &cache.roles)
+        })
+        .await?;
     let mut r = json_response(
         StatusCode::OK,
         crate::openapi::document(cache, schema, &identity.role).to_string(),
@@ -261,7 +268,12 @@ async fn rpc(
     .await?;
     let identity = state
         .auth
-        .identify(request.authorization.as_deref(), &cache.roles)?;
+        .with_fresh_keys(|| {
+            state
+                .auth
+                .identify(request.authorization.as_deref(), &cache.roles)
+        })
+        .await?;
     if request.prefer.timezone().is_some() {
         exec::ensure_timezones(&state.pool, &cache).await?;
     }

@@ -18,6 +18,7 @@ mod gen_types;
 mod hostile;
 mod idempotency;
 mod integrity;
+mod jwks;
 mod jwt;
 mod media_types;
 mod nonces;
