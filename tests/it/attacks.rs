@@ -1456,6 +1456,8 @@ mod jwks {
             &[
                 es_a_jwk("es-1"),
                 json!({"kty": "oct", "kid": "hs", "alg": "HS256", "k": k}),
+                // Under the EC key's kid, labelled for an asymmetric algorithm.
+                json!({"kty": "oct", "kid": "es-1", "alg": "ES256", "k": k}),
             ],
             None,
         );
@@ -1466,6 +1468,13 @@ mod jwks {
             &bearer_hs(Some("hs"), secret, forged.clone()),
             "PGRST301",
             "oct by kid",
+        )
+        .await;
+        refused(
+            &s,
+            &bearer_hs(Some("es-1"), secret, forged.clone()),
+            "PGRST301",
+            "oct under the EC key's kid",
         )
         .await;
         refused(

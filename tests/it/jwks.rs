@@ -594,3 +594,21 @@ async fn oidc_discovery_finds_the_keys_and_checks_iss() {
         "{err}"
     );
 }
+
+/// An https:// URL is fetched over TLS only: a provider that speaks plain HTTP on that port gives no keys, and the server does not start.
+#[tokio::test]
+async fn an_https_url_is_never_fetched_in_plain_text() {
+    let provider = Provider::start().await;
+    provider.publish(&[es_a_jwk("es-1")], Some(3600));
+    let https = provider
+        .url("/jwks.json")
+        .replacen("http://", "https://", 1);
+    let err = startup_error(|c| c.jwt_jwks_url = Some(https.clone())).await;
+    let err = err.expect("a TLS handshake with a plain HTTP server fails");
+    assert!(err.contains("PGRPC_JWT_JWKS_URL"), "{err}");
+    assert_eq!(
+        provider.hits("/jwks.json"),
+        0,
+        "no plain-text request was made"
+    );
+}
