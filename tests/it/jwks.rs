@@ -612,3 +612,34 @@ async fn an_https_url_is_never_fetched_in_plain_text() {
         "no plain-text request was made"
     );
 }
+
+/// With no rate limit, 40 concurrent unknown kids that arrive during one slow fetch wait for it and share it: one fetch, not 40.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_unknown_kids_share_the_fetch_in_flight() {
+    let provider = Provider::start().await;
+    provider.publish(&[es_a_jwk("es-1")], Some(3600));
+    let s = Arc::new(server_for(&provider, |_| {}).await);
+    let mut slow = Reply::json(&json!({"keys": [es_a_jwk("es-1"), es_b_jwk("es-2")]}), None);
+    slow.delay = Duration::from_millis(1500);
+    provider.serve("/jwks.json", slow);
+    let before = provider.hits("/jwks.json");
+    let burst = (0..40).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let t = bearer_es_b("es-2", json!({"sub": format!("burst-{i}")}));
+            whoami(&s, &t).await
+        })
+    });
+    for r in crate::support::join_tasks(burst).await {
+        assert_eq!(
+            r.status, 200,
+            "the fetch they waited for has es-2: {}",
+            r.text
+        );
+    }
+    assert_eq!(
+        provider.hits("/jwks.json"),
+        before + 1,
+        "one fetch for 40 requests"
+    );
+}
