@@ -285,8 +285,10 @@ impl Auth {
     }
 
     /// Checks the signature with `PGRPC_JWT_SECRET`'s keys, then, if none of
-    /// them verifies it, with the fetched keys; the fetched keys' error
-    /// wins, so that an unknown `kid` among them can trigger a refresh.
+    /// them verifies it, with the fetched keys. The fetched keys' error
+    /// wins, so that an unknown `kid` among them can trigger a refresh,
+    /// except that a signature a `PGRPC_JWT_SECRET` key found wrong is
+    /// reported as such when no fetched key fits the algorithm.
     fn verify_signature(&self, token: &str) -> Result<(), AuthError> {
         let fetched = self.remote.as_ref().and_then(|r| r.current());
         let local = match (&self.keys, &fetched) {
@@ -296,9 +298,18 @@ impl Auth {
         };
         match (local, &fetched) {
             (
-                Err(AuthError::UnknownKid | AuthError::BadAlgorithm | AuthError::BadSignature),
+                Err(
+                    local @ (AuthError::UnknownKid
+                    | AuthError::BadAlgorithm
+                    | AuthError::BadSignature),
+                ),
                 Some(keys),
-            ) => keys.verify(token),
+            ) => match (local, keys.verify(token)) {
+                (AuthError::BadSignature, Err(AuthError::BadAlgorithm)) => {
+                    Err(AuthError::BadSignature)
+                }
+                (_, fetched) => fetched,
+            },
             (outcome, _) => outcome,
         }
     }

@@ -643,3 +643,34 @@ async fn concurrent_unknown_kids_share_the_fetch_in_flight() {
         "one fetch for 40 requests"
     );
 }
+
+/// PGRPC_JWT_SECRET and a JWK Set URL together: HS256 tokens of the secret and asymmetric tokens of the set both pass, a wrong HS256 signature is still reported as one, and an unknown kid still refreshes the set.
+#[tokio::test]
+async fn a_secret_and_fetched_keys_verify_side_by_side() {
+    let provider = Provider::start().await;
+    provider.publish(&[es_a_jwk("es-1")], Some(3600));
+    let s = server_for(&provider, |c| {
+        c.jwt_secret = Some(crate::support::JWT_SECRET.to_string())
+    })
+    .await;
+    let hs = crate::support::token(json!({"role": "pgrpc_user"}));
+    accepted(&s, &hs, "HS256 of PGRPC_JWT_SECRET").await;
+    accepted(
+        &s,
+        &bearer(Algorithm::ES256, "es-1", json!({})),
+        "ES256 of the set",
+    )
+    .await;
+    let wrong = bearer_hs(None, b"another-secret-another-secret-0123456789", json!({}));
+    let r = whoami(&s, &wrong).await;
+    assert_eq!((r.status, r.error_code()), (401, "PGRST301".to_string()));
+    assert_eq!(
+        r.body["message"], "JWT signature does not match",
+        "{}",
+        r.text
+    );
+    let before = provider.hits("/jwks.json");
+    provider.publish(&[es_a_jwk("es-1"), es_b_jwk("es-2")], Some(3600));
+    accepted(&s, &bearer_es_b("es-2", json!({})), "a kid published later").await;
+    assert_eq!(provider.hits("/jwks.json"), before + 1);
+}
