@@ -421,12 +421,12 @@ async fn unknown_kids_share_one_refresh_and_are_rate_limited() {
     provider.publish(&[es_a_jwk("es-1")], Some(3600));
     let s = Arc::new(
         server_for(&provider, |c| {
-            c.jwt_jwks_kid_refresh = Duration::from_millis(2000)
+            c.jwt_jwks_kid_refresh = Duration::from_millis(4000)
         })
         .await,
     );
     // The startup fetch counts: wait out the interval once.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let before = provider.hits("/jwks.json");
     let flood = (0..40).map(|i| {
         let s = s.clone();
@@ -452,7 +452,7 @@ async fn unknown_kids_share_one_refresh_and_are_rate_limited() {
     }
     refused(&s, &fresh, "PGRST301", "published within the interval").await;
     assert_eq!(provider.hits("/jwks.json"), before + 1, "rate-limited");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     accepted(&s, &fresh, "after the interval").await;
     assert_eq!(provider.hits("/jwks.json"), before + 2);
 }
