@@ -495,14 +495,7 @@ ALTER TABLE ONLY private.outbox_aggregate_locks
 
 COMMENT ON TABLE private.outbox_aggregate_locks IS 'One row per aggregate that has ever emitted an outbox event: the row private.outbox_emit locks so that, within an aggregate, id order is commit order.
 
-Written and row-locked only by private.outbox_lock_aggregate (SECURITY DEFINER, owner pgrpc_migrator); nobody else holds UPDATE, so no login can take these locks. It grows with the number of aggregates (players, suggestions, connections, reservations, nonces replayed), not with the number of events; rows are never updated, so it does not bloat.';
-
---
--- Name: TABLE outbox_aggregate_locks; Type: ACL; Schema: private; Owner: pgrpc_migrator
---
-
-GRANT SELECT ON TABLE private.outbox_aggregate_locks TO pgrpc_admin;
-GRANT SELECT ON TABLE private.outbox_aggregate_locks TO pgrpc_owner;
+Read, written and row-locked only by private.outbox_lock_aggregate (SECURITY DEFINER, owner pgrpc_migrator); no other role holds any privilege on it (V21), so no login can take these locks or hold the table against a migration. It grows with the number of aggregates (players, suggestions, connections, reservations, nonces replayed), not with the number of events; rows are never updated, so it does not bloat.';
 
 -- Functions and views of this module, defined in sql/modules/outbox.sql:
 --   FUNCTION admin.outbox_purge_delivered(interval)

@@ -147,6 +147,11 @@ pub struct ServeConfig {
     /// the rate check off.
     #[arg(long, env = "PGRPC_BODY_MIN_BYTES_PER_SEC", default_value_t = 1024)]
     pub body_min_bytes_per_sec: u64,
+    /// The longest a connection may wait for its client to accept another
+    /// byte of a response, in ms; past it the connection is closed, so a
+    /// client that stops reading holds its slot no longer.
+    #[arg(long = "response-write-timeout-ms", env = "PGRPC_RESPONSE_WRITE_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
+    pub response_write_timeout: Duration,
     /// Open client connections at most; further clients wait in the listen
     /// backlog until one closes.
     #[arg(long, env = "PGRPC_MAX_CONNECTIONS", default_value_t = 1000)]
@@ -269,6 +274,9 @@ impl ServeConfig {
         if self.body_read_timeout.is_zero() {
             return Err("PGRPC_BODY_READ_TIMEOUT_MS must be at least 1".into());
         }
+        if self.response_write_timeout.is_zero() {
+            return Err("PGRPC_RESPONSE_WRITE_TIMEOUT_MS must be at least 1".into());
+        }
         if self
             .admin_listen
             .as_deref()
@@ -318,6 +326,7 @@ mod tests {
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1000);
         assert_eq!(c.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.response_write_timeout, Duration::from_secs(10));
         assert_eq!(c.body_min_bytes_per_sec, 1024);
         assert_eq!(c.admin_listen, None);
         assert_eq!(c.jwt_secret, None);

@@ -86,6 +86,11 @@ struct MigrateArgs {
     /// files of sql/modules: the database scripts/sql-modules-extract reads.
     #[arg(long, hide = true)]
     versioned_only: bool,
+    /// The longest any lock wait of the run may take (the migration lock,
+    /// and each table lock a migration takes), in ms; past it the run stops
+    /// with an error naming what it waited for.
+    #[arg(long = "lock-timeout-ms", env = "PGRPC_MIGRATE_LOCK_TIMEOUT_MS", default_value = "60000", value_parser = pgrpc::config::millis)]
+    lock_timeout: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -151,7 +156,9 @@ async fn main() -> ExitCode {
     init_logging(&cli.log_format, matches!(cli.command, Command::Gen(_)));
     pgrpc::server::log_panics();
     let result = match cli.command {
-        Command::Migrate(args) => migrate(&args.database_url, args.versioned_only).await,
+        Command::Migrate(args) => {
+            migrate(&args.database_url, args.versioned_only, args.lock_timeout).await
+        }
         Command::Serve(args) => serve(*args).await,
         Command::Relay(config) => pgrpc::relay::run(config, shutdown_signal())
             .await
@@ -170,9 +177,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn migrate(url: &str, versioned_only: bool) -> Result<(), String> {
+async fn migrate(
+    url: &str,
+    versioned_only: bool,
+    lock_timeout: std::time::Duration,
+) -> Result<(), String> {
     let options = pgrpc::migrate::Options {
         modules: !versioned_only,
+        lock_timeout,
         ..Default::default()
     };
     let report = pgrpc::migrate::run_with(url, options)

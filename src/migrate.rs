@@ -12,6 +12,15 @@
 //! waits and then finds nothing to apply. An advisory lock would need no
 //! privilege: any login could hold its key and stall every migration (SPEC
 //! §1: no login other than a superuser can block another caller's write).
+//! Every lock wait of a run, that lock's and each migration's, is bounded
+//! by [`Options::lock_timeout`] (`PGRPC_MIGRATE_LOCK_TIMEOUT_MS`): a run
+//! behind a long transaction stops with [`MigrateError::LockTimeout`]
+//! instead of waiting forever (and, with an `ALTER TABLE` queued, holding
+//! up every later reader and writer of that table).
+//!
+//! Applying a module file resets the privileges of each function and view
+//! it defines to the declared ones (see [`with_privilege_resets`]): a
+//! grant made by hand does not survive the next application.
 
 use tokio_postgres::{Client, NoTls};
 
@@ -23,6 +32,17 @@ pub enum MigrateError {
     Connect(#[source] tokio_postgres::Error),
     #[error("cannot take the migration lock (pgrpc migrate needs a superuser connection): {0}")]
     Lock(#[source] tokio_postgres::Error),
+    #[error(
+        "{what} waited {ms} ms for a lock and gave up (PGRPC_MIGRATE_LOCK_TIMEOUT_MS): {holder}; \
+         find it in pg_locks and pg_stat_activity, end it or wait for it, then run pgrpc migrate \
+         again ({applied})"
+    )]
+    LockTimeout {
+        what: String,
+        ms: u128,
+        holder: &'static str,
+        applied: &'static str,
+    },
     #[error("the migration lock was lost during the run (its session ended: check idle_in_transaction_session_timeout and the server log); what was applied is committed, run pgrpc migrate again: {0}")]
     LockLost(#[source] tokio_postgres::Error),
     #[error("refused: {}", db_error(.0))]
@@ -54,15 +74,45 @@ pub struct Options {
     pub target: Option<i32>,
     /// Apply the module files after the versioned migrations.
     pub modules: bool,
+    /// The longest any lock wait of the run may take: the migration lock,
+    /// and each table lock a migration or module file takes
+    /// (`lock_timeout`). Past it the run stops with
+    /// [`MigrateError::LockTimeout`].
+    pub lock_timeout: std::time::Duration,
 }
+
+/// The default of `PGRPC_MIGRATE_LOCK_TIMEOUT_MS`.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             target: None,
             modules: true,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
+}
+
+/// `lock_timeout` for PostgreSQL: whole milliseconds, at least 1 (0 would
+/// mean no bound).
+fn lock_timeout_ms(timeout: std::time::Duration) -> u128 {
+    timeout.as_millis().max(1)
+}
+
+/// Whether `e`, or an error it wraps, is PostgreSQL's 55P03 (a lock wait
+/// cut by `lock_timeout`).
+fn is_lock_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(pg) = err.downcast_ref::<tokio_postgres::Error>() {
+            if pg.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The module files, in the order they are applied: a module comes after
@@ -182,7 +232,11 @@ struct MigrationLock {
 }
 
 impl MigrationLock {
-    async fn take(database_url: &str) -> Result<Self, MigrateError> {
+    async fn take(
+        database_url: &str,
+        lock_timeout: std::time::Duration,
+    ) -> Result<Self, MigrateError> {
+        let ms = lock_timeout_ms(lock_timeout);
         let (client, connection) = tokio_postgres::connect(database_url, NoTls)
             .await
             .map_err(MigrateError::Connect)?;
@@ -192,16 +246,24 @@ impl MigrationLock {
         };
         // The session sits idle in its transaction for the whole run: no
         // timeout of the server's or the database's may end it (and with
-        // it the lock) halfway.
+        // it the lock) halfway. Its wait for the lock is bounded.
         let taken = match lock
             .client
             .batch_execute(&format!(
                 "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0; \
-                 SET LOCAL statement_timeout = 0; {LOCK}"
+                 SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = {ms}; {LOCK}"
             ))
             .await
         {
             Ok(()) => refuse_forbidden_memberships(&lock.client).await,
+            Err(e) if is_lock_timeout(&e) => Err(MigrateError::LockTimeout {
+                what: "pgrpc migrate".into(),
+                ms,
+                holder: "another pgrpc migrate is running, or a transaction holds a lock \
+                         that conflicts with its LOCK TABLE information_schema.sql_features \
+                         IN SHARE ROW EXCLUSIVE MODE",
+                applied: "nothing was applied",
+            }),
             Err(e) => Err(MigrateError::Lock(e)),
         };
         match taken {
@@ -250,6 +312,75 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Creates `pg_temp.pgrpc_reset_privileges(kind, object)` in the module
+/// transaction: it revokes every privilege on one function (`FUNCTION`) or
+/// view (`TABLE`) from PUBLIC and from every role but its owner, with
+/// CASCADE (grants those roles passed on go too), so that only the GRANTs
+/// that follow in the module file remain. Temporary: it ends with the
+/// session and is in no fingerprint.
+const RESET_PRIVILEGES: &str = r#"
+CREATE FUNCTION pg_temp.pgrpc_reset_privileges(p_kind text, p_object text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_name text;
+    v_owner oid;
+    v_acl aclitem[];
+    v_grantees text;
+BEGIN
+    IF p_kind = 'FUNCTION' THEN
+        SELECT p.oid::pg_catalog.regprocedure::text, p.proowner,
+               coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))
+        INTO STRICT v_name, v_owner, v_acl
+        FROM pg_catalog.pg_proc p WHERE p.oid = p_object::pg_catalog.regprocedure;
+    ELSE
+        SELECT c.oid::pg_catalog.regclass::text, c.relowner,
+               coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))
+        INTO STRICT v_name, v_owner, v_acl
+        FROM pg_catalog.pg_class c WHERE c.oid = p_object::pg_catalog.regclass;
+    END IF;
+    SELECT string_agg(DISTINCT pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)), ', ')
+    INTO v_grantees
+    FROM pg_catalog.aclexplode(v_acl) a
+    WHERE a.grantee <> v_owner AND a.grantee <> 0;
+    EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE',
+                   p_kind, v_name, concat_ws(', ', 'PUBLIC', v_grantees));
+END
+$$;
+"#;
+
+/// `sql` with each `REVOKE ALL ON FUNCTION <signature> FROM PUBLIC;` line
+/// (and `REVOKE ALL ON <view> FROM PUBLIC;`) replaced by a call of
+/// `pg_temp.pgrpc_reset_privileges`: every function and view of a module
+/// file is followed by that line, then by its declared GRANTs, so after the
+/// file only those remain. A grant made by hand (`GRANT EXECUTE ON FUNCTION
+/// private.… TO some_login`) is gone after the next application; the
+/// module files stay plain SQL that psql can run.
+pub fn with_privilege_resets(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 4096);
+    for line in sql.split_inclusive('\n') {
+        let object = line
+            .trim_end()
+            .strip_prefix("REVOKE ALL ON ")
+            .and_then(|rest| rest.strip_suffix(" FROM PUBLIC;"));
+        match object {
+            Some(object) => {
+                let (kind, object) = match object.strip_prefix("FUNCTION ") {
+                    Some(function) => ("FUNCTION", function),
+                    None => ("TABLE", object.strip_prefix("TABLE ").unwrap_or(object)),
+                };
+                out.push_str(&format!(
+                    "SELECT pg_temp.pgrpc_reset_privileges('{kind}', '{}');\n",
+                    object.replace('\'', "''")
+                ));
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// Applies the module files whose checksum differs from the recorded one,
 /// in one transaction. Each CREATE OR REPLACE keeps an existing function's
 /// owner and grants; the file states them again for a new one. The DDL
@@ -261,9 +392,18 @@ async fn apply_modules(
     client: &mut tokio_postgres::Client,
     modules: &[(&str, &str)],
     every: bool,
+    lock_timeout: std::time::Duration,
 ) -> Result<Vec<String>, MigrateError> {
     let module_err = |module: &str, e: tokio_postgres::Error| {
-        if is_incompatible(&e) {
+        if is_lock_timeout(&e) {
+            MigrateError::LockTimeout {
+                what: format!("sql/modules/{module}.sql"),
+                ms: lock_timeout_ms(lock_timeout),
+                holder: "a transaction holds a lock on an object the module changes",
+                applied:
+                    "no module file was applied; the versioned migrations of this run are committed",
+            }
+        } else if is_incompatible(&e) {
             MigrateError::Incompatible {
                 module: module.to_string(),
                 message: db_message(&e),
@@ -309,12 +449,14 @@ async fn apply_modules(
     if changed.is_empty() {
         return Ok(Vec::new());
     }
-    tx.batch_execute("ALTER EVENT TRIGGER pgrpc_guard_ddl DISABLE")
-        .await
-        .map_err(|e| module_err("(all)", e))?;
+    tx.batch_execute(&format!(
+        "ALTER EVENT TRIGGER pgrpc_guard_ddl DISABLE; {RESET_PRIVILEGES}"
+    ))
+    .await
+    .map_err(|e| module_err("(all)", e))?;
     let mut applied = Vec::new();
     for (module, sql, sum) in changed {
-        tx.batch_execute(&format!("{sql}\n;RESET ROLE;\n"))
+        tx.batch_execute(&format!("{}\n;RESET ROLE;\n", with_privilege_resets(sql)))
             .await
             .map_err(|e| module_err(module, e))?;
         tx.execute(
@@ -328,7 +470,8 @@ async fn apply_modules(
         applied.push(module.to_string());
     }
     tx.batch_execute(
-        "ALTER EVENT TRIGGER pgrpc_guard_ddl ENABLE;\
+        "DROP FUNCTION pg_temp.pgrpc_reset_privileges(text, text);\
+         ALTER EVENT TRIGGER pgrpc_guard_ddl ENABLE;\
          ALTER TABLE pgrpc_guard.module_checksums ALTER COLUMN applied_at SET DEFAULT clock_timestamp();",
     )
     .await
@@ -344,29 +487,64 @@ pub async fn apply_module_files(
     database_url: &str,
     modules: &[(&str, &str)],
 ) -> Result<Vec<String>, MigrateError> {
-    let lock = MigrationLock::take(database_url).await?;
-    let result = match tokio_postgres::connect(database_url, NoTls).await {
-        Ok((mut client, connection)) => {
-            let driver = tokio::spawn(connection);
-            let result = apply_modules(&mut client, modules, false).await;
+    let lock_timeout = DEFAULT_LOCK_TIMEOUT;
+    let lock = MigrationLock::take(database_url, lock_timeout).await?;
+    let result = match connect_bounded(database_url, lock_timeout).await {
+        Ok((mut client, driver)) => {
+            let result = apply_modules(&mut client, modules, false, lock_timeout).await;
             drop(client);
             let _ = driver.await;
             result
         }
-        Err(e) => Err(MigrateError::Connect(e)),
+        Err(e) => Err(e),
     };
     let released = lock.release().await;
     let applied = result?;
     released.map(|()| applied)
 }
 
-/// Applies what `options` asks for.
-pub async fn run_with(database_url: &str, options: Options) -> Result<Report, MigrateError> {
-    let lock = MigrationLock::take(database_url).await?;
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
+/// The connection that applies the migrations, its every lock wait
+/// bounded by `lock_timeout`.
+async fn connect_bounded(
+    database_url: &str,
+    lock_timeout: std::time::Duration,
+) -> Result<
+    (
+        Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+    MigrateError,
+> {
+    let (client, connection) = tokio_postgres::connect(database_url, NoTls)
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(connection);
+    match client
+        .batch_execute(&format!(
+            "SET lock_timeout = {}",
+            lock_timeout_ms(lock_timeout)
+        ))
+        .await
+    {
+        Ok(()) => Ok((client, driver)),
+        Err(e) => {
+            drop(client);
+            let _ = driver.await;
+            Err(MigrateError::Connect(e))
+        }
+    }
+}
+
+/// Applies what `options` asks for.
+pub async fn run_with(database_url: &str, options: Options) -> Result<Report, MigrateError> {
+    let lock = MigrationLock::take(database_url, options.lock_timeout).await?;
+    let (mut client, driver) = match connect_bounded(database_url, options.lock_timeout).await {
+        Ok(connected) => connected,
+        Err(e) => {
+            let _ = lock.release().await;
+            return Err(e);
+        }
+    };
     let result = match runner() {
         Ok(runner) => {
             let runner = runner.set_abort_divergent(true);
@@ -374,10 +552,18 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
                 Some(v) => runner.set_target(refinery::Target::Version(v)),
                 None => runner,
             };
-            runner
-                .run_async(&mut client)
-                .await
-                .map_err(MigrateError::from)
+            runner.run_async(&mut client).await.map_err(|e| {
+                if is_lock_timeout(&e) {
+                    MigrateError::LockTimeout {
+                        what: "a versioned migration".into(),
+                        ms: lock_timeout_ms(options.lock_timeout),
+                        holder: "a transaction holds a lock on a table it changes",
+                        applied: "that migration was rolled back; the ones before it are committed",
+                    }
+                } else {
+                    MigrateError::from(e)
+                }
+            })
         }
         Err(e) => Err(MigrateError::from(e)),
     };
@@ -387,7 +573,7 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
         // a column type change under a view) while the files stayed the same.
         Ok(report) if options.modules => {
             let every = !report.applied_migrations().is_empty();
-            apply_modules(&mut client, &MODULES, every)
+            apply_modules(&mut client, &MODULES, every, options.lock_timeout)
                 .await
                 .map(|modules| (report, modules))
         }
@@ -411,7 +597,45 @@ pub async fn run_with(database_url: &str, options: Options) -> Result<Report, Mi
 
 #[cfg(test)]
 mod tests {
-    use super::MODULES;
+    use super::{with_privilege_resets, MODULES};
+
+    // Every function and view of every module file is followed by the line
+    // where its privileges are reset, and nothing else is rewritten: a
+    // definition without it would keep grants made by hand.
+    #[test]
+    fn every_module_object_has_its_privileges_reset() {
+        for (module, sql) in MODULES {
+            let defined = sql
+                .lines()
+                .filter(|l| {
+                    l.starts_with("CREATE OR REPLACE FUNCTION ")
+                        || l.starts_with("CREATE OR REPLACE PROCEDURE ")
+                        || l.starts_with("CREATE OR REPLACE VIEW ")
+                })
+                .count();
+            let rewritten = with_privilege_resets(sql);
+            let resets = rewritten
+                .lines()
+                .filter(|l| l.starts_with("SELECT pg_temp.pgrpc_reset_privileges("))
+                .count();
+            assert!(defined > 0, "{module}");
+            assert_eq!(defined, resets, "{module}");
+            assert!(!rewritten.contains("FROM PUBLIC;"), "{module}");
+            assert_eq!(
+                rewritten.lines().count(),
+                sql.lines().count(),
+                "{module}: one line for one line"
+            );
+        }
+        assert_eq!(
+            with_privilege_resets("REVOKE ALL ON FUNCTION private.f(text) FROM PUBLIC;\nGRANT EXECUTE ON FUNCTION private.f(text) TO pgrpc_api;\n"),
+            "SELECT pg_temp.pgrpc_reset_privileges('FUNCTION', 'private.f(text)');\nGRANT EXECUTE ON FUNCTION private.f(text) TO pgrpc_api;\n"
+        );
+        assert_eq!(
+            with_privilege_resets("REVOKE ALL ON admin.outbox_health FROM PUBLIC;\n"),
+            "SELECT pg_temp.pgrpc_reset_privileges('TABLE', 'admin.outbox_health');\n"
+        );
+    }
 
     // Every file of sql/modules is embedded, once: a module file nobody
     // lists would never be applied.

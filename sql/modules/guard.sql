@@ -253,12 +253,35 @@ AS $function$
         JOIN pg_catalog.pg_roles r ON r.oid = h.oid
         WHERE r.rolcanlogin AND NOT r.rolsuper
     )
+    UNION ALL
+    (
+        -- Up to PostgreSQL 15, CREATEROLE lets a role grant itself any role
+        -- but a superuser (pgrpc_api, pgrpc_migrator) or give one LOGIN, and
+        -- revoke it again before any check runs: a login that has it, or
+        -- may SET ROLE to a role that has it, holds both in effect. From 16
+        -- on, CREATEROLE grants only roles it holds with ADMIN OPTION, a
+        -- membership the rows above report.
+        WITH RECURSIVE reach (login, oid, via) AS (
+            SELECT r.oid, r.oid, r.rolname::text
+            FROM pg_catalog.pg_roles r
+            WHERE r.rolcanlogin AND NOT r.rolsuper
+            UNION
+            SELECT c.login, m.roleid, c.via || ' -> ' || pg_catalog.pg_get_userbyid(m.roleid)
+            FROM pg_catalog.pg_auth_members m
+            JOIN reach c ON m.member = c.oid
+        )
+        SELECT 'CREATEROLE'::name, pg_catalog.pg_get_userbyid(c.login), c.via || ' (CREATEROLE)'
+        FROM reach c
+        JOIN pg_catalog.pg_roles r ON r.oid = c.oid
+        WHERE r.rolcreaterole AND NOT r.rolsuper
+          AND pg_catalog.current_setting('server_version_num')::int < 160000
+    )
     ORDER BY 1, 2, 3
 $function$;
 COMMENT ON FUNCTION pgrpc_guard.forbidden_memberships() IS
 $$The role memberships the trust model forbids, as (role, member, via): empty in a sound database.
 
-Any member of pgrpc_migrator, and any login other than a superuser that holds pgrpc_api directly or through other roles (via shows the chain). While a row is here, every superuser DDL and pgrpc migrate are refused.$$;
+Any member of pgrpc_migrator; any login other than a superuser that holds pgrpc_api directly or through other roles (via shows the chain); and, on PostgreSQL 15 and earlier, any login other than a superuser that has CREATEROLE or may SET ROLE to a role that has it (role CREATEROLE): it may grant itself pgrpc_api or pgrpc_migrator at any moment and revoke them before a check. While a row is here, every superuser DDL and pgrpc migrate are refused.$$;
 REVOKE ALL ON FUNCTION pgrpc_guard.forbidden_memberships() FROM PUBLIC;
 
 -- pgrpc_guard.refuse_forbidden_memberships
@@ -296,10 +319,22 @@ BEGIN
                             p_what, v_members, left(v_chains, 1000)),
             HINT = 'Revoke one membership of each chain (for a direct member: REVOKE pgrpc_api FROM <login>); operators get pgrpc_admin or pgrpc_owner. Then run it again.';
     END IF;
+    SELECT string_agg(DISTINCT f.member, ', ' ORDER BY f.member), string_agg(f.via, '; ' ORDER BY f.via)
+    INTO v_members, v_chains
+    FROM pgrpc_guard.forbidden_memberships() f
+    WHERE f.role = 'CREATEROLE';
+    IF v_members IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'createrole_held_by_login',
+            DETAIL = format('%s is refused while the login %s may use CREATEROLE, with which it can grant itself pgrpc_api or pgrpc_migrator and revoke them before any check (%s).',
+                            p_what, v_members, left(v_chains, 1000)),
+            HINT = 'ALTER ROLE <role> NOCREATEROLE for each chain''s last role (a login that must create roles is a superuser in effect: make it one, or create roles as a superuser). Then run it again.';
+    END IF;
 END
 $function$;
 COMMENT ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(text) IS
-$$Raises 42501 migrator_role_has_members or api_role_held_by_login while pgrpc_guard.forbidden_memberships() has a row.
+$$Raises 42501 migrator_role_has_members, api_role_held_by_login or createrole_held_by_login while pgrpc_guard.forbidden_memberships() has a row.
 
 Called by the DDL guard on every superuser DDL, and by pgrpc migrate before it applies anything.$$;
 REVOKE ALL ON FUNCTION pgrpc_guard.refuse_forbidden_memberships(text) FROM PUBLIC;

@@ -1334,6 +1334,361 @@ async fn anonymous_keys_are_kept_only_for_committed_writes() {
 
 // (end of section: commit path)
 
+// ---- guard: CREATEROLE logins, migrate's lock waits, module privileges, response writes ----
+
+mod guard {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_postgres::error::SqlState;
+
+    use crate::support::db::{message, query_column, query_value};
+    use crate::support::{TestDb, TestServer};
+    use pgrpc::migrate::{self, MigrateError, Options};
+
+    /// On PostgreSQL 15 a login with CREATEROLE (or one that may SET ROLE to
+    /// a role with it) grants itself pgrpc_api and pgrpc_migrator and
+    /// revokes them again, which nothing can refuse; what is refused is
+    /// every superuser DDL and pgrpc migrate for as long as it may, and the
+    /// guard's report names it and its chain.
+    #[tokio::test]
+    async fn a_createrole_login_stops_migrate_and_superuser_ddl_though_it_revoked_what_it_took() {
+        let db = TestDb::new().await;
+        let su = db.superuser().await;
+        let (direct, group, via) = (
+            format!("crdir_{}", db.name),
+            format!("crgrp_{}", db.name),
+            format!("crvia_{}", db.name),
+        );
+        // Roles are cluster-wide: everything stays inside this transaction,
+        // invisible to the tests running beside it.
+        for (login, create, chain) in [
+            (
+                &direct,
+                format!("CREATE ROLE {direct} LOGIN CREATEROLE"),
+                format!("CREATEROLE {direct} {direct} (CREATEROLE)"),
+            ),
+            (
+                &via,
+                format!(
+                    "CREATE ROLE {group} NOLOGIN CREATEROLE; CREATE ROLE {via} LOGIN IN ROLE {group}"
+                ),
+                format!("CREATEROLE {via} {via} -> {group} (CREATEROLE)"),
+            ),
+        ] {
+            su.batch_execute(&format!("BEGIN; {create}"))
+                .await
+                .expect("a CREATEROLE login");
+            // What the database cannot refuse: the role grants itself both
+            // roles (as itself: SET ROLE), holds them, and revokes them.
+            let acting = if login == &direct {
+                direct.clone()
+            } else {
+                group.clone()
+            };
+            su.batch_execute(&format!(
+                "SET ROLE {acting}; GRANT pgrpc_api, pgrpc_migrator TO {login}"
+            ))
+            .await
+            .expect("CREATEROLE grants any role but a superuser on PostgreSQL 15");
+            let held: bool = query_value(
+                &su,
+                "SELECT pg_has_role($1, 'pgrpc_api', 'USAGE') AND pg_has_role($1, 'pgrpc_migrator', 'USAGE')",
+                &[&login.as_str()],
+            )
+            .await;
+            assert!(held, "{login} holds both roles");
+            su.batch_execute(&format!(
+                "REVOKE pgrpc_api, pgrpc_migrator FROM {login}; RESET ROLE"
+            ))
+            .await
+            .expect("and revokes them again");
+
+            // What is refused: the report still names the login ...
+            let report: Vec<String> = query_column(
+                &su,
+                "SELECT role || ' ' || member || ' ' || via FROM pgrpc_guard.forbidden_memberships()",
+                &[],
+            )
+            .await;
+            assert_eq!(report, vec![chain], "the guard reports the login");
+            // ... pgrpc migrate's check refuses before anything is applied ...
+            su.batch_execute("SAVEPOINT before")
+                .await
+                .expect("savepoint");
+            let refused = migrate::refuse_forbidden_memberships(&su)
+                .await
+                .expect_err("pgrpc migrate refuses");
+            let text = refused.to_string();
+            assert!(
+                text.contains("createrole_held_by_login") && text.contains(login.as_str()),
+                "{text}"
+            );
+            su.batch_execute("ROLLBACK TO before")
+                .await
+                .expect("rollback to");
+            // ... and so does any superuser DDL.
+            let err = su
+                .batch_execute("CREATE TABLE public.while_a_createrole_login_exists (x int)")
+                .await
+                .expect_err("superuser DDL while a CREATEROLE login exists");
+            assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+            assert_eq!(message(&err), "createrole_held_by_login");
+            su.batch_execute("ROLLBACK TO before")
+                .await
+                .expect("rollback to");
+            // Without CREATEROLE, nothing is refused.
+            su.batch_execute(&format!(
+                "ALTER ROLE {acting} NOCREATEROLE; CREATE TABLE public.once_it_cannot (x int)"
+            ))
+            .await
+            .expect("superuser DDL once no login may create roles");
+            su.batch_execute("ROLLBACK").await.expect("rollback");
+        }
+        migrate::refuse_forbidden_memberships(&su)
+            .await
+            .expect("nothing to refuse once the roles are gone");
+    }
+
+    /// A run of pgrpc migrate behind a transaction that holds what it must
+    /// lock gives up within PGRPC_MIGRATE_LOCK_TIMEOUT_MS with an error that
+    /// says so, for its migration lock and for a module's view alike, and
+    /// runs once the transaction ends.
+    #[tokio::test]
+    async fn pgrpc_migrate_behind_a_long_transaction_gives_up_within_its_lock_timeout() {
+        let db = TestDb::new().await;
+        let options = Options {
+            lock_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let run = || async {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(20),
+                migrate::run_with(&db.url(), options),
+            )
+            .await
+            .expect("pgrpc migrate gives up instead of waiting forever");
+            (result, started.elapsed())
+        };
+
+        // 1. Another run (or any superuser transaction) holds the lock.
+        let holder = db.superuser().await;
+        holder
+            .batch_execute(
+                "BEGIN; LOCK TABLE information_schema.sql_features IN SHARE ROW EXCLUSIVE MODE",
+            )
+            .await
+            .expect("take the migration lock");
+        let (result, took) = run().await;
+        let err = result.expect_err("the lock is held");
+        assert!(matches!(err, MigrateError::LockTimeout { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("PGRPC_MIGRATE_LOCK_TIMEOUT_MS")
+                && text.contains("500 ms")
+                && text.contains("information_schema.sql_features"),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+        holder.batch_execute("COMMIT").await.expect("release");
+
+        // 2. A reader of a module's view holds it while the module must be
+        //    applied again (CREATE OR REPLACE VIEW locks the view).
+        let su = db.superuser().await;
+        su.batch_execute(
+            "UPDATE pgrpc_guard.module_checksums SET checksum = 'stale' WHERE module = 'outbox'",
+        )
+        .await
+        .expect("mark the outbox module changed");
+        holder
+            .batch_execute("BEGIN; SELECT count(*) FROM admin.outbox_health")
+            .await
+            .expect("read the view in an open transaction");
+        let (result, took) = run().await;
+        let err = result.expect_err("the view is held");
+        let text = err.to_string();
+        assert!(
+            matches!(err, MigrateError::LockTimeout { .. })
+                && text.contains("sql/modules/outbox.sql")
+                && text.contains("PGRPC_MIGRATE_LOCK_TIMEOUT_MS"),
+            "{text}"
+        );
+        assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+        holder.batch_execute("COMMIT").await.expect("release");
+
+        let (result, _) = run().await;
+        let report = result.expect("pgrpc migrate runs once nothing holds its locks");
+        assert_eq!(report.modules, vec!["outbox"]);
+    }
+
+    /// Only its owner has any privilege on private.outbox_aggregate_locks:
+    /// an operator or owner login cannot read it, so it cannot hold even
+    /// ACCESS SHARE on it in front of a migration and the emitters queued
+    /// behind that migration.
+    #[tokio::test]
+    async fn nobody_but_its_owner_may_touch_the_outbox_lock_table() {
+        let db = TestDb::new().await;
+        let su = db.superuser().await;
+        let grantees: Vec<String> = query_column(
+            &su,
+            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END \
+             FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a \
+             WHERE c.oid = 'private.outbox_aggregate_locks'::regclass AND a.grantee <> c.relowner",
+            &[],
+        )
+        .await;
+        assert_eq!(
+            grantees,
+            Vec::<String>::new(),
+            "privileges beyond the owner"
+        );
+        for role in ["pgrpc_admin", "pgrpc_owner", "pgrpc_service"] {
+            let client = db.as_role(role).await;
+            let err = client
+                .batch_execute("BEGIN; SELECT count(*) FROM private.outbox_aggregate_locks")
+                .await
+                .expect_err(role);
+            assert_eq!(
+                err.code(),
+                Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+                "{role}: {err}"
+            );
+        }
+    }
+
+    async fn holds_a_hand_made_grant(su: &tokio_postgres::Client, login: &str) -> bool {
+        query_value::<bool>(
+            su,
+            "SELECT has_function_privilege($1, 'private.outbox_lock_aggregate(text,text)', 'EXECUTE') \
+             OR has_table_privilege($1, 'admin.outbox_health', 'SELECT') \
+             OR has_function_privilege($1, 'private.outbox_emit(text,text,text,jsonb)', 'EXECUTE')",
+            &[&login],
+        )
+        .await
+    }
+
+    /// A grant made by hand on a module's private helper (and on its view)
+    /// is gone after the module is applied again; the declared grants stay,
+    /// and the privileges are exactly those before the hand-made grant.
+    #[tokio::test]
+    async fn applying_a_module_again_revokes_grants_made_by_hand() {
+        let db = TestDb::new().await;
+        let su = db.superuser().await;
+        let login = format!("handgrant_{}", db.name);
+        const ACLS: &str = "SELECT (SELECT proacl::text FROM pg_proc \
+               WHERE oid = 'private.outbox_lock_aggregate(text,text)'::regprocedure) \
+             || ' ' || (SELECT relacl::text FROM pg_class WHERE oid = 'admin.outbox_health'::regclass)";
+        let declared: String = query_value(&su, ACLS, &[]).await;
+        su.batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN PASSWORD 'pw'; \
+             GRANT EXECUTE ON FUNCTION private.outbox_lock_aggregate(text, text) TO {login} WITH GRANT OPTION; \
+             GRANT SELECT ON admin.outbox_health TO {login}; \
+             GRANT EXECUTE ON FUNCTION private.outbox_emit(text, text, text, jsonb) TO PUBLIC"
+        ))
+        .await
+        .expect("grants by hand");
+        assert!(
+            holds_a_hand_made_grant(&su, &login).await,
+            "the hand-made grants hold"
+        );
+        su.batch_execute(
+            "UPDATE pgrpc_guard.module_checksums SET checksum = 'stale' WHERE module = 'outbox'",
+        )
+        .await
+        .expect("mark the outbox module changed");
+        let report = migrate::run(&db.url()).await.expect("pgrpc migrate");
+        assert_eq!(report.modules, vec!["outbox"]);
+        assert!(
+            !holds_a_hand_made_grant(&su, &login).await,
+            "a hand-made grant survived the module"
+        );
+        let after: String = query_value(&su, ACLS, &[]).await;
+        assert_eq!(after, declared, "exactly the declared privileges");
+        let api_may: bool = query_value(
+            &su,
+            "SELECT has_function_privilege('pgrpc_api', 'private.outbox_lock_aggregate(text,text)', 'EXECUTE')",
+            &[],
+        )
+        .await;
+        assert!(api_may, "the declared grant stays");
+        su.batch_execute(&format!("DROP ROLE {login}"))
+            .await
+            .expect("the login holds nothing any more");
+    }
+
+    const BIG_RESPONSE: &str = r#"
+CREATE FUNCTION api.guard_big() RETURNS text
+LANGUAGE sql STABLE SET statement_timeout = '60s'
+AS $$ SELECT repeat('x', 16 * 1024 * 1024) $$;
+CREATE FUNCTION api.guard_small() RETURNS int
+LANGUAGE sql STABLE AS $$ SELECT 1 $$;
+"#;
+
+    /// A client that asks for a 16 MiB answer (four times the largest send
+    /// buffer Linux gives a socket) and stops reading holds its
+    /// connection no longer than PGRPC_RESPONSE_WRITE_TIMEOUT_MS: with one
+    /// connection slot, the next client is served soon after.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_a_large_response_frees_its_slot() {
+        let server = TestServer::start_with_sql(BIG_RESPONSE, |c| {
+            c.max_connections = 1;
+            c.response_write_timeout = Duration::from_millis(700);
+        })
+        .await;
+        let addr: std::net::SocketAddr = server
+            .base_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("a small buffer");
+        let mut stalled = socket.connect(addr).await.expect("connect");
+        stalled
+            .write_all(b"GET /rpc/guard_big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        // The answer starts; then this client reads nothing more.
+        let mut first = [0u8; 512];
+        stalled
+            .read_exact(&mut first)
+            .await
+            .expect("the answer starts");
+        let first = String::from_utf8_lossy(&first);
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+        let started = Instant::now();
+        let mut next = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        next.write_all(b"GET /rpc/guard_small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), next.read_to_end(&mut answer))
+            .await
+            .expect("the next client is served once the stalled one is cut off")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "served after {:?}",
+            started.elapsed()
+        );
+        // The stalled connection was closed: draining it ends (EOF or reset)
+        // well short of 16 MiB.
+        let mut drained = 0usize;
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => drained += n,
+                Err(_) => panic!("the stalled connection is still open"),
+            }
+        }
+        assert!(drained < 16 * 1024 * 1024, "{drained} bytes");
+    }
+}
+
 // ---- jwks: keys from a URL ----
 //
 // A provider turned hostile after startup: each answer below is refused

@@ -84,17 +84,78 @@ async fn the_module_files_rebuild_exactly_what_the_history_built() {
         Options {
             target: None,
             modules: false,
+            ..Default::default()
         },
     )
     .await
     .expect("versioned migrations");
     assert!(report.modules.is_empty());
+    // What a module file changed after the move is, by design, not what
+    // the history built: those functions are left out, and only those.
+    let changed_since = |key: &String| {
+        CHANGED_SINCE_THE_MOVE
+            .iter()
+            .any(|f| key.contains(&format!(" {f}(")))
+    };
+    let history = catalog(&url).await;
+    let modules = catalog(&db.url()).await;
+    for f in CHANGED_SINCE_THE_MOVE {
+        let key = modules
+            .keys()
+            .find(|k| k.starts_with(&format!("functiondef {f}(")))
+            .unwrap_or_else(|| panic!("{f} is not defined"));
+        assert_ne!(
+            history.get(key),
+            modules.get(key),
+            "{f} is what the history built: take it off CHANGED_SINCE_THE_MOVE"
+        );
+    }
+    // Applying a module resets each function's privileges and grants the
+    // declared ones in the file's order, where the history granted them in
+    // its own: the same privileges, in another order.
+    let keep = |all: BTreeMap<String, String>| -> BTreeMap<String, String> {
+        all.into_iter()
+            .filter(|(k, _)| !changed_since(k))
+            .map(|(k, v)| (k, acl_items_sorted(&v)))
+            .collect()
+    };
     assert_same(
-        &catalog(&url).await,
-        &catalog(&db.url()).await,
+        &keep(history),
+        &keep(modules),
         "history alone (first) and history plus modules (second) differ",
     );
 }
+
+/// `text` with the items of each ACL in it (`{a=X/b,c=X/b}`) sorted.
+fn acl_items_sorted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let Some(len) = rest[open..].find('}') else {
+            break;
+        };
+        let inner = &rest[open + 1..open + len];
+        let mut items: Vec<&str> = inner.split(',').collect();
+        if items.iter().all(|i| i.contains('=') && i.contains('/')) {
+            items.sort_unstable();
+        }
+        out.push_str(&rest[..=open]);
+        out.push_str(&items.join(","));
+        out.push('}');
+        rest = &rest[open + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The functions a module file changed after the move to sql/modules (their
+/// body, comment or privileges differ from what the versioned history
+/// left), by qualified name (every overload).
+const CHANGED_SINCE_THE_MOVE: &[&str] = &[
+    // createrole_held_by_login (CREATEROLE logins on PostgreSQL 15).
+    "pgrpc_guard.forbidden_memberships",
+    "pgrpc_guard.refuse_forbidden_memberships",
+];
 
 // A database migrated by an older pgrpc (through V16, before sql/modules)
 // and then by this one equals a fresh database migrated in one run.
@@ -107,6 +168,7 @@ async fn a_database_upgraded_from_v16_equals_a_fresh_one() {
         Options {
             target: Some(16),
             modules: false,
+            ..Default::default()
         },
     )
     .await

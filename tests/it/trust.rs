@@ -497,8 +497,14 @@ async fn owner_and_operator_logins_write_nothing_in_private_tables() {
             )
             .await;
             // New tables get no default SELECT: their migration grants it,
-            // leaving out any credential column.
-            assert!(readable > 0, "{group} reads the non-secret columns of {t}");
+            // leaving out any credential column. The outbox's lock table is
+            // read by nobody (V21): a reader could hold it against a
+            // migration.
+            if t == "outbox_aggregate_locks" {
+                assert_eq!(readable, 0, "{group} reads {t}");
+            } else {
+                assert!(readable > 0, "{group} reads the non-secret columns of {t}");
+            }
         }
         login.drop(&db).await;
     }

@@ -484,7 +484,15 @@ impl Resp {
                 self.text
             );
         }
-        obj["code"].as_str().unwrap_or_default().to_string()
+        obj["code"]
+            .as_str()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the error body's code is not a string: {} {}",
+                    self.status, self.text
+                )
+            })
+            .to_string()
     }
 
     /// The `message` of an error body (pgrpc's stable error key for domain errors).
