@@ -67,7 +67,7 @@ ALTER SCHEMA pgrpc_http OWNER TO pgrpc_migrator;
 -- Name: SCHEMA pgrpc_http; Type: COMMENT; Schema: -; Owner: pgrpc_migrator
 --
 
-COMMENT ON SCHEMA pgrpc_http IS 'The proxy''s own helpers for the Idempotency-Key header (SPEC 2.3): http_idempotency_claim and http_idempotency_store. Never exposed over HTTP; the request roles may only execute these two.';
+COMMENT ON SCHEMA pgrpc_http IS 'The proxy''s own helpers: the Idempotency-Key header (SPEC 2.3: http_idempotency_claim and http_idempotency_store) and the request''s trace context (traceparent, tracestate, trace_id). Never exposed over HTTP; the request roles may execute these five only.';
 
 --
 -- Name: private; Type: SCHEMA; Schema: -; Owner: pgrpc_migrator
@@ -104,6 +104,7 @@ GRANT USAGE ON SCHEMA api TO pgrpc_owner;
 GRANT USAGE ON SCHEMA pgrpc_http TO pgrpc_anon;
 GRANT USAGE ON SCHEMA pgrpc_http TO pgrpc_user;
 GRANT USAGE ON SCHEMA pgrpc_http TO pgrpc_service;
+GRANT USAGE ON SCHEMA pgrpc_http TO pgrpc_api;
 
 --
 -- Name: SCHEMA private; Type: ACL; Schema: -; Owner: pgrpc_migrator
@@ -218,6 +219,15 @@ GRANT UPDATE(value) ON TABLE private.settings TO pgrpc_api;
 --   FUNCTION private.tg_settings__validate()
 
 -- ==========================================================================
+-- Module trace: sql/modules/trace.sql
+-- ==========================================================================
+
+-- Functions and views of this module, defined in sql/modules/trace.sql:
+--   FUNCTION pgrpc_http.trace_id()
+--   FUNCTION pgrpc_http.traceparent()
+--   FUNCTION pgrpc_http.tracestate()
+
+-- ==========================================================================
 -- Module outbox: sql/modules/outbox.sql
 -- ==========================================================================
 
@@ -241,12 +251,16 @@ CREATE TABLE private.outbox (
     last_error text,
     delivered_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    traceparent text,
+    tracestate text,
     CONSTRAINT outbox_aggregate_not_empty CHECK (((aggregate_type <> ''::text) AND (aggregate_id <> ''::text))),
     CONSTRAINT outbox_attempts_non_negative CHECK ((attempts >= 0)),
     CONSTRAINT outbox_delivered_has_time CHECK (((status = 'delivered'::text) = (delivered_at IS NOT NULL))),
     CONSTRAINT outbox_event_type_not_empty CHECK ((event_type <> ''::text)),
     CONSTRAINT outbox_leased_has_lease CHECK (((status <> 'leased'::text) OR ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'leased'::text, 'delivered'::text, 'dead'::text])))
+    CONSTRAINT outbox_status_known CHECK ((status = ANY (ARRAY['pending'::text, 'leased'::text, 'delivered'::text, 'dead'::text]))),
+    CONSTRAINT outbox_traceparent_is_w3c CHECK (((traceparent ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text) AND (substr(traceparent, 4, 32) <> repeat('0'::text, 32)) AND (substr(traceparent, 37, 16) <> repeat('0'::text, 16)))),
+    CONSTRAINT outbox_tracestate_bounded CHECK (((tracestate IS NULL) OR ((octet_length(tracestate) <= 512) AND (traceparent IS NOT NULL))))
 );
 
 
@@ -306,7 +320,7 @@ CREATE INDEX outbox_undelivered_idx ON private.outbox USING btree (id) WHERE (st
 -- Name: outbox _200_write_once; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
 --
 
-CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'aggregate_type', 'aggregate_id', 'event_type', 'payload', 'created_at');
+CREATE TRIGGER _200_write_once BEFORE UPDATE ON private.outbox FOR EACH ROW EXECUTE FUNCTION private.tg_write_once('id', 'aggregate_type', 'aggregate_id', 'event_type', 'payload', 'created_at', 'traceparent', 'tracestate');
 
 --
 -- Name: outbox _300_status_transition; Type: TRIGGER; Schema: private; Owner: pgrpc_migrator
@@ -350,7 +364,19 @@ CREATE TRIGGER _900_notify AFTER INSERT ON private.outbox REFERENCING NEW TABLE 
 
 COMMENT ON TABLE private.outbox IS 'Transactional outbox: one row per event, written in the transaction of the state change.
 
-Event columns (id, aggregate_type, aggregate_id, event_type, payload, created_at) are write-once; the delivery columns (status, attempts, available_at, lease_token, lease_expires_at, leased_by, last_error, delivered_at) are kept by api.outbox_claim/ack/nack and admin.outbox_requeue, and updated_at by a trigger. Debezium''s outbox event router can read it directly (see the README).';
+Event columns (id, aggregate_type, aggregate_id, event_type, payload, created_at, and the emitting transaction''s W3C traceparent and tracestate) are write-once; the delivery columns (status, attempts, available_at, lease_token, lease_expires_at, leased_by, last_error, delivered_at) are kept by api.outbox_claim/ack/nack and admin.outbox_requeue, and updated_at by a trigger. Debezium''s outbox event router can read it directly (see docs/outbox.md).';
+
+--
+-- Name: COLUMN outbox.traceparent; Type: COMMENT; Schema: private; Owner: pgrpc_migrator
+--
+
+COMMENT ON COLUMN private.outbox.traceparent IS 'The W3C traceparent of the transaction that emitted the event (its trace id, and its span as parent), or NULL when it had none. Write-once.';
+
+--
+-- Name: COLUMN outbox.tracestate; Type: COMMENT; Schema: private; Owner: pgrpc_migrator
+--
+
+COMMENT ON COLUMN private.outbox.tracestate IS 'The W3C tracestate that came with traceparent (at most 32 members, 512 bytes), or NULL. Write-once.';
 
 --
 -- Name: TABLE outbox; Type: ACL; Schema: private; Owner: pgrpc_migrator
@@ -468,6 +494,20 @@ GRANT SELECT(delivered_at) ON TABLE private.outbox TO pgrpc_owner;
 
 GRANT SELECT(updated_at) ON TABLE private.outbox TO pgrpc_admin;
 GRANT SELECT(updated_at) ON TABLE private.outbox TO pgrpc_owner;
+
+--
+-- Name: COLUMN outbox.traceparent; Type: ACL; Schema: private; Owner: pgrpc_migrator
+--
+
+GRANT SELECT(traceparent) ON TABLE private.outbox TO pgrpc_admin;
+GRANT SELECT(traceparent) ON TABLE private.outbox TO pgrpc_owner;
+
+--
+-- Name: COLUMN outbox.tracestate; Type: ACL; Schema: private; Owner: pgrpc_migrator
+--
+
+GRANT SELECT(tracestate) ON TABLE private.outbox TO pgrpc_admin;
+GRANT SELECT(tracestate) ON TABLE private.outbox TO pgrpc_owner;
 
 --
 -- Name: outbox_aggregate_locks; Type: TABLE; Schema: private; Owner: pgrpc_migrator

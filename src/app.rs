@@ -21,6 +21,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub auth: Auth,
     pub metrics: Metrics,
+    /// The span exporter, when `PGRPC_OTLP_ENDPOINT` is set.
+    pub otlp: Option<crate::trace::otlp::Exporter>,
     /// Each exposed schema's `search_path`: the schema, then
     /// `PGRPC_EXTRA_SEARCH_PATH`, quoted.
     search_paths: HashMap<String, String>,
@@ -62,14 +64,21 @@ impl AppState {
                 let quoted: Vec<String> = parts.iter().map(|p| quote_ident(p)).collect();
                 Arc::from(format!("SELECT {}()", quoted.join(".")))
             });
+        // `ServeConfig::validate` has checked the endpoint.
+        let otlp = config.otlp_endpoint.as_deref().and_then(|endpoint| {
+            crate::trace::otlp::Exporter::start(endpoint, "pgrpc")
+                .map_err(|e| tracing::error!(cause = %e, "OTLP export is off"))
+                .ok()
+        });
         AppState {
+            metrics: Metrics::with_otlp(otlp.as_ref().map(|e| e.stats())),
+            otlp,
             search_paths,
             pre_request,
             auth,
             pool,
             replica,
             catalog,
-            metrics: Metrics::default(),
             request_seq: AtomicU64::new(0),
             instance: rand::random(),
             config,

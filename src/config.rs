@@ -190,6 +190,11 @@ pub struct ServeConfig {
     /// PGRPC_DATABASE_URL.
     #[arg(long, env = "PGRPC_LISTENER_DATABASE_URL", hide_env_values = true)]
     pub listener_database_url: Option<String>,
+    /// An OTLP/HTTP collector (`http://collector:4318`): spans of every
+    /// request and transaction are POSTed to `<it>/v1/traces` as JSON
+    /// (docs/observability.md). Unset: no export.
+    #[arg(long, env = "PGRPC_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -298,6 +303,9 @@ impl ServeConfig {
         }
         if self.read_max_lag.is_zero() {
             return Err("PGRPC_READ_MAX_LAG_MS must be at least 1".into());
+        }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            crate::trace::otlp::traces_uri(endpoint)?;
         }
         if self.anon_role.trim().is_empty() {
             return Err("PGRPC_ANON_ROLE must name a role".into());

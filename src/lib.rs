@@ -44,7 +44,10 @@
 //! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
 //!   supabase-js and postgrest-js, from the same function cache (and
 //!   `db::types`, the catalog's enums, domains and composites).
-//! - [`metrics`]: `GET /metrics`, Prometheus text.
+//! - [`metrics`]: `GET /metrics`, Prometheus text: latency by function and
+//!   status class, transaction time, pool wait, replica routing.
+//! - [`trace`]: W3C Trace Context (`traceparent`, `tracestate`), the
+//!   request's timing scope, and the OTLP/HTTP span exporter.
 //! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
 //! - [`embedded`]: the embedded PostgreSQL of `pgrpc serve` without a
 //!   database URL.
@@ -75,3 +78,4 @@ pub mod query;
 pub mod relay;
 pub mod response_settings;
 pub mod server;
+pub mod trace;

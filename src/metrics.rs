@@ -1,6 +1,12 @@
-//! Prometheus metrics: requests by function and status, a latency
-//! histogram, pool gauges, and reads by where they ran and why (with the
-//! read replica's health), rendered in the text exposition format.
+//! Prometheus metrics: requests by function and status, latency
+//! histograms by function and status class, transaction time by function,
+//! pool wait, pool gauges, reads by where they ran and why (with the read
+//! replica's health), and the OTLP exporter's counters, rendered in the
+//! text exposition format.
+//!
+//! Every `function` label comes from the function cache or the router
+//! (`label_for`), so the number of series is bounded by the functions ever
+//! loaded times the fixed status classes, whatever clients send.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -19,15 +25,82 @@ const BUCKETS: [f64; 12] = [
 /// no fixed path: junk paths cannot grow the label table.
 const OTHER: &str = "other";
 
+/// One histogram's buckets (not cumulative), count and sum.
+#[derive(Clone, Copy, Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum_micros: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_micros += elapsed.as_micros() as u64;
+    }
+
+    /// `name_bucket{labels,le=..}`, `name_sum{labels}`, `name_count{labels}`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (le, n) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            braces(labels),
+            self.sum_micros as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{} {}", braces(labels), self.count);
+    }
+}
+
+/// `2xx`, `4xx`, ...: the status class label.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<HashMap<(Arc<str>, u16), u64>>,
     labels: Mutex<HashMap<String, Arc<str>>>,
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+    /// Request latency by function and status class.
+    durations: Mutex<HashMap<(Arc<str>, &'static str), Histogram>>,
+    /// Transaction time (BEGIN to COMMIT or ROLLBACK) by function.
+    transactions: Mutex<HashMap<Arc<str>, Histogram>>,
+    /// Time spent waiting for a connection of the primary's pool.
+    pool_wait: Mutex<Histogram>,
     /// Reads by route, in `ReadRoute::ALL`'s order.
     reads: [AtomicU64; ReadRoute::ALL.len()],
+    /// The OTLP exporter's counters, when it runs.
+    otlp: Option<Arc<crate::trace::otlp::Stats>>,
 }
 
 impl Metrics {
@@ -62,19 +135,43 @@ impl Metrics {
         l
     }
 
+    /// Metrics that show the OTLP exporter's counters too.
+    pub fn with_otlp(stats: Option<Arc<crate::trace::otlp::Stats>>) -> Metrics {
+        Metrics {
+            otlp: stats,
+            ..Metrics::default()
+        }
+    }
+
+    /// Records one answered request.
     pub fn observe(&self, label: &Arc<str>, status: u16, elapsed: Duration) {
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((label.clone(), status)).or_insert(0) += 1;
         }
-        let secs = elapsed.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.durations.lock() {
+            m.entry((label.clone(), status_class(status)))
+                .or_default()
+                .observe(elapsed);
+        }
+    }
+
+    /// Records the transaction a request ran, and its pool wait.
+    pub fn observe_database(
+        &self,
+        label: &Arc<str>,
+        transaction: Option<Duration>,
+        pool_wait: Option<Duration>,
+    ) {
+        if let Some(took) = transaction {
+            if let Ok(mut m) = self.transactions.lock() {
+                m.entry(label.clone()).or_default().observe(took);
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if let Some(waited) = pool_wait {
+            if let Ok(mut h) = self.pool_wait.lock() {
+                h.observe(waited);
+            }
+        }
     }
 
     /// Counts a read (GET or HEAD of a read-only function) by where it ran.
@@ -100,26 +197,44 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP pgrpc_request_duration_seconds Request latency.\n");
+        out.push_str(
+            "# HELP pgrpc_request_duration_seconds Request latency by function (or path) and status class.\n",
+        );
         out.push_str("# TYPE pgrpc_request_duration_seconds histogram\n");
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "pgrpc_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                self.buckets[i].load(Ordering::Relaxed)
-            );
+        if let Ok(m) = self.durations.lock() {
+            let mut rows: Vec<_> = m.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for ((label, class), h) in rows {
+                h.render(
+                    &mut out,
+                    "pgrpc_request_duration_seconds",
+                    &format!("function=\"{label}\",status_class=\"{class}\""),
+                );
+            }
         }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "pgrpc_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        out.push_str(
+            "# HELP pgrpc_transaction_duration_seconds Database transaction time (BEGIN to COMMIT or ROLLBACK) by function.\n",
         );
-        let _ = writeln!(
-            out,
-            "pgrpc_request_duration_seconds_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        out.push_str("# TYPE pgrpc_transaction_duration_seconds histogram\n");
+        if let Ok(m) = self.transactions.lock() {
+            let mut rows: Vec<_> = m.iter().collect();
+            rows.sort_by(|a, b| a.0.cmp(b.0));
+            for (label, h) in rows {
+                h.render(
+                    &mut out,
+                    "pgrpc_transaction_duration_seconds",
+                    &format!("function=\"{label}\""),
+                );
+            }
+        }
+        out.push_str(
+            "# HELP pgrpc_pool_wait_seconds Time requests waited for a connection of the primary's pool.\n",
         );
-        let _ = writeln!(out, "pgrpc_request_duration_seconds_count {count}");
+        out.push_str("# TYPE pgrpc_pool_wait_seconds histogram\n");
+        if let Ok(h) = self.pool_wait.lock() {
+            h.render(&mut out, "pgrpc_pool_wait_seconds", "");
+        }
+        self.render_otlp(&mut out);
         let status = pool.status();
         out.push_str("# HELP pgrpc_pool_connections Pooled database connections.\n");
         out.push_str("# TYPE pgrpc_pool_connections gauge\n");
@@ -148,6 +263,35 @@ impl Metrics {
         let _ = writeln!(out, "pgrpc_schema_reloads_total {}", catalog.reloads());
         self.render_reads(&mut out, replica);
         out
+    }
+
+    fn render_otlp(&self, out: &mut String) {
+        let load = |f: fn(&crate::trace::otlp::Stats) -> &AtomicU64| {
+            self.otlp
+                .as_deref()
+                .map_or(0, |s| f(s).load(Ordering::Relaxed))
+        };
+        for (name, help, n) in [
+            (
+                "pgrpc_otlp_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+                load(|s| &s.exported),
+            ),
+            (
+                "pgrpc_otlp_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+                load(|s| &s.dropped),
+            ),
+            (
+                "pgrpc_otlp_spans_failed_total",
+                "Spans lost to a failed export request.",
+                load(|s| &s.failed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {n}");
+        }
     }
 
     fn render_reads(&self, out: &mut String, replica: Option<&Replica>) {

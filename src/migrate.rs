@@ -118,9 +118,10 @@ fn is_lock_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 /// The module files, in the order they are applied: a module comes after
 /// the modules whose functions its SQL-language functions call. A unit
 /// test checks that every file of sql/modules is listed once.
-pub const MODULES: [(&str, &str); 12] = [
+pub const MODULES: [(&str, &str); 13] = [
     ("common", include_str!("../sql/modules/common.sql")),
     ("settings", include_str!("../sql/modules/settings.sql")),
+    ("trace", include_str!("../sql/modules/trace.sql")),
     ("outbox", include_str!("../sql/modules/outbox.sql")),
     (
         "organizations",

@@ -17,8 +17,10 @@ DECLARE
     v_id bigint;
 BEGIN
     PERFORM private.outbox_lock_aggregate(p_aggregate_type, p_aggregate_id);
-    INSERT INTO private.outbox (aggregate_type, aggregate_id, event_type, payload)
-    VALUES (p_aggregate_type, p_aggregate_id, p_event_type, p_payload)
+    -- The trace context of the request, validated (NULL if absent or bad).
+    INSERT INTO private.outbox (aggregate_type, aggregate_id, event_type, payload, traceparent, tracestate)
+    VALUES (p_aggregate_type, p_aggregate_id, p_event_type, p_payload,
+            pgrpc_http.traceparent(), pgrpc_http.tracestate())
     RETURNING id INTO v_id;
     RETURN v_id;
 END
@@ -27,7 +29,7 @@ ALTER FUNCTION private.outbox_emit(text,text,text,jsonb) OWNER TO pgrpc_migrator
 COMMENT ON FUNCTION private.outbox_emit(text,text,text,jsonb) IS
 $$Emits one outbox event in the caller's transaction and returns its id.
 
-The only sanctioned way to write an event: the per-aggregate row lock it takes (private.outbox_lock_aggregate) makes id order equal commit order within an aggregate.$$;
+The only sanctioned way to write an event: the per-aggregate row lock it takes (private.outbox_lock_aggregate) makes id order equal commit order within an aggregate. The event carries the request's W3C trace context (pgrpc_http.traceparent() and tracestate()), NULL when there is none or it is invalid.$$;
 REVOKE ALL ON FUNCTION private.outbox_emit(text,text,text,jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION private.outbox_emit(text,text,text,jsonb) TO pgrpc_api;
 
@@ -165,7 +167,8 @@ BEGIN
             attempts = o.attempts + 1
         FROM picked
         WHERE o.id = picked.id
-        RETURNING o.id, o.event_type, o.aggregate_type, o.aggregate_id, o.payload, o.attempts, o.created_at
+        RETURNING o.id, o.event_type, o.aggregate_type, o.aggregate_id, o.payload, o.attempts, o.created_at,
+                  o.traceparent, o.tracestate
     )
     SELECT coalesce(
                jsonb_agg(jsonb_build_object(
@@ -175,7 +178,9 @@ BEGIN
                    'aggregate_id', l.aggregate_id,
                    'payload', l.payload,
                    'attempts', l.attempts,
-                   'created_at', l.created_at) ORDER BY l.id),
+                   'created_at', l.created_at,
+                   'traceparent', l.traceparent,
+                   'tracestate', l.tracestate) ORDER BY l.id),
                '[]'::jsonb)
     INTO outbox_claim.events
     FROM leased AS l;
@@ -185,7 +190,7 @@ ALTER FUNCTION api.outbox_claim(text,integer,integer,text[]) OWNER TO pgrpc_api;
 COMMENT ON FUNCTION api.outbox_claim(text,integer,integer,text[]) IS
 $$Leases up to max_events deliverable outbox events to consumer.
 
-Returns {lease_token, events: [{id, event_type, aggregate_type, aggregate_id, payload, attempts, created_at}]}, oldest first; events is [] when nothing is due. Claimable: pending events whose available_at has come, and leased events whose lease expired. Rows are taken FOR UPDATE SKIP LOCKED, so concurrent consumers never receive the same event within a lease. Per-aggregate order: an event is handed out only when no earlier event of its aggregate is pending or leased, so each claim carries at most one event per aggregate. event_types (null = all) restricts the claim; an event still waits for earlier events of its aggregate of other types. attempts counts claims, the current one included; a lease that expires on the last allowed attempt (setting outbox_max_attempts) makes its event dead.$$;
+Returns {lease_token, events: [{id, event_type, aggregate_type, aggregate_id, payload, attempts, created_at, traceparent, tracestate}]}, oldest first (traceparent and tracestate: the W3C trace context of the transaction that emitted the event, or null); events is [] when nothing is due. Claimable: pending events whose available_at has come, and leased events whose lease expired. Rows are taken FOR UPDATE SKIP LOCKED, so concurrent consumers never receive the same event within a lease. Per-aggregate order: an event is handed out only when no earlier event of its aggregate is pending or leased, so each claim carries at most one event per aggregate. event_types (null = all) restricts the claim; an event still waits for earlier events of its aggregate of other types. attempts counts claims, the current one included; a lease that expires on the last allowed attempt (setting outbox_max_attempts) makes its event dead.$$;
 REVOKE ALL ON FUNCTION api.outbox_claim(text,integer,integer,text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.outbox_claim(text,integer,integer,text[]) TO pgrpc_service;
 

@@ -318,13 +318,16 @@ pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
 /// Runs a read on a connection already checked out (of the replica pool,
 /// by `replica::Replica::checkout`), in its own task as `execute` does.
 pub async fn execute_on(conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
-    spawned(Box::pin(async move { run_on(conn, job).await })).await
+    spawned(Box::pin(async move {
+        crate::trace::transaction(run_on(conn, job)).await
+    }))
+    .await
 }
 
 async fn spawned(
     call: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Executed, ExecError>> + Send>>,
 ) -> Result<Executed, ExecError> {
-    match tokio::spawn(call).await {
+    match tokio::spawn(crate::trace::carry(call)).await {
         Ok(result) => result,
         Err(e) => {
             error!(cause = %e, "call task failed");
@@ -424,7 +427,7 @@ async fn end_reading_lsn(
 
 async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let conn = checkout(pool).await?;
-    run_on(conn, job).await
+    crate::trace::transaction(run_on(conn, job)).await
 }
 
 async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
@@ -795,7 +798,7 @@ pub async fn ensure_timezones(pool: &Pool, cache: &SchemaCache) -> Result<(), Ex
 /// A pooled connection, or 504 when the pool stays exhausted past its
 /// timeout, or 503 when the database cannot be reached.
 async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
-    match pool.get().await {
+    match crate::trace::pool_wait(pool.get()).await {
         Ok(c) => Ok(c),
         Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ExecError::PoolTimeout),
         Err(e) => {

@@ -16,13 +16,15 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, info_span, Instrument};
 
 use crate::app::AppState;
 use crate::db::exec::{self, CallJob, ExecError, Executed, IdempotentCall, RequestSettings};
 use crate::db::replica::ReadRoute;
 use crate::error::ApiError;
 use crate::plan::{self, PlanError, Reply};
+use crate::trace::otlp::{Attr, Exporter, Kind, SpanData};
+use crate::trace::{RequestTrace, Scope};
 use request::RequestError;
 
 pub type Body = Full<Bytes>;
@@ -30,7 +32,7 @@ pub type Body = Full<Bytes>;
 const RPC_ALLOW: &str = "OPTIONS,GET,HEAD,POST";
 
 /// Entry point for every request: routes, answers, records metrics and logs.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(&state, &req);
     let method = req.method().clone();
@@ -42,12 +44,19 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         return resp;
     }
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+    let scope = Scope::new(RequestTrace::from_headers(req.headers()));
+    let trace_id = scope.trace.trace_id_hex();
+    let span = info_span!("request", trace_id = %trace_id, request_id = %request_id);
     let (mut resp, label) = match head_bytes(&req) {
         n if n > crate::server::MAX_HEADER_BYTES => (
             ApiError::from(HeadersTooLarge(n)).into_response(),
             state.metrics.label_for(None),
         ),
-        _ => route(&state, req).await,
+        _ => {
+            // SQL sees the effective trace context in request.headers.
+            scope.trace.apply(req.headers_mut());
+            scope.run(route(&state, req)).instrument(span).await
+        }
     };
     cors::decorate(origins, origin.as_ref(), resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -56,9 +65,17 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
+    let transaction = scope.transaction();
     state.metrics.observe(&label, status, elapsed);
+    state
+        .metrics
+        .observe_database(&label, transaction.map(|t| t.1), scope.pool_wait());
+    if let Some(exporter) = &state.otlp {
+        export_spans(exporter, &scope, &method, &label, status, transaction);
+    }
     info!(
         request_id = %request_id,
+        trace_id = %trace_id,
         method = %method,
         path = %path,
         status,
@@ -66,6 +83,54 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "request"
     );
     resp
+}
+
+/// The request's span (a child of the caller's, if it sent one) and its
+/// transaction's, for a sampled trace.
+fn export_spans(
+    exporter: &Exporter,
+    scope: &Scope,
+    method: &Method,
+    label: &Arc<str>,
+    status: u16,
+    transaction: Option<(std::time::SystemTime, std::time::Duration)>,
+) {
+    let trace = &scope.trace;
+    if !trace.sampled() {
+        return;
+    }
+    let end = std::time::SystemTime::now();
+    exporter.record(SpanData {
+        trace_id: trace.trace_id,
+        span_id: trace.request_span,
+        parent: trace.remote_parent,
+        name: format!("{method} {label}"),
+        kind: Kind::Server,
+        start: scope.started,
+        end,
+        attributes: vec![
+            ("http.request.method", Attr::Str(method.to_string())),
+            ("http.route", Attr::Str(label.to_string())),
+            ("http.response.status_code", Attr::Int(i64::from(status))),
+        ],
+        error: status >= 500,
+    });
+    if let Some((start, took)) = transaction {
+        exporter.record(SpanData {
+            trace_id: trace.trace_id,
+            span_id: trace.transaction_span,
+            parent: Some(trace.request_span),
+            name: format!("transaction {label}"),
+            kind: Kind::Client,
+            start,
+            end: start + took,
+            attributes: vec![
+                ("db.system", Attr::Str("postgresql".into())),
+                ("db.operation.name", Attr::Str(label.to_string())),
+            ],
+            error: status >= 500,
+        });
+    }
 }
 
 /// Entry point of the admin address (`PGRPC_ADMIN_LISTEN`): `/live`,

@@ -48,6 +48,11 @@ pub struct RelayConfig {
     /// Limit for one POST, connection included, in ms.
     #[arg(long = "request-timeout-ms", env = "PGRPC_RELAY_REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub request_timeout: Duration,
+    /// An OTLP/HTTP collector (`http://collector:4318`): a span per
+    /// delivery, in the trace of the call that emitted the event, is POSTed
+    /// to `<it>/v1/traces`. Unset: no export.
+    #[arg(long, env = "PGRPC_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl RelayConfig {
@@ -132,6 +137,10 @@ impl RelayConfig {
                 "must be at most 86400 and longer than request_timeout",
             ));
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            crate::trace::otlp::traces_uri(endpoint)
+                .map_err(|e| RelayError::config("otlp_endpoint", e))?;
+        }
         if let Some(types) = &self.event_types {
             if types.iter().any(|t| t.trim().is_empty()) {
                 return Err(RelayError::config("event_types", "contains an empty type"));
@@ -161,6 +170,7 @@ impl fmt::Debug for RelayConfig {
             .field("concurrency", &self.concurrency)
             .field("poll_interval", &self.poll_interval)
             .field("request_timeout", &self.request_timeout)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .finish()
     }
 }

@@ -36,8 +36,11 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use lease::Db;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 use uuid::Uuid;
+
+use crate::trace::otlp::{Attr, Exporter, Kind, SpanData};
+use crate::trace::{TraceParent, TRACEPARENT, TRACESTATE};
 
 /// The channel the outbox's statement trigger notifies.
 pub const CHANNEL: &str = "pgrpc_outbox";
@@ -86,6 +89,26 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
     pub attempts: i32,
     pub created_at: String,
+    /// The W3C trace context of the transaction that emitted the event; not
+    /// in the body: the webhook call carries it, continued, as headers.
+    #[serde(default, skip_serializing)]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub tracestate: Option<String>,
+}
+
+impl OutboxEvent {
+    /// The delivery's own trace context: the event's trace id with a new
+    /// span id, whose parent is the emitting transaction's span. `None` for
+    /// an event written without a (valid) context.
+    pub fn delivery_context(&self) -> Option<(TraceParent, [u8; 8])> {
+        let stored = TraceParent::parse(self.traceparent.as_deref()?.as_bytes())?;
+        let delivery = TraceParent {
+            parent_id: crate::trace::new_span_id(),
+            ..stored
+        };
+        Some((delivery, stored.parent_id))
+    }
 }
 
 /// Runs the relay until `shutdown` completes. A batch in flight is finished
@@ -164,6 +187,40 @@ pub async fn run(
     Ok(())
 }
 
+/// The span of one delivery, a client span in the emitting call's trace.
+fn delivery_span(
+    event: &OutboxEvent,
+    context: &TraceParent,
+    parent: [u8; 8],
+    start: std::time::SystemTime,
+    outcome: &Outcome,
+) -> SpanData {
+    let (status, error) = match outcome {
+        Outcome::Delivered(status) => (Some(status.as_u16()), false),
+        Outcome::Failed { .. } | Outcome::LeaseTooShort => (None, true),
+    };
+    let mut attributes = vec![
+        ("messaging.system", Attr::Str("pgrpc_outbox".into())),
+        ("messaging.message.id", Attr::Str(event.id.to_string())),
+        ("pgrpc.event_type", Attr::Str(event.event_type.clone())),
+        ("pgrpc.attempt", Attr::Int(i64::from(event.attempts))),
+    ];
+    if let Some(status) = status {
+        attributes.push(("http.response.status_code", Attr::Int(i64::from(status))));
+    }
+    SpanData {
+        trace_id: context.trace_id,
+        span_id: context.parent_id,
+        parent: Some(parent),
+        name: format!("deliver {}", event.event_type),
+        kind: Kind::Client,
+        start,
+        end: std::time::SystemTime::now(),
+        attributes,
+        error,
+    }
+}
+
 /// What became of one event.
 enum Outcome {
     Delivered(StatusCode),
@@ -180,6 +237,7 @@ struct Relay {
     webhook: Uri,
     event_types: Option<Vec<String>>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
+    otlp: Option<Exporter>,
 }
 
 impl Relay {
@@ -189,7 +247,13 @@ impl Relay {
         connector.set_nodelay(true);
         let http = HttpClient::builder(TokioExecutor::new()).build(connector);
         let event_types = config.event_filter();
+        // `validate` has checked the endpoint.
+        let otlp = config
+            .otlp_endpoint
+            .as_deref()
+            .and_then(|e| Exporter::start(e, "pgrpc-relay").ok());
         Relay {
+            otlp,
             config,
             webhook,
             event_types,
@@ -256,15 +320,45 @@ impl Relay {
         }
         debug!(%lease_token, claimed, "claimed batch");
         stream::iter(events)
-            .for_each_concurrent(self.config.concurrency, |event| async move {
-                let outcome = self.deliver(&event, lease_ends).await;
-                self.settle(db, lease_token, &event, outcome).await;
+            .for_each_concurrent(self.config.concurrency, |event| {
+                let trace = event.delivery_context();
+                // Every log line of this delivery names the emitting call's trace.
+                let span = tracing::info_span!(
+                    "delivery",
+                    trace_id = %trace.as_ref().map(|(c, _)| hex::encode(c.trace_id)).unwrap_or_default()
+                );
+                self.deliver_and_settle(db, lease_token, event, trace, lease_ends)
+                    .instrument(span)
             })
             .await;
         Ok(claimed)
     }
 
-    async fn deliver(&self, event: &OutboxEvent, lease_ends: Instant) -> Outcome {
+    /// Delivers one event, exports its span, and settles it.
+    async fn deliver_and_settle(
+        &self,
+        db: &Db,
+        lease_token: Uuid,
+        event: OutboxEvent,
+        trace: Option<(TraceParent, [u8; 8])>,
+        lease_ends: Instant,
+    ) {
+        let started = std::time::SystemTime::now();
+        let outcome = self.deliver(&event, lease_ends, trace.as_ref()).await;
+        if let (Some(exporter), Some((context, parent))) = (&self.otlp, &trace) {
+            if context.sampled() {
+                exporter.record(delivery_span(&event, context, *parent, started, &outcome));
+            }
+        }
+        self.settle(db, lease_token, &event, outcome).await;
+    }
+
+    async fn deliver(
+        &self,
+        event: &OutboxEvent,
+        lease_ends: Instant,
+        trace: Option<&(TraceParent, [u8; 8])>,
+    ) -> Outcome {
         if Instant::now() + self.config.request_timeout >= lease_ends {
             return Outcome::LeaseTooShort;
         }
@@ -282,7 +376,14 @@ impl Relay {
             chrono::Utc::now().timestamp(),
             &body,
         );
-        let request = Request::post(self.webhook.clone())
+        let mut request = Request::post(self.webhook.clone());
+        if let Some((context, _)) = trace {
+            request = request.header(TRACEPARENT, context.header());
+            if let Some(state) = &event.tracestate {
+                request = request.header(TRACESTATE, state.as_str());
+            }
+        }
+        let request = request
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header(
                 USER_AGENT,

@@ -1689,6 +1689,115 @@ LANGUAGE sql STABLE AS $$ SELECT 1 $$;
     }
 }
 
+// ---- trace: trace context headers ----
+
+mod trace {
+    use serde_json::json;
+
+    use crate::observability::{traced_post, FIXTURES};
+    use crate::support::TestServer;
+
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // A 10 KB traceparent, of a valid one's shape stretched or of one digit
+    // repeated, is not parsed past its 55 bytes: the call succeeds under a
+    // new trace, which is what the outbox stores.
+    #[tokio::test]
+    async fn a_ten_kilobyte_traceparent_is_replaced_and_the_call_succeeds() {
+        let server = TestServer::start_with_sql(FIXTURES, |_| {}).await;
+        let stretched = format!("{CALLER}{}", "-01".repeat(3_400));
+        for huge in ["0".repeat(10 * 1024), stretched] {
+            let r = traced_post(
+                &server,
+                "trace_emit",
+                json!({}),
+                None,
+                &[("traceparent", &huge)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            let sent = r.body["traceparent"].as_str().expect("a new traceparent");
+            assert_eq!(sent.len(), 55);
+            assert_ne!(r.body["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            let su = server.db.superuser().await;
+            let id = r.body["ids"][0].as_i64().expect("id");
+            let stored: Option<String> = su
+                .query_one(
+                    "SELECT traceparent FROM private.outbox WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("row")
+                .get(0);
+            assert_eq!(stored.as_deref(), Some(sent));
+        }
+    }
+
+    /// The `n`th of the keys a, b, ..., z, aa, ab, ...: short and distinct.
+    fn short_key(mut n: usize) -> String {
+        let mut key = Vec::new();
+        loop {
+            key.push(b'a' + (n % 26) as u8);
+            n /= 26;
+            if n == 0 {
+                break;
+            }
+            n -= 1;
+        }
+        key.reverse();
+        String::from_utf8(key).expect("ascii")
+    }
+
+    // A tracestate of 10,000 distinct members (59 KB, in one field or spread
+    // over 50, within the 64 KiB request head) is dropped whole at the
+    // 32-member, 512-byte bound; the caller's trace is kept, the call
+    // succeeds, and SQL sees no tracestate.
+    #[tokio::test]
+    async fn a_ten_thousand_member_tracestate_is_dropped_and_the_call_succeeds() {
+        let server = TestServer::start_with_sql(FIXTURES, |_| {}).await;
+        let members: Vec<String> = (0..10_000).map(|i| format!("{}=v", short_key(i))).collect();
+        assert_eq!(
+            members
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            10_000
+        );
+        let one_field = members.join(",");
+        let r = traced_post(
+            &server,
+            "trace_emit",
+            json!({}),
+            None,
+            &[("traceparent", CALLER), ("tracestate", &one_field)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(r.body["tracestate"], serde_json::Value::Null);
+
+        let fields: Vec<String> = members.chunks(200).map(|c| c.join(",")).collect();
+        let mut headers: Vec<(&str, &str)> = vec![("traceparent", CALLER)];
+        headers.extend(fields.iter().map(|f| ("tracestate", f.as_str())));
+        let r = traced_post(&server, "trace_emit", json!({}), None, &headers).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["tracestate"], serde_json::Value::Null);
+        let su = server.db.superuser().await;
+        let id = r.body["ids"][0].as_i64().expect("id");
+        let stored: Option<String> = su
+            .query_one(
+                "SELECT tracestate FROM private.outbox WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(stored, None);
+    }
+}
+
+// (end of section: trace)
+
 // ---- jwks: keys from a URL ----
 //
 // A provider turned hostile after startup: each answer below is refused

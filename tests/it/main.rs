@@ -22,6 +22,7 @@ mod jwks;
 mod jwt;
 mod media_types;
 mod nonces;
+mod observability;
 mod outbox;
 mod pgbouncer;
 mod postgrest_db;

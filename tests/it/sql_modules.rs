@@ -74,7 +74,8 @@ async fn empty_database(db: &TestDb, suffix: &str) -> String {
 // The move to sql/modules changed nothing: a database built by the
 // versioned migrations alone, with every function as the history left it,
 // equals the template (history, then the module files) in every function
-// body, owner, grant, comment, trigger and view.
+// body, owner, grant, comment, trigger and view, but for the functions
+// changed since on purpose (CHANGED_SINCE_THE_MOVE).
 #[tokio::test]
 async fn the_module_files_rebuild_exactly_what_the_history_built() {
     let db = TestDb::new().await;
@@ -155,6 +156,12 @@ const CHANGED_SINCE_THE_MOVE: &[&str] = &[
     // createrole_held_by_login (CREATEROLE logins on PostgreSQL 15).
     "pgrpc_guard.forbidden_memberships",
     "pgrpc_guard.refuse_forbidden_memberships",
+    // V20: outbox events store the request's trace context.
+    "api.outbox_claim",
+    "private.outbox_emit",
+    "pgrpc_http.traceparent",
+    "pgrpc_http.tracestate",
+    "pgrpc_http.trace_id",
 ];
 
 // A database migrated by an older pgrpc (through V16, before sql/modules)
