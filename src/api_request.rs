@@ -37,6 +37,9 @@ pub struct ApiRequest {
     pub idempotency_key: Option<String>,
     /// The raw `Authorization` header, checked by `auth`.
     pub authorization: Option<Vec<u8>>,
+    /// The raw `apikey` header (supabase-js), read when there is no
+    /// `Authorization` (`auth::api_keys`).
+    pub apikey: Option<Vec<u8>>,
     /// Every header but `Cookie` as a JSON object, for `request.headers`.
     pub headers_json: String,
     /// The cookies as a JSON object, for `request.cookies`.

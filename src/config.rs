@@ -195,6 +195,16 @@ pub struct ServeConfig {
     /// (docs/observability.md). Unset: no export.
     #[arg(long, env = "PGRPC_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// A file of API keys (supabase's `sb_publishable_…`/`sb_secret_…`,
+    /// or any opaque key) sent in the `apikey` header: lines of
+    /// `<sha256 hex of the key> <role> [<claims JSON object>]`, or a JSON
+    /// array of `{"sha256", "role", "claims"}` (docs/jwt.md).
+    #[arg(long, env = "PGRPC_API_KEYS")]
+    pub api_keys: Option<String>,
+    /// A `Server-Timing` header on RPC answers, with the jwt, plan,
+    /// transaction and render stages, as PostgREST's server-timing-enabled.
+    #[arg(long, env = "PGRPC_SERVER_TIMING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub server_timing: bool,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";

@@ -200,6 +200,9 @@ impl ApiError {
         for (name, value) in self.headers {
             headers.append(name, value);
         }
+        if let Some(v) = crate::http::headers::proxy_status(&self.code) {
+            headers.insert(hyper::header::HeaderName::from_static("proxy-status"), v);
+        }
         resp
     }
 

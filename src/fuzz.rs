@@ -422,6 +422,29 @@ fn trace_text() -> BoxedStrategy<String> {
     )
 }
 
+// ---- supa: Idempotency-Key strings, apikey, API keys files, CORS names ----
+
+/// An sf-string of `key` (RFC 8941 §4.1.6): the inverse of the parser.
+fn sf_serialize(key: &str) -> String {
+    format!("\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn api_keys_auth() -> &'static crate::auth::Auth {
+    static AUTH: std::sync::OnceLock<crate::auth::Auth> = std::sync::OnceLock::new();
+    AUTH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgrpc-fuzz-keys-{}", std::process::id()));
+        let text = format!(
+            "{} pgrpc_user {{\"sub\": \"fuzz\"}}\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"sb_secret_fuzz"))
+        );
+        std::fs::write(&dir, text).unwrap_or_else(|e| panic!("keys file: {e}"));
+        let mut config = crate::config::ServeConfig::new("postgres://fuzz@localhost/fuzz");
+        config.jwt_secret = Some(JWT_SECRET.to_string());
+        config.api_keys = Some(dir.to_string_lossy().into_owned());
+        crate::auth::Auth::new(&config).unwrap_or_else(|e| panic!("test auth: {e}"))
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -467,6 +490,76 @@ proptest! {
         prop_assert!(crate::trace::TraceParent::parse(&shown).is_some());
         prop_assert!(h.get_all("traceparent").iter().count() == 1);
         prop_assert!(h.get_all("tracestate").iter().count() <= 1);
+    }
+
+    // Idempotency-Key: any header bytes give a key or a refusal, within
+    // the bound; a quoted key that parses serializes back to the input.
+    #[test]
+    fn idempotency_key_strings_parse_or_are_refused(
+        value in prop_oneof![
+            header_bytes(1200),
+            text_of(&["\"", "\\", "a", "\\\"", "\\\\", " ", ";", "=", "\t", "é"], 300).prop_map(String::into_bytes),
+            long("\\\\").prop_map(|t| format!("\"{t}\"").into_bytes()),
+        ],
+    ) {
+        let key = bounded("idempotency_key", || crate::http::headers::idempotency_key(&value))?;
+        if let Some(key) = key {
+            prop_assert!(value.len() <= crate::http::headers::MAX_IDEMPOTENCY_KEY_HEADER_BYTES);
+            prop_assert!(key.len() <= value.len());
+            let trimmed = value.trim_ascii();
+            if trimmed.starts_with(b"\"") {
+                let again = sf_serialize(&key);
+                prop_assert_eq!(again.as_bytes(), trimmed);
+            }
+        }
+        let h = headers("idempotency-key", &[value]);
+        bounded("request::idempotency_key", || request::idempotency_key(&h, true))?.ok();
+    }
+
+    // Access-Control-Request-Headers: names or a refusal; never more than
+    // the bound, and every name reflected is a header name.
+    #[test]
+    fn preflight_header_lists_are_bounded(
+        value in prop_oneof![
+            header_bytes(5000),
+            text_of(&["x-a", ",", " ", "apikey", ":", "\"", "é", ",,"], 400).prop_map(String::into_bytes),
+            long("x-a,").prop_map(String::into_bytes),
+        ],
+    ) {
+        if let Ok(names) = bounded("requested_names", || crate::http::cors::requested_names(&value))? {
+            prop_assert!(names.len() <= crate::http::cors::MAX_REQUEST_HEADER_NAMES);
+            prop_assert!(value.len() <= crate::http::cors::MAX_REQUEST_HEADERS_BYTES);
+            for name in names {
+                prop_assert!(HeaderName::from_bytes(name.as_bytes()).is_ok());
+            }
+        }
+    }
+
+    // API keys files: any text gives keys or an error naming what is
+    // wrong, never more than the bound; any apikey header gives an
+    // identity or an AuthError.
+    #[test]
+    fn api_keys_and_apikey_headers_parse_or_are_refused(
+        file in prop_oneof![
+            syntax_text(),
+            text_of(&["0123456789abcdef", "a", " ", "\n", "#", "pgrpc_user", "{\"a\":1}", "[", "]", "{", "\"sha256\""], 200),
+        ],
+        apikey in prop_oneof![
+            header_bytes(300),
+            Just(b"sb_secret_fuzz".to_vec()),
+            syntax_text().prop_map(String::into_bytes),
+        ],
+    ) {
+        if let Ok(keys) = bounded("ApiKeys::parse", || crate::auth::api_keys::ApiKeys::parse(&file))? {
+            prop_assert!(keys.len() <= crate::auth::api_keys::MAX_API_KEYS);
+        }
+        let auth = api_keys_auth();
+        let roles = HashSet::from(["pgrpc_user".to_string()]);
+        let id = bounded("identify_request", || auth.identify_request(None, Some(&apikey), &roles))?;
+        if apikey == b"sb_secret_fuzz" {
+            let role = id.map(|i| i.role).ok();
+            prop_assert_eq!(role.as_deref(), Some("pgrpc_user"));
+        }
     }
 }
 

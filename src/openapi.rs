@@ -276,8 +276,9 @@ fn header_params(r: &Routine, read: bool) -> Vec<Value> {
     if !read && r.volatility == Volatility::Volatile {
         params.push(header_param(
             "Idempotency-Key",
-            json!({"type": "string", "minLength": 1, "maxLength": 255}),
-            "a retried request with the same key takes effect once (docs/proxy.md)",
+            // The unquoted form; `"…"` (an RFC 8941 string) is accepted too.
+            json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!#-~][ -~]*$"}),
+            "draft-ietf-httpapi-idempotency-key-header: an RFC 8941 string (\"8e03978e-…\") or the key unquoted, 1 to 255 characters of printable ASCII, scoped to the caller. A retry with the same key and request replays the stored answer (Idempotent-Replayed: true); the same key for another request is 422 idempotency_key_reused; a retry while the first request is still in flight waits for it up to 10 s, then is 409 idempotency_key_in_use with Retry-After; a call that fails stores nothing, so its retry runs again. Keys expire after the idempotency_ttl setting (24 hours by default). docs/idempotency-keys.md",
         ));
     }
     params

@@ -73,12 +73,21 @@ CREATE OR REPLACE FUNCTION pgrpc_http.http_idempotency_claim(p_key text, p_reque
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
+ SET lock_timeout TO '10s'
 AS $function$
 #variable_conflict use_column
 DECLARE
     v_scope text := private.http_idempotency_scope();
     v_row private.http_idempotency_keys;
+    -- How long a duplicate waits for a request in flight with its key
+    -- before 409: pgrpc.idempotency_wait (ALTER ROLE or ALTER DATABASE …
+    -- SET), else the 10 s of the SET clause, which also restores the
+    -- caller's lock_timeout when this function returns.
+    v_wait text := nullif(pg_catalog.current_setting('pgrpc.idempotency_wait', true), '');
 BEGIN
+    IF v_wait IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('lock_timeout', v_wait, true);
+    END IF;
     IF p_key IS NULL OR char_length(p_key) NOT BETWEEN 1 AND 255 THEN
         RAISE SQLSTATE 'PT400' USING
             MESSAGE = 'invalid_idempotency_key',
@@ -111,44 +120,64 @@ BEGIN
     -- also checks that this transaction inserted the row.
     PERFORM pg_catalog.set_config('pgrpc.idempotency_scope', v_scope, true);
 
-    FOR v_attempt IN 1..5 LOOP
-        -- Blocks while another transaction holds an uncommitted claim on the key.
-        INSERT INTO private.http_idempotency_keys AS k (scope, key, request_hash, expires_at)
-        VALUES (v_scope, p_key, p_request_hash,
-                clock_timestamp() + private.setting_interval('idempotency_ttl'))
-        ON CONFLICT ON CONSTRAINT http_idempotency_keys_pkey DO NOTHING;
-        IF FOUND THEN
-            RETURN QUERY SELECT 'claimed'::text, NULL::integer, NULL::jsonb, NULL::text;
+    -- A request in flight with this key holds its uncommitted row until
+    -- its transaction ends: a duplicate's INSERT waits on that row's
+    -- transaction, lock_timeout at most, then gets 409, as
+    -- draft-ietf-httpapi-idempotency-key-header answers a request retried
+    -- while the first is still being processed. The wait is on the row of
+    -- this scope and key only, which no other caller can write or lock
+    -- (no advisory lock: any login could take one and hold it).
+    BEGIN
+        FOR v_attempt IN 1..5 LOOP
+            -- Blocks while another transaction holds an uncommitted claim on the key.
+            INSERT INTO private.http_idempotency_keys AS k (scope, key, request_hash, expires_at)
+            VALUES (v_scope, p_key, p_request_hash,
+                    clock_timestamp() + private.setting_interval('idempotency_ttl'))
+            ON CONFLICT ON CONSTRAINT http_idempotency_keys_pkey DO NOTHING;
+            IF FOUND THEN
+                RETURN QUERY SELECT 'claimed'::text, NULL::integer, NULL::jsonb, NULL::text;
+                RETURN;
+            END IF;
+
+            -- A new statement, so a new snapshot: it sees the row the blocking
+            -- transaction committed.
+            SELECT * INTO v_row
+            FROM private.http_idempotency_keys k
+            WHERE k.scope = v_scope AND k.key = p_key;
+            CONTINUE WHEN NOT FOUND;  -- removed meanwhile: try to claim again
+
+            IF v_row.expires_at <= clock_timestamp() OR v_row.response_status IS NULL THEN
+                -- Expired, or a claim committed without a response (abandoned):
+                -- counts as absent and is replaced.
+                DELETE FROM private.http_idempotency_keys k
+                WHERE k.scope = v_scope AND k.key = p_key
+                  AND (k.expires_at <= clock_timestamp() OR k.response_status IS NULL);
+                CONTINUE;
+            END IF;
+
+            IF v_row.request_hash <> p_request_hash THEN
+                RAISE SQLSTATE 'PT422' USING
+                    MESSAGE = 'idempotency_key_reused',
+                    DETAIL = format('Idempotency key %s was first used, at %s, for a different request.',
+                                    p_key, v_row.created_at),
+                    HINT = 'Use a new Idempotency-Key for a different request.';
+            END IF;
+
+            RETURN QUERY SELECT 'replay'::text, v_row.response_status, v_row.response_headers, v_row.response_body;
             RETURN;
-        END IF;
-
-        -- A new statement, so a new snapshot: it sees the row the blocking
-        -- transaction committed.
-        SELECT * INTO v_row
-        FROM private.http_idempotency_keys k
-        WHERE k.scope = v_scope AND k.key = p_key;
-        CONTINUE WHEN NOT FOUND;  -- removed meanwhile: try to claim again
-
-        IF v_row.expires_at <= clock_timestamp() OR v_row.response_status IS NULL THEN
-            -- Expired, or a claim committed without a response (abandoned):
-            -- counts as absent and is replaced.
-            DELETE FROM private.http_idempotency_keys k
-            WHERE k.scope = v_scope AND k.key = p_key
-              AND (k.expires_at <= clock_timestamp() OR k.response_status IS NULL);
-            CONTINUE;
-        END IF;
-
-        IF v_row.request_hash <> p_request_hash THEN
-            RAISE SQLSTATE 'PT422' USING
-                MESSAGE = 'idempotency_key_reused',
-                DETAIL = format('Idempotency key %s was first used, at %s, for a different request.',
-                                p_key, v_row.created_at),
-                HINT = 'Use a new Idempotency-Key for a different request.';
-        END IF;
-
-        RETURN QUERY SELECT 'replay'::text, v_row.response_status, v_row.response_headers, v_row.response_body;
-        RETURN;
-    END LOOP;
+        END LOOP;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE SQLSTATE 'PGRST' USING
+            MESSAGE = json_build_object(
+                'code', 'idempotency_key_in_use',
+                'message', 'idempotency_key_in_use',
+                'details', format('A request with idempotency key %s is still in flight after %s.',
+                                  p_key, pg_catalog.current_setting('lock_timeout')),
+                'hint', 'Retry the same request with the same key: once the first request ends, it replays its answer.')::text,
+            DETAIL = json_build_object(
+                'status', 409,
+                'headers', json_build_object('Retry-After', '1'))::text;
+    END;
 
     RAISE SQLSTATE 'PT409' USING
         MESSAGE = 'idempotency_key_in_use',
@@ -160,7 +189,7 @@ ALTER FUNCTION pgrpc_http.http_idempotency_claim(text,text) OWNER TO pgrpc_api;
 COMMENT ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) IS
 $$Claims an Idempotency-Key for the current transaction, or returns the response stored under it.
 
-Called by the proxy inside the request's transaction, before the function. state is claimed (this transaction holds the key until it commits or rolls back; the other columns are null) or replay (a response was stored for the same request: return it with Idempotent-Replayed: true). The same key with another request hash raises 422 idempotency_key_reused (PT422); a key that is empty or over 255 characters raises 400 invalid_idempotency_key. Keys are scoped to the caller, so that a replay only reaches a caller who could have made the original call: a token with a sub by the request role and every claim but exp, iat, nbf and jti; an anonymous request by the request role, its claims and the request hash (so anonymous callers never block or see one another); any other token without sub is refused with 400 idempotency_key_requires_sub. Keys live for the idempotency_ttl setting; an expired key counts as absent. A concurrent duplicate blocks until the holder ends, then replays or claims.$$;
+Called by the proxy inside the request's transaction, before the function. state is claimed (this transaction holds the key until it commits or rolls back; the other columns are null) or replay (a response was stored for the same request: return it with Idempotent-Replayed: true). The same key with another request hash raises 422 idempotency_key_reused (PT422); a key that is empty or over 255 characters raises 400 invalid_idempotency_key. Keys are scoped to the caller, so that a replay only reaches a caller who could have made the original call: a token with a sub by the request role and every claim but exp, iat, nbf and jti; an anonymous request by the request role, its claims and the request hash (so anonymous callers never block or see one another); any other token without sub is refused with 400 idempotency_key_requires_sub. Keys live for the idempotency_ttl setting; an expired key counts as absent. A concurrent duplicate blocks until the holder ends, then replays or claims; past lock_timeout (10 s, or the pgrpc.idempotency_wait setting of the role or database) it raises 409 idempotency_key_in_use with Retry-After: 1, the IETF draft's answer for a request in flight.$$;
 REVOKE ALL ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) TO pgrpc_anon, pgrpc_user, pgrpc_service;
 

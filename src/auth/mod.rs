@@ -13,6 +13,7 @@
 //!   OpenID Connect issuer, refreshed on their max-age and on an unknown
 //!   `kid`, and the bounded fetch and parsers behind them.
 
+pub mod api_keys;
 pub mod cache;
 pub mod claims;
 pub mod jwks;
@@ -131,6 +132,8 @@ pub struct Auth {
     leeway: i64,
     cache: TokenCache,
     anon_role: String,
+    /// `PGRPC_API_KEYS`: opaque keys of the `apikey` header (`api_keys`).
+    api_keys: api_keys::ApiKeys,
 }
 
 impl Auth {
@@ -153,6 +156,7 @@ impl Auth {
             leeway: i64::try_from(config.jwt_leeway_secs).unwrap_or(i64::MAX),
             cache: TokenCache::new(config.jwt_cache_max_entries),
             anon_role: config.anon_role.clone(),
+            api_keys: api_keys::ApiKeys::from_setting(config.api_keys.as_deref())?,
         })
     }
 

@@ -7,9 +7,10 @@
 //! on it gets no CORS headers (the browser then blocks the response).
 
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
+    HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use hyper::Method;
 
@@ -33,13 +34,82 @@ fn allow_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<(Hea
         .then(|| (origin.clone(), true))
 }
 
+/// The most header names a preflight's `Access-Control-Request-Headers`
+/// may list, and its longest value. Browsers list the non-safelisted
+/// headers a script sets (supabase-js: about six).
+pub const MAX_REQUEST_HEADER_NAMES: usize = 64;
+pub const MAX_REQUEST_HEADERS_BYTES: usize = 4096;
+
+/// A preflight whose `Access-Control-Request-Headers` is past its bounds
+/// or names something that is not a header name: 400 `PGRST100`.
+#[derive(Debug, thiserror::Error)]
+#[error("Access-Control-Request-Headers must list at most {MAX_REQUEST_HEADER_NAMES} header names in {MAX_REQUEST_HEADERS_BYTES} bytes")]
+pub struct BadRequestHeaders(String);
+
+impl crate::error::Fault for BadRequestHeaders {
+    fn pgrst(&self) -> crate::error::Pgrst {
+        crate::error::Pgrst::QueryParam
+    }
+    fn details(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+/// The names of `Access-Control-Request-Headers`, as PostgREST's Cors.hs
+/// reads them (split on commas, trimmed), each checked to be a header
+/// name (RFC 9110 token), within the bounds above.
+pub(crate) fn requested_names(value: &[u8]) -> Result<Vec<&str>, BadRequestHeaders> {
+    if value.len() > MAX_REQUEST_HEADERS_BYTES {
+        return Err(BadRequestHeaders(format!("{} bytes", value.len())));
+    }
+    let text = std::str::from_utf8(value)
+        .map_err(|_| BadRequestHeaders("the value is not ASCII".into()))?;
+    let mut names = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if names.len() == MAX_REQUEST_HEADER_NAMES {
+            return Err(BadRequestHeaders(format!(
+                "more than {MAX_REQUEST_HEADER_NAMES} names"
+            )));
+        }
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(BadRequestHeaders(format!(
+                "{:?} is not a header name",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
 /// The headers of a preflight's answer, or None when `method`/`headers`
-/// are not an allowed preflight (the request is then routed as usual).
-pub fn preflight(allowed: &[String], method: &Method, headers: &HeaderMap) -> Option<HeaderMap> {
+/// are not an allowed preflight (the request is then routed as usual);
+/// an `Access-Control-Request-Headers` past its bounds is an error.
+pub fn preflight(
+    allowed: &[String],
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<Result<HeaderMap, BadRequestHeaders>> {
     if method != Method::OPTIONS || !headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
         return None;
     }
     let (origin, credentials) = allow_origin(allowed, headers.get(ORIGIN))?;
+    // Authorization, and whatever the script asks to send (reflected,
+    // as PostgREST's Cors.hs does).
+    let mut names = String::from("Authorization");
+    if let Some(asked) = headers.get(ACCESS_CONTROL_REQUEST_HEADERS) {
+        match requested_names(asked.as_bytes()) {
+            Ok(asked) => {
+                for name in asked {
+                    if !name.eq_ignore_ascii_case("authorization") {
+                        names.push_str(", ");
+                        names.push_str(name);
+                    }
+                }
+            }
+            Err(e) => return Some(Err(e)),
+        }
+    }
     let mut out = HeaderMap::new();
     out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     if credentials {
@@ -47,36 +117,30 @@ pub fn preflight(allowed: &[String], method: &Method, headers: &HeaderMap) -> Op
             ACCESS_CONTROL_ALLOW_CREDENTIALS,
             HeaderValue::from_static("true"),
         );
+        out.insert(VARY, HeaderValue::from_static("Origin"));
     }
     out.insert(
         ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static(METHODS),
     );
-    // Authorization, and whatever the script asks to send.
-    let mut names = String::from("Authorization");
-    if let Some(asked) = headers
-        .get(ACCESS_CONTROL_REQUEST_HEADERS)
-        .and_then(|v| v.to_str().ok())
-    {
-        for name in asked.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !name.eq_ignore_ascii_case("authorization") {
-                names.push_str(", ");
-                names.push_str(name);
-            }
-        }
-    }
     if let Ok(v) = HeaderValue::from_str(&names) {
         out.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
     }
     out.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE));
-    Some(out)
+    Some(Ok(out))
 }
 
 /// Adds the origin and the exposed headers to an answer for an allowed
 /// request `origin`.
-pub fn decorate(allowed: &[String], origin: Option<&HeaderValue>, response: &mut HeaderMap) {
+/// Returns whether the request's origin was echoed (a listed origin, not
+/// `*`): the answer then depends on `Origin` (`Vary`).
+pub fn decorate(
+    allowed: &[String],
+    origin: Option<&HeaderValue>,
+    response: &mut HeaderMap,
+) -> bool {
     let Some((origin, credentials)) = allow_origin(allowed, origin) else {
-        return;
+        return false;
     };
     response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     if credentials {
@@ -89,11 +153,27 @@ pub fn decorate(allowed: &[String], origin: Option<&HeaderValue>, response: &mut
         ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSED),
     );
+    credentials
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_headers_are_reflected_within_bounds() {
+        assert_eq!(
+            requested_names(b"apikey, x-client-info,,Prefer ").expect("names"),
+            vec!["apikey", "x-client-info", "Prefer"]
+        );
+        let many = vec!["x-a"; MAX_REQUEST_HEADER_NAMES + 1].join(",");
+        assert!(requested_names(many.as_bytes()).is_err());
+        let ok = vec!["x-a"; MAX_REQUEST_HEADER_NAMES].join(",");
+        assert!(requested_names(ok.as_bytes()).is_ok());
+        assert!(requested_names(b"x a").is_err());
+        assert!(requested_names(b"x:a").is_err());
+        assert!(requested_names(&vec![b'a'; MAX_REQUEST_HEADERS_BYTES + 1]).is_err());
+    }
 
     #[test]
     fn only_listed_origins_are_echoed() {

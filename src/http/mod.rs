@@ -3,8 +3,9 @@
 //! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
 pub mod consistency;
-mod cors;
+pub(crate) mod cors;
 pub mod deadline;
+pub mod headers;
 pub mod request;
 
 use std::sync::Arc;
@@ -38,10 +39,15 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let origins = &state.config.cors_allowed_origins;
-    if let Some(headers) = cors::preflight(origins, &method, req.headers()) {
-        let mut resp = Response::new(Body::default());
-        *resp.headers_mut() = headers;
-        return resp;
+    if let Some(answer) = cors::preflight(origins, &method, req.headers()) {
+        return match answer {
+            Ok(headers) => {
+                let mut resp = Response::new(Body::default());
+                *resp.headers_mut() = headers;
+                resp
+            }
+            Err(e) => ApiError::from(e).into_response(),
+        };
     }
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
     let scope = Scope::new(RequestTrace::from_headers(req.headers()));
@@ -58,7 +64,10 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
             scope.run(route(&state, req)).instrument(span).await
         }
     };
-    cors::decorate(origins, origin.as_ref(), resp.headers_mut());
+    let echoed = cors::decorate(origins, origin.as_ref(), resp.headers_mut());
+    if path.starts_with("/rpc/") {
+        headers::vary_rpc(resp.headers_mut(), echoed);
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut()
             .insert(HeaderName::from_static("x-request-id"), v);
@@ -265,12 +274,13 @@ async fn openapi(
 ) -> Result<Response<Body>, ApiError> {
     let schema = request::profile(req.headers(), false, &state.config.schemas)?;
     let authorization = req.headers().get(hyper::header::AUTHORIZATION);
+    let apikey = req.headers().get("apikey").map(|v| v.as_bytes());
     let identity = state
         .auth
         .with_fresh_keys(|| {
             state
                 .auth
-                .identify(authorization.map(|v| v.as_bytes()), &cache.roles)
+                .identify_request(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)
         })
         .await?;
     let mut r = json_response(
@@ -295,7 +305,12 @@ fn json_response(status: StatusCode, body: String) -> Response<Body> {
 }
 
 fn strip_body(resp: Response<Body>) -> Response<Body> {
-    let (parts, _) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    let len = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    headers::head_length(
+        &mut parts.headers,
+        usize::try_from(len).unwrap_or(usize::MAX),
+    );
     Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
@@ -331,14 +346,18 @@ async fn rpc(
         state.config.max_body_bytes,
     )
     .await?;
+    let mut timing = headers::Timing::new(state.config.server_timing);
     let identity = state
         .auth
         .with_fresh_keys(|| {
-            state
-                .auth
-                .identify(request.authorization.as_deref(), &cache.roles)
+            state.auth.identify_request(
+                request.authorization.as_deref(),
+                request.apikey.as_deref(),
+                &cache.roles,
+            )
         })
         .await?;
+    timing.lap("jwt");
     if request.prefer.timezone().is_some() {
         exec::ensure_timezones(&state.pool, &cache).await?;
     }
@@ -396,7 +415,9 @@ async fn rpc(
         anon: identity.anon,
     };
     let replica_read = is_replica_read(&request.method, plan.routine.is_read_only());
+    timing.lap("plan");
     let executed = execute(state, job, replica_read, lsn).await?;
+    timing.lap("transaction");
     let (mut reply, commit_lsn) = match executed {
         Executed::Called(result) => {
             let lsn = result.commit_lsn;
@@ -424,12 +445,15 @@ async fn rpc(
             .headers
             .insert(0, (HeaderName::from_static("preference-applied"), value));
     }
-    Ok(respond(
+    let mut resp = respond(
         reply,
         &request.schema,
         state,
         request.method == Method::HEAD,
-    ))
+    );
+    timing.lap("render");
+    timing.write(resp.headers_mut());
+    Ok(resp)
 }
 
 /// Whether a call may run on the read replica: GET or HEAD of a STABLE or
@@ -500,8 +524,11 @@ fn respond(reply: Reply, schema: &str, state: &AppState, head: bool) -> Response
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
-    if reply.body.is_some() {
+    if let Some(b) = &reply.body {
         h.insert(CONTENT_TYPE, reply.content_type);
+        if head {
+            headers::head_length(h, b.len());
+        }
     }
     if state.config.schemas.len() > 1 {
         if let Ok(v) = HeaderValue::from_str(schema) {

@@ -32,7 +32,9 @@ pub enum RequestError {
     NotText(&'static str),
     #[error("The schema must be one of the following: {}", .0.join(", "))]
     UnknownProfile(Vec<String>),
-    #[error("Idempotency-Key must be visible ASCII")]
+    #[error(
+        "Idempotency-Key must be one RFC 8941 string (\"…\") or one unquoted key of printable ASCII"
+    )]
     BadIdempotencyKey,
     #[error("The request body is larger than {0} bytes")]
     BodyTooLarge(usize),
@@ -140,6 +142,7 @@ where
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
+    let apikey = req.headers().get("apikey").map(|v| v.as_bytes().to_vec());
     let idempotency_key = idempotency_key(req.headers(), write)?;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -188,23 +191,32 @@ where
         accept,
         idempotency_key,
         authorization,
+        apikey,
         headers_json,
         cookies_json,
     })
 }
 
-/// The `Idempotency-Key` of a write (it is ignored on reads): visible
-/// ASCII. Its length, 1 to 255 characters, is the database's rule
+/// The `Idempotency-Key` of a write (it is ignored on reads): an RFC 8941
+/// sf-string (`"…"`, as the IETF draft writes it), or the key unquoted,
+/// as before the draft; both name the same key. Sent more than once, or
+/// not printable ASCII, or a quoted string that RFC 8941 refuses: 400
+/// `PGRST100`. Its length, 1 to 255 characters, is the database's rule
 /// (`pgrpc_http`), answered 400 `invalid_idempotency_key`.
 pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String>, RequestError> {
     if !write {
         return Ok(None);
     }
-    headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| RequestError::BadIdempotencyKey)
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(RequestError::BadIdempotencyKey);
+    }
+    super::headers::idempotency_key(value.as_bytes())
+        .map(Some)
+        .ok_or(RequestError::BadIdempotencyKey)
 }
 
 async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, RequestError>

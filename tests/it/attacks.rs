@@ -606,6 +606,38 @@ async fn database_drop_login(db: &crate::support::TestDb, name: &str) {
         .expect("drop login");
 }
 
+/// No function of pgrpc's schemas takes an advisory lock: any login may
+/// take the same key (they need no privilege) and hold it, stalling every
+/// caller that waits on it. Waits are on rows and tables that only the
+/// core may lock.
+#[tokio::test]
+async fn no_function_of_the_core_takes_an_advisory_lock() {
+    let db = crate::support::TestDb::new().await;
+    let su = db.superuser().await;
+    let found: Vec<String> = crate::support::db::query_column(
+        &su,
+        "SELECT p.oid::regprocedure::text FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname IN ('api', 'private', 'admin', 'pgrpc_http', 'pgrpc_guard') \
+           AND p.prosrc ~* 'pg_(try_)?advisory_' ORDER BY 1",
+        &[],
+    )
+    .await;
+    let checked: i64 = crate::support::db::query_value(
+        &su,
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname IN ('api', 'private', 'pgrpc_http') AND p.prolang <> 12",
+        &[],
+    )
+    .await;
+    assert!(checked > 50, "the core's functions are there: {checked}");
+    assert_eq!(
+        found,
+        Vec::<String>::new(),
+        "functions that take advisory locks"
+    );
+}
+
 /// A login granted nothing holds the outbox's old advisory key of an aggregate and cannot take its new lock, while an anonymous sign_contract over HTTP still answers promptly.
 #[tokio::test]
 async fn a_login_granted_nothing_cannot_stall_an_anonymous_signature() {
@@ -1797,6 +1829,181 @@ mod trace {
 }
 
 // (end of section: trace)
+
+// ---- supa: apikey, API keys, Idempotency-Key strings, CORS reflection ----
+
+mod supa {
+    use serde_json::json;
+
+    use crate::support::{send, service_token, Resp, TestServer};
+
+    async fn lives(s: &TestServer) {
+        let r = send(s.http.get(s.url("/rpc/version"))).await;
+        assert_eq!(r.status, 200, "the proxy no longer answers: {}", r.text);
+    }
+
+    fn refused(r: &Resp, status: u16, code: &str) {
+        assert_eq!(r.status, status, "{}", r.text);
+        assert_eq!(r.error_code(), code, "{}", r.text);
+    }
+
+    /// Hostile `apikey` values: past the 16 KiB bound, non-ASCII bytes,
+    /// padding around a real key's near misses, forged JWT shapes and a
+    /// thousand random keys in a row: each is 401 PGRST301, none runs as
+    /// anyone, and the proxy lives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_apikeys_are_401_and_the_proxy_lives() {
+        let key = "sb_secret_attack_target_key_0123456789";
+        let path = std::env::temp_dir().join(format!("pgrpc-keys-{}", uuid::Uuid::new_v4()));
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+        };
+        std::fs::write(
+            &path,
+            format!("{digest} pgrpc_service {{\"sub\": \"k\"}}\n"),
+        )
+        .expect("keys file");
+        let file = path.to_string_lossy().into_owned();
+        let s = TestServer::start_with(move |c| c.api_keys = Some(file)).await;
+        let call = |apikey: Vec<u8>| {
+            send(
+                s.http
+                    .post(s.url("/rpc/create_organization"))
+                    .header(
+                        "apikey",
+                        reqwest::header::HeaderValue::from_bytes(&apikey).expect("header"),
+                    )
+                    .json(&json!({"name": "attack", "plan": "free"})),
+            )
+        };
+        let long = format!("{key}{}", "x".repeat(16 * 1024));
+        let cases: Vec<Vec<u8>> = vec![
+            long.into_bytes(),
+            b"sb_secret_\xff\xfe\x80".to_vec(),
+            key.to_uppercase().into_bytes(),
+            format!("{key}x").into_bytes(),
+            key.as_bytes()[1..].to_vec(),
+            b"eyJhbGciOiJub25lIn0.eyJyb2xlIjoicGdycGNfc2VydmljZSJ9.".to_vec(),
+            b"a.b.c".to_vec(),
+            format!(
+                "{}.{}.{}",
+                "A".repeat(5000),
+                "B".repeat(5000),
+                "C".repeat(5000)
+            )
+            .into_bytes(),
+        ];
+        for apikey in cases {
+            let r = call(apikey.clone()).await;
+            refused(&r, 401, "PGRST301");
+        }
+        for i in 0..1000 {
+            let r = call(format!("sb_secret_{i:040}").into_bytes()).await;
+            assert_eq!(r.status, 401, "{}", r.text);
+        }
+        // The real key still works, and nothing ran before it.
+        let r = call(key.as_bytes().to_vec()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let su = s.db.superuser().await;
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM private.organizations WHERE name = 'attack'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 1);
+        lives(&s).await;
+    }
+
+    /// Hostile `Idempotency-Key` strings: unterminated, bad escapes, control
+    /// bytes, parameters, 1 KiB of escapes, two fields: 400 PGRST100 and
+    /// nothing runs; a quoted key over 255 characters is the database's
+    /// 400 invalid_idempotency_key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_idempotency_key_strings_are_400_and_run_nothing() {
+        let s = TestServer::start().await;
+        let post = |key: Vec<u8>| {
+            send(
+                s.http
+                    .post(s.url("/rpc/create_organization"))
+                    .bearer_auth(service_token())
+                    .header(
+                        "idempotency-key",
+                        reqwest::header::HeaderValue::from_bytes(&key).expect("header"),
+                    )
+                    .json(&json!({"name": "idem attack", "plan": "free"})),
+            )
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            b"\"open".to_vec(),
+            b"\"a\\x\"".to_vec(),
+            b"\"a\"b\"".to_vec(),
+            b"\"a\tb\"".to_vec(),
+            b"\"\xc3\xa9\"".to_vec(),
+            b"\"k\";a=1;b=2".to_vec(),
+            format!("\"{}\"", "\\\\".repeat(600)).into_bytes(),
+            "x".repeat(2000).into_bytes(),
+        ];
+        for key in cases {
+            let r = post(key.clone()).await;
+            refused(&r, 400, "PGRST100");
+        }
+        let long = format!("\"{}\"", "k".repeat(256));
+        let r = post(long.into_bytes()).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.error_key(), "invalid_idempotency_key");
+        let su = s.db.superuser().await;
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM private.organizations WHERE name = 'idem attack'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "a refused key ran the call");
+        lives(&s).await;
+    }
+
+    /// Preflights whose `Access-Control-Request-Headers` lists 10,000 names,
+    /// a 60 KiB value, names with separators or control bytes: 400
+    /// PGRST100, nothing reflected; 64 names are still reflected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_preflight_header_lists_are_400_and_never_reflected() {
+        let s = TestServer::start().await;
+        let preflight = |asked: String| {
+            send(
+                s.http
+                    .request(reqwest::Method::OPTIONS, s.url("/rpc/version"))
+                    .header("Origin", "https://app.example")
+                    .header("Access-Control-Request-Method", "POST")
+                    .header("Access-Control-Request-Headers", asked),
+            )
+        };
+        let cases = [
+            vec!["x-a"; 10_000].join(","),
+            "x".repeat(60_000),
+            "x-ok, bad name".to_string(),
+            "x-ok, a:b".to_string(),
+            "x-ok, \"quoted\"".to_string(),
+            "x-ok, a/b".to_string(),
+        ];
+        for asked in cases {
+            let r = preflight(asked).await;
+            refused(&r, 400, "PGRST100");
+            assert_eq!(r.header("access-control-allow-headers"), None);
+        }
+        let names: Vec<String> = (0..64).map(|i| format!("x-h{i}")).collect();
+        let r = preflight(names.join(", ")).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let allowed = r.header("access-control-allow-headers").unwrap_or_default();
+        assert!(allowed.ends_with("x-h63"), "{allowed}");
+        lives(&s).await;
+    }
+}
 
 // ---- jwks: keys from a URL ----
 //

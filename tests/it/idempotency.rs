@@ -1231,3 +1231,174 @@ async fn concurrent_identical_anonymous_requests_take_effect_once() {
     let bodies: HashSet<&str> = responses.iter().map(|r| r.text.as_str()).collect();
     assert_eq!(bodies.len(), 1, "responses differ: {bodies:#?}");
 }
+
+// --- draft-ietf-httpapi-idempotency-key-header ---------------------------------
+
+/// The draft's form of the key, an RFC 8941 string, names the same key as
+/// the bare key: a retry in either form replays; a malformed string, or
+/// two Idempotency-Key fields, is 400 and runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quoted_key_is_the_same_key_and_malformed_ones_are_400() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let bearer = service_token();
+    let first = record(&server, &bearer, "\"8e03978e-40d5\"", "sf").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let bare = record(&server, &bearer, "8e03978e-40d5", "sf").await;
+    assert_eq!(
+        bare.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        bare.text
+    );
+    assert_eq!(bare.text, first.text);
+    // Escapes are read: "a\"b" is the key a"b.
+    let escaped = record(&server, &bearer, r#""a\"b""#, "esc").await;
+    assert_eq!(escaped.status, 200, "{}", escaped.text);
+    let same = record(&server, &bearer, r#"a"b"#, "esc").await;
+    assert_eq!(
+        same.header("idempotent-replayed"),
+        Some("true"),
+        "{}",
+        same.text
+    );
+    for bad in [r#""open"#, r#""a"b"#, r#""bad\escape""#, r#""k";param=1"#] {
+        let r = record(&server, &bearer, bad, "bad").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (400, "PGRST100"),
+            "{bad}: {}",
+            r.text
+        );
+        assert!(r.text.contains("RFC 8941"), "{bad}: {}", r.text);
+    }
+    let twice = send(
+        server
+            .http
+            .post(server.url("/rpc/idem_record"))
+            .bearer_auth(&bearer)
+            .header("idempotency-key", "k-a")
+            .header("idempotency-key", "k-b")
+            .json(&json!({"label": "bad"})),
+    )
+    .await;
+    assert_eq!(
+        (twice.status, twice.error_code().as_str()),
+        (400, "PGRST100"),
+        "{}",
+        twice.text
+    );
+    assert_eq!(effects(&server.db, "bad").await, 0);
+    assert_eq!(effects(&server.db, "sf").await, 1);
+    assert_eq!(effects(&server.db, "esc").await, 1);
+}
+
+/// A retry while the first request is still in flight waits for it up to
+/// pgrpc.idempotency_wait, then is 409 idempotency_key_in_use with
+/// Retry-After (the draft's answer); once the first ends, a retry replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_while_the_first_is_in_flight_is_409_past_the_wait() {
+    // Set for the database before the proxy connects, as an operator would.
+    let server = TestServer::start_with_sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET pgrpc.idempotency_wait = %L', current_database(), '300ms'); END $$",
+        |_| {},
+    )
+    .await;
+    install_effect_function(&server).await;
+    let su = server.db.superuser().await;
+    let bearer = service_token();
+    let slow = {
+        let (http, url, bearer) = (
+            server.http.clone(),
+            server.url("/rpc/idem_record"),
+            bearer.clone(),
+        );
+        tokio::spawn(async move {
+            send(
+                http.post(url)
+                    .bearer_auth(bearer)
+                    .header("idempotency-key", "k-flight")
+                    .json(&json!({"label": "flight", "pause": 3})),
+            )
+            .await
+        })
+    };
+    let mut sleeping = 0;
+    for _ in 0..200 {
+        sleeping = count(
+            &su,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        )
+        .await;
+        if sleeping == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(sleeping, 1, "the first call never started");
+    let started = std::time::Instant::now();
+    let busy = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "\"k-flight\"",
+        json!({"label": "flight", "pause": 3}),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(busy.status, 409, "{}", busy.text);
+    assert_eq!(busy.error_key(), "idempotency_key_in_use");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(2500),
+        "waited {waited:?}"
+    );
+    assert!(!slow.is_finished(), "the first call ended before the 409");
+    let first = slow.await.expect("join");
+    assert_eq!(first.status, 200, "{}", first.text);
+    let retry = post_with_key(
+        &server,
+        "idem_record",
+        &bearer,
+        "k-flight",
+        json!({"label": "flight", "pause": 3}),
+    )
+    .await;
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.text, first.text);
+    assert_eq!(effects(&server.db, "flight").await, 1);
+}
+
+/// The server publishes its rules, expiry included, where a client reads
+/// them: the Idempotency-Key parameter of the OpenAPI document.
+#[tokio::test]
+async fn the_openapi_document_publishes_the_key_rules() {
+    let server = TestServer::start().await;
+    let doc = send(
+        server
+            .http
+            .get(server.url("/"))
+            .bearer_auth(service_token()),
+    )
+    .await;
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    let params = doc.body["paths"]["/rpc/create_organization"]["post"]["parameters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let key = params
+        .iter()
+        .find(|p| p["name"] == "Idempotency-Key")
+        .unwrap_or_else(|| panic!("no Idempotency-Key parameter: {params:?}"));
+    let text = key["description"].as_str().unwrap_or_default();
+    for rule in [
+        "RFC 8941",
+        "422 idempotency_key_reused",
+        "409 idempotency_key_in_use",
+        "Retry-After",
+        "idempotency_ttl setting (24 hours by default)",
+    ] {
+        assert!(text.contains(rule), "{rule} missing from: {text}");
+    }
+}

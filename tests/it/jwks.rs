@@ -674,3 +674,32 @@ async fn a_secret_and_fetched_keys_verify_side_by_side() {
     accepted(&s, &bearer_es_b("es-2", json!({})), "a kid published later").await;
     assert_eq!(provider.hits("/jwks.json"), before + 1);
 }
+
+/// A JWT sent in supabase-js's apikey header (no Authorization) is checked against the fetched keys too, and its unknown kid refreshes them.
+#[tokio::test]
+async fn an_apikey_jwt_of_a_newly_published_key_is_accepted() {
+    let provider = Provider::start().await;
+    provider.publish(&[es_a_jwk("es-1")], Some(3600));
+    let s = server_for(&provider, |_| {}).await;
+    let token = bearer_es_b("es-2", json!({"sub": "apikey"}));
+    let call = || {
+        send(
+            s.http
+                .post(s.url("/rpc/jwks_whoami"))
+                .header("apikey", token.as_str())
+                .json(&json!({})),
+        )
+    };
+    let r = call().await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (401, "PGRST301".to_string()),
+        "{}",
+        r.text
+    );
+    provider.publish(&[es_a_jwk("es-1"), es_b_jwk("es-2")], Some(3600));
+    let r = call().await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["user"], "pgrpc_user");
+    assert_eq!(r.body["claims"]["sub"], "apikey");
+}

@@ -16,6 +16,7 @@ mod embedded;
 mod feed;
 mod gen_types;
 mod hostile;
+mod http_headers;
 mod idempotency;
 mod integrity;
 mod jwks;

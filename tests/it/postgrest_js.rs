@@ -349,3 +349,277 @@ async fn rpc_error_is_the_four_key_body() {
                "details": "An item named x exists.", "hint": "Pick another name."})
     );
 }
+
+// ---- supabase-js: its headers, `.select()`, `.rollback()`, `.maxAffected()` ----
+//
+// From supabase/supabase-js at the commits below (packages/core/postgrest-js,
+// the monorepo's copy of postgrest-js):
+//
+// - `src/PostgrestTransformBuilder.ts` @ 6a47684084751bf33ce50bd0d03ecab165e9c52e:
+//   `select(columns)` sets `select=<columns without blanks>` and
+//   `headers.append('Prefer', 'return=representation')`; `rollback()`
+//   appends `Prefer: tx=rollback`; `maxAffected(n)` appends `Prefer:
+//   handling=strict` then `Prefer: max-affected=<n>`; `single()`,
+//   `maybeSingle()` and `csv()` set `Accept` as above. `headers` is a fetch
+//   `Headers`, so appended values go out as one field joined by `, `.
+// - `src/fetchWithRetry.ts` @ 4856f5e8ece7fe08324806372303e98122f362cf: a
+//   retried GET or HEAD (after a 503 or 520) carries `X-Retry-Count: <n>`.
+// - supabase-js's `SupabaseClient` sends `apikey: <key>` on every request,
+//   with `Authorization: Bearer <session token, else the key>`, and
+//   `X-Client-Info: supabase-js-<platform>/<version>`.
+
+/// Fixtures for the supabase-js tests: the items, and a function that
+/// answers who it ran as and the headers it saw.
+fn supabase_fixtures() -> String {
+    format!(
+        "{ITEMS_FIXTURES}
+CREATE FUNCTION api.whoami() RETURNS json LANGUAGE sql STABLE AS $$
+  SELECT json_build_object(
+    'role', current_user,
+    'claims', current_setting('request.jwt.claims', true)::json,
+    'headers', current_setting('request.headers', true)::json) $$;
+GRANT EXECUTE ON FUNCTION api.whoami() TO pgrpc_anon, pgrpc_service;
+"
+    )
+}
+
+/// The SHA-256 hex of `key`, as `PGRPC_API_KEYS` lists it
+/// (`printf %s "$KEY" | sha256sum`).
+fn key_digest(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+const SECRET_KEY: &str = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
+const PUBLISHABLE_KEY: &str = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH";
+
+/// A server with the fixtures and an API keys file listing the two keys.
+async fn supabase_server(tune: impl FnOnce(&mut pgrpc::config::ServeConfig)) -> TestServer {
+    let path = std::env::temp_dir().join(format!("pgrpc-api-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        format!(
+            "# supabase keys\n{} pgrpc_service {{\"sub\": \"edge-function\", \"key\": \"secret\"}}\n{} pgrpc_anon\n",
+            key_digest(SECRET_KEY),
+            key_digest(PUBLISHABLE_KEY)
+        ),
+    )
+    .expect("write the API keys file");
+    let file = path.to_string_lossy().into_owned();
+    TestServer::start_with_sql(&supabase_fixtures(), move |c| {
+        c.api_keys = Some(file);
+        tune(c);
+    })
+    .await
+}
+
+/// `supabase.rpc('whoami', {}, {get: true})` with the headers supabase-js
+/// sends: `apikey`, and `Authorization` when `bearer` is given.
+async fn whoami(s: &TestServer, apikey: Option<&str>, bearer: Option<&str>) -> Resp {
+    let mut req = s
+        .http
+        .get(s.url("/rpc/whoami"))
+        .header("Accept-Profile", "api")
+        .header("X-Client-Info", "supabase-js-node/2.57.4");
+    if let Some(k) = apikey {
+        req = req.header("apikey", k);
+    }
+    if let Some(b) = bearer {
+        req = req.header("Authorization", format!("Bearer {b}"));
+    }
+    send(req).await
+}
+
+/// `apikey` alone: a JWT authenticates as the bearer token would; a listed
+/// opaque key runs as its role with its claims; an unknown one is 401.
+/// With both headers, `Authorization` decides.
+#[tokio::test]
+async fn supabase_js_apikey_authenticates_without_authorization() {
+    let s = supabase_server(|_| {}).await;
+    let jwt = service_token();
+
+    let r = whoami(&s, Some(&jwt), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_service");
+    assert_eq!(r.body["claims"]["sub"], "service-test");
+
+    let r = whoami(&s, Some(SECRET_KEY), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_service");
+    assert_eq!(
+        r.body["claims"],
+        json!({"sub": "edge-function", "key": "secret", "role": "pgrpc_service"})
+    );
+
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_anon");
+
+    // A key that is not listed, or a near miss of one: 401, nothing runs.
+    for bad in [
+        "sb_secret_unknown",
+        &SECRET_KEY[..SECRET_KEY.len() - 1],
+        "a.b.c",
+    ] {
+        let r = whoami(&s, Some(bad), None).await;
+        assert_eq!(r.status, 401, "{bad}: {}", r.text);
+        assert_eq!(r.error_code(), "PGRST301", "{bad}");
+        assert!(r.header("www-authenticate").is_some(), "{bad}");
+    }
+
+    // supabase-js without a session sends its key as the bearer token too.
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), Some(PUBLISHABLE_KEY)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_anon");
+    let r = whoami(&s, Some(SECRET_KEY), Some(SECRET_KEY)).await;
+    assert_eq!(r.body["role"], "pgrpc_service", "{}", r.text);
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), Some("sb_secret_unknown")).await;
+    assert_eq!(r.status, 401, "{}", r.text);
+
+    // supabase-js with a signed-in user: apikey is the publishable key,
+    // Authorization the user's token, which wins.
+    let r = whoami(&s, Some(PUBLISHABLE_KEY), Some(&jwt)).await;
+    assert_eq!(r.body["role"], "pgrpc_service", "{}", r.text);
+    // Even a bad apikey is ignored when Authorization is there.
+    let r = whoami(&s, Some("sb_secret_unknown"), Some(&jwt)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["role"], "pgrpc_service");
+    // And the OpenAPI document lists what the key's role may call.
+    let doc = send(s.http.get(s.url("/")).header("apikey", SECRET_KEY)).await;
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    // idempotency_begin is granted to pgrpc_service only.
+    assert!(
+        doc.body["paths"]["/rpc/idempotency_begin"].is_object(),
+        "{}",
+        doc.text
+    );
+    let anon_doc = send(s.http.get(s.url("/")).header("apikey", PUBLISHABLE_KEY)).await;
+    assert_eq!(anon_doc.status, 200, "{}", anon_doc.text);
+    assert!(anon_doc.body["paths"]["/rpc/idempotency_begin"].is_null());
+}
+
+/// `X-Client-Info`, and `X-Retry-Count` on a retried GET, reach
+/// `request.headers` as sent.
+#[tokio::test]
+async fn supabase_js_client_info_and_retry_count_are_in_request_headers() {
+    let s = supabase_server(|_| {}).await;
+    let r = send(
+        s.http
+            .get(s.url("/rpc/whoami"))
+            .header("Accept-Profile", "api")
+            .header("apikey", PUBLISHABLE_KEY)
+            .header("Authorization", format!("Bearer {}", service_token()))
+            .header("X-Client-Info", "supabase-js-web/2.57.4")
+            .header("X-Retry-Count", "2"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let h = &r.body["headers"];
+    assert_eq!(h["x-client-info"], "supabase-js-web/2.57.4");
+    assert_eq!(h["x-retry-count"], "2");
+    assert_eq!(h["apikey"], PUBLISHABLE_KEY);
+}
+
+/// `.rpc('add_item', {...}).select('id, name')`: a POST with
+/// `select=id,name` and `Prefer: return=representation`, which an RPC
+/// ignores: the rows come back with the selected columns.
+#[tokio::test]
+async fn supabase_js_rpc_select_appends_return_representation() {
+    let s = supabase_server(|_| {}).await;
+    let mut call = JsRpc::new(
+        &json!({"name": "sel", "score": 4, "tag": "supa"}),
+        false,
+        false,
+        None,
+    )
+    .param("select", "id,name");
+    call.headers
+        .push(("Prefer", "return=representation".to_string()));
+    let r = call.send(&s, "add_item").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rows = r.body.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{}", r.text);
+    assert_eq!(rows[0]["name"], "sel");
+    assert!(rows[0].get("score").is_none(), "{}", r.text);
+}
+
+/// `.rpc(...).rollback()`: `Prefer: tx=rollback`. Where the server allows
+/// the override (PGRPC_TX_END=commit-allow-override), the answer is the
+/// call's result and nothing is kept.
+#[tokio::test]
+async fn supabase_js_rollback_answers_and_keeps_nothing() {
+    let s = supabase_server(|c| c.tx_end = pgrpc::prefer::TxEnd::CommitAllowOverride).await;
+    let mut call = JsRpc::new(
+        &json!({"name": "gone", "score": 1, "tag": "rb"}),
+        false,
+        false,
+        None,
+    );
+    call.headers.push(("Prefer", "tx=rollback".to_string()));
+    let r = call.send(&s, "add_item").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body[0]["name"], "gone");
+    assert_eq!(r.header("preference-applied"), Some("tx=rollback"));
+    let r = JsRpc::new(&json!({"tag": "rb"}), false, true, None)
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.body, json!([]), "the rolled-back row was kept");
+}
+
+/// `.rpc('items', {tag}).maxAffected(n)`: one `Prefer: handling=strict,
+/// max-affected=<n>` (two appends to fetch's Headers); more rows than n is
+/// 400 PGRST124, n or fewer answer as usual.
+#[tokio::test]
+async fn supabase_js_max_affected_is_strict() {
+    let (s, rows) = server_with_rows().await;
+    let call = |n: usize| {
+        let mut c = JsRpc::new(&json!({"tag": "js"}), false, false, None);
+        c.headers
+            .push(("Prefer", format!("handling=strict, max-affected={n}")));
+        c
+    };
+    let r = call(rows.len() - 1).send(&s, "items").await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error_code(), "PGRST124");
+    let r = call(rows.len()).send(&s, "items").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(rows.len()));
+}
+
+/// supabase-js's `{ head: true, count: 'exact' }` and `{ get: true }` with
+/// `apikey` as the only credential, `.single()` and `.csv()`: the same
+/// answers as with a bearer token.
+#[tokio::test]
+async fn supabase_js_transforms_with_an_apikey_only() {
+    let s = supabase_server(|_| {}).await;
+    fill(&s, "key", &SCORES).await;
+    let keyed = |mut c: JsRpc| {
+        c.headers.retain(|(k, _)| *k != "Authorization");
+        c.headers.push(("apikey", SECRET_KEY.to_string()));
+        c
+    };
+    let r = keyed(JsRpc::new(
+        &json!({"tag": "key"}),
+        true,
+        false,
+        Some("exact"),
+    ))
+    .send(&s, "items")
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(js_count(&r, true), Some(SCORES.len() as i64));
+    let r = keyed(JsRpc::new(&json!({"tag": "key"}), false, true, None))
+        .param("score", "eq.9")
+        .accept("application/vnd.pgrst.object+json")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["score"], 9);
+    let r = keyed(JsRpc::new(&json!({"tag": "key"}), false, false, None))
+        .param("select", "score")
+        .param("order", "score.asc")
+        .accept("text/csv")
+        .send(&s, "items")
+        .await;
+    assert_eq!(r.text, "score\n1\n3\n5\n7\n9", "{}", r.text);
+}

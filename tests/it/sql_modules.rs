@@ -162,6 +162,8 @@ const CHANGED_SINCE_THE_MOVE: &[&str] = &[
     "pgrpc_http.traceparent",
     "pgrpc_http.tracestate",
     "pgrpc_http.trace_id",
+    // Idempotency-Key: a request in flight past lock_timeout is 409.
+    "pgrpc_http.http_idempotency_claim",
 ];
 
 // A database migrated by an older pgrpc (through V16, before sql/modules)
