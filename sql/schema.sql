@@ -2143,6 +2143,7 @@ GRANT SELECT(expires_at) ON TABLE private.http_idempotency_keys TO pgrpc_owner;
 --   FUNCTION pgrpc_http.http_idempotency_claim(text, text)
 --   FUNCTION pgrpc_http.http_idempotency_store(text, integer, jsonb, text)
 --   FUNCTION private.http_idempotency_claims_digest()
+--   FUNCTION private.http_idempotency_row_is_own(xid)
 --   FUNCTION private.http_idempotency_scope()
 --   FUNCTION private.tg_http_idempotency_keys__freeze_stored()
 --   FUNCTION private.tg_http_idempotency_keys__guard_delete()

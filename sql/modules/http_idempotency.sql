@@ -193,6 +193,33 @@ Called by the proxy inside the request's transaction, before the function. state
 REVOKE ALL ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) TO pgrpc_anon, pgrpc_user, pgrpc_service;
 
+-- private.http_idempotency_row_is_own
+CREATE OR REPLACE FUNCTION private.http_idempotency_row_is_own(p_xmin xid)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+    -- A row this statement can see whose inserting transaction is still in
+    -- progress can only be this transaction's own (another's uncommitted
+    -- rows are invisible). Its xmin is the top-level xid or a subxid, which
+    -- is newer (age < 0): its full xid8 shares the top's epoch, or the next
+    -- one if the 32-bit counter wrapped in between.
+    SELECT p_xmin = pg_current_xact_id()::xid
+        OR (age(p_xmin) < 0
+            AND pg_xact_status((
+                  (((pg_current_xact_id()::text::bigint >> 32)
+                    + CASE WHEN p_xmin::text::bigint >= pg_current_xact_id()::xid::text::bigint THEN 0 ELSE 1 END)
+                   << 32) + p_xmin::text::bigint)::text::xid8) = 'in progress')
+$function$;
+ALTER FUNCTION private.http_idempotency_row_is_own(xid) OWNER TO pgrpc_migrator;
+COMMENT ON FUNCTION private.http_idempotency_row_is_own(xid) IS
+$$Whether a visible row with this xmin was inserted by the current transaction or one of its subtransactions.
+
+Used by pgrpc_http.http_idempotency_store for anonymous claims, which the claim inserts inside an exception block (a subtransaction).$$;
+REVOKE ALL ON FUNCTION private.http_idempotency_row_is_own(xid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION private.http_idempotency_row_is_own(xid) TO pgrpc_api;
+
 -- pgrpc_http.http_idempotency_store
 CREATE OR REPLACE FUNCTION pgrpc_http.http_idempotency_store(p_key text, p_response_status integer, p_response_headers jsonb, p_response_body text)
  RETURNS void
@@ -218,7 +245,8 @@ BEGIN
 
     -- A caller with a sub: its scope is recomputed from its claims. An
     -- anonymous caller: the scope its claim used, and the row must be one
-    -- this very transaction inserted (xmin), so a scope set by anything
+    -- this very transaction (or one of its subtransactions: the claim
+    -- inserts inside an exception block) inserted, so a scope set by anything
     -- else in the transaction reaches no other request's row.
     UPDATE private.http_idempotency_keys AS k
     SET response_status = p_response_status,
@@ -227,7 +255,7 @@ BEGIN
     WHERE k.scope = coalesce(v_identity, nullif(current_setting('pgrpc.idempotency_scope', true), ''))
       AND k.key = p_key
       AND k.response_status IS NULL
-      AND (v_identity IS NOT NULL OR k.xmin = pg_current_xact_id()::xid);
+      AND (v_identity IS NOT NULL OR private.http_idempotency_row_is_own(k.xmin));
     IF NOT FOUND THEN
         RAISE SQLSTATE 'PT409' USING
             MESSAGE = 'idempotency_key_not_claimed',

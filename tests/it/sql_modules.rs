@@ -164,6 +164,8 @@ const CHANGED_SINCE_THE_MOVE: &[&str] = &[
     "pgrpc_http.trace_id",
     // Idempotency-Key: a request in flight past lock_timeout is 409.
     "pgrpc_http.http_idempotency_claim",
+    "pgrpc_http.http_idempotency_store",
+    "private.http_idempotency_row_is_own",
 ];
 
 // A database migrated by an older pgrpc (through V16, before sql/modules)
