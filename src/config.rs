@@ -38,6 +38,41 @@ pub struct ServeConfig {
     /// verified again; 0 disables the cache.
     #[arg(long, env = "PGRPC_JWT_CACHE_MAX_ENTRIES", default_value_t = 1000)]
     pub jwt_cache_max_entries: usize,
+    /// A JWK Set fetched over HTTP(S) and refreshed, as an identity
+    /// provider publishes it (`https://idp.example.com/.well-known/jwks.json`);
+    /// its keys verify tokens alongside `PGRPC_JWT_SECRET`'s (docs/jwt.md).
+    #[arg(long, env = "PGRPC_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// An OpenID Connect issuer: its `/.well-known/openid-configuration`
+    /// names the JWK Set (`jwks_uri`), and a token's `iss` must equal it.
+    #[arg(long, env = "PGRPC_JWT_OIDC_ISSUER")]
+    pub jwt_oidc_issuer: Option<String>,
+    /// The shortest time between two scheduled refreshes of fetched keys,
+    /// whatever the provider's `Cache-Control: max-age` says, in seconds.
+    #[arg(long, env = "PGRPC_JWT_JWKS_MIN_REFRESH_SECS", default_value_t = 60)]
+    pub jwt_jwks_min_refresh_secs: u64,
+    /// The longest time between two scheduled refreshes of fetched keys,
+    /// and the interval when the provider sends no max-age, in seconds.
+    #[arg(
+        long,
+        env = "PGRPC_JWT_JWKS_MAX_REFRESH_SECS",
+        default_value_t = 86_400
+    )]
+    pub jwt_jwks_max_refresh_secs: u64,
+    /// The shortest time between two refreshes caused by a token whose
+    /// `kid` names no fetched key, in ms: unknown kids cannot flood the
+    /// provider.
+    #[arg(long = "jwt-jwks-kid-refresh-ms", env = "PGRPC_JWT_JWKS_KID_REFRESH_MS", default_value = "10000", value_parser = millis)]
+    pub jwt_jwks_kid_refresh: Duration,
+    /// How long one fetch of the discovery document or the JWK Set may
+    /// take, connection included, in ms.
+    #[arg(long = "jwt-jwks-timeout-ms", env = "PGRPC_JWT_JWKS_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
+    pub jwt_jwks_timeout: Duration,
+    /// A file where the last good JWK Set is kept: at startup, a provider
+    /// that does not answer is replaced by it. Unset, the server does not
+    /// start until the provider answers.
+    #[arg(long, env = "PGRPC_JWT_JWKS_CACHE_FILE")]
+    pub jwt_jwks_cache_file: Option<String>,
     /// Exposed schemas, comma-separated; the first is the default profile.
     #[arg(
         long,
@@ -232,6 +267,7 @@ impl ServeConfig {
         if self.jwt_aud.as_deref().is_some_and(|a| a.trim().is_empty()) {
             return Err("PGRPC_JWT_AUD must not be empty; unset it to accept any audience".into());
         }
+        crate::auth::jwks_fetch::validate_settings(self)?;
         if self.schemas.is_empty() || self.schemas.iter().any(|s| s.trim().is_empty()) {
             return Err("PGRPC_SCHEMAS must list at least one schema".into());
         }

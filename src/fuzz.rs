@@ -562,3 +562,86 @@ proptest! {
         }
     }
 }
+
+// ---- jwks: documents from an identity provider ----
+
+/// JSON tokens of JWK Sets and discovery documents, so that members,
+/// key types and nesting come up.
+fn jwks_text() -> BoxedStrategy<String> {
+    text_of(
+        &[
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "\"keys\"",
+            "\"kty\"",
+            "\"RSA\"",
+            "\"EC\"",
+            "\"OKP\"",
+            "\"oct\"",
+            "\"crv\"",
+            "\"P-256\"",
+            "\"Ed25519\"",
+            "\"x\"",
+            "\"y\"",
+            "\"n\"",
+            "\"e\"",
+            "\"k\"",
+            "\"kid\"",
+            "\"alg\"",
+            "\"use\"",
+            "\"sig\"",
+            "\"enc\"",
+            "\"AQAB\"",
+            "\"AA\"",
+            "\"issuer\"",
+            "\"jwks_uri\"",
+            "\"http://a/j\"",
+            "null",
+            "true",
+            "1",
+            "-1",
+            "1e999",
+            "\\u0000",
+            "é",
+        ],
+        200,
+    )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    // A fetched JWK Set, discovery document or Cache-Control value gives
+    // keys, a URL, a max-age or a typed error, never a panic; a set that
+    // parses holds at most MAX_KEYS keys, none of them symmetric.
+    #[test]
+    fn fetched_key_documents_parse_or_are_refused(
+        body in prop_oneof![
+            8 => jwks_text(),
+            1 => nested("{\"keys\":[", "{\"kty\":\"oct\",\"k\":\"AA\"}", "]}"),
+            1 => long("{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"AA\"},"),
+            1 => header_bytes(300).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ],
+        cache_control in header_bytes(100),
+    ) {
+        use crate::auth::jwks_fetch;
+        let wrapped = format!("{{\"keys\":[{body}]}}");
+        for doc in [body.as_str(), wrapped.as_str()] {
+            if let Ok(parsed) = bounded("parse_jwks", || jwks_fetch::parse_jwks(doc.as_bytes()))? {
+                prop_assert!(parsed.keys.len() <= jwks_fetch::MAX_KEYS);
+                let accepted: serde_json::Value = serde_json::from_str(&parsed.fingerprint)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let members = accepted.as_array().cloned().unwrap_or_default();
+                prop_assert!(members.iter().all(|m| m["kty"] != "oct"));
+            }
+            bounded("parse_discovery", || jwks_fetch::parse_discovery(doc.as_bytes(), "http://a"))?.ok();
+        }
+        let value = String::from_utf8_lossy(&cache_control).into_owned();
+        bounded("max_age", || jwks_fetch::max_age([value.as_str()]))?;
+    }
+}

@@ -129,6 +129,10 @@ where
 {
     config.validate().map_err(ServeError::Config)?;
     let auth = Auth::new(&config).map_err(ServeError::Config)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    auth.start_key_refresh(stop_rx.clone())
+        .await
+        .map_err(ServeError::Config)?;
     let pool = db::build_pool(
         &config.database_url,
         &PoolOptions::primary(
@@ -157,7 +161,6 @@ where
     };
     check_pre_request(&config).await?;
     let catalog = Arc::new(Catalog::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let pools = std::iter::once(pool.clone())
         .chain(replica.as_ref().map(|r| r.pool().clone()))
         .collect();

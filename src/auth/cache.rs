@@ -62,6 +62,13 @@ impl TokenCache {
         }
     }
 
+    /// Forgets every token: the keys that verified them changed.
+    pub fn clear(&self) {
+        if let Some(entries) = &self.0 {
+            entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |entries| {
             entries.lock().unwrap_or_else(|p| p.into_inner()).len()

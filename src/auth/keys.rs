@@ -26,7 +26,7 @@ pub struct Keys {
     by_kid: bool,
 }
 
-struct Key {
+pub(super) struct Key {
     kid: Option<String>,
     /// What this key may verify: the JWK's `alg` when it names one,
     /// otherwise every signature algorithm of its key type and curve.
@@ -98,6 +98,19 @@ impl Keys {
         Ok(Keys { keys, by_kid: true })
     }
 
+    /// Keys taken from a fetched JWK Set (`jwks_fetch`), selected by `kid`.
+    pub(super) fn from_fetched(keys: Vec<Key>) -> Keys {
+        Keys { keys, by_kid: true }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Verifies the token's signature with the key its header selects: by
     /// `kid` when it has one, else each key that fits its `alg` in turn.
     pub fn verify(&self, token: &str) -> Result<(), AuthError> {
@@ -138,7 +151,7 @@ impl Keys {
 impl Key {
     /// A verifying key, `None` for a key meant for encryption, or why the
     /// JWK cannot verify anything.
-    fn from_jwk(jwk: &Jwk) -> Result<Option<Key>, String> {
+    pub(super) fn from_jwk(jwk: &Jwk) -> Result<Option<Key>, String> {
         if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
             return Ok(None);
         }

@@ -9,14 +9,20 @@
 //!   and `aud` checks.
 //! - [`role_claim`]: `PGRPC_JWT_ROLE_CLAIM_KEY`, the JSPath to the role.
 //! - [`cache`]: the bounded cache of validated tokens.
+//! - [`jwks`] and [`jwks_fetch`]: keys fetched from a JWK Set URL or an
+//!   OpenID Connect issuer, refreshed on their max-age and on an unknown
+//!   `kid`, and the bounded fetch and parsers behind them.
 
 pub mod api_keys;
 pub mod cache;
 pub mod claims;
+pub mod jwks;
+pub mod jwks_fetch;
 pub mod keys;
 pub mod role_claim;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -25,6 +31,7 @@ use crate::config::ServeConfig;
 use crate::error::{Fault, Pgrst};
 use cache::{TokenCache, Verified};
 use claims::ClaimRules;
+use jwks::RemoteKeys;
 use keys::Keys;
 use role_claim::RoleClaimKey;
 
@@ -49,6 +56,8 @@ pub enum AuthError {
     IssuedInFuture,
     #[error("JWT not in audience")]
     NotInAudience,
+    #[error("JWT issuer is not the configured issuer")]
+    WrongIssuer,
     #[error("The JWT 'aud' claim must be a string or an array of strings")]
     AudNotStringOrArray,
     #[error("The JWT '{0}' claim must be a number")]
@@ -77,6 +86,7 @@ impl Fault for AuthError {
             | AuthError::NotYetValid
             | AuthError::IssuedInFuture
             | AuthError::NotInAudience
+            | AuthError::WrongIssuer
             | AuthError::AudNotStringOrArray
             | AuthError::ClaimNotNumber(_)
             | AuthError::RoleNotString
@@ -113,6 +123,10 @@ pub struct Identity {
 /// startup and shared by every request.
 pub struct Auth {
     keys: Option<Keys>,
+    /// Keys fetched from `PGRPC_JWT_JWKS_URL` or `PGRPC_JWT_OIDC_ISSUER`.
+    remote: Option<Arc<RemoteKeys>>,
+    /// The fetched keys' generation the token cache was filled under.
+    cache_generation: AtomicU64,
     role_claim: RoleClaimKey,
     audience: Option<String>,
     leeway: i64,
@@ -132,8 +146,11 @@ impl Auth {
             .transpose()?;
         let role_claim = RoleClaimKey::parse(&config.jwt_role_claim_key)
             .map_err(|e| format!("PGRPC_JWT_ROLE_CLAIM_KEY: {e}"))?;
+        let remote = RemoteKeys::from_config(config)?.map(Arc::new);
         Ok(Auth {
             keys,
+            remote,
+            cache_generation: AtomicU64::new(0),
             role_claim,
             audience: config.jwt_aud.clone(),
             leeway: i64::try_from(config.jwt_leeway_secs).unwrap_or(i64::MAX),
@@ -145,6 +162,38 @@ impl Auth {
 
     pub fn anon_role(&self) -> &str {
         &self.anon_role
+    }
+
+    /// Fetches the provider's keys (startup fails without them, unless a
+    /// cache file has them) and refreshes them in the background until
+    /// `stop`. Nothing to do without `PGRPC_JWT_JWKS_URL` or
+    /// `PGRPC_JWT_OIDC_ISSUER`.
+    pub async fn start_key_refresh(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        if let Some(remote) = &self.remote {
+            remote.start().await?;
+            tokio::spawn(remote.clone().run(stop));
+        }
+        Ok(())
+    }
+
+    /// Runs `check` (an `identify`), and once more after a refresh of the
+    /// fetched keys if it failed on a `kid` no key has: a key published at
+    /// the provider is accepted without a restart. The refresh is shared
+    /// and rate-limited (`jwks::RemoteKeys::refresh_for_unknown_kid`).
+    pub async fn with_fresh_keys<T>(
+        &self,
+        check: impl Fn() -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        match (check(), &self.remote) {
+            (Err(AuthError::UnknownKid), Some(remote)) => {
+                remote.refresh_for_unknown_kid().await;
+                check()
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     /// Resolves the `Authorization` header. `assumable` is the set of roles
@@ -193,19 +242,29 @@ impl Auth {
     /// The token's role and claims, from the cache or by verifying it.
     fn verify(&self, token: &str) -> Result<Arc<Verified>, AuthError> {
         let now = chrono::Utc::now().timestamp();
+        let generation = self.remote.as_ref().map(|r| r.generation());
+        if let Some(g) = generation {
+            // The fetched keys changed: a cached token may have been signed
+            // by a key that is gone.
+            if self.cache_generation.swap(g, Ordering::SeqCst) != g {
+                self.cache.clear();
+            }
+        }
         if let Some(hit) = self.cache.get(token, now) {
             return Ok(hit);
         }
-        let Some(keys) = &self.keys else {
-            return Err(AuthError::SecretMissing);
-        };
-        keys.verify(token)?;
+        self.verify_signature(token)?;
         let claims = claims::strict_claims(token)?;
         let rules = ClaimRules {
             leeway: self.leeway,
             audience: self.audience.as_deref(),
         };
         claims::check(&claims, &rules, now)?;
+        if let Some(issuer) = self.remote.as_ref().and_then(|r| r.issuer()) {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+                return Err(AuthError::WrongIssuer);
+            }
+        }
         let valid_until = claims::valid_until(&claims, self.leeway);
         let mut claims = Value::Object(claims);
         let role = match self.role_claim.find(&claims) {
@@ -221,7 +280,42 @@ impl Auth {
             claims: claims.to_string(),
         });
         self.cache.insert(token, verified.clone(), valid_until);
+        if generation.is_some_and(|g| self.remote.as_ref().map(|r| r.generation()) != Some(g)) {
+            // The keys changed while this token was checked against the
+            // old ones: drop what may have been cached under them.
+            self.cache.clear();
+        }
         Ok(verified)
+    }
+
+    /// Checks the signature with `PGRPC_JWT_SECRET`'s keys, then, if none of
+    /// them verifies it, with the fetched keys. The fetched keys' error
+    /// wins, so that an unknown `kid` among them can trigger a refresh,
+    /// except that a signature a `PGRPC_JWT_SECRET` key found wrong is
+    /// reported as such when no fetched key fits the algorithm.
+    fn verify_signature(&self, token: &str) -> Result<(), AuthError> {
+        let fetched = self.remote.as_ref().and_then(|r| r.current());
+        let local = match (&self.keys, &fetched) {
+            (None, None) => return Err(AuthError::SecretMissing),
+            (Some(keys), _) => keys.verify(token),
+            (None, Some(_)) => Err(AuthError::UnknownKid),
+        };
+        match (local, &fetched) {
+            (
+                Err(
+                    local @ (AuthError::UnknownKid
+                    | AuthError::BadAlgorithm
+                    | AuthError::BadSignature),
+                ),
+                Some(keys),
+            ) => match (local, keys.verify(token)) {
+                (AuthError::BadSignature, Err(AuthError::BadAlgorithm)) => {
+                    Err(AuthError::BadSignature)
+                }
+                (_, fetched) => fetched,
+            },
+            (outcome, _) => outcome,
+        }
     }
 }
 

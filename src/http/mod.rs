@@ -249,7 +249,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             r
         }
         "/" if read => match state.catalog.get() {
-            Some(cache) => openapi(state, &req, &cache).unwrap_or_else(ApiError::into_response),
+            Some(cache) => openapi(state, &req, &cache)
+                .await
+                .unwrap_or_else(ApiError::into_response),
             None => ApiError::from(PlanError::SchemaCacheMissing).into_response(),
         },
         "/live" | "/ready" | "/metrics" | "/" => ApiError::from(RequestError::MethodNotAllowed {
@@ -269,7 +271,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
 
 /// `GET /`: the OpenAPI document of the profile's schema, listing only the
 /// functions the request's role (from its token, or anonymous) may call.
-fn openapi(
+async fn openapi(
     state: &AppState,
     req: &Request<Incoming>,
     cache: &crate::db::schema::SchemaCache,
@@ -277,10 +279,14 @@ fn openapi(
     let schema = request::profile(req.headers(), false, &state.config.schemas)?;
     let authorization = req.headers().get(hyper::header::AUTHORIZATION);
     let apikey = req.headers().get("apikey").map(|v| v.as_bytes());
-    let identity =
-        state
-            .auth
-            .identify_request(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)?;
+    let identity = state
+        .auth
+        .with_fresh_keys(|| {
+            state
+                .auth
+                .identify_request(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)
+        })
+        .await?;
     let mut r = json_response(
         StatusCode::OK,
         crate::openapi::document(cache, schema, &identity.role).to_string(),
@@ -345,11 +351,16 @@ async fn rpc(
     )
     .await?;
     let mut timing = headers::Timing::new(state.config.server_timing);
-    let identity = state.auth.identify_request(
-        request.authorization.as_deref(),
-        request.apikey.as_deref(),
-        &cache.roles,
-    )?;
+    let identity = state
+        .auth
+        .with_fresh_keys(|| {
+            state.auth.identify_request(
+                request.authorization.as_deref(),
+                request.apikey.as_deref(),
+                &cache.roles,
+            )
+        })
+        .await?;
     timing.lap("jwt");
     if request.prefer.timezone().is_some() {
         exec::ensure_timezones(&state.pool, &cache).await?;

@@ -2004,3 +2004,164 @@ mod supa {
         lives(&s).await;
     }
 }
+
+// ---- jwks: keys from a URL ----
+//
+// A provider turned hostile after startup: each answer below is refused
+// whole, the last good keys stay in use, and a token signed by the key the
+// hostile answer tried to slip in is 401.
+
+mod jwks {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use jsonwebtoken::Algorithm;
+    use serde_json::{json, Value};
+
+    use crate::jwks::{
+        accepted, bearer, bearer_es_b, bearer_hs, ed_jwk, es_a_jwk, es_b_jwk, refused, server_for,
+        Provider, Reply,
+    };
+
+    /// Switches the provider to `reply`, then checks that the attacker's
+    /// kid is refused after a real fetch and the old key still verifies.
+    async fn hostile(provider: &Provider, s: &crate::support::TestServer, reply: Reply) {
+        provider.serve("/jwks.json", reply);
+        let before = provider.hits("/jwks.json");
+        refused(
+            s,
+            &bearer_es_b("attacker", json!({"sub": "attacker"})),
+            "PGRST301",
+            "the hostile set's key",
+        )
+        .await;
+        assert_eq!(provider.hits("/jwks.json"), before + 1, "it was fetched");
+        accepted(
+            s,
+            &bearer(Algorithm::ES256, "es-1", json!({"sub": "after"})),
+            "the last good key",
+        )
+        .await;
+    }
+
+    async fn setup() -> (Provider, crate::support::TestServer) {
+        let provider = Provider::start().await;
+        provider.publish(&[es_a_jwk("es-1")], Some(3600));
+        let s = server_for(&provider, |c| {
+            c.jwt_jwks_timeout = Duration::from_millis(1000)
+        })
+        .await;
+        (provider, s)
+    }
+
+    /// A JWK Set of 10,000 keys (under the size bound) is refused whole past 1,000 keys.
+    #[tokio::test]
+    async fn a_fetched_jwks_of_ten_thousand_keys_is_refused() {
+        let (provider, s) = setup().await;
+        let mut keys: Vec<Value> = (0..9_999).map(|i| ed_jwk(&format!("k{i}"))).collect();
+        keys.push(es_b_jwk("attacker"));
+        let body = json!({ "keys": keys });
+        assert!(
+            body.to_string().len() < 1024 * 1024,
+            "only the count is over"
+        );
+        hostile(&provider, &s, Reply::json(&body, None)).await;
+    }
+
+    /// A 10 MB JWK Set is refused, whether its length is declared or it streams in chunks.
+    #[tokio::test]
+    async fn a_ten_megabyte_jwks_is_refused() {
+        let (provider, s) = setup().await;
+        let padding = "x".repeat(10 * 1024 * 1024);
+        let body = json!({"keys": [es_b_jwk("attacker")], "padding": padding});
+        for chunked in [false, true] {
+            let mut reply = Reply::json(&body, None);
+            reply.chunked = chunked;
+            hostile(&provider, &s, reply).await;
+        }
+    }
+
+    /// A provider that answers after the timeout is given up on within it.
+    #[tokio::test]
+    async fn a_slow_key_provider_is_given_up_on_after_the_timeout() {
+        let (provider, s) = setup().await;
+        let mut reply = Reply::json(&json!({"keys": [es_b_jwk("attacker")]}), None);
+        reply.delay = Duration::from_secs(6);
+        let started = Instant::now();
+        hostile(&provider, &s, reply).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a 1 s timeout",
+            started.elapsed()
+        );
+    }
+
+    /// A redirect, here to another host serving the attacker's key, is not followed.
+    #[tokio::test]
+    async fn a_redirect_to_another_host_is_not_followed() {
+        let (provider, s) = setup().await;
+        let elsewhere = Provider::start_on("localhost").await;
+        elsewhere.publish(&[es_a_jwk("es-1"), es_b_jwk("attacker")], None);
+        let reply = Reply {
+            status: 302,
+            headers: vec![("location".into(), elsewhere.url("/jwks.json"))],
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+            chunked: false,
+        };
+        hostile(&provider, &s, reply).await;
+        assert_eq!(
+            elsewhere.hits("/jwks.json"),
+            0,
+            "the other host was never asked"
+        );
+    }
+
+    /// An oct key published in a JWK Set is public: an HS256 token signed with it is refused, by kid or without one.
+    #[tokio::test]
+    async fn an_oct_key_in_a_fetched_jwks_never_verifies_a_token() {
+        let provider = Provider::start().await;
+        let secret = b"a-public-value-anyone-can-read-0123456789";
+        let k = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, secret);
+        provider.publish(
+            &[
+                es_a_jwk("es-1"),
+                json!({"kty": "oct", "kid": "hs", "alg": "HS256", "k": k}),
+                // Under the EC key's kid, labelled for an asymmetric algorithm.
+                json!({"kty": "oct", "kid": "es-1", "alg": "ES256", "k": k}),
+            ],
+            None,
+        );
+        let s = server_for(&provider, |_| {}).await;
+        let forged = json!({"role": "pgrpc_service", "sub": "forged"});
+        refused(
+            &s,
+            &bearer_hs(Some("hs"), secret, forged.clone()),
+            "PGRST301",
+            "oct by kid",
+        )
+        .await;
+        refused(
+            &s,
+            &bearer_hs(Some("es-1"), secret, forged.clone()),
+            "PGRST301",
+            "oct under the EC key's kid",
+        )
+        .await;
+        refused(
+            &s,
+            &bearer_hs(None, secret, forged),
+            "PGRST301",
+            "oct without kid",
+        )
+        .await;
+        accepted(
+            &s,
+            &bearer(Algorithm::ES256, "es-1", json!({})),
+            "the EC key",
+        )
+        .await;
+    }
+}
+
+// (end of section: jwks)

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::support::{send, token, Resp, TestServer};
 
 #[path = "../fixtures/jwt_test_keys.rs"]
-mod keys;
+pub(crate) mod keys;
 use keys::*;
 
 const FIXTURE: &str = r#"

@@ -19,6 +19,7 @@ mod hostile;
 mod http_headers;
 mod idempotency;
 mod integrity;
+mod jwks;
 mod jwt;
 mod media_types;
 mod nonces;
