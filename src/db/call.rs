@@ -336,4 +336,9 @@ pub enum Executed {
     /// A stored response, and the WAL position when it was replayed (at or
     /// after the original call's COMMIT).
     Replayed(StoredResponse, Option<Lsn>),
+    /// The call failed with a final answer (a 4xx other than 408, 425 and
+    /// 429) under an `Idempotency-Key` of a caller with a `sub`: its
+    /// effects were rolled back to a savepoint, the error was stored under
+    /// the key and committed, and a retry replays it.
+    Failed(ApiError),
 }

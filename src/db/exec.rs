@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 
+use crate::error::{ApiError, Fault};
+
 use bytes::Bytes;
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
@@ -272,6 +274,7 @@ fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
             ..result
         }),
         Executed::Replayed(stored, _) => Executed::Replayed(stored, lsn),
+        Executed::Failed(api) => Executed::Failed(api),
     }
 }
 
@@ -431,24 +434,70 @@ async fn stepwise(
             other => return Err(ExecError::ClaimState(other.to_string())),
         }
     }
-    let row = conn
-        .query_row(call, &job.binds(), &[])
-        .await
+    // Under a key of a caller with a sub, a final error is stored too (as
+    // the IETF draft asks): the call runs behind a savepoint, sent in the
+    // same round trip, so its effects can be undone and the key kept.
+    let store_errors = job.idempotency.is_some() && !anon && !job.rollback;
+    let called = async {
+        let args = job.binds();
+        let row = if store_errors {
+            let (sp, row) = futures_util::join!(
+                conn.client.batch_execute(SAVEPOINT_SQL),
+                conn.query_row(call, &args, &[]),
+            );
+            sp.map_err(fail)?;
+            row
+        } else {
+            conn.query_row(call, &args, &[]).await
+        }
         .map_err(fail)?;
-    // The call statement checked its response settings itself.
-    let result = read_call_row(row.as_ref());
-    for check in &job.checks {
-        check.apply(&result)?;
+        // The call statement checked its response settings itself.
+        let result = read_call_row(row.as_ref());
+        for check in &job.checks {
+            check.apply(&result)?;
+        }
+        if job.rollback && !job.read_only {
+            // As PostgREST before its ROLLBACK: deferred constraints are
+            // checked now, so a call that could not commit is not answered
+            // as a success.
+            conn.client
+                .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+                .await
+                .map_err(fail)?;
+        }
+        Ok::<_, ExecError>(result)
     }
-    if job.rollback && !job.read_only {
-        // As PostgREST before its ROLLBACK: deferred constraints are
-        // checked now, so a call that could not commit is not answered
-        // as a success.
-        conn.client
-            .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
-            .await
-            .map_err(fail)?;
-    }
+    .await;
+    let result = match called {
+        Ok(result) => result,
+        Err(e) => match (
+            &job.idempotency,
+            store_errors.then(|| final_answer(&e)).flatten(),
+        ) {
+            (Some(idem), Some(api)) => {
+                conn.client
+                    .batch_execute(ROLLBACK_TO_SAVEPOINT_SQL)
+                    .await
+                    .map_err(fail)?;
+                let stored = stored_error(&api);
+                let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
+                conn.query_row(
+                    &store,
+                    &[
+                        &idem.key,
+                        &stored.status,
+                        &stored.headers_json,
+                        &stored.body,
+                    ],
+                    &STORE_TYPES,
+                )
+                .await
+                .map_err(fail)?;
+                return Ok((Executed::Failed(api), true));
+            }
+            _ => return Err(e),
+        },
+    };
     if let Some(idem) = job.idempotency {
         let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
         let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
@@ -466,6 +515,52 @@ async fn stepwise(
         .map_err(fail)?;
     }
     Ok((Executed::Called(result), true))
+}
+
+const SAVEPOINT_SQL: &str = "SAVEPOINT pgrpc_call";
+const ROLLBACK_TO_SAVEPOINT_SQL: &str = "ROLLBACK TO SAVEPOINT pgrpc_call";
+
+/// The answer of a failed call if it is final, so that a retry under the
+/// same key replays it: a client error other than 408, 425 and 429 (which
+/// say "try again"). A 5xx (a lost connection, a timeout, a failover, a
+/// serialization failure) is not final, and the retry runs the call.
+fn final_answer(e: &ExecError) -> Option<ApiError> {
+    let api = match e {
+        ExecError::Postgres { error, context } => ApiError::from_db(error, *context),
+        ExecError::Singularity(_)
+        | ExecError::MaxAffected(_)
+        | ExecError::RangeNotSatisfiable { .. }
+        | ExecError::Settings(_) => {
+            let (code, status) = e.pgrst().code_and_status();
+            ApiError {
+                status,
+                code: code.to_string(),
+                message: e.to_string(),
+                details: e.details(),
+                hint: e.hint(),
+                headers: e.headers(),
+            }
+        }
+        _ => return None,
+    };
+    let status = api.status.as_u16();
+    (api.status.is_client_error() && !matches!(status, 408 | 425 | 429)).then_some(api)
+}
+
+/// An error as the response stored under its key: status, its headers
+/// (with its media type) as `response.headers` holds them, and its body.
+fn stored_error(api: &ApiError) -> StoredResponse {
+    let mut headers = vec![serde_json::json!({"Content-Type": "application/json; charset=utf-8"})];
+    for (name, value) in &api.headers {
+        if let Ok(value) = value.to_str() {
+            headers.push(serde_json::json!({ name.as_str(): value }));
+        }
+    }
+    StoredResponse {
+        status: i32::from(api.status.as_u16()),
+        headers_json: serde_json::Value::Array(headers).to_string(),
+        body: Some(api.body_json().to_string()),
+    }
 }
 
 /// Reads `pg_timezone_names` into `cache`, once per snapshot, the first

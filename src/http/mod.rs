@@ -430,6 +430,8 @@ async fn rpc(
             )
         }
         Executed::Replayed(stored, lsn) => (plan::replayed(stored)?, lsn),
+        // A final error, stored under the key and committed with it.
+        Executed::Failed(api) => return Err(api),
     };
     if let Some(lsn) = commit_lsn {
         // The primary has written at least this far: a read that sends it

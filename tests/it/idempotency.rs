@@ -631,6 +631,110 @@ async fn a_failed_call_stores_nothing_so_the_retry_runs() {
     assert_eq!(effects(&server.db, "flaky").await, 1);
 }
 
+/// A call that fails with a final client error (here 422) under a key of a
+/// caller with a sub: its effect is rolled back, the error is stored, and
+/// the retry replays it (Idempotent-Replayed) without running the call,
+/// even once the cause is gone, as the IETF draft asks. A 5xx is not
+/// final: see a_failed_call_stores_nothing_so_the_retry_runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_client_error_is_stored_and_replayed() {
+    let server = TestServer::start().await;
+    install_effect_function(&server).await;
+    let su = server.db.superuser().await;
+    su.batch_execute(
+        r#"
+        CREATE FUNCTION api.idem_refuse(label text) RETURNS json
+        LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp
+        AS $$
+        BEGIN
+            INSERT INTO public.idem_effects (label) VALUES (idem_refuse.label);
+            PERFORM set_config('response.headers', '[{"X-Refused": "yes"}]', true);
+            IF (SELECT s.fail FROM public.idem_switch s) THEN
+                RAISE SQLSTATE 'PT422' USING MESSAGE = 'refused_for_test', DETAIL = 'The test switch is on.';
+            END IF;
+            RETURN json_build_object('label', idem_refuse.label);
+        END
+        $$;
+        REVOKE ALL ON FUNCTION api.idem_refuse(text) FROM PUBLIC;
+        GRANT EXECUTE ON FUNCTION api.idem_refuse(text) TO pgrpc_service;
+        UPDATE public.idem_switch SET fail = true;
+        "#,
+    )
+    .await
+    .expect("install");
+    server.reload_and_wait("idem_refuse").await;
+    let bearer = service_token();
+    let call = || {
+        post_with_key(
+            &server,
+            "idem_refuse",
+            &bearer,
+            "k-final",
+            json!({"label": "refused"}),
+        )
+    };
+
+    let first = call().await;
+    assert_eq!(first.status, 422, "{}", first.text);
+    assert_eq!(first.error_key(), "refused_for_test");
+    assert_eq!(first.header("idempotent-replayed"), None);
+    assert_eq!(
+        effects(&server.db, "refused").await,
+        0,
+        "the effect rolled back"
+    );
+    let stored: (i32, String) = {
+        let row = su
+            .query_one(
+                "SELECT response_status, response_body FROM private.http_idempotency_keys WHERE key = 'k-final'",
+                &[],
+            )
+            .await
+            .expect("the key row was committed");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(stored.0, 422);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stored.1).expect("json")["message"],
+        "refused_for_test"
+    );
+
+    su.batch_execute("UPDATE public.idem_switch SET fail = false")
+        .await
+        .expect("switch off");
+    let retry = call().await;
+    assert_eq!(retry.status, 422, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(retry.body, first.body, "the same error body");
+    assert_eq!(
+        retry.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(
+        retry.header("x-refused"),
+        None,
+        "the rolled-back call's headers were not kept"
+    );
+    assert_eq!(
+        effects(&server.db, "refused").await,
+        0,
+        "the retry did not run the call"
+    );
+
+    // Another request under the same key is still 422 idempotency_key_reused.
+    let other = post_with_key(
+        &server,
+        "idem_refuse",
+        &bearer,
+        "k-final",
+        json!({"label": "other"}),
+    )
+    .await;
+    assert_eq!(other.status, 422, "{}", other.text);
+    assert_eq!(other.error_key(), "idempotency_key_reused");
+}
+
 /// The same key from two callers (different sub) is two keys: each call runs once for its caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_scoped_to_the_caller() {
