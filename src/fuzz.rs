@@ -422,7 +422,7 @@ fn trace_text() -> BoxedStrategy<String> {
     )
 }
 
-// ---- supa: Idempotency-Key strings, apikey, API keys files, CORS names ----
+// ---- supabase-js: Idempotency-Key strings, apikey, API keys files, CORS names ----
 
 /// An sf-string of `key` (RFC 8941 §4.1.6): the inverse of the parser.
 fn sf_serialize(key: &str) -> String {

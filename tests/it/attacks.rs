@@ -1830,9 +1830,9 @@ mod trace {
 
 // (end of section: trace)
 
-// ---- supa: apikey, API keys, Idempotency-Key strings, CORS reflection ----
+// ---- supabase-js: apikey, API keys, Idempotency-Key strings, CORS reflection ----
 
-mod supa {
+mod supabase {
     use serde_json::json;
 
     use crate::support::{send, service_token, Resp, TestServer};
