@@ -1,7 +1,9 @@
 //! Keys from an identity provider (SPEC §2.2 item 8, §2.3): a real HTTP
 //! server on 127.0.0.1 plays the provider and rotates its JWK Set while a
 //! real pgrpc verifies RS256, ES256 and EdDSA tokens against it, with no
-//! restart. The hostile providers are in `attacks.rs` (section `jwks`).
+//! restart; one test runs the provider as a process of its own
+//! (`python3 -m http.server`) and kills it. The hostile providers are in
+//! `attacks.rs` (section `jwks`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -702,4 +704,91 @@ async fn an_apikey_jwt_of_a_newly_published_key_is_accepted() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["user"], "pgrpc_user");
     assert_eq!(r.body["claims"]["sub"], "apikey");
+}
+
+/// The provider as a process of its own (`python3 -m http.server` serving a
+/// directory whose `jwks.json` the test rewrites): a key published there is
+/// accepted at once, a removed one is refused, and once the process is
+/// killed the last keys fetched keep working.
+#[tokio::test]
+async fn a_provider_process_rotates_its_keys_and_its_death_keeps_the_last_ones() {
+    let dir = std::env::temp_dir().join(format!(
+        "pgrpc-jwks-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&dir).expect("provider directory");
+    let write_keys = |keys: &[Value]| {
+        let staged = dir.join("jwks.json.tmp");
+        std::fs::write(&staged, json!({ "keys": keys }).to_string()).expect("write keys");
+        std::fs::rename(&staged, dir.join("jwks.json")).expect("publish keys");
+    };
+    write_keys(&[rsa_jwk("p-rsa-1")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 -m http.server");
+    let url = format!("http://127.0.0.1:{port}/jwks.json");
+    let probe = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !probe
+        .get(&url)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the provider process did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let s = TestServer::start_with_sql(FIXTURE, |c| {
+        c.jwt_secret = None;
+        c.jwt_jwks_url = Some(url.clone());
+        c.jwt_jwks_kid_refresh = Duration::ZERO;
+    })
+    .await;
+    let rsa = bearer(Algorithm::RS256, "p-rsa-1", json!({"sub": "u1"}));
+    let ed = bearer(Algorithm::EdDSA, "p-ed-1", json!({"sub": "u2"}));
+    accepted(&s, &rsa, "RS256 key published at startup").await;
+    refused(&s, &ed, "PGRST301", "EdDSA key not yet published").await;
+
+    // Rotation at the provider: the EdDSA key in, the RSA key out.
+    write_keys(&[ed_jwk("p-ed-1")]);
+    accepted(&s, &ed, "EdDSA key once published, no restart").await;
+    refused(&s, &rsa, "PGRST301", "RS256 once its key was removed").await;
+
+    // The provider dies: the keys fetched last keep working.
+    child.kill().await.expect("kill the provider");
+    let _ = child.wait().await;
+    assert!(
+        probe.get(&url).send().await.is_err(),
+        "the provider is down"
+    );
+    // New tokens (not in the validated-token cache) are checked against
+    // the keys kept from the last fetch.
+    let fresh = bearer(Algorithm::EdDSA, "p-ed-1", json!({"sub": "u4"}));
+    accepted(&s, &fresh, "a new EdDSA token with the provider down").await;
+    let unknown = bearer(Algorithm::ES256, "p-es-never", json!({"sub": "u3"}));
+    refused(
+        &s,
+        &unknown,
+        "PGRST301",
+        "an unknown kid while the provider is down",
+    )
+    .await;
+    let later = bearer(Algorithm::EdDSA, "p-ed-1", json!({"sub": "u5"}));
+    accepted(&s, &later, "a new EdDSA token after a failed refresh").await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
