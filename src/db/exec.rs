@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use crate::error::{ApiError, Fault};
+use crate::error::ApiError;
 
 use bytes::Bytes;
 use deadpool::managed::{Object, PoolError, TimeoutType};
@@ -521,28 +521,18 @@ const SAVEPOINT_SQL: &str = "SAVEPOINT pgrpc_call";
 const ROLLBACK_TO_SAVEPOINT_SQL: &str = "ROLLBACK TO SAVEPOINT pgrpc_call";
 
 /// The answer of a failed call if it is final, so that a retry under the
-/// same key replays it: a client error other than 408, 425 and 429 (which
-/// say "try again"). A 5xx (a lost connection, a timeout, a failover, a
-/// serialization failure) is not final, and the retry runs the call.
+/// same key replays it: an error the function or PostgreSQL raised that is
+/// a client error other than 408, 425 and 429 (which say "try again"). A
+/// 5xx (a lost connection, a timeout, a failover, a serialization failure)
+/// is not final, and the retry runs the call. Nor are the proxy's own
+/// checks of the request's preferences (`max-affected`, a singular
+/// `Accept`, a range): like a request that fails validation, a corrected
+/// request may follow, and they store nothing.
 fn final_answer(e: &ExecError) -> Option<ApiError> {
-    let api = match e {
-        ExecError::Postgres { error, context } => ApiError::from_db(error, *context),
-        ExecError::Singularity(_)
-        | ExecError::MaxAffected(_)
-        | ExecError::RangeNotSatisfiable { .. }
-        | ExecError::Settings(_) => {
-            let (code, status) = e.pgrst().code_and_status();
-            ApiError {
-                status,
-                code: code.to_string(),
-                message: e.to_string(),
-                details: e.details(),
-                hint: e.hint(),
-                headers: e.headers(),
-            }
-        }
-        _ => return None,
+    let ExecError::Postgres { error, context } = e else {
+        return None;
     };
+    let api = ApiError::from_db(error, *context);
     let status = api.status.as_u16();
     (api.status.is_client_error() && !matches!(status, 408 | 425 | 429)).then_some(api)
 }
