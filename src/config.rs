@@ -130,6 +130,9 @@ pub struct ServeConfig {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "PGRPC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The most calls of one batch (`POST /rpc`).
+    #[arg(long, env = "PGRPC_MAX_BATCH_CALLS", default_value_t = 100)]
+    pub max_batch_calls: usize,
     /// How long SIGTERM waits for in-flight requests, in ms.
     #[arg(long = "shutdown-grace-ms", env = "PGRPC_SHUTDOWN_GRACE_MS", default_value = "30000", value_parser = millis)]
     pub shutdown_grace: Duration,
@@ -276,6 +279,9 @@ impl ServeConfig {
         }
         if self.max_body_bytes == 0 {
             return Err("PGRPC_MAX_BODY_BYTES must be at least 1".into());
+        }
+        if self.max_batch_calls == 0 {
+            return Err("PGRPC_MAX_BATCH_CALLS must be at least 1".into());
         }
         if self.max_rows.is_some_and(|n| n < 0) {
             return Err("PGRPC_MAX_ROWS must not be negative; unset it for no limit".into());

@@ -448,14 +448,73 @@ fn request_body(r: &Routine) -> Value {
     })
 }
 
+/// One call of a batch to `r`: its name as `fn`, its body as `args`.
+/// A function that takes a raw body (text, xml, bytea) cannot be batched.
+fn batch_item(r: &Routine) -> Option<Value> {
+    if r.takes_body && crate::media::raw_media(&r.params[0].type_sql).is_some() {
+        return None;
+    }
+    let body = request_body(r);
+    // `args` may be left out only where the function needs no argument.
+    let required = if body["required"] == json!(true) {
+        json!(["fn", "args"])
+    } else {
+        json!(["fn"])
+    };
+    let args = body["content"]["application/json"]["schema"].clone();
+    let args = match args {
+        Value::Object(o) if o.is_empty() => json!({"type": "object"}),
+        other => other,
+    };
+    Some(json!({
+        "type": "object",
+        "required": required,
+        "additionalProperties": false,
+        "properties": {"fn": {"type": "string", "enum": [r.name]}, "args": args},
+    }))
+}
+
+/// `POST /rpc`: a batch of calls, all or nothing (docs/proxy.md, Batches).
+fn batch_operation(items: Vec<Value>) -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({"description": "each call's result, in order, as that call alone would answer it (null for a void call)",
+               "content": {"application/json": {"schema": {"type": "array", "items": {}}}}}),
+    );
+    for s in [
+        "400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "429", "503", "504",
+    ] {
+        responses.insert(s.into(), error_ref());
+    }
+    json!({
+        "summary": "Runs a batch of calls in one transaction, all or nothing",
+        "description": "The calls run in order, as the request's role, each checked as if sent alone. If one fails, nothing is kept, and the answer is that call's error with X-Pgrpc-Batch-Index naming it (0-based). At most PGRPC_MAX_BATCH_CALLS calls (100 by default; more is 413). No query string; Prefer is ignored. docs/proxy.md#batches",
+        "operationId": "post_batch",
+        "tags": ["rpc"],
+        "parameters": [header_param(
+            "Idempotency-Key",
+            json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!#-~][ -~]*$"}),
+            "covers the whole batch: a retry with the same key and body replays the stored answer (Idempotent-Replayed: true); a failed batch stores nothing, so its retry runs again. docs/idempotency-keys.md",
+        )],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "array", "minItems": 1, "items": {"anyOf": items}}}}},
+        "responses": responses,
+    })
+}
+
 /// The document for one schema (profile). Every function answers POST,
 /// GET and HEAD (SPEC 2.2: GET runs READ ONLY, whatever the volatility).
 pub fn document(cache: &SchemaCache, schema: &str, role: &str) -> Value {
     let mut paths = Map::new();
+    let mut batch_items = Vec::new();
     for r in cache.routines_in(schema) {
         // As PostgREST: a caller is shown only what its role may call.
         if !cache.may_execute(role, r) {
             continue;
+        }
+        if let Some(item) = batch_item(r) {
+            batch_items.push(item);
         }
         let key = format!("/rpc/{}", r.name);
         let entry = paths.entry(key).or_insert_with(|| json!({}));
@@ -463,6 +522,9 @@ pub fn document(cache: &SchemaCache, schema: &str, role: &str) -> Value {
             entry["post"] = operation(r, false);
             entry["get"] = operation(r, true);
         }
+    }
+    if !batch_items.is_empty() {
+        paths.insert("/rpc".into(), json!({"post": batch_operation(batch_items)}));
     }
     json!({
         "openapi": "3.0.3",

@@ -563,7 +563,10 @@ const BASE64_BODY_MARKER: &str = "(body)";
 /// response, then the function's `response.headers`) and the body, as
 /// text, or in base64 with a marker when its bytes are not text.
 pub fn shaper(routine: Arc<Routine>, media: Negotiated, page: Page) -> Shaper {
-    Box::new(move |result: &CallResult| {
+    Box::new(move |results: &[CallResult]| {
+        let Some(result) = results.first() else {
+            return Err(crate::error::ApiError::from(PlanError::SchemaCacheMissing));
+        };
         let reply = reply(&routine, result.clone(), &media, page)?;
         let mut headers = Vec::new();
         if reply.body.is_some() {

@@ -56,6 +56,10 @@ pub enum ExecError {
     TaskFailed,
     #[error("unexpected idempotency claim state {0:?}")]
     ClaimState(String),
+    /// The call at `index` (0-based) of a batch failed: nothing of the
+    /// batch is kept, and the answer is that call's, with its index.
+    #[error("{error}")]
+    InBatch { index: usize, error: Box<ExecError> },
 }
 
 impl ExecError {
@@ -91,6 +95,7 @@ impl Fault for ExecError {
             ExecError::MaxAffected(_) => Pgrst::MaxAffected,
             ExecError::RangeNotSatisfiable { .. } => Pgrst::InvalidRange,
             ExecError::Settings(e) => e.pgrst(),
+            ExecError::InBatch { error, .. } => error.pgrst(),
             ExecError::TaskFailed
             | ExecError::ClaimState(_)
             | ExecError::Postgres { .. }
@@ -100,17 +105,20 @@ impl Fault for ExecError {
     fn postgres(&self) -> Option<(&tokio_postgres::error::DbError, DbContext)> {
         match self {
             ExecError::Postgres { error, context } => Some((error, *context)),
+            ExecError::InBatch { error, .. } => error.postgres(),
             _ => None,
         }
     }
     fn answer(&self) -> Option<&ApiError> {
         match self {
             ExecError::Rejected(api) => Some(api),
+            ExecError::InBatch { error, .. } => error.answer(),
             _ => None,
         }
     }
     fn details(&self) -> Option<String> {
         match self {
+            ExecError::InBatch { error, .. } => error.details(),
             ExecError::Unavailable(d) | ExecError::Lost(d) => Some(d.clone()),
             ExecError::Singularity(rows) => Some(format!("The result contains {rows} rows")),
             ExecError::MaxAffected(rows) => Some(format!("The query affects {rows} rows")),
@@ -128,6 +136,7 @@ impl Fault for ExecError {
     }
     fn hint(&self) -> Option<String> {
         match self {
+            ExecError::InBatch { error, .. } => error.hint(),
             ExecError::Unreplicated => Some(
                 "Retry with the same Idempotency-Key: it replays the stored answer if the change \
                  survived, and runs the call once if it was lost."
@@ -214,9 +223,10 @@ pub struct StoredResponse {
     pub body: Option<String>,
 }
 
-/// Turns a call's result into the response stored under its key, inside
-/// the transaction (a response that cannot be built rolls the call back).
-pub type Shaper = Box<dyn FnOnce(&CallResult) -> Result<StoredResponse, ApiError> + Send + Sync>;
+/// Turns a call's result (a batch's results, in order) into the response
+/// stored under its key, inside the transaction (a response that cannot be
+/// built rolls the call back).
+pub type Shaper = Box<dyn FnOnce(&[CallResult]) -> Result<StoredResponse, ApiError> + Send + Sync>;
 
 /// A check of a call's result, run inside its transaction before COMMIT:
 /// a call that fails one is rolled back, never committed under an error
@@ -290,6 +300,30 @@ pub struct CallJob {
     pub rollback: bool,
     /// The request runs as the anonymous role (42501 is then 401).
     pub anon: bool,
+    /// A batch (`POST /rpc`): the calls after this job's own, which is the
+    /// batch's first, run in order in the same transaction. None for a
+    /// single call.
+    pub batch: Option<Vec<Step>>,
+}
+
+/// One call of a batch after its first: its statement, binds and checks.
+#[derive(Clone)]
+pub struct Step {
+    pub sql: Arc<str>,
+    pub args: String,
+    pub params: Vec<String>,
+    pub transient: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Step {
+    /// `$1`, then the operations' values.
+    pub(super) fn binds(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut binds: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(1 + self.params.len());
+        binds.push(&self.args);
+        binds.extend(self.params.iter().map(|p| p as &(dyn ToSql + Sync)));
+        binds
+    }
 }
 
 impl CallJob {
@@ -313,6 +347,7 @@ impl CallJob {
             checks: self.checks.clone(),
             rollback: self.rollback,
             anon: self.anon,
+            batch: self.batch.clone(),
         })
     }
 
@@ -336,6 +371,8 @@ pub enum Executed {
     /// A stored response, and the WAL position when it was replayed (at or
     /// after the original call's COMMIT).
     Replayed(StoredResponse, Option<Lsn>),
+    /// A batch's results, in order, and the WAL position after its COMMIT.
+    Batch(Vec<CallResult>, Option<Lsn>),
     /// The call failed with a final answer (a 4xx other than 408, 425 and
     /// 429) under an `Idempotency-Key` of a caller with a `sub`: its
     /// effects were rolled back to a savepoint, the error was stored under

@@ -11,6 +11,7 @@
 //! ever rides on another request's COMMIT.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::error::ApiError;
 
@@ -18,10 +19,11 @@ use bytes::Bytes;
 use deadpool::managed::{Object, PoolError, TimeoutType};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
+use tokio_postgres::Statement;
 use tracing::error;
 
 pub use super::call::{
-    CallJob, CallResult, Check, ExecError, Executed, IdempotentCall, RequestSettings, Shaper,
+    CallJob, CallResult, Check, ExecError, Executed, IdempotentCall, RequestSettings, Shaper, Step,
     StoredResponse,
 };
 use super::lsn::Lsn;
@@ -77,8 +79,20 @@ async fn spawned(
 
 async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let read_only = job.read_only;
-    let result = run_call(pool, job).await;
-    match result {
+    match run_call(pool, job).await {
+        // A batch's failed call is judged as that call alone would be.
+        Err(ExecError::InBatch { index, error }) => Err(ExecError::InBatch {
+            index,
+            error: Box::new(judged(pool, read_only, *error).await),
+        }),
+        Err(e) => Err(judged(pool, read_only, e).await),
+        ok => ok,
+    }
+}
+
+/// The error of a call, with what the node says about a read-only refusal.
+async fn judged(pool: &Pool, read_only: bool, e: ExecError) -> ExecError {
+    match e {
         // A call that may write was refused as read-only. Either the node
         // cannot write (a standby, or a primary demoted or still being
         // promoted), or the function raised 25006 itself; the error table
@@ -88,7 +102,7 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
         // tells them apart. (That question alone can miss: it may run on
         // another connection, after the promotion the failed call raced
         // with has completed.)
-        Err(ExecError::Postgres { error, mut context })
+        ExecError::Postgres { error, mut context }
             if !read_only && *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION =>
         {
             if error.routine() == Some("PreventCommandIfReadOnly") || node_is_read_only(pool).await
@@ -98,7 +112,7 @@ async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
                 pool.manager().forget_connections();
                 context.node_read_only = true;
             }
-            Err(ExecError::Postgres { error, context })
+            ExecError::Postgres { error, context }
         }
         other => other,
     }
@@ -184,7 +198,8 @@ async fn run_on(mut conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let simple = job.checks.is_empty() && job.idempotency.is_none() && !job.rollback;
+    let simple =
+        job.checks.is_empty() && job.idempotency.is_none() && !job.rollback && job.batch.is_none();
     let rollback = job.rollback;
     conn.clear_unreplicated();
     if let (true, Some(call), Some(pre)) = (simple, &cached, &pre_cached) {
@@ -274,6 +289,7 @@ fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
             ..result
         }),
         Executed::Replayed(stored, _) => Executed::Replayed(stored, lsn),
+        Executed::Batch(results, _) => Executed::Batch(results, lsn),
         Executed::Failed(api) => Executed::Failed(api),
     }
 }
@@ -437,24 +453,53 @@ async fn stepwise(
     // Under a key of a caller with a sub, a final error is stored too (as
     // the IETF draft asks): the call runs behind a savepoint, sent in the
     // same round trip, so its effects can be undone and the key kept.
-    let store_errors = job.idempotency.is_some() && !anon && !job.rollback;
-    let called = async {
-        let args = job.binds();
-        let row = if store_errors {
-            let (sp, row) = futures_util::join!(
-                conn.client.batch_execute(SAVEPOINT_SQL),
-                conn.query_row(call, &args, &[]),
-            );
-            sp.map_err(fail)?;
-            row
-        } else {
-            conn.query_row(call, &args, &[]).await
+    // A batch stores no error under its key: it rolls back whole, and a
+    // retry runs it again.
+    let batched = job.batch.is_some();
+    let store_errors = job.idempotency.is_some() && !anon && !job.rollback && !batched;
+    // The error of the call at `index` of a batch names it.
+    let at = |index: usize| {
+        move |error: ExecError| {
+            if batched {
+                ExecError::InBatch {
+                    index,
+                    error: Box::new(error),
+                }
+            } else {
+                error
+            }
         }
-        .map_err(fail)?;
-        // The call statement checked its response settings itself.
-        let result = read_call_row(row.as_ref());
-        for check in &job.checks {
-            check.apply(&result)?;
+    };
+    let called = async {
+        let first = async {
+            let args = job.binds();
+            let row = if store_errors {
+                let (sp, row) = futures_util::join!(
+                    conn.client.batch_execute(SAVEPOINT_SQL),
+                    conn.query_row(call, &args, &[]),
+                );
+                sp.map_err(fail)?;
+                row
+            } else {
+                conn.query_row(call, &args, &[]).await
+            }
+            .map_err(fail)?;
+            // The call statement checked its response settings itself.
+            let result = read_call_row(row.as_ref());
+            for check in &job.checks {
+                check.apply(&result)?;
+            }
+            Ok::<_, ExecError>(result)
+        }
+        .await
+        .map_err(at(0))?;
+        // A batch's further calls, in order, each with its own checks.
+        let mut rest = Vec::new();
+        let mut kept = Vec::new();
+        for (i, step) in job.batch.iter().flatten().enumerate() {
+            let (result, keep) = run_step(&*conn, step, anon).await.map_err(at(i + 1))?;
+            rest.push(result);
+            kept.extend(keep);
         }
         if job.rollback && !job.read_only {
             // As PostgREST before its ROLLBACK: deferred constraints are
@@ -465,11 +510,16 @@ async fn stepwise(
                 .await
                 .map_err(fail)?;
         }
-        Ok::<_, ExecError>(result)
+        Ok::<_, ExecError>((first, rest, kept))
     }
     .await;
-    let result = match called {
-        Ok(result) => result,
+    let (result, rest) = match called {
+        Ok((first, rest, kept)) => {
+            for (sql, statement) in kept {
+                conn.keep(sql, statement);
+            }
+            (first, rest)
+        }
         Err(e) => match (
             &job.idempotency,
             store_errors.then(|| final_answer(&e)).flatten(),
@@ -498,8 +548,20 @@ async fn stepwise(
             _ => return Err(e),
         },
     };
+    let results = if batched {
+        let mut all = Vec::with_capacity(1 + rest.len());
+        all.push(result);
+        all.extend(rest);
+        Err(all)
+    } else {
+        Ok(result)
+    };
     if let Some(idem) = job.idempotency {
-        let stored = (idem.shape)(&result).map_err(ExecError::Rejected)?;
+        let stored = match &results {
+            Ok(one) => (idem.shape)(std::slice::from_ref(one)),
+            Err(all) => (idem.shape)(all.as_slice()),
+        }
+        .map_err(ExecError::Rejected)?;
         let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
         conn.query_row(
             &store,
@@ -514,7 +576,44 @@ async fn stepwise(
         .await
         .map_err(fail)?;
     }
-    Ok((Executed::Called(result), true))
+    match results {
+        Ok(one) => Ok((Executed::Called(one), true)),
+        Err(all) => Ok((Executed::Batch(all, None), true)),
+    }
+}
+
+/// One call of a batch after its first, in the open transaction: its
+/// statement (prepared now, as the request role, if this connection has
+/// not prepared it yet; returned to be kept unless it is transient), the
+/// call, and its checks.
+async fn run_step(
+    conn: &PgConn,
+    step: &Step,
+    anon: bool,
+) -> Result<(CallResult, Option<(Arc<str>, Statement)>), ExecError> {
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
+    let cached = if step.transient && conn.prepares() {
+        None
+    } else {
+        conn.statement(&step.sql)
+    };
+    let (statement, keep) = match cached {
+        Some(statement) => (statement, None),
+        None => {
+            let s = conn.client.prepare(&step.sql).await.map_err(fail)?;
+            let keep = (!step.transient).then(|| (step.sql.clone(), s.clone()));
+            (Prepared::Named(s), keep)
+        }
+    };
+    let row = conn
+        .query_row(&statement, &step.binds(), &[])
+        .await
+        .map_err(fail)?;
+    let result = read_call_row(row.as_ref());
+    for check in &step.checks {
+        check.apply(&result)?;
+    }
+    Ok((result, keep))
 }
 
 const SAVEPOINT_SQL: &str = "SAVEPOINT pgrpc_call";

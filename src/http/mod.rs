@@ -2,6 +2,7 @@
 //! PostgREST, and the operational endpoints. An RPC request walks once
 //! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
+pub mod batch;
 pub mod consistency;
 pub(crate) mod cors;
 pub mod deadline;
@@ -202,6 +203,13 @@ fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
 
 async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>, Arc<str>) {
     let path = req.uri().path();
+    if path == "/rpc" {
+        let label = state.metrics.label_for(Some("/rpc"));
+        return match Box::pin(batch::batch(state, req)).await {
+            Ok(resp) => (resp, label),
+            Err(e) => (e.into_response(), label),
+        };
+    }
     if let Some(name) = path.strip_prefix("/rpc/") {
         let name = percent_encoding::percent_decode_str(name)
             .decode_utf8_lossy()
@@ -416,6 +424,7 @@ async fn rpc(
         },
         idempotency,
         anon: identity.anon,
+        batch: None,
     };
     let replica_read = is_replica_read(&request.method, plan.routine.is_read_only());
     timing.lap("plan");
@@ -432,6 +441,8 @@ async fn rpc(
         Executed::Replayed(stored, lsn) => (plan::replayed(stored)?, lsn),
         // A final error, stored under the key and committed with it.
         Executed::Failed(api) => return Err(api),
+        // Only a batch job (`batch`) answers a batch.
+        Executed::Batch(..) => return Err(ExecError::TaskFailed.into()),
     };
     if let Some(lsn) = commit_lsn {
         // The primary has written at least this far: a read that sends it

@@ -482,7 +482,7 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Args, RequestError> {
     }
 }
 
-fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
+pub(crate) fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
     let map: HashMap<String, IgnoredAny> =
         serde_json::from_str(json).map_err(|e| invalid_json(e.to_string()))?;
     Ok(map.into_keys().collect())

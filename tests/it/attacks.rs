@@ -529,10 +529,12 @@ mod transport {
         let anon = send(s.http.get(s.url("/"))).await;
         assert_eq!(anon.status, 200, "{}", anon.text);
         let seen = documented(&anon.body);
-        let expected: std::collections::BTreeSet<String> = ["/rpc/sign_contract", "/rpc/version"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        // `/rpc`, the batch, lists the same functions as its calls.
+        let expected: std::collections::BTreeSet<String> =
+            ["/rpc", "/rpc/sign_contract", "/rpc/version"]
+                .into_iter()
+                .map(String::from)
+                .collect();
         assert_eq!(seen, expected, "anonymous callers see {seen:?}");
         let service = send(
             s.http
@@ -2165,3 +2167,142 @@ mod jwks {
 }
 
 // (end of section: jwks)
+
+// ---- batch: POST /rpc, an atomic batch of calls ----
+mod batch {
+    use serde_json::{json, Value};
+
+    use crate::support::db::count;
+    use crate::support::{send, service_token, Resp, TestServer};
+
+    async fn post_batch(s: &TestServer, body: String) -> Resp {
+        send(
+            s.http
+                .post(s.url("/rpc"))
+                .bearer_auth(service_token())
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    async fn teams(s: &TestServer) -> i64 {
+        let su = s.db.superuser().await;
+        count(&su, "SELECT count(*) FROM private.teams").await
+    }
+
+    fn team(i: usize) -> Value {
+        json!({"fn": "create_team", "args": {"tenant_id": 1, "name": format!("t{i}")}})
+    }
+
+    // Ten thousand calls in one body are refused (413, the batch bound)
+    // and none of them runs; the proxy answers the next batch.
+    #[tokio::test]
+    async fn ten_thousand_calls_are_refused_and_nothing_runs() {
+        let s = TestServer::start().await;
+        let calls: Vec<Value> = (0..10_000).map(team).collect();
+        let r = post_batch(&s, Value::Array(calls).to_string()).await;
+        assert_eq!(r.status, 413, "{}", r.text);
+        assert_eq!(r.error_code(), "PGRPC413");
+        assert_eq!(teams(&s).await, 0, "a refused batch wrote");
+        // Over the body bound too: 413 before parsing.
+        let calls: Vec<Value> = (0..30_000).map(team).collect();
+        let r = post_batch(&s, Value::Array(calls).to_string()).await;
+        assert_eq!(r.status, 413, "{}", r.text);
+        assert_eq!(teams(&s).await, 0);
+        let r = post_batch(&s, Value::Array((0..100).map(team).collect()).to_string()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(teams(&s).await, 100);
+    }
+
+    // Nested `fn` objects, a non-string `fn`, extra keys, references and
+    // arguments that are not an object are 400 PGRST102, and nothing of
+    // the batch runs, the valid calls before them included.
+    #[tokio::test]
+    async fn malformed_calls_are_400_and_nothing_runs() {
+        let s = TestServer::start().await;
+        for bad in [
+            json!({"fn": {"fn": "create_team"}, "args": {}}),
+            json!({"fn": ["create_team"]}),
+            json!({"fn": 1}),
+            json!({"fn": null}),
+            json!({"fn": "create_team", "args": null}),
+            json!({"fn": "create_team", "args": {"tenant_id": 1, "name": "x"}, "extra": 1}),
+            json!({"fn": "create_team", "args": {"tenant_id": {"$ref": "0.id"}, "name": "x"}, "$ref": "0"}),
+            json!({"fn": "create_team", "args": [1, "x"]}),
+            json!({"args": {"tenant_id": 1, "name": "x"}}),
+            json!({"fn": ""}),
+            json!(["create_team", {"tenant_id": 1, "name": "x"}]),
+        ] {
+            let body = json!([team(0), bad]).to_string();
+            let r = post_batch(&s, body.clone()).await;
+            assert_eq!(r.status, 400, "{body}: {}", r.text);
+            assert_eq!(r.error_code(), "PGRST102", "{body}");
+        }
+        // A reference is not a syntax: `{"$ref": …}` in args is an object
+        // argument like any other, and PostgreSQL refuses it as a bigint.
+        let body = json!([team(0), {"fn": "create_team",
+            "args": {"tenant_id": {"$ref": "0.tenant_id"}, "name": "x"}}])
+        .to_string();
+        let r = post_batch(&s, body).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.header("x-pgrpc-batch-index"), Some("1"), "{}", r.text);
+        for body in [
+            "{}",
+            "[]",
+            "[[]]",
+            "\"create_team\"",
+            "[{\"fn\":\"create_team\"}",
+        ] {
+            let r = post_batch(&s, body.to_string()).await;
+            assert_eq!(r.status, 400, "{body}: {}", r.text);
+        }
+        assert_eq!(teams(&s).await, 0, "a refused batch wrote");
+    }
+
+    // A batch is never a read: GET (and HEAD) /rpc is 405 whatever it
+    // carries, so a VOLATILE call cannot hide in a GET; a query string on
+    // POST is 400, and nothing runs.
+    #[tokio::test]
+    async fn a_volatile_call_hidden_in_a_get_is_405_and_nothing_runs() {
+        let s = TestServer::start().await;
+        let body = json!([team(0)]).to_string();
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::HEAD,
+            reqwest::Method::PUT,
+        ] {
+            let r = send(
+                s.http
+                    .request(method.clone(), s.url("/rpc"))
+                    .bearer_auth(service_token())
+                    .header("content-type", "application/json")
+                    .body(body.clone()),
+            )
+            .await;
+            assert_eq!(r.status, 405, "{method}: {}", r.text);
+            assert_eq!(r.header("allow"), Some("OPTIONS,POST"));
+        }
+        let r = send(
+            s.http
+                .get(s.url("/rpc"))
+                .query(&[("fn", "create_team"), ("tenant_id", "1"), ("name", "x")])
+                .bearer_auth(service_token()),
+        )
+        .await;
+        assert_eq!(r.status, 405, "{}", r.text);
+        let r = send(
+            s.http
+                .post(s.url("/rpc?select=id"))
+                .bearer_auth(service_token())
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.error_code(), "PGRST100");
+        assert_eq!(teams(&s).await, 0, "a refused batch wrote");
+    }
+}
+
+// (end of section: batch)

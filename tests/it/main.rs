@@ -8,6 +8,7 @@ mod support;
 
 mod api_types;
 mod attacks;
+mod batch;
 mod clients;
 mod contracts;
 mod cors;
