@@ -196,6 +196,19 @@ impl Auth {
         }
     }
 
+    /// [`Auth::identify_request`] under [`Auth::with_fresh_keys`]: who a
+    /// request runs as, with the fetched keys refreshed once for a `kid`
+    /// no key has. Every request path identifies its caller through it.
+    pub async fn identify_fresh(
+        &self,
+        authorization: Option<&[u8]>,
+        apikey: Option<&[u8]>,
+        assumable: &std::collections::HashSet<String>,
+    ) -> Result<Identity, AuthError> {
+        self.with_fresh_keys(|| self.identify_request(authorization, apikey, assumable))
+            .await
+    }
+
     /// Resolves the `Authorization` header. `assumable` is the set of roles
     /// the authenticator may switch to. A scheme other than Bearer is not
     /// ours to judge (a gateway's Basic credentials, say): the request runs

@@ -529,57 +529,44 @@ async fn stepwise(
                     .batch_execute(ROLLBACK_TO_SAVEPOINT_SQL)
                     .await
                     .map_err(fail)?;
-                let stored = stored_error(&api);
-                let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
-                conn.query_row(
-                    &store,
-                    &[
-                        &idem.key,
-                        &stored.status,
-                        &stored.headers_json,
-                        &stored.body,
-                    ],
-                    &STORE_TYPES,
-                )
-                .await
-                .map_err(fail)?;
+                store(conn, &idem.key, &stored_error(&api))
+                    .await
+                    .map_err(fail)?;
                 return Ok((Executed::Failed(api), true));
             }
             _ => return Err(e),
         },
     };
-    let results = if batched {
-        let mut all = Vec::with_capacity(1 + rest.len());
-        all.push(result);
-        all.extend(rest);
-        Err(all)
-    } else {
-        Ok(result)
-    };
+    // Every call's result in order: one for a single call.
+    let mut results = Vec::with_capacity(1 + rest.len());
+    results.push(result);
+    results.extend(rest);
     if let Some(idem) = job.idempotency {
-        let stored = match &results {
-            Ok(one) => (idem.shape)(std::slice::from_ref(one)),
-            Err(all) => (idem.shape)(all.as_slice()),
-        }
-        .map_err(ExecError::Rejected)?;
-        let store = own_statement(conn, STORE_SQL).await.map_err(fail)?;
-        conn.query_row(
-            &store,
-            &[
-                &idem.key,
-                &stored.status,
-                &stored.headers_json,
-                &stored.body,
-            ],
-            &STORE_TYPES,
-        )
-        .await
-        .map_err(fail)?;
+        let stored = (idem.shape)(&results).map_err(ExecError::Rejected)?;
+        store(conn, &idem.key, &stored).await.map_err(fail)?;
     }
-    match results {
-        Ok(one) => Ok((Executed::Called(one), true)),
-        Err(all) => Ok((Executed::Batch(all, None), true)),
+    if batched {
+        return Ok((Executed::Batch(results, None), true));
     }
+    let one = results.pop().ok_or(ExecError::TaskFailed)?;
+    Ok((Executed::Called(one), true))
+}
+
+/// Stores `stored` as the response under the `Idempotency-Key` this
+/// transaction claimed (`pgrpc_http.http_idempotency_store`).
+async fn store(
+    conn: &mut PgConn,
+    key: &str,
+    stored: &StoredResponse,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = own_statement(conn, STORE_SQL).await?;
+    conn.query_row(
+        &statement,
+        &[&key, &stored.status, &stored.headers_json, &stored.body],
+        &STORE_TYPES,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// One call of a batch after its first, in the open transaction: its

@@ -305,13 +305,11 @@ pub(super) async fn batch(
     let calls = parse_batch(&request.args.whole, state.config.max_batch_calls)?;
     let identity = state
         .auth
-        .with_fresh_keys(|| {
-            state.auth.identify_request(
-                request.authorization.as_deref(),
-                request.apikey.as_deref(),
-                &cache.roles,
-            )
-        })
+        .identify_fresh(
+            request.authorization.as_deref(),
+            request.apikey.as_deref(),
+            &cache.roles,
+        )
         .await?;
     // Each call is planned as if sent alone, as POST with a JSON body and
     // `Accept: application/json`, without preferences.

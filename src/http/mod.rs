@@ -289,11 +289,7 @@ async fn openapi(
     let apikey = req.headers().get("apikey").map(|v| v.as_bytes());
     let identity = state
         .auth
-        .with_fresh_keys(|| {
-            state
-                .auth
-                .identify_request(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)
-        })
+        .identify_fresh(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)
         .await?;
     let mut r = json_response(
         StatusCode::OK,
@@ -361,13 +357,11 @@ async fn rpc(
     let mut timing = headers::Timing::new(state.config.server_timing);
     let identity = state
         .auth
-        .with_fresh_keys(|| {
-            state.auth.identify_request(
-                request.authorization.as_deref(),
-                request.apikey.as_deref(),
-                &cache.roles,
-            )
-        })
+        .identify_fresh(
+            request.authorization.as_deref(),
+            request.apikey.as_deref(),
+            &cache.roles,
+        )
         .await?;
     timing.lap("jwt");
     if request.prefer.timezone().is_some() {
