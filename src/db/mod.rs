@@ -60,10 +60,6 @@ impl Catalog {
     pub fn reloads(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
     }
-
-    pub fn mark_down(&self) {
-        self.db_up.store(false, Ordering::Relaxed);
-    }
 }
 
 /// Keeps the cache loaded: connects, LISTENs on `pgrst`, loads the catalog,
@@ -84,7 +80,12 @@ pub async fn maintain_catalog(
         match listen_once(&url, &schemas, &catalog, &pools, &mut stop).await {
             Ok(()) => return,
             Err(e) => {
-                catalog.mark_down();
+                // A session that got as far as loading the cache was a
+                // success: the next outage starts from the shortest wait,
+                // not from where the last one left off.
+                if catalog.db_up.swap(false, Ordering::Relaxed) {
+                    backoff = Duration::from_millis(100);
+                }
                 warn!(cause = %e, "schema listener lost the database; retrying");
             }
         }
@@ -92,7 +93,7 @@ pub async fn maintain_catalog(
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -90,7 +90,9 @@ def now():
 
 
 def log(msg):
-    print(f"[{now():7.2f}s] {msg}", file=sys.stderr, flush=True)
+    # The wall clock too, to line the round up with the services' logs.
+    wall = time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+    print(f"[{now():7.2f}s {wall}] {msg}", file=sys.stderr, flush=True)
 
 
 def secrets():
