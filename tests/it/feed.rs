@@ -702,7 +702,10 @@ async fn mark_read_clears_only_the_named_markers() {
 async fn a_nested_reservation_ids_array_is_400_and_clears_nothing() {
     let server = TestServer::start().await;
     let x = "x@example.com";
-    let (a, b) = (finalize_new(&server, x).await, finalize_new(&server, x).await);
+    let (a, b) = (
+        finalize_new(&server, x).await,
+        finalize_new(&server, x).await,
+    );
     for ids in [json!([[a, b]]), json!([[a], [b]])] {
         let r = server
             .service_rpc(
@@ -711,7 +714,11 @@ async fn a_nested_reservation_ids_array_is_400_and_clears_nothing() {
             )
             .await;
         assert_error(&r, 400, "invalid_reservation_ids");
-        assert_eq!(unread_count(&server, x).await, 2, "a refused call cleared markers");
+        assert_eq!(
+            unread_count(&server, x).await,
+            2,
+            "a refused call cleared markers"
+        );
     }
     assert_eq!(mark_read(&server, x, Some(&[a, b])).await, 2);
 }

@@ -260,7 +260,10 @@ async fn a_nested_array_argument_is_400_and_changes_nothing() {
     let second = emit(&su, "order", "o2", "order.created").await;
     let leased = "SELECT count(*) FROM private.outbox WHERE status = 'leased'";
 
-    for types in [json!([["order.created"]]), json!([["order.created"], ["order.paid"]])] {
+    for types in [
+        json!([["order.created"]]),
+        json!([["order.created"], ["order.paid"]]),
+    ] {
         let r = server
             .service_rpc(
                 "outbox_claim",
@@ -275,16 +278,26 @@ async fn a_nested_array_argument_is_400_and_changes_nothing() {
         .service_rpc("outbox_claim", json!({"consumer": "flat"}))
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let lease = r.body["lease_token"].as_str().expect("lease_token").to_string();
+    let lease = r.body["lease_token"]
+        .as_str()
+        .expect("lease_token")
+        .to_string();
     for ids in [json!([[first, second]]), json!([[first], [second]])] {
         let r = server
             .service_rpc("outbox_ack", json!({"lease_token": lease, "ids": ids}))
             .await;
         assert_error(&r, 400, "invalid_ids");
-        assert_eq!(count(&su, leased).await, 2, "a refused ack acknowledged events");
+        assert_eq!(
+            count(&su, leased).await,
+            2,
+            "a refused ack acknowledged events"
+        );
     }
     let r = server
-        .service_rpc("outbox_ack", json!({"lease_token": lease, "ids": [first, second]}))
+        .service_rpc(
+            "outbox_ack",
+            json!({"lease_token": lease, "ids": [first, second]}),
+        )
         .await;
     assert_eq!(r.body, json!(2), "{}", r.text);
 }

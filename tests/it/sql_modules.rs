@@ -552,5 +552,8 @@ async fn http_idempotency_row_is_own_is_volatile() {
         &[],
     )
     .await;
-    assert_eq!(volatility, "v", "declared {volatility}, calls pg_current_xact_id()");
+    assert_eq!(
+        volatility, "v",
+        "declared {volatility}, calls pg_current_xact_id()"
+    );
 }

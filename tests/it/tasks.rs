@@ -855,10 +855,19 @@ async fn a_nested_suggestion_ids_array_is_400_and_creates_nothing() {
         body["suggestion_ids"] = ids;
         let r = server.service_rpc("create_ticket", body).await;
         assert_error(&r, 400, "invalid_suggestion_ids");
-        assert_eq!(ticket_rows(&su).await, (0, 0), "a refused call created a ticket");
+        assert_eq!(
+            ticket_rows(&su).await,
+            (0, 0),
+            "a refused call created a ticket"
+        );
         assert_eq!(outbox_count(&su, "ticket.created").await, 0);
     }
-    service_ok(&server, "create_ticket", ticket_body(&conn_id, "ACME-1", &[a, b])).await;
+    service_ok(
+        &server,
+        "create_ticket",
+        ticket_body(&conn_id, "ACME-1", &[a, b]),
+    )
+    .await;
     assert_eq!(ticket_rows(&su).await, (1, 2));
 }
 
