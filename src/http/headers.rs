@@ -2,7 +2,8 @@
 //! IETF drafts, kept out of the request path's logic:
 //!
 //! - `Vary` on RPC answers (`Accept, Prefer, Range`, as PostgREST 13
-//!   sends; `Origin` where CORS echoes an origin);
+//!   sends, then the credentials, `Authorization` and `apikey`, that pick
+//!   the role; `Origin` where CORS echoes an origin);
 //! - `Server-Timing` (`PGRPC_SERVER_TIMING`), as PostgREST's
 //!   `server-timing-enabled`: the jwt, plan, transaction and render stages;
 //! - `Proxy-Status` on every error answer, as PostgREST 13
@@ -16,7 +17,9 @@ use std::time::Instant;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, VARY};
 
 /// `Vary` of every `/rpc/*` answer: what else in the request chose it.
-pub const RPC_VARY: &str = "Accept, Prefer, Range";
+/// The credentials are there so that a shared cache never gives one
+/// caller's answer to another.
+pub const RPC_VARY: &str = "Accept, Prefer, Range, Authorization, apikey";
 
 /// The longest `Idempotency-Key` header parsed, quotes and escapes
 /// included. Longer values are refused before any parsing; the key itself
@@ -72,7 +75,7 @@ pub fn sf_string(value: &[u8]) -> Option<String> {
 /// `Origin`, so the answer also depends on it).
 pub fn vary_rpc(headers: &mut HeaderMap, origin: bool) {
     let value = if origin {
-        HeaderValue::from_static("Accept, Prefer, Range, Origin")
+        HeaderValue::from_static("Accept, Prefer, Range, Authorization, apikey, Origin")
     } else {
         HeaderValue::from_static(RPC_VARY)
     };

@@ -8,19 +8,27 @@ use serde_json::json;
 use crate::support::{send, service_token, TestServer};
 
 /// Every `/rpc/*` answer, errors included, says it depends on Accept,
-/// Prefer and Range; with a listed origin echoed, on Origin too.
+/// Prefer, Range and the credentials (Authorization, and supabase-js'
+/// apikey), so a shared cache never gives one caller's answer to another;
+/// with a listed origin echoed, on Origin too.
 #[tokio::test]
-async fn rpc_answers_vary_on_accept_prefer_range_and_an_echoed_origin() {
+async fn rpc_answers_vary_on_accept_prefer_range_credentials_and_an_echoed_origin() {
     let s = TestServer::start_with(|c| {
         c.cors_allowed_origins = vec!["https://app.example".into()];
     })
     .await;
     let ok = send(s.http.post(s.url("/rpc/version")).json(&json!({}))).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
-    assert_eq!(ok.header("vary"), Some("Accept, Prefer, Range"));
+    assert_eq!(
+        ok.header("vary"),
+        Some("Accept, Prefer, Range, Authorization, apikey")
+    );
     let missing = send(s.http.post(s.url("/rpc/no_such_function")).json(&json!({}))).await;
     assert_eq!(missing.status, 404);
-    assert_eq!(missing.header("vary"), Some("Accept, Prefer, Range"));
+    assert_eq!(
+        missing.header("vary"),
+        Some("Accept, Prefer, Range, Authorization, apikey")
+    );
     let from_app = send(
         s.http
             .get(s.url("/rpc/version"))
@@ -33,7 +41,7 @@ async fn rpc_answers_vary_on_accept_prefer_range_and_an_echoed_origin() {
     );
     assert_eq!(
         from_app.header("vary"),
-        Some("Accept, Prefer, Range, Origin")
+        Some("Accept, Prefer, Range, Authorization, apikey, Origin")
     );
     // Not an RPC answer: no Vary.
     let live = send(s.http.get(s.url("/live"))).await;
