@@ -109,6 +109,9 @@ pub fn head_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
+/// The stages a call can fail in, in the order they run (`render` follows).
+const FAILABLE_STAGES: [&str; 3] = ["jwt", "plan", "transaction"];
+
 /// The stages of an RPC call for `Server-Timing`, each measured from the
 /// previous lap. Disabled (the default), it measures nothing.
 pub struct Timing {
@@ -141,18 +144,31 @@ impl Timing {
         }
     }
 
-    /// `Server-Timing: jwt;dur=0.1, plan;dur=0.2, …` (milliseconds, as
-    /// PostgREST writes them), when enabled.
-    pub fn write(&self, headers: &mut HeaderMap) {
+    /// Ends the stage a failed call was in: the one after the last lap,
+    /// among jwt, plan and transaction (rendering an error is not timed).
+    pub fn lap_failed(&mut self) {
+        if let Some(name) = FAILABLE_STAGES.get(self.stages.len()) {
+            self.lap(name);
+        }
+    }
+
+    /// `jwt;dur=0.1, plan;dur=0.2, …` (milliseconds, as PostgREST writes
+    /// them), when enabled and a stage was measured.
+    pub fn value(&self) -> Option<HeaderValue> {
         if self.last.is_none() || self.stages.is_empty() {
-            return;
+            return None;
         }
         let text: Vec<String> = self
             .stages
             .iter()
             .map(|(name, ms)| format!("{name};dur={ms:.3}"))
             .collect();
-        if let Ok(v) = HeaderValue::from_str(&text.join(", ")) {
+        HeaderValue::from_str(&text.join(", ")).ok()
+    }
+
+    /// Sets `Server-Timing` to [`Timing::value`], when there is one.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        if let Some(v) = self.value() {
             headers.insert(HeaderName::from_static("server-timing"), v);
         }
     }
