@@ -197,7 +197,6 @@ GRANT EXECUTE ON FUNCTION pgrpc_http.http_idempotency_claim(text,text) TO pgrpc_
 CREATE OR REPLACE FUNCTION private.http_idempotency_row_is_own(p_xmin xid)
  RETURNS boolean
  LANGUAGE sql
- STABLE
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
     -- A row this statement can see whose inserting transaction is still in

@@ -106,6 +106,11 @@ DECLARE
     v_now timestamptz := clock_timestamp();
     v_max_attempts integer := private.setting_int('outbox_max_attempts');
 BEGIN
+    IF array_ndims(outbox_claim.event_types) > 1 THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_event_types',
+            DETAIL = format('event_types must be a one-dimensional array, got %s dimensions.', array_ndims(outbox_claim.event_types)),
+            HINT = 'Pass a flat JSON array of event types, for example ["order.created"], or null for all.';
+    END IF;
     IF outbox_claim.consumer IS NULL OR btrim(outbox_claim.consumer) = ''
        OR length(outbox_claim.consumer) > 200 THEN
         RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_consumer',
@@ -204,6 +209,11 @@ AS $function$
 DECLARE
     v_count integer;
 BEGIN
+    IF array_ndims(outbox_ack.ids) > 1 THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_ids',
+            DETAIL = format('ids must be a one-dimensional array, got %s dimensions.', array_ndims(outbox_ack.ids)),
+            HINT = 'Pass a flat JSON array of event ids, for example [1, 2, 3].';
+    END IF;
     UPDATE private.outbox AS o
     SET status = 'delivered',
         delivered_at = clock_timestamp()

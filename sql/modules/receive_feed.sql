@@ -235,6 +235,11 @@ DECLARE
     v_legacy_cleared integer := 0;
     v_markers_cleared integer;
 BEGIN
+    IF array_ndims(mark_receives_read.reservation_ids) > 1 THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_reservation_ids',
+            DETAIL = format('reservation_ids must be a one-dimensional array, got %s dimensions.', array_ndims(mark_receives_read.reservation_ids)),
+            HINT = 'Pass a flat JSON array of reservation ids, or null for all of them.';
+    END IF;
     PERFORM private.require_mailbox_access(v_owner);
 
     -- Legacy flags first, under the row lock: if a migration holds the row,

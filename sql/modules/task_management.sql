@@ -544,6 +544,11 @@ DECLARE
     v_linked integer;
     v_created_by text := coalesce(create_ticket.created_by, private.jwt_sub());
 BEGIN
+    IF array_ndims(create_ticket.suggestion_ids) > 1 THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_suggestion_ids',
+            DETAIL = format('suggestion_ids must be a one-dimensional array, got %s dimensions.', array_ndims(create_ticket.suggestion_ids)),
+            HINT = 'Pass a flat JSON array of suggestion ids.';
+    END IF;
     -- The row lock keeps the connection active until this ticket commits
     -- (a concurrent disconnect waits for it, then applies).
     SELECT c.* INTO v_connection

@@ -15,8 +15,12 @@ use hyper::header::{
 use hyper::Method;
 
 const METHODS: &str = "GET, POST, PATCH, PUT, DELETE, OPTIONS, HEAD";
+/// PostgREST's list, then every header pgrpc itself sets for clients: a
+/// script reads a cross-origin answer's other headers only when listed.
 const EXPOSED: &str = "Content-Encoding, Content-Location, Content-Range, Content-Type, Date, \
-     Location, Server, Transfer-Encoding, Range-Unit";
+     Location, Server, Transfer-Encoding, Range-Unit, Content-Profile, Idempotent-Replayed, \
+     Preference-Applied, Proxy-Status, Retry-After, Server-Timing, WWW-Authenticate, \
+     X-Pgrpc-Batch-Index, X-Pgrpc-Lsn, X-Request-Id";
 /// A day, as PostgREST.
 const MAX_AGE: &str = "86400";
 

@@ -2,7 +2,8 @@
 //! IETF drafts, kept out of the request path's logic:
 //!
 //! - `Vary` on RPC answers (`Accept, Prefer, Range`, as PostgREST 13
-//!   sends; `Origin` where CORS echoes an origin);
+//!   sends, then the credentials, `Authorization` and `apikey`, that pick
+//!   the role; `Origin` where CORS echoes an origin);
 //! - `Server-Timing` (`PGRPC_SERVER_TIMING`), as PostgREST's
 //!   `server-timing-enabled`: the jwt, plan, transaction and render stages;
 //! - `Proxy-Status` on every error answer, as PostgREST 13
@@ -16,7 +17,9 @@ use std::time::Instant;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, VARY};
 
 /// `Vary` of every `/rpc/*` answer: what else in the request chose it.
-pub const RPC_VARY: &str = "Accept, Prefer, Range";
+/// The credentials are there so that a shared cache never gives one
+/// caller's answer to another.
+pub const RPC_VARY: &str = "Accept, Prefer, Range, Authorization, apikey";
 
 /// The longest `Idempotency-Key` header parsed, quotes and escapes
 /// included. Longer values are refused before any parsing; the key itself
@@ -72,7 +75,7 @@ pub fn sf_string(value: &[u8]) -> Option<String> {
 /// `Origin`, so the answer also depends on it).
 pub fn vary_rpc(headers: &mut HeaderMap, origin: bool) {
     let value = if origin {
-        HeaderValue::from_static("Accept, Prefer, Range, Origin")
+        HeaderValue::from_static("Accept, Prefer, Range, Authorization, apikey, Origin")
     } else {
         HeaderValue::from_static(RPC_VARY)
     };
@@ -106,6 +109,9 @@ pub fn head_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
+/// The stages a call can fail in, in the order they run (`render` follows).
+const FAILABLE_STAGES: [&str; 3] = ["jwt", "plan", "transaction"];
+
 /// The stages of an RPC call for `Server-Timing`, each measured from the
 /// previous lap. Disabled (the default), it measures nothing.
 pub struct Timing {
@@ -138,18 +144,31 @@ impl Timing {
         }
     }
 
-    /// `Server-Timing: jwt;dur=0.1, plan;dur=0.2, …` (milliseconds, as
-    /// PostgREST writes them), when enabled.
-    pub fn write(&self, headers: &mut HeaderMap) {
+    /// Ends the stage a failed call was in: the one after the last lap,
+    /// among jwt, plan and transaction (rendering an error is not timed).
+    pub fn lap_failed(&mut self) {
+        if let Some(name) = FAILABLE_STAGES.get(self.stages.len()) {
+            self.lap(name);
+        }
+    }
+
+    /// `jwt;dur=0.1, plan;dur=0.2, …` (milliseconds, as PostgREST writes
+    /// them), when enabled and a stage was measured.
+    pub fn value(&self) -> Option<HeaderValue> {
         if self.last.is_none() || self.stages.is_empty() {
-            return;
+            return None;
         }
         let text: Vec<String> = self
             .stages
             .iter()
             .map(|(name, ms)| format!("{name};dur={ms:.3}"))
             .collect();
-        if let Ok(v) = HeaderValue::from_str(&text.join(", ")) {
+        HeaderValue::from_str(&text.join(", ")).ok()
+    }
+
+    /// Sets `Server-Timing` to [`Timing::value`], when there is one.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        if let Some(v) = self.value() {
             headers.insert(HeaderName::from_static("server-timing"), v);
         }
     }

@@ -355,6 +355,34 @@ async fn rpc(
     )
     .await?;
     let mut timing = headers::Timing::new(state.config.server_timing);
+    match call(state, &cache, request, lsn, &mut timing).await {
+        Ok(mut resp) => {
+            timing.lap("render");
+            timing.write(resp.headers_mut());
+            Ok(resp)
+        }
+        Err(mut e) => {
+            // The stages that ran, the one that failed included.
+            timing.lap_failed();
+            if let Some(v) = timing.value() {
+                e.headers
+                    .push((HeaderName::from_static("server-timing"), v));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The stages of an RPC call that `Server-Timing` measures: identify the
+/// caller, plan, run the transaction, render the answer (`timing` laps
+/// each but the last, which the caller times).
+async fn call(
+    state: &Arc<AppState>,
+    cache: &crate::db::schema::SchemaCache,
+    request: crate::api_request::ApiRequest,
+    lsn: Option<crate::db::lsn::Lsn>,
+    timing: &mut headers::Timing,
+) -> Result<Response<Body>, ApiError> {
     let identity = state
         .auth
         .identify_fresh(
@@ -365,9 +393,9 @@ async fn rpc(
         .await?;
     timing.lap("jwt");
     if request.prefer.timezone().is_some() {
-        exec::ensure_timezones(&state.pool, &cache).await?;
+        exec::ensure_timezones(&state.pool, cache).await?;
     }
-    let plan = plan::plan(&cache, &request, state.config.max_rows, state.config.tx_end)?;
+    let plan = plan::plan(cache, &request, state.config.max_rows, state.config.tx_end)?;
     // A call that cannot write has nothing to protect: its key is ignored,
     // nothing is stored under it, and it runs each time.
     let key = request.idempotency_key.clone().filter(|_| !plan.read_only);
@@ -455,15 +483,12 @@ async fn rpc(
             .headers
             .insert(0, (HeaderName::from_static("preference-applied"), value));
     }
-    let mut resp = respond(
+    Ok(respond(
         reply,
         &request.schema,
         state,
         request.method == Method::HEAD,
-    );
-    timing.lap("render");
-    timing.write(resp.headers_mut());
-    Ok(resp)
+    ))
 }
 
 /// Whether a call may run on the read replica: GET or HEAD of a STABLE or

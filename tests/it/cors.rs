@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::support::{send, TestServer};
+use crate::support::{send, service_token, TestServer};
 
 #[tokio::test]
 async fn any_origin_by_default_with_postgrest_headers() {
@@ -111,4 +111,89 @@ async fn a_list_of_origins_echoes_only_those() {
     )
     .await;
     assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+/// What a browser lets a script read of a cross-origin answer without
+/// `Access-Control-Expose-Headers` (the CORS-safelisted response headers),
+/// and the CORS headers themselves.
+const READABLE_WITHOUT_EXPOSING: [&str; 8] = [
+    "cache-control",
+    "content-language",
+    "content-length",
+    "content-type",
+    "expires",
+    "last-modified",
+    "pragma",
+    "vary",
+];
+
+/// Every header the proxy sets on an answer for a client is in
+/// `Access-Control-Expose-Headers`, so a script in a page can read it: a
+/// batch's `X-Pgrpc-Batch-Index`, `Idempotent-Replayed`,
+/// `Preference-Applied`, `Server-Timing`, `Proxy-Status`, `X-Request-Id`,
+/// `WWW-Authenticate`, and those no answer here carries (`X-Pgrpc-Lsn`
+/// comes from a replica setup, `Retry-After` from a busy key).
+#[tokio::test]
+async fn every_header_the_proxy_sets_for_clients_is_exposed() {
+    let s = TestServer::start_with(|c| c.server_timing = true).await;
+    let post = |path: &str, body: serde_json::Value| {
+        s.http
+            .post(s.url(path))
+            .header("Origin", "https://app.example")
+            .bearer_auth(service_token())
+            .json(&body)
+    };
+    let team = |name: &str| json!({"tenant_id": 1, "name": name});
+    let batch = json!([
+        {"fn": "create_team", "args": team("a")},
+        {"fn": "create_team", "args": {"tenant_id": {"not": "a number"}, "name": "b"}},
+    ]);
+    let failed_batch = send(post("/rpc", batch)).await;
+    assert_eq!(failed_batch.status, 400, "{}", failed_batch.text);
+    assert_eq!(failed_batch.header("x-pgrpc-batch-index"), Some("1"));
+    let keyed = || {
+        post("/rpc/create_team", team("keyed"))
+            .header("idempotency-key", "cors-1")
+            .header("prefer", "handling=lenient")
+    };
+    let first = send(keyed()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("preference-applied"), Some("handling=lenient"));
+    assert!(
+        first.header("server-timing").is_some(),
+        "{:?}",
+        first.headers
+    );
+    let replay = send(keyed()).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let unauthorized = send(
+        s.http
+            .post(s.url("/rpc/version"))
+            .header("Origin", "https://app.example")
+            .bearer_auth("not.a.jwt"),
+    )
+    .await;
+    assert_eq!(unauthorized.status, 401, "{}", unauthorized.text);
+    assert!(unauthorized.header("www-authenticate").is_some());
+
+    for r in [&failed_batch, &first, &replay, &unauthorized] {
+        let exposed: Vec<String> = r
+            .header("access-control-expose-headers")
+            .unwrap_or_default()
+            .split(',')
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect();
+        for name in r.headers.keys().map(|n| n.as_str()) {
+            if READABLE_WITHOUT_EXPOSING.contains(&name) || name.starts_with("access-control-") {
+                continue;
+            }
+            assert!(
+                exposed.iter().any(|e| e == name),
+                "{name} is set but not in Access-Control-Expose-Headers: {exposed:?}"
+            );
+        }
+        for name in ["x-pgrpc-lsn", "retry-after", "content-profile"] {
+            assert!(exposed.iter().any(|e| e == name), "{name}: {exposed:?}");
+        }
+    }
 }

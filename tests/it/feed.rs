@@ -696,6 +696,33 @@ async fn mark_read_clears_only_the_named_markers() {
     );
 }
 
+/// reservation_ids is a one-dimensional array (as OpenAPI describes it): a
+/// nested array is 400 invalid_reservation_ids and clears no marker.
+#[tokio::test]
+async fn a_nested_reservation_ids_array_is_400_and_clears_nothing() {
+    let server = TestServer::start().await;
+    let x = "x@example.com";
+    let (a, b) = (
+        finalize_new(&server, x).await,
+        finalize_new(&server, x).await,
+    );
+    for ids in [json!([[a, b]]), json!([[a], [b]])] {
+        let r = server
+            .service_rpc(
+                "mark_receives_read",
+                json!({"owner_email": x, "reservation_ids": ids}),
+            )
+            .await;
+        assert_error(&r, 400, "invalid_reservation_ids");
+        assert_eq!(
+            unread_count(&server, x).await,
+            2,
+            "a refused call cleared markers"
+        );
+    }
+    assert_eq!(mark_read(&server, x, Some(&[a, b])).await, 2);
+}
+
 // Authorization -------------------------------------------------------------------
 
 /// A pgrpc_user reads, counts and marks only the mailbox of its email claim

@@ -8,19 +8,27 @@ use serde_json::json;
 use crate::support::{send, service_token, TestServer};
 
 /// Every `/rpc/*` answer, errors included, says it depends on Accept,
-/// Prefer and Range; with a listed origin echoed, on Origin too.
+/// Prefer, Range and the credentials (Authorization, and supabase-js'
+/// apikey), so a shared cache never gives one caller's answer to another;
+/// with a listed origin echoed, on Origin too.
 #[tokio::test]
-async fn rpc_answers_vary_on_accept_prefer_range_and_an_echoed_origin() {
+async fn rpc_answers_vary_on_accept_prefer_range_credentials_and_an_echoed_origin() {
     let s = TestServer::start_with(|c| {
         c.cors_allowed_origins = vec!["https://app.example".into()];
     })
     .await;
     let ok = send(s.http.post(s.url("/rpc/version")).json(&json!({}))).await;
     assert_eq!(ok.status, 200, "{}", ok.text);
-    assert_eq!(ok.header("vary"), Some("Accept, Prefer, Range"));
+    assert_eq!(
+        ok.header("vary"),
+        Some("Accept, Prefer, Range, Authorization, apikey")
+    );
     let missing = send(s.http.post(s.url("/rpc/no_such_function")).json(&json!({}))).await;
     assert_eq!(missing.status, 404);
-    assert_eq!(missing.header("vary"), Some("Accept, Prefer, Range"));
+    assert_eq!(
+        missing.header("vary"),
+        Some("Accept, Prefer, Range, Authorization, apikey")
+    );
     let from_app = send(
         s.http
             .get(s.url("/rpc/version"))
@@ -33,7 +41,7 @@ async fn rpc_answers_vary_on_accept_prefer_range_and_an_echoed_origin() {
     );
     assert_eq!(
         from_app.header("vary"),
-        Some("Accept, Prefer, Range, Origin")
+        Some("Accept, Prefer, Range, Authorization, apikey, Origin")
     );
     // Not an RPC answer: no Vary.
     let live = send(s.http.get(s.url("/live"))).await;
@@ -74,6 +82,85 @@ async fn server_timing_lists_the_stages_only_when_enabled() {
     assert_eq!(names, ["jwt", "plan", "transaction", "render"], "{timing}");
     assert!(stages.iter().all(|(_, ms)| *ms >= 0.0), "{timing}");
     assert!(stages[2].1 > 0.0, "a transaction takes time: {timing}");
+}
+
+/// The stage names of a `Server-Timing` value, each checked to carry a
+/// duration in milliseconds.
+fn timing_stages(r: &crate::support::Resp) -> Vec<String> {
+    let timing = r.header("server-timing").unwrap_or_default();
+    timing
+        .split(", ")
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, dur) = part.split_once(";dur=").expect("name;dur=ms");
+            assert!(
+                dur.parse::<f64>().expect("a number of ms") >= 0.0,
+                "{timing}"
+            );
+            name.to_string()
+        })
+        .collect()
+}
+
+/// An error answer carries `Server-Timing` too, with the stages that ran,
+/// the one that failed included: jwt for a token refused, jwt and plan for
+/// an unknown function, jwt, plan and transaction for an error the
+/// function raised. Disabled, errors carry none.
+#[tokio::test]
+async fn server_timing_is_sent_on_errors_with_the_stages_that_ran() {
+    let on = TestServer::start_with(|c| c.server_timing = true).await;
+    let refused = send(
+        on.http
+            .post(on.url("/rpc/version"))
+            .bearer_auth("not.a.jwt"),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert_eq!(timing_stages(&refused), ["jwt"], "{:?}", refused.headers);
+    let unknown = send(
+        on.http
+            .post(on.url("/rpc/no_such_function"))
+            .bearer_auth(service_token())
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(
+        timing_stages(&unknown),
+        ["jwt", "plan"],
+        "{:?}",
+        unknown.headers
+    );
+    let raised = send(
+        on.http
+            .post(on.url("/rpc/outbox_claim"))
+            .bearer_auth(service_token())
+            .json(&json!({"consumer": "timing", "max_events": 0})),
+    )
+    .await;
+    assert_eq!(raised.status, 400, "{}", raised.text);
+    assert_eq!(
+        raised.body["message"], "invalid_max_events",
+        "{}",
+        raised.text
+    );
+    assert_eq!(
+        timing_stages(&raised),
+        ["jwt", "plan", "transaction"],
+        "{:?}",
+        raised.headers
+    );
+
+    let off = TestServer::start().await;
+    let raised = send(
+        off.http
+            .post(off.url("/rpc/outbox_claim"))
+            .bearer_auth(service_token())
+            .json(&json!({"consumer": "timing", "max_events": 0})),
+    )
+    .await;
+    assert_eq!(raised.status, 400, "{}", raised.text);
+    assert_eq!(raised.header("server-timing"), None);
 }
 
 /// Every error answer names its code in `Proxy-Status` (RFC 9209), as

@@ -13,7 +13,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
 use crate::support::db::{assert_refused_as, count, query_column, query_value, sqlstate};
-use crate::support::{join_tasks, TestDb, TestServer};
+use crate::support::{assert_error, join_tasks, TestDb, TestServer};
 
 /// Emits one event as a superuser, outside any request.
 pub async fn emit(
@@ -248,6 +248,58 @@ async fn a_service_claims_and_acknowledges_over_http() {
         "anonymous callers must not claim events: {}",
         anon.text
     );
+}
+
+/// The array arguments are one-dimensional (as OpenAPI describes them): a
+/// nested array to outbox_claim or outbox_ack is 400 and changes nothing.
+#[tokio::test]
+async fn a_nested_array_argument_is_400_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let su = server.db.superuser().await;
+    let first = emit(&su, "order", "o1", "order.created").await;
+    let second = emit(&su, "order", "o2", "order.created").await;
+    let leased = "SELECT count(*) FROM private.outbox WHERE status = 'leased'";
+
+    for types in [
+        json!([["order.created"]]),
+        json!([["order.created"], ["order.paid"]]),
+    ] {
+        let r = server
+            .service_rpc(
+                "outbox_claim",
+                json!({"consumer": "nested", "event_types": types}),
+            )
+            .await;
+        assert_error(&r, 400, "invalid_event_types");
+        assert_eq!(count(&su, leased).await, 0, "a refused claim leased events");
+    }
+
+    let r = server
+        .service_rpc("outbox_claim", json!({"consumer": "flat"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let lease = r.body["lease_token"]
+        .as_str()
+        .expect("lease_token")
+        .to_string();
+    for ids in [json!([[first, second]]), json!([[first], [second]])] {
+        let r = server
+            .service_rpc("outbox_ack", json!({"lease_token": lease, "ids": ids}))
+            .await;
+        assert_error(&r, 400, "invalid_ids");
+        assert_eq!(
+            count(&su, leased).await,
+            2,
+            "a refused ack acknowledged events"
+        );
+    }
+    let r = server
+        .service_rpc(
+            "outbox_ack",
+            json!({"lease_token": lease, "ids": [first, second]}),
+        )
+        .await;
+    assert_eq!(r.body, json!(2), "{}", r.text);
 }
 
 /// Only the head of each aggregate is claimable; the next one follows its acknowledgement.

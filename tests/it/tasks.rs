@@ -841,6 +841,36 @@ async fn create_ticket_links_every_suggestion_or_none() {
     assert_eq!(count(&su, "SELECT count(*) FROM private.tickets").await, 2);
 }
 
+/// suggestion_ids is a one-dimensional array (as OpenAPI describes it): a
+/// nested array is 400 invalid_suggestion_ids, and nothing is created.
+#[tokio::test]
+async fn a_nested_suggestion_ids_array_is_400_and_creates_nothing() {
+    let server = TestServer::start().await;
+    let org = org_with_suggestions(&server, 2).await;
+    let [a, b] = [org.suggestions[0].as_str(), org.suggestions[1].as_str()];
+    let conn_id = id_of(&connect(&server, &org.id, "acme").await);
+    let su = server.db.superuser().await;
+    for ids in [json!([[a, b]]), json!([[a], [b]])] {
+        let mut body = ticket_body(&conn_id, "ACME-1", &NO_SUGGESTIONS);
+        body["suggestion_ids"] = ids;
+        let r = server.service_rpc("create_ticket", body).await;
+        assert_error(&r, 400, "invalid_suggestion_ids");
+        assert_eq!(
+            ticket_rows(&su).await,
+            (0, 0),
+            "a refused call created a ticket"
+        );
+        assert_eq!(outbox_count(&su, "ticket.created").await, 0);
+    }
+    service_ok(
+        &server,
+        "create_ticket",
+        ticket_body(&conn_id, "ACME-1", &[a, b]),
+    )
+    .await;
+    assert_eq!(ticket_rows(&su).await, (1, 2));
+}
+
 /// create_ticket needs an active connection: disabled, requires_reauth, error
 /// and disconnected all give 409 connection_not_active and create nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
