@@ -353,7 +353,7 @@ async fn pipelined(
 /// has not prepared them yet (after the role switch, so PostgreSQL parses
 /// them as the request role); then runs the pre-request function. The
 /// transaction stays open, whatever the outcome.
-async fn open(
+pub(super) async fn open(
     conn: &mut PgConn,
     job: &CallJob,
     cached: Option<Prepared>,
@@ -671,7 +671,7 @@ pub async fn ensure_timezones(pool: &Pool, cache: &SchemaCache) -> Result<(), Ex
 
 /// A pooled connection, or 504 when the pool stays exhausted past its
 /// timeout, or 503 when the database cannot be reached.
-async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
+pub(super) async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
     match crate::trace::pool_wait(pool.get()).await {
         Ok(c) => Ok(c),
         Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ExecError::PoolTimeout),
