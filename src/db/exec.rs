@@ -297,7 +297,7 @@ fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
 /// How the transaction starts: with the isolation level the function
 /// asks for, if any, and READ ONLY for a read-only call (which never
 /// carries an `Idempotency-Key`: a call that cannot write stores nothing).
-fn begin_sql(job: &CallJob) -> Cow<'static, str> {
+pub(super) fn begin_sql(job: &CallJob) -> Cow<'static, str> {
     match (job.isolation, job.read_only) {
         (None, true) => Cow::Borrowed("BEGIN READ ONLY"),
         (None, false) => Cow::Borrowed("BEGIN"),
@@ -307,7 +307,10 @@ fn begin_sql(job: &CallJob) -> Cow<'static, str> {
 }
 
 /// The pre-request function, if there is one, run after the settings.
-async fn pre_request(conn: &PgConn, pre: Option<&Prepared>) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn pre_request(
+    conn: &PgConn,
+    pre: Option<&Prepared>,
+) -> Result<(), tokio_postgres::Error> {
     match pre {
         Some(statement) => conn.query_row(statement, &[], &[]).await.map(|_| ()),
         None => Ok(()),

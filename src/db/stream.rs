@@ -32,7 +32,7 @@ use tokio_postgres::{NoTls, Row, RowStream};
 use tracing::warn;
 
 use super::call::{CallJob, CallResult, ExecError};
-use super::exec::{checkout, open};
+use super::exec::{begin_sql, checkout, open, pre_request};
 use super::pool::{Conn, Pool, Prepared};
 use crate::error::ApiError;
 use crate::http::body::Piece;
@@ -86,12 +86,26 @@ pub async fn stream(pool: &Pool, job: StreamJob) -> Result<Streamed, ExecError> 
     let pool = pool.clone();
     let (head, answer) = oneshot::channel();
     tokio::spawn(crate::trace::carry(Box::pin(async move {
-        crate::trace::transaction(run(&pool, job, head)).await;
+        run(&pool, job, head).await;
     })));
     answer.await.unwrap_or(Err(ExecError::TaskFailed))
 }
 
-type Head = oneshot::Sender<Result<Streamed, ExecError>>;
+/// Where the head goes, and when the transaction started: the request's
+/// transaction time is its time until the head is handed over.
+struct Head {
+    sender: oneshot::Sender<Result<Streamed, ExecError>>,
+    since: Option<(std::time::SystemTime, std::time::Instant)>,
+}
+
+impl Head {
+    fn send(self, head: Result<Streamed, ExecError>) -> Result<(), ()> {
+        if let Some((wall, started)) = self.since {
+            crate::trace::scope::transaction_so_far(wall, started);
+        }
+        self.sender.send(head).map_err(|_| ())
+    }
+}
 
 /// Why a stream stopped before its end.
 #[derive(Clone, Copy)]
@@ -100,7 +114,15 @@ enum Stopped {
     Stopping,
 }
 
-async fn run(pool: &Pool, mut job: StreamJob, head: Head) {
+async fn run(
+    pool: &Pool,
+    mut job: StreamJob,
+    sender: oneshot::Sender<Result<Streamed, ExecError>>,
+) {
+    let mut head = Head {
+        sender,
+        since: None,
+    };
     let deadline = Instant::now() + job.max_duration;
     let anon = job.call.anon;
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, anon);
@@ -111,6 +133,7 @@ async fn run(pool: &Pool, mut job: StreamJob, head: Head) {
             return;
         }
     };
+    head.since = Some((std::time::SystemTime::now(), std::time::Instant::now()));
     let cached = if job.call.transient && conn.prepares() {
         None
     } else {
@@ -120,19 +143,21 @@ async fn run(pool: &Pool, mut job: StreamJob, head: Head) {
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let call = match open(&mut conn, &job.call, cached, pre_cached).await {
-        Ok(call) => call,
-        Err(e) => {
-            end(conn, false).await;
-            let _ = head.send(Err(e));
-            return;
-        }
+    let started = match (cached, pre_cached) {
+        // The statements are prepared on this connection: BEGIN, the
+        // settings, the pre-request function and the call go out together,
+        // one round trip to the first rows.
+        (Some(call), Some(pre)) => pipelined(&conn, &job.call, pre.as_ref(), &call).await,
+        (cached, pre_cached) => match open(&mut conn, &job.call, cached, pre_cached).await {
+            Ok(call) => rows(&conn, &call, &job.call).await.map_err(fail),
+            Err(e) => Err(e),
+        },
     };
-    let rows = match rows(&conn, &call, &job.call).await {
+    let rows = match started {
         Ok(rows) => rows,
         Err(e) => {
             end(conn, false).await;
-            let _ = head.send(Err(fail(e)));
+            let _ = head.send(Err(e));
             return;
         }
     };
@@ -154,7 +179,9 @@ async fn run(pool: &Pool, mut job: StreamJob, head: Head) {
                 let tail = last.as_ref().map(read_head).unwrap_or_default();
                 let total = first_head.and_then(|h| h.total);
                 drop(rows);
-                end(conn, commit).await;
+                // READ ONLY: the transaction wrote nothing, so the answer
+                // need not wait for its end (which still comes before the
+                // connection goes back to the pool).
                 let _ = head.send(Ok(Streamed::Whole(CallResult {
                     body: Some(out.buf.freeze()),
                     rows: out.rows,
@@ -163,6 +190,7 @@ async fn run(pool: &Pool, mut job: StreamJob, head: Head) {
                     total,
                     commit_lsn: None,
                 })));
+                end(conn, commit).await;
                 return;
             }
             Ok(Some(Err(e))) => {
@@ -289,6 +317,29 @@ async fn next(
         row = timeout_at(deadline, rows.next()) => row.map_err(|_| Stopped::Deadline),
         _ = stop.changed() => Err(Stopped::Stopping),
     }
+}
+
+/// `BEGIN; settings; [pre-request;] call` as one pipeline, the call's
+/// statements already prepared on this connection.
+async fn pipelined(
+    conn: &Conn,
+    job: &CallJob,
+    pre: Option<&Prepared>,
+    call: &Prepared,
+) -> Result<RowStream, ExecError> {
+    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
+    let (settings, params, types) = job.settings.statement(conn);
+    let begin = begin_sql(job);
+    let (b, s, p, r) = futures_util::join!(
+        conn.client.batch_execute(&begin),
+        conn.query_row(&settings, &params, types),
+        pre_request(conn, pre),
+        rows(conn, call, job),
+    );
+    b.map_err(fail)?;
+    s.map_err(fail)?;
+    p.map_err(fail)?;
+    r.map_err(fail)
 }
 
 /// Starts the streaming statement.
