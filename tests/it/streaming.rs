@@ -369,3 +369,30 @@ async fn a_failure_mid_stream_is_detectable_in_every_format() {
     let next = call(&server, false, "stream_rows", "n=3", &[], "").await;
     assert_eq!(next.status, 200);
 }
+
+// Without prepared statements (a transaction-mode pooler in front), the
+// streaming statement runs unnamed, and streams the same body.
+#[tokio::test]
+async fn a_stream_without_prepared_statements_is_the_same() {
+    let server = TestServer::start_with_sql(FIXTURES, |c| {
+        c.stream_threshold_bytes = 1024;
+        c.prepared_statements = false;
+    })
+    .await;
+    let q = "n=5000&select=id,label&id=gt.10";
+    let counted = [("prefer", "count=exact")];
+    let streamed = call(&server, false, "stream_rows", q, &counted, "").await;
+    let buffered = call(
+        &server,
+        true,
+        "buffered_rows",
+        "select=id,label&id=gt.10",
+        &counted,
+        r#"{"n": 5000}"#,
+    )
+    .await;
+    assert!(chunked(&streamed));
+    assert_eq!(streamed.text, buffered.text);
+    assert_eq!(streamed.header("content-range"), Some("0-4989/4990"));
+    assert_eq!(buffered.header("content-range"), Some("0-4989/4990"));
+}
