@@ -26,6 +26,8 @@ CREATE FUNCTION api.stream_numbers(n int) RETURNS SETOF int
   LANGUAGE sql STABLE AS $$ SELECT generate_series(1, n) $$;
 CREATE FUNCTION api.buffered_numbers(n int) RETURNS SETOF int
   LANGUAGE sql VOLATILE AS $$ SELECT generate_series(1, n) $$;
+CREATE FUNCTION api.stream_one() RETURNS int LANGUAGE sql STABLE AS $$ SELECT 42 $$;
+CREATE FUNCTION api.stream_pair() RETURNS TABLE(a int, b text) LANGUAGE sql STABLE AS $$ SELECT 1, NULL $$;
 CREATE FUNCTION api.stream_fail(n int, at int) RETURNS TABLE(id int, q int)
   LANGUAGE sql STABLE AS $$ SELECT i, 1 / (at - i) FROM generate_series(1, n) AS i $$;
 "#;
@@ -395,4 +397,22 @@ async fn a_stream_without_prepared_statements_is_the_same() {
     assert_eq!(streamed.text, buffered.text);
     assert_eq!(streamed.header("content-range"), Some("0-4989/4990"));
     assert_eq!(buffered.header("content-range"), Some("0-4989/4990"));
+}
+
+// NDJSON is served for every function: a scalar is one line, a
+// one-row table one object line, a void function 204 as in JSON.
+#[tokio::test]
+async fn ndjson_answers_a_scalar_as_one_line() {
+    let server = server().await;
+    let nd = [("accept", "application/x-ndjson")];
+    let one = call(&server, false, "stream_one", "", &nd, "").await;
+    assert_eq!((one.status, one.text.as_str()), (200, "42\n"));
+    assert_eq!(
+        one.header("content-type"),
+        Some("application/x-ndjson; charset=utf-8")
+    );
+    let pair = call(&server, false, "stream_pair", "", &nd, "").await;
+    assert_eq!(pair.text, "{\"a\":1,\"b\":null}\n");
+    let none = call(&server, false, "stream_rows", "n=0", &nd, "").await;
+    assert_eq!((none.status, none.text.as_str()), (200, ""));
 }
