@@ -24,6 +24,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use deadpool::managed::Object;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::future::{maybe_done, MaybeDone};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -162,6 +166,18 @@ async fn run(
         }
     };
     let mut rows = Box::pin(rows);
+    // The transaction's end goes out right behind the call: PostgreSQL
+    // runs it once the statement has sent its last row (or failed: the
+    // COMMIT of an aborted transaction rolls it back), so no round trip
+    // follows the rows. The call is READ ONLY: ending it early makes
+    // nothing durable that the client has not seen.
+    let end_sql = if job.call.rollback {
+        "ROLLBACK"
+    } else {
+        "COMMIT"
+    };
+    let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
+    let _ = futures_util::poll!(ending.as_mut());
     let mut out = Encoder::new(job.format);
     let mut first_head: Option<StreamHead> = None;
     let mut last: Option<Row> = None;
@@ -169,13 +185,13 @@ async fn run(
     while out.buf.len() < job.threshold {
         match next(&mut rows, deadline, &mut job.stop).await {
             Err(why) => {
+                drop(ending);
                 abandon(conn, rows);
                 let _ = head.send(Err(ExecError::Lost(stopped_message(why).into())));
                 return;
             }
             Ok(None) => {
                 out.finish();
-                let commit = !job.call.rollback;
                 let tail = last.as_ref().map(read_head).unwrap_or_default();
                 let total = first_head.and_then(|h| h.total);
                 drop(rows);
@@ -190,12 +206,16 @@ async fn run(
                     total,
                     commit_lsn: None,
                 })));
-                end(conn, commit).await;
+                let ended = ended(ending.as_mut()).await;
+                drop(ending);
+                keep_if(conn, ended);
                 return;
             }
             Ok(Some(Err(e))) => {
                 drop(rows);
-                end(conn, false).await;
+                let ended = ended(ending.as_mut()).await;
+                drop(ending);
+                keep_if(conn, ended);
                 let _ = head.send(Err(fail(e)));
                 return;
             }
@@ -217,6 +237,7 @@ async fn run(
     };
     if head.send(Ok(started)).is_err() {
         // The request is gone before its headers went out.
+        drop(ending);
         abandon(conn, rows);
         return;
     }
@@ -228,6 +249,7 @@ async fn run(
                     "a streamed answer was cut short"
                 );
                 let _ = tx.try_send(Piece::Abort(stopped_message(why)));
+                drop(ending);
                 abandon(conn, rows);
                 return;
             }
@@ -240,11 +262,13 @@ async fn run(
                         // The body was dropped: the client went away, or
                         // stopped reading past the write deadline.
                         Ok(Err(_)) => {
+                            drop(ending);
                             abandon(conn, rows);
                             return;
                         }
                         Err(_) => {
                             let _ = tx.try_send(Piece::Abort(stopped_message(Stopped::Deadline)));
+                            drop(ending);
                             abandon(conn, rows);
                             return;
                         }
@@ -255,7 +279,9 @@ async fn run(
                 drop(rows);
                 let error = ApiError::from(fail(e));
                 warn!(code = %error.code, message = %error.message, "a streamed answer failed after its headers");
-                end(conn, false).await;
+                let ended = ended(ending.as_mut()).await;
+                drop(ending);
+                keep_if(conn, ended);
                 if job.format == StreamFormat::Ndjson {
                     out.buf.put_slice(error_line(&error).as_bytes());
                 }
@@ -275,7 +301,9 @@ async fn run(
             Ok(None) => {
                 drop(rows);
                 out.finish();
-                end(conn, !job.call.rollback).await;
+                let ended = ended(ending.as_mut()).await;
+                drop(ending);
+                keep_if(conn, ended);
                 if !out.buf.is_empty() {
                     let chunk = Piece::Data(out.buf.split().freeze());
                     if timeout_at(deadline, tx.send(chunk)).await.is_err() {
@@ -386,6 +414,25 @@ async fn end(conn: Conn, commit: bool) {
         _ => {
             let _ = Object::take(conn);
         }
+    }
+}
+
+/// Whether the transaction's end, sent behind the call, succeeded within
+/// `END_WAIT`.
+async fn ended<F>(ending: Pin<&mut MaybeDone<F>>) -> bool
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    let mut ending = ending;
+    timeout(END_WAIT, ending.as_mut()).await.is_ok()
+        && matches!(ending.as_mut().take_output(), Some(Ok(())))
+}
+
+/// Returns a connection whose transaction ended to the pool (on drop);
+/// closes one whose end failed.
+fn keep_if(conn: Conn, ended: bool) {
+    if !ended {
+        let _ = Object::take(conn);
     }
 }
 
