@@ -30,6 +30,9 @@ pub struct AppState {
     pub pre_request: Option<Arc<str>>,
     request_seq: AtomicU64,
     instance: u32,
+    /// True once the server's grace period is over: streams still going
+    /// are cut short (`db::stream`).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -39,6 +42,7 @@ impl AppState {
         replica: Option<Arc<Replica>>,
         catalog: Arc<Catalog>,
         auth: Auth,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> AppState {
         let search_paths = config
             .schemas
@@ -71,6 +75,7 @@ impl AppState {
                 .ok()
         });
         AppState {
+            stopping,
             metrics: Metrics::with_otlp(otlp.as_ref().map(|e| e.stats())),
             otlp,
             search_paths,

@@ -155,6 +155,17 @@ pub struct ServeConfig {
     /// client that stops reading holds its slot no longer.
     #[arg(long = "response-write-timeout-ms", env = "PGRPC_RESPONSE_WRITE_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub response_write_timeout: Duration,
+    /// The size a streamable result (a SETOF of a read-only call, as JSON,
+    /// NDJSON or CSV) is buffered to before its answer switches to a
+    /// chunked stream, in bytes; a result that fits is answered whole,
+    /// with `Content-Length`, as any other. 0 turns streaming off.
+    #[arg(long, env = "PGRPC_STREAM_THRESHOLD_BYTES", default_value_t = 262_144)]
+    pub stream_threshold_bytes: usize,
+    /// The longest a streamed answer may take, from its call's start, in
+    /// ms; past it the stream is cut short (no final chunk), its statement
+    /// cancelled and its connection closed.
+    #[arg(long = "stream-max-ms", env = "PGRPC_STREAM_MAX_MS", default_value = "300000", value_parser = millis)]
+    pub stream_max_duration: Duration,
     /// Open client connections at most; further clients wait in the listen
     /// backlog until one closes.
     #[arg(long, env = "PGRPC_MAX_CONNECTIONS", default_value_t = 1000)]
@@ -297,6 +308,9 @@ impl ServeConfig {
         }
         if self.response_write_timeout.is_zero() {
             return Err("PGRPC_RESPONSE_WRITE_TIMEOUT_MS must be at least 1".into());
+        }
+        if self.stream_max_duration.is_zero() {
+            return Err("PGRPC_STREAM_MAX_MS must be at least 1".into());
         }
         if self
             .admin_listen

@@ -8,8 +8,6 @@
 //! take their status from [`status_for_sqlstate`]. Everything ends up as an
 //! [`ApiError`], the PostgREST body `{"code","message","details","hint"}`.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -188,9 +186,9 @@ impl ApiError {
         })
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<crate::http::Body> {
         let body = self.body_json().to_string();
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(crate::http::Body::from(body));
         *resp.status_mut() = self.status;
         let headers = resp.headers_mut();
         headers.insert(

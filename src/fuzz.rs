@@ -280,12 +280,24 @@ proptest! {
         value in prop_oneof![
             12 => header_bytes(300),
             1 => long("text/csv;q=0.5,").prop_map(String::into_bytes),
+            1 => long("application/x-ndjson;q=0.9,").prop_map(String::into_bytes),
         ],
     ) {
         let h = headers("accept", std::slice::from_ref(&value));
         bounded("check_header_lists", || request::check_header_lists(&h))?.ok();
         let ranges = bounded("parse_accept", || crate::media::parse_accept(Some(&value)))?;
         prop_assert!(!ranges.is_empty() || value.split(|b| *b == b',').count() == 0);
+        // NDJSON is only ever the media type named exactly (any case).
+        for range in &ranges {
+            if *range == crate::media::MediaType::Ndjson {
+                let text: String = String::from_utf8_lossy(&value)
+                    .chars()
+                    .filter(|c| *c != ' ')
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                prop_assert!(text.contains("application/x-ndjson"));
+            }
+        }
         bounded("body_kind", || crate::media::body_kind(Some(&value)))?.ok();
     }
 

@@ -20,6 +20,8 @@ pub enum MediaType {
     },
     GeoJson,
     Csv,
+    /// `application/x-ndjson`: one JSON value per line (pgrpc's own).
+    Ndjson,
     TextPlain,
     TextXml,
     OpenApi,
@@ -52,6 +54,7 @@ impl MediaType {
             "application/json" => MediaType::Json,
             "application/geo+json" => MediaType::GeoJson,
             "text/csv" => MediaType::Csv,
+            "application/x-ndjson" => MediaType::Ndjson,
             "text/plain" => MediaType::TextPlain,
             "text/xml" => MediaType::TextXml,
             "application/openapi+json" => MediaType::OpenApi,
@@ -86,6 +89,7 @@ impl MediaType {
             }
             MediaType::GeoJson => "application/geo+json",
             MediaType::Csv => "text/csv",
+            MediaType::Ndjson => "application/x-ndjson",
             MediaType::TextPlain => "text/plain",
             MediaType::TextXml => "text/xml",
             MediaType::OpenApi => "application/openapi+json",
@@ -121,6 +125,7 @@ impl MediaType {
             }
             MediaType::GeoJson => "application/geo+json; charset=utf-8",
             MediaType::Csv => "text/csv; charset=utf-8",
+            MediaType::Ndjson => "application/x-ndjson; charset=utf-8",
             MediaType::TextPlain => "text/plain; charset=utf-8",
             MediaType::TextXml => "text/xml; charset=utf-8",
             MediaType::OpenApi => "application/openapi+json; charset=utf-8",
@@ -338,6 +343,7 @@ mod tests {
             MediaType::Object { stripped: true },
             MediaType::GeoJson,
             MediaType::Csv,
+            MediaType::Ndjson,
             MediaType::TextPlain,
             MediaType::TextXml,
             MediaType::OpenApi,

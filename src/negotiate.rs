@@ -25,6 +25,8 @@ pub enum Handler {
     Single { stripped: bool },
     /// `text/csv`: a header line of column names, then one line per row.
     Csv,
+    /// `application/x-ndjson`: each row's JSON, each followed by a newline.
+    Ndjson,
     /// The function returns a domain named for the media type: its value
     /// is the body, as bytes for a domain over `bytea`, else as text.
     Domain { bytea: bool },
@@ -176,6 +178,10 @@ fn lookup(
             handler: Handler::Csv,
             media: MediaType::Csv,
         }),
+        MediaType::Ndjson => Some(Negotiated {
+            handler: Handler::Ndjson,
+            media: MediaType::Ndjson,
+        }),
         _ => None,
     }
 }
@@ -204,6 +210,10 @@ pub fn rows_body(n: &Negotiated, rows: &str, value: Option<&str>) -> Option<Stri
             Some(format!("{}({arg})::{}", agg.func_sql, base(agg.bytea)))
         }
         Handler::Domain { bytea } => Some(format!("{}::{}", value.unwrap_or(rows), base(*bytea))),
+        Handler::Ndjson => Some(format!(
+            "coalesce(string_agg(coalesce(to_json({})::text, 'null') || E'\\n', ''), '')",
+            value.unwrap_or(rows)
+        )),
         _ => None,
     }
 }

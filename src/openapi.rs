@@ -326,6 +326,8 @@ fn responses(r: &Routine, read: bool) -> Map<String, Value> {
                 content["application/vnd.pgrst.object+json"] = json!({"schema": one});
                 // `Accept: text/csv`: a header line, then one line per row.
                 content["text/csv"] = json!({"schema": {"type": "string"}});
+                // `Accept: application/x-ndjson`: one JSON value per line.
+                content["application/x-ndjson"] = json!({"schema": {"type": "string"}});
             }
             // A plain text, xml or bytea result also answers its raw value.
             let raw = (r.shape == Shape::Scalar)

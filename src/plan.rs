@@ -19,11 +19,13 @@ use crate::db::exec::{CallResult, Check, Shaper, StoredResponse};
 use crate::db::schema::{Routine, SchemaCache, Shape};
 use crate::error::{Fault, Pgrst};
 use crate::media::BodyKind;
-use crate::negotiate::{self as media, Negotiated};
+use crate::negotiate::{self as media, Handler, Negotiated};
 use crate::prefer::{Applied, TxEnd};
 use crate::query::{self, QueryError, QueryOps};
 use crate::response_settings::{self, SettingsError};
-use crate::statement::{cached, call_sql, media_sql, ops_sql, CHECKED_TAIL, PLAIN_TAIL};
+use crate::statement::{
+    cached, call_sql, media_sql, ops_sql, stream_sql, StreamFormat, CHECKED_TAIL, PLAIN_TAIL,
+};
 
 /// Why no call can be made, or its result cannot become a response.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,54 @@ pub struct CallPlan {
     pub page: Page,
     /// The `Prefer` items that apply: `tx`, `timezone`, `max-affected`…
     pub prefs: Applied,
+    /// The provided-argument mask, and the page (offset, limit) after the
+    /// `Range` header and `PGRPC_MAX_ROWS`, for the streaming statement.
+    mask: u64,
+    window: (i64, Option<i64>),
+}
+
+/// How a call's answer streams (`db::stream`).
+pub struct StreamPlan {
+    pub sql: Arc<str>,
+    pub params: Vec<String>,
+    pub transient: bool,
+    pub format: StreamFormat,
+    /// The page's size, for `Content-Range` when the total is known.
+    pub limit: Option<i64>,
+}
+
+/// The streaming statement of a call whose answer may stream: a SETOF or
+/// TABLE function called READ ONLY (no `Idempotency-Key` then), answered
+/// as a JSON array, NDJSON or CSV, not singular, without `max-affected`
+/// (its check needs every row before the answer) and not `limit=0` (which
+/// runs the call for nothing). Anything else is answered whole.
+pub fn stream_plan(plan: &CallPlan, req: &ApiRequest) -> Result<Option<StreamPlan>, PlanError> {
+    let streamable = plan.routine.shape == Shape::SetOf
+        && plan.read_only
+        && matches!(
+            plan.media.handler,
+            Handler::Json | Handler::Ndjson | Handler::Csv
+        )
+        && plan.prefs.max_affected.is_none()
+        && plan.window.1 != Some(0);
+    if !streamable {
+        return Ok(None);
+    }
+    let (sql, params, transient, format) = stream_sql(
+        &plan.routine,
+        plan.mask,
+        &plan.media,
+        &req.ops,
+        plan.window,
+        req.count,
+    )?;
+    Ok(Some(StreamPlan {
+        sql,
+        params,
+        transient,
+        format,
+        limit: plan.window.1,
+    }))
 }
 
 /// What `Content-Range` and the status need besides the call's result.
@@ -226,6 +276,8 @@ pub fn plan(
         transient,
         page,
         prefs,
+        mask,
+        window,
     })
 }
 

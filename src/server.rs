@@ -174,7 +174,14 @@ where
     let probe_task = replica
         .clone()
         .map(|r| tokio::spawn(db::replica::probe(r, pool.clone(), stop_rx.clone())));
-    let state = Arc::new(AppState::new(config, pool, replica, catalog, auth));
+    let state = Arc::new(AppState::new(
+        config,
+        pool,
+        replica,
+        catalog,
+        auth,
+        stop_rx.clone(),
+    ));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
     }

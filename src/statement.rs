@@ -304,3 +304,97 @@ pub fn media_sql(r: &Routine, mask: u64, media: &Negotiated, tail: &str) -> Opti
         }
     })
 }
+
+/// How a streamed statement's rows become the body (`db::stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// A JSON array: `[`, the rows' JSON separated as `json_agg`
+    /// separates them (`sep_newline`: `, \n ` between rows and arrays,
+    /// `, ` between other values), `]`.
+    Json { sep_newline: bool },
+    /// Each row's JSON, then a newline.
+    Ndjson,
+    /// The header line from the first row, then one line per row.
+    Csv,
+}
+
+/// The statement of a streamed call: one row per element of the answer,
+/// `(text, csv header, total, response.headers, response.status)`, with
+/// the request's filters, `select`, order and page applied as `ops_sql`
+/// applies them. The text is the row's JSON (the bare value of a scalar
+/// set) or its CSV line; the CSV header is on the first row only
+/// (`row_number()` streams: it reads no row ahead); the total, when a
+/// count is asked for, is `count(*) OVER ()` over the filtered rows
+/// before the page, which reads every row before the first is sent.
+pub fn stream_sql(
+    r: &Routine,
+    mask: u64,
+    media: &Negotiated,
+    ops: &QueryOps,
+    (offset, limit): (i64, Option<i64>),
+    count: bool,
+) -> Result<(Arc<str>, Vec<String>, bool, StreamFormat), QueryError> {
+    let scalar = (r.shape == Shape::SetOf && r.naming == Naming::Bare) || r.shape == Shape::Scalar;
+    let c = query::compile(ops, &r.columns, scalar, 2)?;
+    let mut params = c.params;
+    let mut page = String::new();
+    if let Some(l) = limit {
+        params.push(l.to_string());
+        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
+    }
+    if offset > 0 {
+        params.push(offset.to_string());
+        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
+    }
+    let (call, from) = call_parts(r, mask);
+    let source = if from.is_empty() {
+        format!(" FROM {call} AS _r")
+    } else {
+        format!("{from} CROSS JOIN LATERAL {call} AS _r")
+    };
+    let json = match &c.bare_column {
+        Some(col) => format!("coalesce(to_json(_s.{col})::text, 'null')"),
+        None => "row_to_json(_s)::text".to_string(),
+    };
+    let (text, header, format) = match media.handler {
+        Handler::Csv => (
+            "substring(_s::text, 2, length(_s::text) - 2)".to_string(),
+            "CASE WHEN row_number() OVER () = 1 THEN (SELECT coalesce(string_agg(_k, ','), '') \
+             FROM json_object_keys(row_to_json(_s)) AS _k) END"
+                .to_string(),
+            StreamFormat::Csv,
+        ),
+        Handler::Ndjson => (json, "NULL::text".to_string(), StreamFormat::Ndjson),
+        _ => {
+            // `json_agg` puts a newline before each composite or array
+            // element after the first.
+            let sep_newline = match &c.bare_column {
+                Some(_) => r
+                    .columns
+                    .first()
+                    .is_some_and(|c| c.type_sql.ends_with("[]")),
+                None => true,
+            };
+            (
+                json,
+                "NULL::text".to_string(),
+                StreamFormat::Json { sep_newline },
+            )
+        }
+    };
+    let (window, total) = if count {
+        (
+            ", count(*) OVER () AS \"pgrpc.total\"",
+            "_f.\"pgrpc.total\"",
+        )
+    } else {
+        ("", "NULL::bigint")
+    };
+    let sql = format!(
+        "SELECT {text}, {header}, {total}, {PLAIN_TAIL} FROM (SELECT _f.*{window} FROM \
+         (SELECT {}{source}{}) AS _f{}{page}) AS _f CROSS JOIN LATERAL (SELECT {}) AS _s",
+        c.source_cols, c.where_sql, c.order_sql, c.select_sql
+    );
+    let (sql, params, transient) = cached(r, mask, false, sql, params);
+    Ok((sql, params, transient, format))
+}

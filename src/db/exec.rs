@@ -297,7 +297,7 @@ fn with_lsn(executed: Executed, lsn: Option<Lsn>) -> Executed {
 /// How the transaction starts: with the isolation level the function
 /// asks for, if any, and READ ONLY for a read-only call (which never
 /// carries an `Idempotency-Key`: a call that cannot write stores nothing).
-fn begin_sql(job: &CallJob) -> Cow<'static, str> {
+pub(super) fn begin_sql(job: &CallJob) -> Cow<'static, str> {
     match (job.isolation, job.read_only) {
         (None, true) => Cow::Borrowed("BEGIN READ ONLY"),
         (None, false) => Cow::Borrowed("BEGIN"),
@@ -307,7 +307,10 @@ fn begin_sql(job: &CallJob) -> Cow<'static, str> {
 }
 
 /// The pre-request function, if there is one, run after the settings.
-async fn pre_request(conn: &PgConn, pre: Option<&Prepared>) -> Result<(), tokio_postgres::Error> {
+pub(super) async fn pre_request(
+    conn: &PgConn,
+    pre: Option<&Prepared>,
+) -> Result<(), tokio_postgres::Error> {
     match pre {
         Some(statement) => conn.query_row(statement, &[], &[]).await.map(|_| ()),
         None => Ok(()),
@@ -353,7 +356,7 @@ async fn pipelined(
 /// has not prepared them yet (after the role switch, so PostgreSQL parses
 /// them as the request role); then runs the pre-request function. The
 /// transaction stays open, whatever the outcome.
-async fn open(
+pub(super) async fn open(
     conn: &mut PgConn,
     job: &CallJob,
     cached: Option<Prepared>,
@@ -671,7 +674,7 @@ pub async fn ensure_timezones(pool: &Pool, cache: &SchemaCache) -> Result<(), Ex
 
 /// A pooled connection, or 504 when the pool stays exhausted past its
 /// timeout, or 503 when the database cannot be reached.
-async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
+pub(super) async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
     match crate::trace::pool_wait(pool.get()).await {
         Ok(c) => Ok(c),
         Err(PoolError::Timeout(TimeoutType::Wait)) => Err(ExecError::PoolTimeout),

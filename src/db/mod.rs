@@ -8,6 +8,7 @@ pub mod lsn;
 pub mod pool;
 pub mod replica;
 pub mod schema;
+pub mod stream;
 pub mod types;
 
 pub use pool::{build_pool, Pool, PoolOptions};

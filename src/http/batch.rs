@@ -13,7 +13,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, ALLOW};
 use hyper::{Method, Request, Response, StatusCode};
@@ -271,7 +270,7 @@ pub(super) async fn batch(
     match *req.method() {
         Method::POST => {}
         Method::OPTIONS => {
-            let mut r = Response::new(Full::new(Bytes::new()));
+            let mut r = Response::new(super::Body::default());
             r.headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(BATCH_ALLOW));
             return Ok(r);

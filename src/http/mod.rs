@@ -3,17 +3,18 @@
 //! through parse (`request`) → `plan` → `db::exec` → [`respond`].
 
 pub mod batch;
+pub mod body;
 pub mod consistency;
 pub(crate) mod cors;
 pub mod deadline;
 pub mod headers;
 pub mod request;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,13 +24,14 @@ use tracing::{info, info_span, Instrument};
 use crate::app::AppState;
 use crate::db::exec::{self, CallJob, ExecError, Executed, IdempotentCall, RequestSettings};
 use crate::db::replica::ReadRoute;
+use crate::db::stream::Streamed;
 use crate::error::ApiError;
 use crate::plan::{self, PlanError, Reply};
 use crate::trace::otlp::{Attr, Exporter, Kind, SpanData};
 use crate::trace::{RequestTrace, Scope};
 use request::RequestError;
 
-pub type Body = Full<Bytes>;
+pub use body::Body;
 
 const RPC_ALLOW: &str = "OPTIONS,GET,HEAD,POST";
 
@@ -245,7 +247,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             }
         }
         "/metrics" if read => {
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.render(
+            let mut r = Response::new(Body::from(Bytes::from(state.metrics.render(
                 &state.pool,
                 state.replica.as_deref(),
                 &state.catalog,
@@ -303,7 +305,7 @@ async fn openapi(
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(Body::from(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -319,7 +321,7 @@ fn strip_body(resp: Response<Body>) -> Response<Body> {
         &mut parts.headers,
         usize::try_from(len).unwrap_or(usize::MAX),
     );
-    Response::from_parts(parts, Full::new(Bytes::new()))
+    Response::from_parts(parts, Body::from(Bytes::new()))
 }
 
 /// `/rpc/<name>` for GET, HEAD, POST and OPTIONS: parse → plan → execute
@@ -396,6 +398,15 @@ async fn call(
         exec::ensure_timezones(&state.pool, cache).await?;
     }
     let plan = plan::plan(cache, &request, state.config.max_rows, state.config.tx_end)?;
+    let replica_read = is_replica_read(&request.method, plan.routine.is_read_only());
+    // A large SETOF answer streams (on the primary; a read the replica
+    // serves is answered whole), HEAD never: its answer has no body.
+    let stream = match state.config.stream_threshold_bytes {
+        0 => None,
+        _ if request.method == Method::HEAD => None,
+        _ if replica_read && state.replica.is_some() => None,
+        _ => plan::stream_plan(&plan, &request)?,
+    };
     // A call that cannot write has nothing to protect: its key is ignored,
     // nothing is stored under it, and it runs each time.
     let key = request.idempotency_key.clone().filter(|_| !plan.read_only);
@@ -448,9 +459,43 @@ async fn call(
         anon: identity.anon,
         batch: None,
     };
-    let replica_read = is_replica_read(&request.method, plan.routine.is_read_only());
     timing.lap("plan");
-    let executed = execute(state, job, replica_read, lsn).await?;
+    let executed = match stream {
+        Some(stream) => {
+            let streamed = stream::run(state, &stream, &job).await?;
+            match streamed {
+                // A count with no row returned: the total is not known
+                // from the rows (an offset past the end is 416), so the
+                // buffered statement answers.
+                Streamed::Whole(result)
+                    if plan.page.count && result.rows == 0 && plan.page.offset > 0 =>
+                {
+                    execute(state, job, replica_read, lsn).await?
+                }
+                Streamed::Whole(result) => Executed::Called(result),
+                Streamed::Started { head, first, rest } => {
+                    let mut resp = stream::response(
+                        &plan.media,
+                        &plan.prefs,
+                        plan.page,
+                        &stream,
+                        head,
+                        first,
+                        rest,
+                    )?;
+                    if state.config.schemas.len() > 1 {
+                        if let Ok(v) = HeaderValue::from_str(&request.schema) {
+                            resp.headers_mut()
+                                .insert(HeaderName::from_static("content-profile"), v);
+                        }
+                    }
+                    timing.lap("transaction");
+                    return Ok(resp);
+                }
+            }
+        }
+        None => execute(state, job, replica_read, lsn).await?,
+    };
     timing.lap("transaction");
     let (mut reply, commit_lsn) = match executed {
         Executed::Called(result) => {
@@ -556,7 +601,7 @@ fn respond(reply: Reply, schema: &str, state: &AppState, head: bool) -> Response
         (Some(b), false) => b.clone(),
         _ => Bytes::new(),
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = reply.status;
     let h = resp.headers_mut();
     if let Some(b) = &reply.body {
@@ -593,7 +638,7 @@ fn options(
     // Every function answers GET and HEAD (READ ONLY; one that writes gets
     // 405 25006), so all four are advertised, as the OpenAPI at `/` does.
     plan::overloads(&cache, schema, name)?;
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(Body::from(Bytes::new()));
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(RPC_ALLOW));
     Ok(r)

@@ -87,6 +87,18 @@ pub async fn pool_wait<F: Future>(checkout: F) -> F::Output {
     out
 }
 
+/// Records a transaction that started at `wall` (`started`) as lasting
+/// until now: a streamed call's, when its answer's head is handed over
+/// (its end comes after the request's metrics are taken).
+pub fn transaction_so_far(wall: SystemTime, started: Instant) {
+    let took = started.elapsed();
+    let _ = SCOPE.try_with(|s| {
+        if let Ok(mut t) = s.transaction.lock() {
+            *t = Some((wall, took));
+        }
+    });
+}
+
 /// Awaits a transaction (from BEGIN to COMMIT or ROLLBACK, on a connection
 /// in hand) and records when it started and how long it took.
 pub async fn transaction<F: Future>(tx: F) -> F::Output {

@@ -8,6 +8,7 @@ mod support;
 
 mod api_types;
 mod attacks;
+mod attacks_stream;
 mod batch;
 mod clients;
 mod contracts;
@@ -35,6 +36,7 @@ mod query_ops;
 mod relay;
 mod replicas;
 mod sql_modules;
+mod streaming;
 mod sync_commit;
 mod tasks;
 mod tokens;
