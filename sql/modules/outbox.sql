@@ -297,6 +297,11 @@ DECLARE
     v_count integer;
     v_types text;
 BEGIN
+    IF array_ndims(outbox_requeue.ids) > 1 THEN
+        RAISE SQLSTATE 'PT400' USING MESSAGE = 'invalid_ids',
+            DETAIL = format('ids must be a one-dimensional array, got %s dimensions.', array_ndims(outbox_requeue.ids)),
+            HINT = 'Pass a flat array of event ids, for example ARRAY[101, 102], or null for every dead event.';
+    END IF;
     WITH revived AS (
         UPDATE private.outbox AS o
         SET status = 'pending',
@@ -322,7 +327,7 @@ ALTER FUNCTION admin.outbox_requeue(bigint[]) OWNER TO pgrpc_api;
 COMMENT ON FUNCTION admin.outbox_requeue(bigint[]) IS
 $$Puts dead outbox events back to pending; returns how many.
 
-ids null means every dead event. Attempts restart at zero and last_error is kept for the record. A revived event is delivered after events of its aggregate that were emitted later and already delivered: consumers dedupe and order by event id.$$;
+ids null means every dead event; an array of more than one dimension is 400 invalid_ids. Attempts restart at zero and last_error is kept for the record. A revived event is delivered after events of its aggregate that were emitted later and already delivered: consumers dedupe and order by event id.$$;
 REVOKE ALL ON FUNCTION admin.outbox_requeue(bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION admin.outbox_requeue(bigint[]) TO pgrpc_admin;
 

@@ -20,6 +20,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error as _, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::headers::Timing;
 use super::request::RequestError;
 use super::{consistency, deadline, isolation_level, request, respond, Body};
 use crate::api_request::{ApiRequest, Args};
@@ -28,7 +29,7 @@ use crate::db::exec::{
     self, CallJob, CallResult, ExecError, Executed, IdempotentCall, RequestSettings, Shaper, Step,
     StoredResponse,
 };
-use crate::db::schema::Routine;
+use crate::db::schema::{Routine, SchemaCache};
 use crate::error::{ApiError, Fault, Pgrst};
 use crate::media::BodyKind;
 use crate::negotiate::Negotiated;
@@ -302,6 +303,22 @@ pub(super) async fn batch(
         return Err(BatchError::Invalid("a batch is sent as application/json".into()).into());
     }
     let calls = parse_batch(&request.args.whole, state.config.max_batch_calls)?;
+    // Timed from here, as a single call is once its body is read.
+    let mut timing = Timing::new(state.config.server_timing);
+    let result = run(state, &cache, request, calls, &mut timing).await;
+    super::timed(timing, result)
+}
+
+/// The stages of a batch that `Server-Timing` measures, as for a single
+/// call: identify the caller, plan every call, run the transaction, render
+/// the array (`timing` laps each but the last, which the caller times).
+async fn run(
+    state: &Arc<AppState>,
+    cache: &SchemaCache,
+    request: ApiRequest,
+    calls: Vec<BatchCall>,
+    timing: &mut Timing,
+) -> Result<Response<Body>, ApiError> {
     let identity = state
         .auth
         .identify_fresh(
@@ -310,6 +327,7 @@ pub(super) async fn batch(
             &cache.roles,
         )
         .await?;
+    timing.lap("jwt");
     // Each call is planned as if sent alone, as POST with a JSON body and
     // `Accept: application/json`, without preferences.
     let accept = crate::media::parse_accept(Some(b"application/json"));
@@ -337,7 +355,7 @@ pub(super) async fn batch(
             headers_json: String::new(),
             cookies_json: String::new(),
         };
-        let plan = plan::plan(&cache, &single, state.config.max_rows, state.config.tx_end)
+        let plan = plan::plan(cache, &single, state.config.max_rows, state.config.tx_end)
             .map_err(|e| at(i, e.into()))?;
         plans.push(plan);
     }
@@ -417,11 +435,13 @@ pub(super) async fn batch(
         anon: identity.anon,
         batch: Some(steps),
     };
+    timing.lap("plan");
     let executed = match exec::execute(&state.pool, job).await {
         Ok(executed) => executed,
         Err(ExecError::InBatch { index, error }) => return Err(at(index, ApiError::from(*error))),
         Err(e) => return Err(e.into()),
     };
+    timing.lap("transaction");
     let (mut reply, commit_lsn) = match executed {
         Executed::Batch(results, lsn) => (
             Reply {

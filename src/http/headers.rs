@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, VARY};
 
-/// `Vary` of every `/rpc/*` answer: what else in the request chose it.
+/// `Vary` of every `/rpc/*` answer and every batch (`/rpc`): what else in
+/// the request chose it.
 /// The credentials are there so that a shared cache never gives one
 /// caller's answer to another.
 pub const RPC_VARY: &str = "Accept, Prefer, Range, Authorization, apikey";

@@ -68,7 +68,8 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         }
     };
     let echoed = cors::decorate(origins, origin.as_ref(), resp.headers_mut());
-    if path.starts_with("/rpc/") {
+    // A call (`/rpc/<fn>`) or a batch of calls (`/rpc`).
+    if path == "/rpc" || path.starts_with("/rpc/") {
         headers::vary_rpc(resp.headers_mut(), echoed);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -357,14 +358,24 @@ async fn rpc(
     )
     .await?;
     let mut timing = headers::Timing::new(state.config.server_timing);
-    match call(state, &cache, request, lsn, &mut timing).await {
+    let result = call(state, &cache, request, lsn, &mut timing).await;
+    timed(timing, result)
+}
+
+/// The answer of a call or a batch with its `Server-Timing`: on success
+/// the stages `timing` lapped and `render`; on error the stages that ran,
+/// the one that failed included.
+fn timed(
+    mut timing: headers::Timing,
+    result: Result<Response<Body>, ApiError>,
+) -> Result<Response<Body>, ApiError> {
+    match result {
         Ok(mut resp) => {
             timing.lap("render");
             timing.write(resp.headers_mut());
             Ok(resp)
         }
         Err(mut e) => {
-            // The stages that ran, the one that failed included.
             timing.lap_failed();
             if let Some(v) = timing.value() {
                 e.headers

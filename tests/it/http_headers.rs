@@ -1,6 +1,6 @@
 //! The headers caches and operators read (issue 22, item 3): `Vary` on RPC
-//! answers, `Server-Timing` when enabled, `Proxy-Status` on errors, and
-//! `Content-Length` wherever a body is known (HEAD included).
+//! answers, batches included, `Server-Timing` when enabled, `Proxy-Status`
+//! on errors, and `Content-Length` wherever a body is known (HEAD included).
 
 use reqwest::Method;
 use serde_json::json;
@@ -160,6 +160,129 @@ async fn server_timing_is_sent_on_errors_with_the_stages_that_ran() {
     )
     .await;
     assert_eq!(raised.status, 400, "{}", raised.text);
+    assert_eq!(raised.header("server-timing"), None);
+}
+
+/// `POST /rpc` with `calls` as the service, from `origin` if given.
+async fn batch(
+    s: &TestServer,
+    calls: serde_json::Value,
+    origin: Option<&str>,
+) -> crate::support::Resp {
+    let mut req = s
+        .http
+        .post(s.url("/rpc"))
+        .bearer_auth(service_token())
+        .json(&calls);
+    if let Some(origin) = origin {
+        req = req.header("Origin", origin);
+    }
+    send(req).await
+}
+
+/// A batch (`POST /rpc`) is an RPC answer like `/rpc/<fn>`'s: `Vary` on
+/// its success and its failures (with `Origin` where CORS echoed one),
+/// and with PGRPC_SERVER_TIMING=true `Server-Timing` with jwt, plan,
+/// transaction and render, or the stages that ran up to the failure.
+/// A body refused before the token is read carries none.
+#[tokio::test]
+async fn a_batch_answer_carries_vary_and_server_timing_like_a_single_call() {
+    const VARY: &str = "Accept, Prefer, Range, Authorization, apikey";
+    let on = TestServer::start_with(|c| {
+        c.server_timing = true;
+        c.cors_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let ok = batch(&on, json!([{"fn": "version"}, {"fn": "version"}]), None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body.as_array().map(Vec::len), Some(2), "{}", ok.text);
+    assert_eq!(ok.header("vary"), Some(VARY));
+    assert_eq!(
+        timing_stages(&ok),
+        ["jwt", "plan", "transaction", "render"],
+        "{:?}",
+        ok.headers
+    );
+
+    let from_app = batch(&on, json!([{"fn": "version"}]), Some("https://app.example")).await;
+    assert_eq!(from_app.status, 200, "{}", from_app.text);
+    assert_eq!(
+        from_app.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        from_app.header("vary"),
+        Some(format!("{VARY}, Origin").as_str())
+    );
+
+    let unknown = batch(
+        &on,
+        json!([{"fn": "version"}, {"fn": "no_such_function"}]),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(unknown.header("x-pgrpc-batch-index"), Some("1"));
+    assert_eq!(unknown.header("vary"), Some(VARY));
+    assert_eq!(
+        timing_stages(&unknown),
+        ["jwt", "plan"],
+        "{:?}",
+        unknown.headers
+    );
+
+    let raised = batch(
+        &on,
+        json!([
+            {"fn": "outbox_claim", "args": {"consumer": "timing", "max_events": 1}},
+            {"fn": "outbox_claim", "args": {"consumer": "timing", "max_events": 0}},
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(raised.status, 400, "{}", raised.text);
+    assert_eq!(
+        raised.body["message"], "invalid_max_events",
+        "{}",
+        raised.text
+    );
+    assert_eq!(raised.header("x-pgrpc-batch-index"), Some("1"));
+    assert_eq!(raised.header("vary"), Some(VARY));
+    assert_eq!(
+        timing_stages(&raised),
+        ["jwt", "plan", "transaction"],
+        "{:?}",
+        raised.headers
+    );
+
+    let refused = send(
+        on.http
+            .post(on.url("/rpc"))
+            .bearer_auth("not.a.jwt")
+            .json(&json!([{"fn": "version"}])),
+    )
+    .await;
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert_eq!(timing_stages(&refused), ["jwt"], "{:?}", refused.headers);
+
+    let malformed = batch(&on, json!([]), None).await;
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    assert_eq!(malformed.header("vary"), Some(VARY));
+    assert_eq!(malformed.header("server-timing"), None);
+
+    let off = TestServer::start().await;
+    let ok = batch(&off, json!([{"fn": "version"}]), None).await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.header("vary"), Some(VARY));
+    assert_eq!(ok.header("server-timing"), None);
+    let raised = batch(
+        &off,
+        json!([{"fn": "outbox_claim", "args": {"consumer": "timing", "max_events": 0}}]),
+        None,
+    )
+    .await;
+    assert_eq!(raised.status, 400, "{}", raised.text);
+    assert_eq!(raised.header("vary"), Some(VARY));
     assert_eq!(raised.header("server-timing"), None);
 }
 

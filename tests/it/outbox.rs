@@ -12,8 +12,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use uuid::Uuid;
 
-use crate::support::db::{assert_refused_as, count, query_column, query_value, sqlstate};
-use crate::support::{assert_error, join_tasks, TestDb, TestServer};
+use crate::support::db::{assert_refused_as, count, error_of, query_column, query_value, sqlstate};
+use crate::support::{assert_error, connect, join_tasks, TestDb, TestServer};
 
 /// Emits one event as a superuser, outside any request.
 pub async fn emit(
@@ -611,6 +611,90 @@ async fn nack_reaches_dead_after_max_attempts_and_requeue_revives_it() {
     assert_eq!(ids_of(&events), vec![id]);
     assert_eq!(events[0]["attempts"], 1, "requeue restarts the attempts");
     assert_eq!(ack(&svc, lease, &[id]).await, 1);
+}
+
+/// An operator (a login that is a member of pgrpc_admin) passing a nested
+/// array to admin.outbox_requeue gets 400 invalid_ids and revives nothing,
+/// as api.outbox_ack refuses one. outbox_requeue is the only function of
+/// `admin` with an array parameter: a new one needs the same rule and a
+/// case here.
+#[tokio::test]
+async fn requeue_refuses_a_nested_array_and_revives_nothing() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    let svc = db.as_role("pgrpc_service").await;
+    let login = format!("ops_{}", db.name);
+    su.batch_execute(&format!(
+        "CREATE ROLE {login} LOGIN PASSWORD 'pw'; GRANT pgrpc_admin TO {login}"
+    ))
+    .await
+    .expect("create login");
+    let ops = connect(&db.url_as(&login, "pw")).await;
+    let user: String = query_value(&ops, "SELECT current_user::text", &[]).await;
+    assert_eq!(user, login, "the operator's own login, no SET ROLE");
+
+    let arrays: Vec<String> = query_column(
+        &su,
+        "SELECT p.oid::regprocedure::text FROM pg_proc AS p
+         WHERE p.pronamespace = 'admin'::regnamespace
+           AND EXISTS (SELECT FROM unnest(p.proargtypes::oid[]) AS a(t)
+                       JOIN pg_type AS ty ON ty.oid = a.t
+                       WHERE ty.typcategory = 'A')
+         ORDER BY 1",
+        &[],
+    )
+    .await;
+    assert_eq!(arrays, ["admin.outbox_requeue(bigint[])"]);
+
+    ops.execute("SELECT admin.set_setting('outbox_max_attempts', '1')", &[])
+        .await
+        .expect("set max attempts");
+    let first = emit(&su, "order", "o1", "order.created").await;
+    let second = emit(&su, "order", "o2", "order.created").await;
+    let (lease, events) = claim(&svc, "c", 10, 30, None).await;
+    assert_eq!(ids_of(&events), vec![first, second]);
+    for id in [first, second] {
+        svc.execute(
+            "SELECT api.outbox_nack($1, $2, 'HTTP 500', 0)",
+            &[&lease, &id],
+        )
+        .await
+        .expect("nack");
+    }
+    let dead = || async { (status_of(&su, first).await, status_of(&su, second).await) };
+    let before = dead().await;
+    assert_eq!(before, (("dead".to_string(), 1), ("dead".to_string(), 1)));
+
+    for ids in [
+        format!("ARRAY[[{first}, {second}]]"),
+        format!("ARRAY[[{first}], [{second}]]"),
+        format!("'{{{{{{{first}}}}}}}'::bigint[]"),
+    ] {
+        let sql = format!("SELECT admin.outbox_requeue({ids})");
+        let (state, message) = error_of(&ops, &sql).await;
+        assert_eq!(
+            (state.as_str(), message.as_str()),
+            ("PT400", "invalid_ids"),
+            "{sql}"
+        );
+        assert_eq!(dead().await, before, "{sql} revived events");
+    }
+    let dims: i32 = query_value(
+        &su,
+        &format!("SELECT array_ndims('{{{{{{{first}}}}}}}'::bigint[])"),
+        &[],
+    )
+    .await;
+    assert_eq!(dims, 3, "the third case is three-dimensional");
+
+    let revived: i32 = query_value(
+        &ops,
+        "SELECT admin.outbox_requeue(ARRAY[$1::bigint, $2::bigint])",
+        &[&first, &second],
+    )
+    .await;
+    assert_eq!(revived, 2);
+    assert_eq!(status_of(&su, first).await, ("pending".to_string(), 0));
 }
 
 /// A lease that expires on the last allowed attempt makes the event dead instead of looping forever.

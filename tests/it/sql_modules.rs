@@ -170,6 +170,7 @@ const CHANGED_SINCE_THE_MOVE: &[&str] = &[
     "api.outbox_ack",
     "api.mark_receives_read",
     "api.create_ticket",
+    "admin.outbox_requeue",
 ];
 
 // A database migrated by an older pgrpc (through V16, before sql/modules)
