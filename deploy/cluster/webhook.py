@@ -6,8 +6,11 @@ POST <any path>  checks X-Pgrpc-Signature with PGRPC_RELAY_SIGNING_SECRET,
                  signature is wrong).
 GET /events      every delivery so far, in arrival order, as a JSON array of
                  {event_id, event_type, aggregate_type, aggregate_id,
-                 attempt, payload, signature_ok}.
+                 attempt, payload, signature_ok, traceparent, tracestate}.
 GET /health      200.
+
+It listens on WEBHOOK_PORT (default 8080; 0 picks a free port) and prints
+the port it listens on as its first line.
 
 Standard library only; it runs in the pgrpc-postgres image's python3.
 """
@@ -72,10 +75,14 @@ class Handler(BaseHTTPRequestHandler):
                 "attempt": int(self.headers.get("X-Pgrpc-Attempt", "0")),
                 "payload": event.get("payload"),
                 "signature_ok": ok,
+                "traceparent": self.headers.get("traceparent"),
+                "tracestate": self.headers.get("tracestate"),
             })
         self.reply(204 if ok else 401)
 
 
 if __name__ == "__main__":
     port = int(os.environ.get("WEBHOOK_PORT", "8080"))
-    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()

@@ -1,30 +1,20 @@
 //! One trace from the HTTP call to the webhook, and per-function metrics
 //! (SPEC §2.3): a `traceparent` (sent, or generated when absent or invalid)
 //! reaches SQL, is stored with the outbox events of the transaction, and
-//! `pgrpc relay` continues it on the webhook call; spans go to a real OTLP
+//! `pgrpc relay` continues it on the webhook call (a webhook process,
+//! `deploy/cluster/webhook.py`); spans go to a real OTLP
 //! receiver process; the Grafana dashboard queries only metrics a running
 //! server exports.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::HeaderMap;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use pgrpc::relay::{self, RelayConfig};
 use pgrpc::trace::{parse_tracestate, TraceParent};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::support::db::updatable_columns;
 use crate::support::{send, service_token, Resp, TestServer};
@@ -181,59 +171,56 @@ impl Drop for OtlpReceiver {
     }
 }
 
-/// A webhook endpoint that records the headers of every call and answers 200.
+/// The webhook in a child process: the cluster's demo webhook
+/// (`deploy/cluster/webhook.py`), which checks each call's signature and
+/// records it with its trace headers (`GET /events`).
 struct Webhook {
     url: String,
-    calls: Arc<(Mutex<Vec<HeaderMap>>, Notify)>,
-    task: tokio::task::JoinHandle<()>,
+    events: String,
+    _child: tokio::process::Child,
 }
 
 impl Webhook {
     async fn start() -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let calls: Arc<(Mutex<Vec<HeaderMap>>, Notify)> = Arc::default();
-        let seen = calls.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            seen.0.lock().expect("calls").push(req.headers().clone());
-                            seen.1.notify_waiters();
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
-                        }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let mut child = tokio::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/deploy/cluster/webhook.py"
+            ))
+            .env("WEBHOOK_PORT", "0")
+            .env("PGRPC_RELAY_SIGNING_SECRET", SECRET)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the webhook");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the webhook prints its port")
+            .expect("read")
+            .expect("a line");
+        let base = format!("http://127.0.0.1:{}", port.trim());
         Webhook {
-            url: format!("http://{addr}/hooks/outbox"),
-            calls,
-            task,
+            url: format!("{base}/hooks/outbox"),
+            events: format!("{base}/events"),
+            _child: child,
         }
     }
 
-    /// The headers of the first call, waiting up to 15 s for it.
-    async fn first_call(&self) -> HeaderMap {
+    /// The first delivery the webhook recorded, waiting up to 15 s for it.
+    async fn first_call(&self) -> Value {
+        let client = reqwest::Client::new();
         for _ in 0..150 {
-            if let Some(h) = self.calls.0.lock().expect("calls").first() {
-                return h.clone();
+            if let Ok(resp) = client.get(&self.events).send().await {
+                let events: Value = resp.json().await.expect("the webhook's events");
+                if let Some(first) = events.as_array().and_then(|a| a.first()) {
+                    return first.clone();
+                }
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.calls.1.notified()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the webhook was never called");
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -257,12 +244,6 @@ fn start_relay(
         let _ = stopped.await;
     }));
     (stop, task)
-}
-
-fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 fn find(spans: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
@@ -340,13 +321,14 @@ async fn one_trace_links_the_call_its_outbox_event_and_the_webhook_call() {
     let call = webhook.first_call().await;
     let _ = stop.send(());
     relay.await.expect("relay task").expect("relay ran");
-    assert_eq!(header(&call, "x-pgrpc-event-id"), id.to_string());
-    let delivery = parsed(header(&call, "traceparent"));
+    assert_eq!(call["event_id"], id, "{call}");
+    assert_eq!(call["signature_ok"], true, "{call}");
+    let delivery = parsed(call["traceparent"].as_str().expect("a traceparent"));
     assert_eq!(hex::encode(delivery.trace_id), CALLER_TRACE, "same trace");
     assert_ne!(delivery.parent_id, event_context.parent_id, "a new span id");
     assert_ne!(hex::encode(delivery.parent_id), CALLER_SPAN);
     assert_eq!(
-        header(&call, "tracestate"),
+        call["tracestate"],
         "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
     );
 
