@@ -335,17 +335,41 @@ pub fn stream_sql(
     count: bool,
 ) -> Result<(Arc<str>, Vec<String>, bool, StreamFormat), QueryError> {
     let scalar = (r.shape == Shape::SetOf && r.naming == Naming::Bare) || r.shape == Shape::Scalar;
+    // Without query-string operations the statement depends on nothing but
+    // the routine, the mask, the format, the count and whether there is a
+    // limit and an offset: it is looked up under a short key before it is
+    // built (building and hashing it whole cost more than the rest of the
+    // request's planning).
+    let plain = ops.is_empty().then(|| {
+        let handler = match media.handler {
+            Handler::Csv => 'c',
+            Handler::Ndjson => 'n',
+            _ => 'j',
+        };
+        let mut key = String::with_capacity(12);
+        key.push_str("stream ");
+        key.push(handler);
+        for flag in [count, limit.is_some(), offset > 0] {
+            key.push(if flag { '1' } else { '0' });
+        }
+        (mask, false, false, key)
+    });
+    if let Some(key) = &plain {
+        let found = r
+            .sql_cache
+            .read()
+            .ok()
+            .and_then(|cache| cache.get(key).cloned());
+        if let Some(sql) = found {
+            let mut params = Vec::new();
+            page_sql(&mut params, offset, limit);
+            let bare = scalar && !r.columns.is_empty();
+            return Ok((sql, params, false, stream_format(r, media, bare)));
+        }
+    }
     let c = query::compile(ops, &r.columns, scalar, 2)?;
     let mut params = c.params;
-    let mut page = String::new();
-    if let Some(l) = limit {
-        params.push(l.to_string());
-        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
-    }
-    if offset > 0 {
-        params.push(offset.to_string());
-        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
-    }
+    let page = page_sql(&mut params, offset, limit);
     let (call, from) = call_parts(r, mask);
     let source = if from.is_empty() {
         format!(" FROM {call} AS _r")
@@ -356,31 +380,14 @@ pub fn stream_sql(
         Some(col) => format!("coalesce(to_json(_s.{col})::text, 'null')"),
         None => "row_to_json(_s)::text".to_string(),
     };
-    let (text, header, format) = match media.handler {
-        Handler::Csv => (
+    let format = stream_format(r, media, c.bare_column.is_some());
+    let (text, header) = match format {
+        StreamFormat::Csv => (
             "substring(_s::text, 2, length(_s::text) - 2)".to_string(),
             "CASE WHEN row_number() OVER () = 1 THEN (SELECT coalesce(string_agg(_k, ','), '') \
-             FROM json_object_keys(row_to_json(_s)) AS _k) END"
-                .to_string(),
-            StreamFormat::Csv,
+             FROM json_object_keys(row_to_json(_s)) AS _k) END",
         ),
-        Handler::Ndjson => (json, "NULL::text".to_string(), StreamFormat::Ndjson),
-        _ => {
-            // `json_agg` puts a newline before each composite or array
-            // element after the first.
-            let sep_newline = match &c.bare_column {
-                Some(_) => r
-                    .columns
-                    .first()
-                    .is_some_and(|c| c.type_sql.ends_with("[]")),
-                None => true,
-            };
-            (
-                json,
-                "NULL::text".to_string(),
-                StreamFormat::Json { sep_newline },
-            )
-        }
+        StreamFormat::Ndjson | StreamFormat::Json { .. } => (json, "NULL::text"),
     };
     let (window, total) = if count {
         (
@@ -395,6 +402,45 @@ pub fn stream_sql(
          (SELECT {}{source}{}) AS _f{}{page}) AS _f CROSS JOIN LATERAL (SELECT {}) AS _s",
         c.source_cols, c.where_sql, c.order_sql, c.select_sql
     );
+    if let Some(key) = plain {
+        let sql: Arc<str> = sql.into();
+        if let Ok(mut cache) = r.sql_cache.write() {
+            cache.insert(key, sql.clone());
+        }
+        return Ok((sql, params, false, format));
+    }
     let (sql, params, transient) = cached(r, mask, false, sql, params);
     Ok((sql, params, transient, format))
+}
+
+/// ` LIMIT $n OFFSET $m` of a streaming statement, their values pushed on
+/// `params` (after the filters' values).
+fn page_sql(params: &mut Vec<String>, offset: i64, limit: Option<i64>) -> String {
+    let mut page = String::new();
+    if let Some(l) = limit {
+        params.push(l.to_string());
+        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
+    }
+    if offset > 0 {
+        params.push(offset.to_string());
+        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
+    }
+    page
+}
+
+/// How a streamed answer's rows become its body; `bare`: the rows are a
+/// scalar set's bare values (no `select`).
+fn stream_format(r: &Routine, media: &Negotiated, bare: bool) -> StreamFormat {
+    match media.handler {
+        Handler::Csv => StreamFormat::Csv,
+        Handler::Ndjson => StreamFormat::Ndjson,
+        // `json_agg` puts a newline before each composite or array
+        // element after the first.
+        _ => StreamFormat::Json {
+            sep_newline: !bare
+                || r.columns
+                    .first()
+                    .is_some_and(|c| c.type_sql.ends_with("[]")),
+        },
+    }
 }

@@ -28,10 +28,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::future::{maybe_done, MaybeDone};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{NoTls, Row, RowStream};
 use tracing::warn;
 
@@ -147,25 +147,6 @@ async fn run(
         None => Some(None),
         Some(sql) => conn.statement(sql).map(Some),
     };
-    let started = match (cached, pre_cached) {
-        // The statements are prepared on this connection: BEGIN, the
-        // settings, the pre-request function and the call go out together,
-        // one round trip to the first rows.
-        (Some(call), Some(pre)) => pipelined(&conn, &job.call, pre.as_ref(), &call).await,
-        (cached, pre_cached) => match open(&mut conn, &job.call, cached, pre_cached).await {
-            Ok(call) => rows(&conn, &call, &job.call).await.map_err(fail),
-            Err(e) => Err(e),
-        },
-    };
-    let rows = match started {
-        Ok(rows) => rows,
-        Err(e) => {
-            end(conn, false).await;
-            let _ = head.send(Err(e));
-            return;
-        }
-    };
-    let mut rows = Box::pin(rows);
     // The transaction's end goes out right behind the call: PostgreSQL
     // runs it once the statement has sent its last row (or failed: the
     // COMMIT of an aborted transaction rolls it back), so no round trip
@@ -176,8 +157,47 @@ async fn run(
     } else {
         "COMMIT"
     };
-    let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
-    let _ = futures_util::poll!(ending.as_mut());
+    let (started, mut ending, sent) = match (cached, pre_cached) {
+        // The statements are prepared on this connection: BEGIN, the
+        // settings, the pre-request function, the call and its end go out
+        // together, one round trip to the first rows (and, for a small
+        // result, to the end of the transaction).
+        (Some(call), Some(pre)) => {
+            let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
+            let started = pipelined(&conn, &job.call, pre.as_ref(), &call, ending.as_mut()).await;
+            (started, ending, true)
+        }
+        (cached, pre_cached) => {
+            let started = match open(&mut conn, &job.call, cached, pre_cached).await {
+                Ok(call) => rows(&conn, &call, &job.call).await.map_err(fail),
+                Err(e) => Err(e),
+            };
+            let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
+            let sent = started.is_ok();
+            if sent {
+                let _ = futures_util::poll!(ending.as_mut());
+            }
+            (started, ending, sent)
+        }
+    };
+    let rows = match started {
+        Ok(rows) => rows,
+        Err(e) => {
+            if sent {
+                // The end went out behind the failed call: it rolled the
+                // aborted transaction back.
+                let ended = ended(ending.as_mut()).await;
+                drop(ending);
+                keep_if(conn, ended);
+            } else {
+                drop(ending);
+                end(conn, false).await;
+            }
+            let _ = head.send(Err(e));
+            return;
+        }
+    };
+    let mut rows = Box::pin(rows);
     let mut out = Encoder::new(job.format);
     let mut first_head: Option<StreamHead> = None;
     let mut last: Option<Row> = None;
@@ -341,28 +361,43 @@ async fn next(
     if *stop.borrow() {
         return Err(Stopped::Stopping);
     }
+    // A row already received needs no timer and no watch on the stop
+    // flag: the timeout below would return it as well (it polls the rows
+    // first), so only a wait for rows is bounded by the deadline.
+    if let Some(row) = rows.next().now_or_never() {
+        return Ok(row);
+    }
     tokio::select! {
         row = timeout_at(deadline, rows.next()) => row.map_err(|_| Stopped::Deadline),
         _ = stop.changed() => Err(Stopped::Stopping),
     }
 }
 
-/// `BEGIN; settings; [pre-request;] call` as one pipeline, the call's
-/// statements already prepared on this connection.
-async fn pipelined(
+/// `BEGIN; settings; [pre-request;] call; COMMIT` as one pipeline, the
+/// call's statements already prepared on this connection; `ending` is the
+/// transaction's end, polled once right after the call is sent.
+async fn pipelined<F>(
     conn: &Conn,
     job: &CallJob,
     pre: Option<&Prepared>,
     call: &Prepared,
-) -> Result<RowStream, ExecError> {
+    mut ending: Pin<&mut MaybeDone<F>>,
+) -> Result<RowStream, ExecError>
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>>,
+{
     let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
     let (settings, params, types) = job.settings.statement(conn);
     let begin = begin_sql(job);
-    let (b, s, p, r) = futures_util::join!(
+    // `join!` polls in order: the end's first poll sends it behind the call.
+    let (b, s, p, r, ()) = futures_util::join!(
         conn.client.batch_execute(&begin),
         conn.query_row(&settings, &params, types),
         pre_request(conn, pre),
         rows(conn, call, job),
+        async {
+            let _ = futures_util::poll!(ending.as_mut());
+        },
     );
     b.map_err(fail)?;
     s.map_err(fail)?;
@@ -449,6 +484,24 @@ fn abandon(conn: Conn, rows: std::pin::Pin<Box<RowStream>>) {
     });
 }
 
+/// A text column's bytes as PostgreSQL sent them (UTF-8, the connection's
+/// client encoding): copied into the body as they are, without the UTF-8
+/// check of `&str` on every row.
+struct Text<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Text<'a> {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> Result<Text<'a>, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Text(raw))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
+}
+
 /// The body of a streamed answer, as the buffered statement builds it:
 /// `json_agg`'s array, NDJSON lines, or PostgREST's CSV.
 struct Encoder {
@@ -467,11 +520,11 @@ impl Encoder {
     }
 
     fn push(&mut self, row: &Row) {
-        let text: &str = row
-            .try_get::<_, Option<&str>>(0)
+        let text: &[u8] = row
+            .try_get::<_, Option<Text>>(0)
             .ok()
             .flatten()
-            .unwrap_or("null");
+            .map_or(b"null", |t| t.0);
         match self.format {
             StreamFormat::Json { sep_newline } => {
                 match (self.rows, sep_newline) {
@@ -479,10 +532,10 @@ impl Encoder {
                     (_, true) => self.buf.put_slice(b", \n "),
                     (_, false) => self.buf.put_slice(b", "),
                 }
-                self.buf.put_slice(text.as_bytes());
+                self.buf.put_slice(text);
             }
             StreamFormat::Ndjson => {
-                self.buf.put_slice(text.as_bytes());
+                self.buf.put_slice(text);
                 self.buf.put_u8(b'\n');
             }
             StreamFormat::Csv => {
@@ -491,7 +544,7 @@ impl Encoder {
                     self.buf.put_slice(header.unwrap_or("").as_bytes());
                 }
                 self.buf.put_u8(b'\n');
-                self.buf.put_slice(text.as_bytes());
+                self.buf.put_slice(text);
             }
         }
         self.rows += 1;
