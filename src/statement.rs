@@ -403,11 +403,15 @@ pub fn stream_sql(
         c.source_cols, c.where_sql, c.order_sql, c.select_sql
     );
     if let Some(key) = plain {
+        // Bounded as every cached shape is: masks are the client's choice.
         let sql: Arc<str> = sql.into();
         if let Ok(mut cache) = r.sql_cache.write() {
-            cache.insert(key, sql.clone());
+            if cache.len() < MAX_CACHED_SHAPES {
+                cache.insert(key, sql.clone());
+                return Ok((sql, params, false, format));
+            }
         }
-        return Ok((sql, params, false, format));
+        return Ok((sql, params, true, format));
     }
     let (sql, params, transient) = cached(r, mask, false, sql, params);
     Ok((sql, params, transient, format))
