@@ -39,21 +39,8 @@ pub fn ops_sql(
     let scalar = (r.shape == Shape::SetOf && r.naming == Naming::Bare) || r.shape == Shape::Scalar;
     let c = query::compile(ops, &r.columns, scalar, 2)?;
     let mut params = c.params;
-    let mut page = String::new();
-    if let Some(l) = limit {
-        params.push(l.to_string());
-        let _ = write!(page, " LIMIT ${}::text::bigint", params.len() + 1);
-    }
-    if offset > 0 {
-        params.push(offset.to_string());
-        let _ = write!(page, " OFFSET ${}::text::bigint", params.len() + 1);
-    }
-    let (call, from) = call_parts(r, mask);
-    let source = if from.is_empty() {
-        format!(" FROM {call} AS _r")
-    } else {
-        format!("{from} CROSS JOIN LATERAL {call} AS _r")
-    };
+    let page = page_sql(&mut params, offset, limit);
+    let source = source_sql(r, mask);
     let agg = match &c.bare_column {
         Some(col) => format!("json_agg(_s.{col})"),
         None => "json_agg(_s)".to_string(),
@@ -370,12 +357,7 @@ pub fn stream_sql(
     let c = query::compile(ops, &r.columns, scalar, 2)?;
     let mut params = c.params;
     let page = page_sql(&mut params, offset, limit);
-    let (call, from) = call_parts(r, mask);
-    let source = if from.is_empty() {
-        format!(" FROM {call} AS _r")
-    } else {
-        format!("{from} CROSS JOIN LATERAL {call} AS _r")
-    };
+    let source = source_sql(r, mask);
     let json = match &c.bare_column {
         Some(col) => format!("coalesce(to_json(_s.{col})::text, 'null')"),
         None => "row_to_json(_s)::text".to_string(),
@@ -417,7 +399,18 @@ pub fn stream_sql(
     Ok((sql, params, transient, format))
 }
 
-/// ` LIMIT $n OFFSET $m` of a streaming statement, their values pushed on
+/// ` FROM <call> AS _r`, or the argument source's FROM clause with the
+/// call joined LATERAL: where a call statement reads the routine's rows.
+fn source_sql(r: &Routine, mask: u64) -> String {
+    let (call, from) = call_parts(r, mask);
+    if from.is_empty() {
+        format!(" FROM {call} AS _r")
+    } else {
+        format!("{from} CROSS JOIN LATERAL {call} AS _r")
+    }
+}
+
+/// ` LIMIT $n OFFSET $m` of a call statement, their values pushed on
 /// `params` (after the filters' values).
 fn page_sql(params: &mut Vec<String>, offset: i64, limit: Option<i64>) -> String {
     let mut page = String::new();
