@@ -163,6 +163,46 @@ pub struct CallResult {
     pub commit_lsn: Option<Lsn>,
 }
 
+/// The body: text, or the raw bytes of a `bytea` (a media type's body).
+fn body_column(row: &tokio_postgres::Row) -> Option<bytes::Bytes> {
+    if row.columns().first().map(|c| c.type_()) == Some(&tokio_postgres::types::Type::BYTEA) {
+        row.try_get::<_, Option<Vec<u8>>>(0)
+            .ok()
+            .flatten()
+            .map(bytes::Bytes::from)
+    } else {
+        row.try_get::<_, Option<String>>(0)
+            .ok()
+            .flatten()
+            .map(bytes::Bytes::from)
+    }
+}
+
+impl CallResult {
+    /// The call statement's one row (it aggregates, so it always has one; an
+    /// absent row reads as no rows).
+    pub(super) fn from_row(row: Option<&tokio_postgres::Row>) -> CallResult {
+        let Some(row) = row else {
+            return CallResult {
+                body: None,
+                rows: 0,
+                headers: None,
+                status: None,
+                total: None,
+                commit_lsn: None,
+            };
+        };
+        CallResult {
+            body: body_column(row),
+            rows: row.get(1),
+            headers: row.get::<_, Option<String>>(2).filter(|s| !s.is_empty()),
+            status: row.get::<_, Option<String>>(3).filter(|s| !s.is_empty()),
+            total: row.get(4),
+            commit_lsn: None,
+        }
+    }
+}
+
 /// The per-request settings, applied with `set_config(..., true)` so they
 /// last for the transaction only: the role, the request GUCs PostgREST
 /// sets, and the role's own settings (`ALTER ROLE … SET`), which `SET ROLE`

@@ -8,6 +8,7 @@ pub mod lsn;
 pub mod pool;
 pub mod replica;
 pub mod schema;
+mod steps;
 pub mod stream;
 pub mod types;
 

@@ -36,8 +36,9 @@ use tokio_postgres::{NoTls, Row, RowStream};
 use tracing::warn;
 
 use super::call::{CallJob, CallResult, ExecError};
-use super::exec::{begin_sql, checkout, open, pre_request};
-use super::pool::{Conn, Pool, Prepared};
+use super::exec::checkout;
+use super::pool::{Conn, PgConn, Pool, Prepared};
+use super::steps;
 use crate::error::ApiError;
 use crate::http::body::Piece;
 use crate::statement::StreamFormat;
@@ -138,14 +139,20 @@ async fn run(
         }
     };
     head.since = Some((std::time::SystemTime::now(), std::time::Instant::now()));
-    let cached = if job.call.transient && conn.prepares() {
-        None
-    } else {
-        conn.statement(&job.call.sql)
-    };
-    let pre_cached = match &job.call.pre_request {
-        None => Some(None),
-        Some(sql) => conn.statement(sql).map(Some),
+    // BEGIN, the settings, the statements this connection has not
+    // prepared yet, the pre-request function and the streaming statement,
+    // as one list of steps (`steps`): one round trip to the first rows when
+    // the statements are prepared.
+    let (ops, mut st) = steps::program(&conn, &mut job.call, true);
+    let started = steps::run(&mut conn, &job.call, &ops, &mut st).await;
+    let rows = match (started, st.rows.take()) {
+        (Ok(()), Some(rows)) => rows,
+        (started, _) => {
+            end(conn, false).await;
+            let error = started.err().map_or(ExecError::TaskFailed, |f| f.error);
+            let _ = head.send(Err(error));
+            return;
+        }
     };
     // The transaction's end goes out right behind the call: PostgreSQL
     // runs it once the statement has sent its last row (or failed: the
@@ -157,46 +164,8 @@ async fn run(
     } else {
         "COMMIT"
     };
-    let (started, mut ending, sent) = match (cached, pre_cached) {
-        // The statements are prepared on this connection: BEGIN, the
-        // settings, the pre-request function, the call and its end go out
-        // together, one round trip to the first rows (and, for a small
-        // result, to the end of the transaction).
-        (Some(call), Some(pre)) => {
-            let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
-            let started = pipelined(&conn, &job.call, pre.as_ref(), &call, ending.as_mut()).await;
-            (started, ending, true)
-        }
-        (cached, pre_cached) => {
-            let started = match open(&mut conn, &job.call, cached, pre_cached).await {
-                Ok(call) => rows(&conn, &call, &job.call).await.map_err(fail),
-                Err(e) => Err(e),
-            };
-            let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
-            let sent = started.is_ok();
-            if sent {
-                let _ = futures_util::poll!(ending.as_mut());
-            }
-            (started, ending, sent)
-        }
-    };
-    let rows = match started {
-        Ok(rows) => rows,
-        Err(e) => {
-            if sent {
-                // The end went out behind the failed call: it rolled the
-                // aborted transaction back.
-                let ended = ended(ending.as_mut()).await;
-                drop(ending);
-                keep_if(conn, ended);
-            } else {
-                drop(ending);
-                end(conn, false).await;
-            }
-            let _ = head.send(Err(e));
-            return;
-        }
-    };
+    let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
+    let _ = futures_util::poll!(ending.as_mut());
     let mut rows = Box::pin(rows);
     let mut out = Encoder::new(job.format);
     let mut first_head: Option<StreamHead> = None;
@@ -373,41 +342,9 @@ async fn next(
     }
 }
 
-/// `BEGIN; settings; [pre-request;] call; COMMIT` as one pipeline, the
-/// call's statements already prepared on this connection; `ending` is the
-/// transaction's end, polled once right after the call is sent.
-async fn pipelined<F>(
-    conn: &Conn,
-    job: &CallJob,
-    pre: Option<&Prepared>,
-    call: &Prepared,
-    mut ending: Pin<&mut MaybeDone<F>>,
-) -> Result<RowStream, ExecError>
-where
-    F: Future<Output = Result<(), tokio_postgres::Error>>,
-{
-    let fail = |e: tokio_postgres::Error| ExecError::from_pg(e, job.anon);
-    let (settings, params, types) = job.settings.statement(conn);
-    let begin = begin_sql(job);
-    // `join!` polls in order: the end's first poll sends it behind the call.
-    let (b, s, p, r, ()) = futures_util::join!(
-        conn.client.batch_execute(&begin),
-        conn.query_row(&settings, &params, types),
-        pre_request(conn, pre),
-        rows(conn, call, job),
-        async {
-            let _ = futures_util::poll!(ending.as_mut());
-        },
-    );
-    b.map_err(fail)?;
-    s.map_err(fail)?;
-    p.map_err(fail)?;
-    r.map_err(fail)
-}
-
 /// Starts the streaming statement.
-async fn rows(
-    conn: &Conn,
+pub(super) async fn rows(
+    conn: &PgConn,
     call: &Prepared,
     job: &CallJob,
 ) -> Result<RowStream, tokio_postgres::Error> {
