@@ -16,17 +16,21 @@
 //! - [`server`]: the accept loop, `serve(listener, config, shutdown)`,
 //!   connection limits, graceful drain.
 //! - [`app`]: `AppState`, shared by every request.
-//! - [`http`] (frontend): routing, `/rpc/<fn>` per PostgREST, `/live`,
-//!   `/ready`, `/metrics`, `/`; `http::request` parses the wire into an
-//!   [`api_request::ApiRequest`].
+//! - [`http`] (frontend): routing, `/live`, `/ready`, `/metrics`, `/`;
+//!   `http::rpc`, `/rpc/<fn>` per PostgREST; `http::batch`, `/rpc`;
+//!   `http::request` parses the wire into an [`api_request::ApiRequest`]
+//!   (`args`: the body and query-string pairs; `headers`: headers and
+//!   cookies as JSON).
 //! - [`api_request`]: what a client asked for, as plain data.
 //! - [`auth`]: the JWT check (HS256 secret, JWK or JWK Set; `exp`, `nbf`,
 //!   `iat`, `aud`; strict claims), the role claim key, the validated-token
 //!   cache, role selection, and keys fetched from a JWK Set URL or an OIDC
 //!   issuer and refreshed.
-//! - [`plan`]: overload resolution, READ ONLY or not, the post-call checks
-//!   as data, the response's shape, and the `Idempotency-Key` request hash
-//!   and stored response.
+//! - [`plan`]: one request as one call value (`CallPlan`): READ ONLY or
+//!   not, the post-call checks as data; `plan::resolve`, overload
+//!   resolution; `plan::reply`, the response's shape; `plan::idempotency`,
+//!   the `Idempotency-Key` request hash and stored response;
+//!   `plan::stream`, the streaming statement.
 //! - [`statement`]: the call statement for each result shape, media
 //!   handler and set of query-string operations, cached per routine.
 //! - [`prefer`]: the `Prefer` header: what a request states, what applies
@@ -37,7 +41,8 @@
 //!   statement of every call that may write (`CALL_TAIL`), so that a call
 //!   whose answer cannot be sent is never committed.
 //! - [`query`]: query-string operations on a function's result (`select`,
-//!   filters, `order`, `limit`, `offset`), parsed and compiled to SQL.
+//!   filters, `order`, `limit`, `offset`), parsed (`query::parse`) and
+//!   compiled to SQL (`query::compile`).
 //! - [`error`]: `ApiError`, the PostgREST error body, the table of PGRST
 //!   codes and statuses, and the one SQLSTATE → HTTP status map (with what
 //!   the executor learned: an anonymous caller, a read-only node).

@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 
 use super::headers::Timing;
 use super::request::RequestError;
-use super::{consistency, deadline, isolation_level, request, respond, Body};
+use super::rpc::{isolation_level, respond, timed};
+use super::{consistency, deadline, request, Body};
 use crate::api_request::{ApiRequest, Args};
 use crate::app::AppState;
 use crate::db::exec::{
@@ -306,7 +307,7 @@ pub(super) async fn batch(
     // Timed from here, as a single call is once its body is read.
     let mut timing = Timing::new(state.config.server_timing);
     let result = run(state, &cache, request, calls, &mut timing).await;
-    super::timed(timing, result)
+    timed(timing, result)
 }
 
 /// The stages of a batch that `Server-Timing` measures, as for a single

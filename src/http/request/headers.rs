@@ -1,0 +1,161 @@
+//! The request's headers: the bounds on the lists of `Prefer`, `Accept`
+//! and `Cookie`, and the headers and cookies as JSON objects for
+//! `request.headers` and `request.cookies`.
+
+use std::collections::HashMap;
+
+use hyper::header::{HeaderMap, COOKIE};
+
+use super::{too_many, RequestError};
+
+/// All request headers as a JSON object with lowercase names.
+/// A header sent more than once keeps its last value. `Cookie` is left
+/// out, as PostgREST leaves it out: the cookies are in `request.cookies`.
+pub(super) fn headers_json(headers: &HeaderMap) -> String {
+    let mut out = String::with_capacity(64 * headers.len() + 2);
+    out.push('{');
+    let mut first = true;
+    for name in headers.keys() {
+        if name == COOKIE {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        push_json_string(&mut out, name.as_str());
+        out.push(':');
+        match headers.get_all(name).iter().next_back() {
+            Some(v) => push_json_string(&mut out, &String::from_utf8_lossy(v.as_bytes())),
+            None => out.push_str("\"\""),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The most `name=value` pairs the `Cookie` headers of one request may
+/// hold. Browsers keep at most 180 cookies per site (Chromium; Firefox
+/// allows 150), so no browser reaches it; past it the request is refused
+/// rather than some cookies silently dropped (docs/limits.md).
+pub const MAX_COOKIE_PAIRS: usize = 256;
+/// The most items of the `Prefer` headers and media ranges of `Accept`.
+pub const MAX_PREFER_ITEMS: usize = 64;
+pub const MAX_ACCEPT_RANGES: usize = 64;
+
+/// Refuses `Prefer` and `Accept` lists longer than their bounds, counting
+/// commas in one pass without building anything.
+pub(crate) fn check_header_lists(headers: &HeaderMap) -> Result<(), RequestError> {
+    let items = |name: &str| -> usize {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes().split(|b| *b == b',').count())
+            .sum()
+    };
+    if items("prefer") > MAX_PREFER_ITEMS {
+        return Err(too_many("Prefer", MAX_PREFER_ITEMS, "preferences"));
+    }
+    if items("accept") > MAX_ACCEPT_RANGES {
+        return Err(too_many("Accept", MAX_ACCEPT_RANGES, "media ranges"));
+    }
+    Ok(())
+}
+
+/// Every `name=value` of the `Cookie` headers, in order, trimmed, with the
+/// quotes of a quoted value removed; pairs without a name are skipped.
+/// One pass over the headers: linear in their length.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.trim(), value.trim().trim_matches('"')))
+        .filter(|(name, _)| !name.is_empty())
+}
+
+/// The `Cookie` headers as a JSON object of name → value (the last value of
+/// a repeated name wins, in the place of its last occurrence), for
+/// `request.cookies`; more than [`MAX_COOKIE_PAIRS`] pairs are refused.
+/// Linear: each name is looked up in a hash map, not in the list so far.
+pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> {
+    let mut cookies: Vec<Option<(&str, &str)>> = Vec::new();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (name, value) in cookie_pairs(headers) {
+        if cookies.len() == MAX_COOKIE_PAIRS {
+            return Err(too_many("Cookie", MAX_COOKIE_PAIRS, "pairs"));
+        }
+        if let Some(previous) = last.insert(name, cookies.len()) {
+            cookies[previous] = None;
+        }
+        cookies.push(Some((name, value)));
+    }
+    let mut out = String::from("{");
+    for (i, (name, value)) in cookies.iter().flatten().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        push_json_string(&mut out, value);
+    }
+    out.push('}');
+    Ok(out)
+}
+
+/// `s` as a JSON string literal (RFC 8259 §7 escapes).
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use serde_json::Value;
+
+    #[test]
+    fn headers_become_a_json_object_with_the_last_value_of_each() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().expect("value"));
+        h.append("x-a", "2\"q".parse().expect("value"));
+        h.insert("host", "h".parse().expect("value"));
+        h.insert(
+            "x-c",
+            HeaderValue::from_bytes(b"a\\b\tc\xff").expect("value"),
+        );
+        let v: Value = serde_json::from_str(&headers_json(&h)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"x-a": "2\"q", "host": "h", "x-c": "a\\b\tc\u{fffd}"})
+        );
+    }
+
+    #[test]
+    fn cookies_are_parsed_and_left_out_of_the_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, "a=1; b=\"two\"; a=3; junk".parse().expect("value"));
+        h.insert("x-b", "v".parse().expect("value"));
+        let cookies: Value =
+            serde_json::from_str(&cookies_json(&h).expect("cookies")).expect("json");
+        assert_eq!(cookies, serde_json::json!({"a": "3", "b": "two"}));
+        let headers: Value = serde_json::from_str(&headers_json(&h)).expect("json");
+        assert_eq!(headers, serde_json::json!({"x-b": "v"}));
+        assert_eq!(cookies_json(&HeaderMap::new()).expect("none"), "{}");
+    }
+}
