@@ -331,6 +331,7 @@ class Round:
         self.new_leader = None
         self.leader_at = None
         self.restored = []
+        self.summary = []          # report lines, in the order they were found
 
     def violation(self, msg):
         with self.lock:
@@ -743,7 +744,7 @@ class Round:
         # acknowledged with the same count.
         total, used = map(int, sql(f"SELECT total, used FROM private.tokens WHERE site_id = '{self.site_a}'")[0])
         acks = self.spend_acks
-        self.summary = [f"consume_token: {len(acks)} acknowledged, used {used} of {total}"]
+        self.summary.append(f"consume_token: {len(acks)} acknowledged, used {used} of {total}")
         if used > total:
             self.violation(f"over-spent: used {used} > total {total}")
         if used < len(acks):
@@ -918,7 +919,6 @@ def main():
             rnd.violation("no read was served by a replica")
     except Exception as e:  # the report must come out whatever failed
         rnd.violation(f"the round stopped: {e!r}")
-        rnd.summary = getattr(rnd, "summary", [])
     rnd.report()
     if rnd.violations:
         print(f"FAILED: {len(rnd.violations)} violation(s):", flush=True)
