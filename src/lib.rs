@@ -49,14 +49,16 @@
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
 //!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
 //!   `db::call`, one call as plain values (`CallJob` in, `Executed` or
-//!   `ExecError` out); `db::exec`, the executor that owns every call's
-//!   transaction and runs the post-call checks `plan` gives it as data
-//!   (`Check`).
+//!   `ExecError` out); `db::steps`, a call's transaction as one list of
+//!   steps and the one interpreter that runs it, pipelining what needs no
+//!   answer first; `db::exec`, the executor that owns every call's
+//!   transaction, runs its list and the post-call checks `plan` gives it as
+//!   data (`Check`).
 //! - [`media`]: media types as plain values: the Accept header, the body's
 //!   Content-Type (it reads nothing of the function cache).
 //! - [`negotiate`]: content negotiation of an Accept list against a
-//!   routine's built-in and custom (domain, aggregate) handlers, and the
-//!   SQL of each handler.
+//!   routine's built-in and custom (domain, aggregate) handlers (it builds
+//!   no SQL).
 //! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
 //! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
 //!   supabase-js and postgrest-js, from the same function cache (and

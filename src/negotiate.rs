@@ -1,8 +1,9 @@
 //! Content negotiation for a call: the `Accept` list (`media`) against
 //! the built-in handlers (JSON, the `vnd.pgrst` forms, CSV) and the custom
 //! ones the catalog declares (a domain named for a media type as a
-//! function's return type, or as the final type of an aggregate), and the
-//! SQL that turns a call's rows into the body of the chosen type.
+//! function's return type, or as the final type of an aggregate). The SQL
+//! that turns a call's rows into the body of the chosen handler is
+//! `statement`'s: negotiation builds no SQL.
 //!
 //! Media types only ever select SQL built from the catalog: no request
 //! text is spliced into a statement. `media` (the types and their parsing)
@@ -194,46 +195,5 @@ fn aggregate(agg: &MediaAggregate) -> Negotiated {
     Negotiated {
         handler: Handler::Aggregate(agg.clone()),
         media,
-    }
-}
-
-/// The body column over a set of rows, for handlers other than the JSON
-/// ones: `rows` names the row (`_r` or `_s`), `value` the bare value of a
-/// scalar result when there is one. Returns None for the JSON handlers.
-pub fn rows_body(n: &Negotiated, rows: &str, value: Option<&str>) -> Option<String> {
-    match &n.handler {
-        Handler::Aggregate(agg) => {
-            let arg = match &agg.target_sql {
-                Some(target) => format!("{rows}::{target}"),
-                None => value.unwrap_or(rows).to_string(),
-            };
-            Some(format!("{}({arg})::{}", agg.func_sql, base(agg.bytea)))
-        }
-        Handler::Domain { bytea } => Some(format!("{}::{}", value.unwrap_or(rows), base(*bytea))),
-        Handler::Ndjson => Some(format!(
-            "coalesce(string_agg(coalesce(to_json({})::text, 'null') || E'\\n', ''), '')",
-            value.unwrap_or(rows)
-        )),
-        _ => None,
-    }
-}
-
-/// The CSV body over the CTE `rows`: PostgREST's `asCsvF`, the header from
-/// the first row's keys, each row as PostgreSQL's record text without its
-/// parentheses (fields with commas, quotes, spaces or backslashes quoted,
-/// quotes and backslashes doubled, NULL empty).
-pub fn csv_body(rows: &str) -> String {
-    format!(
-        "(SELECT coalesce(string_agg(_k, ','), '') FROM json_object_keys(\
-         (SELECT row_to_json(_h) FROM {rows} AS _h LIMIT 1)) AS _k) || E'\\n' || \
-         coalesce(string_agg(substring({rows}::text, 2, length({rows}::text) - 2), E'\\n'), '')"
-    )
-}
-
-fn base(bytea: bool) -> &'static str {
-    if bytea {
-        "bytea"
-    } else {
-        "text"
     }
 }

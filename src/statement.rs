@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::db::quote_ident;
 use crate::db::schema::{Naming, Routine, Shape};
-use crate::negotiate::{self as media, Handler, Negotiated};
+use crate::negotiate::{Handler, Negotiated};
 use crate::query::{self, QueryError, QueryOps};
 use crate::response_settings;
 
@@ -57,7 +57,7 @@ pub fn ops_sql(
         format!("coalesce({agg}, '[]')::text")
     };
     let bare = c.bare_column.as_ref().map(|col| format!("_s.{col}"));
-    let body = media::rows_body(media, "_s", bare.as_deref()).unwrap_or(body);
+    let body = rows_body(media, "_s", bare.as_deref()).unwrap_or(body);
     let total = if count {
         "(SELECT count(*) FROM _f)"
     } else {
@@ -80,7 +80,7 @@ pub fn ops_sql(
             c.where_sql,
             c.select_sql,
             c.order_sql,
-            media::csv_body("_s")
+            csv_body("_s")
         )
     } else {
         format!(
@@ -253,7 +253,7 @@ pub fn media_sql(r: &Routine, mask: u64, media: &Negotiated, tail: &str) -> Opti
     );
     Some(match r.shape {
         Shape::SetOf => {
-            let body = match media::rows_body(media, "_r", None) {
+            let body = match rows_body(media, "_r", None) {
                 Some(body) => body,
                 None if media.singular() => "(json_strip_nulls(json_agg(_r)) -> 0)::text".into(),
                 None => "coalesce(json_strip_nulls(json_agg(_r)), '[]')::text".into(),
@@ -280,7 +280,7 @@ pub fn media_sql(r: &Routine, mask: u64, media: &Negotiated, tail: &str) -> Opti
                 }
                 _ => ("v".to_string(), "_r.v"),
             };
-            let body = match media::rows_body(media, value, Some(value)) {
+            let body = match rows_body(media, value, Some(value)) {
                 Some(body) => body,
                 None if stripped => format!("json_strip_nulls(to_json({value}))::text"),
                 None => format!("to_json({value})::text"),
@@ -439,5 +439,46 @@ fn stream_format(r: &Routine, media: &Negotiated, bare: bool) -> StreamFormat {
                     .first()
                     .is_some_and(|c| c.type_sql.ends_with("[]")),
         },
+    }
+}
+
+/// The body column over a set of rows, for handlers other than the JSON
+/// ones: `rows` names the row (`_r` or `_s`), `value` the bare value of a
+/// scalar result when there is one. Returns None for the JSON handlers.
+fn rows_body(n: &Negotiated, rows: &str, value: Option<&str>) -> Option<String> {
+    match &n.handler {
+        Handler::Aggregate(agg) => {
+            let arg = match &agg.target_sql {
+                Some(target) => format!("{rows}::{target}"),
+                None => value.unwrap_or(rows).to_string(),
+            };
+            Some(format!("{}({arg})::{}", agg.func_sql, base(agg.bytea)))
+        }
+        Handler::Domain { bytea } => Some(format!("{}::{}", value.unwrap_or(rows), base(*bytea))),
+        Handler::Ndjson => Some(format!(
+            "coalesce(string_agg(coalesce(to_json({})::text, 'null') || E'\\n', ''), '')",
+            value.unwrap_or(rows)
+        )),
+        _ => None,
+    }
+}
+
+/// The CSV body over the CTE `rows`: PostgREST's `asCsvF`, the header from
+/// the first row's keys, each row as PostgreSQL's record text without its
+/// parentheses (fields with commas, quotes, spaces or backslashes quoted,
+/// quotes and backslashes doubled, NULL empty).
+fn csv_body(rows: &str) -> String {
+    format!(
+        "(SELECT coalesce(string_agg(_k, ','), '') FROM json_object_keys(\
+         (SELECT row_to_json(_h) FROM {rows} AS _h LIMIT 1)) AS _k) || E'\\n' || \
+         coalesce(string_agg(substring({rows}::text, 2, length({rows}::text) - 2), E'\\n'), '')"
+    )
+}
+
+fn base(bytea: bool) -> &'static str {
+    if bytea {
+        "bytea"
+    } else {
+        "text"
     }
 }
