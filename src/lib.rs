@@ -22,7 +22,8 @@
 //! - [`api_request`]: what a client asked for, as plain data.
 //! - [`auth`]: the JWT check (HS256 secret, JWK or JWK Set; `exp`, `nbf`,
 //!   `iat`, `aud`; strict claims), the role claim key, the validated-token
-//!   cache, role selection, and keys fetched from a JWK Set URL or an OIDC
+//!   cache, role selection (`auth::identify`; a token's check in
+//!   `auth::verify`), and keys fetched from a JWK Set URL or an OIDC
 //!   issuer and refreshed.
 //! - [`plan`]: overload resolution, READ ONLY or not, the post-call checks
 //!   as data, the response's shape, and the `Idempotency-Key` request hash
