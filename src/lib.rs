@@ -43,7 +43,8 @@
 //!   codes and statuses, and the one SQLSTATE → HTTP status map (with what
 //!   the executor learned: an anonymous caller, a read-only node).
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
-//!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
+//!   pg_catalog (`db::schema::load`, with per-role settings) and reloaded
+//!   on `NOTIFY pgrst`;
 //!   `db::call`, one call as plain values (`CallJob` in, `Executed` or
 //!   `ExecError` out); `db::exec`, the executor that owns every call's
 //!   transaction and runs the post-call checks `plan` gives it as data
