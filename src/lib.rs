@@ -62,7 +62,9 @@
 //!   status class, transaction time, pool wait, replica routing.
 //! - [`trace`]: W3C Trace Context (`traceparent`, `tracestate`), the
 //!   request's timing scope, and the OTLP/HTTP span exporter.
-//! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
+//! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations
+//!   (`migrate::versioned`), then the changed module files
+//!   (`migrate::modules`), under the migration lock (`migrate::lock`).
 //! - [`embedded`]: the embedded PostgreSQL of `pgrpc serve` without a
 //!   database URL.
 //! - [`relay`]: `pgrpc relay`, delivery of outbox events to a webhook.
