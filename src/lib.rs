@@ -67,7 +67,8 @@
 //!   (`migrate::modules`), under the migration lock (`migrate::lock`).
 //! - [`embedded`]: the embedded PostgreSQL of `pgrpc serve` without a
 //!   database URL.
-//! - [`relay`]: `pgrpc relay`, delivery of outbox events to a webhook.
+//! - [`relay`]: `pgrpc relay`, delivery of outbox events to a webhook
+//!   (`relay::deliver`), leased from the database (`relay::lease`).
 
 // ApiError carries the four PostgREST fields plus headers (~130 bytes); it
 // only travels on the error path, where boxing would buy nothing.
