@@ -14,7 +14,8 @@
 //!
 //! - [`config`]: `ServeConfig`, every setting and its default.
 //! - [`server`]: the accept loop, `serve(listener, config, shutdown)`,
-//!   connection limits, graceful drain.
+//!   connection limits, graceful drain; `server::io`, the client socket
+//!   and its write deadline.
 //! - [`app`]: `AppState`, shared by every request.
 //! - [`http`] (frontend): routing, `/rpc/<fn>` per PostgREST, `/live`,
 //!   `/ready`, `/metrics`, `/`; `http::request` parses the wire into an
