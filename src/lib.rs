@@ -55,7 +55,9 @@
 //! - [`negotiate`]: content negotiation of an Accept list against a
 //!   routine's built-in and custom (domain, aggregate) handlers, and the
 //!   SQL of each handler.
-//! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
+//! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions
+//!   (`openapi::schema`, the JSON schemas; `openapi::params`, an
+//!   operation's parameters).
 //! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
 //!   supabase-js and postgrest-js, from the same function cache (and
 //!   `db::types`, the catalog's enums, domains and composites).
