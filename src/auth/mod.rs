@@ -9,9 +9,9 @@
 //!   and `aud` checks.
 //! - [`role_claim`]: `PGRPC_JWT_ROLE_CLAIM_KEY`, the JSPath to the role.
 //! - [`cache`]: the bounded cache of validated tokens.
-//! - [`jwks`] and [`jwks_fetch`]: keys fetched from a JWK Set URL or an
-//!   OpenID Connect issuer, refreshed on their max-age and on an unknown
-//!   `kid`, and the bounded fetch and parsers behind them.
+//! - [`jwks`], [`jwks_fetch`] and [`jwks_parse`]: keys fetched from a JWK
+//!   Set URL or an OpenID Connect issuer, refreshed on their max-age and on
+//!   an unknown `kid`, and the bounded fetch and parsers behind them.
 //! - [`identify`]: who a request runs as, from its `Authorization` (and
 //!   `apikey`) header: anonymous, or the verified token's role if the
 //!   authenticator may assume it.
@@ -24,6 +24,7 @@ pub mod claims;
 mod identify;
 pub mod jwks;
 pub mod jwks_fetch;
+pub mod jwks_parse;
 pub mod keys;
 pub mod role_claim;
 mod verify;

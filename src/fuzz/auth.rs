@@ -156,17 +156,17 @@ proptest! {
         ],
         cache_control in header_bytes(100),
     ) {
-        use crate::auth::jwks_fetch;
+        use crate::auth::{jwks_fetch, jwks_parse};
         let wrapped = format!("{{\"keys\":[{body}]}}");
         for doc in [body.as_str(), wrapped.as_str()] {
-            if let Ok(parsed) = bounded("parse_jwks", || jwks_fetch::parse_jwks(doc.as_bytes()))? {
+            if let Ok(parsed) = bounded("parse_jwks", || jwks_parse::parse_jwks(doc.as_bytes()))? {
                 prop_assert!(parsed.keys.len() <= jwks_fetch::MAX_KEYS);
                 let accepted: serde_json::Value = serde_json::from_str(&parsed.fingerprint)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let members = accepted.as_array().cloned().unwrap_or_default();
                 prop_assert!(members.iter().all(|m| m["kty"] != "oct"));
             }
-            bounded("parse_discovery", || jwks_fetch::parse_discovery(doc.as_bytes(), "http://a"))?.ok();
+            bounded("parse_discovery", || jwks_parse::parse_discovery(doc.as_bytes(), "http://a"))?.ok();
         }
         let value = String::from_utf8_lossy(&cache_control).into_owned();
         bounded("max_age", || jwks_fetch::max_age([value.as_str()]))?;
