@@ -14,7 +14,8 @@
 //!
 //! - [`config`]: `ServeConfig`, every setting and its default.
 //! - [`server`]: the accept loop, `serve(listener, config, shutdown)`,
-//!   connection limits, graceful drain.
+//!   connection limits, graceful drain; `server::io`, the client socket
+//!   and its write deadline.
 //! - [`app`]: `AppState`, shared by every request.
 //! - [`http`] (frontend): routing, `/live`, `/ready`, `/metrics`, `/`;
 //!   `http::rpc`, `/rpc/<fn>` per PostgREST; `http::batch`, `/rpc`;
@@ -24,7 +25,8 @@
 //! - [`api_request`]: what a client asked for, as plain data.
 //! - [`auth`]: the JWT check (HS256 secret, JWK or JWK Set; `exp`, `nbf`,
 //!   `iat`, `aud`; strict claims), the role claim key, the validated-token
-//!   cache, role selection, and keys fetched from a JWK Set URL or an OIDC
+//!   cache, role selection (`auth::identify`; a token's check in
+//!   `auth::verify`), and keys fetched from a JWK Set URL or an OIDC
 //!   issuer and refreshed.
 //! - [`plan`]: one request as one call value (`CallPlan`): READ ONLY or
 //!   not, the post-call checks as data; `plan::resolve`, overload
@@ -47,7 +49,8 @@
 //!   codes and statuses, and the one SQLSTATE → HTTP status map (with what
 //!   the executor learned: an anonymous caller, a read-only node).
 //! - [`db`] (backend): the pool; `db::schema`, the function cache read from
-//!   pg_catalog (with per-role settings) and reloaded on `NOTIFY pgrst`;
+//!   pg_catalog (`db::schema::load`, with per-role settings) and reloaded
+//!   on `NOTIFY pgrst`;
 //!   `db::call`, one call as plain values (`CallJob` in, `Executed` or
 //!   `ExecError` out); `db::steps`, a call's transaction as one list of
 //!   steps and the one interpreter that runs it, pipelining what needs no
@@ -59,7 +62,9 @@
 //! - [`negotiate`]: content negotiation of an Accept list against a
 //!   routine's built-in and custom (domain, aggregate) handlers (it builds
 //!   no SQL).
-//! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions.
+//! - [`openapi`]: `GET /`, the OpenAPI description of the exposed functions
+//!   (`openapi::schema`, the JSON schemas; `openapi::params`, an
+//!   operation's parameters).
 //! - [`gen_types`]: `pgrpc gen types typescript`, the `Database` type of
 //!   supabase-js and postgrest-js, from the same function cache (and
 //!   `db::types`, the catalog's enums, domains and composites).
@@ -67,10 +72,13 @@
 //!   status class, transaction time, pool wait, replica routing.
 //! - [`trace`]: W3C Trace Context (`traceparent`, `tracestate`), the
 //!   request's timing scope, and the OTLP/HTTP span exporter.
-//! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations.
+//! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations
+//!   (`migrate::versioned`), then the changed module files
+//!   (`migrate::modules`), under the migration lock (`migrate::lock`).
 //! - [`embedded`]: the embedded PostgreSQL of `pgrpc serve` without a
 //!   database URL.
-//! - [`relay`]: `pgrpc relay`, delivery of outbox events to a webhook.
+//! - [`relay`]: `pgrpc relay`, delivery of outbox events to a webhook
+//!   (`relay::deliver`), leased from the database (`relay::lease`).
 
 // ApiError carries the four PostgREST fields plus headers (~130 bytes); it
 // only travels on the error path, where boxing would buy nothing.

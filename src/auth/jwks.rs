@@ -22,7 +22,8 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::jwks_fetch::{self, FetchError, Fetcher, ParsedSet};
+use super::jwks_fetch::{self, FetchError, Fetcher};
+use super::jwks_parse::{self, ParsedSet};
 use super::keys::Keys;
 use crate::config::ServeConfig;
 
@@ -143,7 +144,7 @@ impl RemoteKeys {
         };
         let parsed = std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|body| jwks_fetch::parse_jwks(&body).map_err(|e| e.to_string()))
+            .and_then(|body| jwks_parse::parse_jwks(&body).map_err(|e| e.to_string()))
             .map_err(|cache_error| {
                 format!(
                     "{setting}: no keys at startup: {fetch_error}; and PGRPC_JWT_JWKS_CACHE_FILE \
@@ -248,11 +249,11 @@ impl RemoteKeys {
             Source::JwksUrl(url) => url.clone(),
             Source::Issuer(issuer) => {
                 let doc = self.fetcher.get(&jwks_fetch::discovery_url(issuer)).await?;
-                jwks_fetch::parse_discovery(&doc.body, issuer)?
+                jwks_parse::parse_discovery(&doc.body, issuer)?
             }
         };
         let fetched = self.fetcher.get(&url).await?;
-        let parsed = jwks_fetch::parse_jwks(&fetched.body)?;
+        let parsed = jwks_parse::parse_jwks(&fetched.body)?;
         Ok((parsed, fetched.body, fetched.max_age))
     }
 

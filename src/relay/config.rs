@@ -174,3 +174,41 @@ impl fmt::Debug for RelayConfig {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_validated_with_the_setting_named() {
+        let ok = RelayConfig::new("postgres://x", "http://127.0.0.1:9/hook", "s".repeat(32));
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.webhook_url = "ftp://x".into();
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "webhook_url",
+                ..
+            })
+        ));
+        let mut bad = ok.clone();
+        bad.signing_secret = "short".into();
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "signing_secret",
+                ..
+            })
+        ));
+        let mut bad = ok;
+        bad.lease_seconds = 5;
+        assert!(matches!(
+            bad.validate(),
+            Err(RelayError::Config {
+                setting: "lease_seconds",
+                ..
+            })
+        ));
+    }
+}

@@ -43,3 +43,30 @@ fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> HmacSha256 {
     mac.update(body);
     mac
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_for_its_body_and_secret() {
+        let header = signature_header(
+            b"secret-secret-secret-secret-1234",
+            1_700_000_000,
+            b"{\"id\":1}",
+        );
+        assert_eq!(
+            verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":1}"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            verify_signature(b"secret-secret-secret-secret-1234", &header, b"{\"id\":2}"),
+            None
+        );
+        assert_eq!(
+            verify_signature(b"another-secret-another-secret-12", &header, b"{\"id\":1}"),
+            None
+        );
+        assert_eq!(verify_signature(b"k", "garbage", b""), None);
+    }
+}

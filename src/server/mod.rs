@@ -2,12 +2,15 @@
 //! listener, so tests bind 127.0.0.1:0 and run a real server in-process.
 //! On shutdown it stops accepting, lets in-flight requests finish (up to the
 //! grace period), then stops the schema listener.
+//!
+//! This file holds the accept loops, the connection settings and the panic
+//! guard of every request; [`io`] the client socket and its write deadline.
+
+mod io;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -17,8 +20,7 @@ use hyper::service::{service_fn, Service};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{error, info, warn};
 
@@ -29,6 +31,7 @@ use crate::db::replica::Replica;
 use crate::db::{self, Catalog, PoolOptions};
 use crate::error::ApiError;
 use crate::http::Body;
+use io::{accepted_stream, WriteDeadline};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -277,118 +280,6 @@ async fn serve_admin(listener: TcpListener, state: Arc<AppState>, mut stop: watc
         });
     }
 }
-
-/// The stream of an accepted connection; after a failed accept (out of
-/// file descriptors and the like) a short pause, and serving goes on.
-async fn accepted_stream(
-    accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
-) -> Option<TcpStream> {
-    match accepted {
-        Ok((stream, _)) => {
-            let _ = stream.set_nodelay(true);
-            Some(stream)
-        }
-        Err(e) => {
-            warn!(cause = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
-    }
-}
-
-/// A client connection whose writes must make progress: once the socket
-/// accepts no byte for `timeout` (`PGRPC_RESPONSE_WRITE_TIMEOUT_MS`), the
-/// write fails and hyper closes the connection, so a client that stops
-/// reading a large response frees its connection slot. Each byte accepted
-/// restarts the wait; reads are untouched (the header and body deadlines
-/// bound them).
-struct WriteDeadline<S> {
-    inner: S,
-    timeout: Duration,
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteDeadline<S> {
-    fn new(inner: S, timeout: Duration) -> Self {
-        WriteDeadline {
-            inner,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// `poll` of a write, with the deadline armed while it is pending and
-    /// disarmed by any answer.
-    fn bounded<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.stalled = None;
-                Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the client accepted no byte of the response within PGRPC_RESPONSE_WRITE_TIMEOUT_MS",
-                )))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.bounded(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.bounded(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.bounded(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.bounded(cx, poll)
-    }
-}
-
 /// How every client connection is served: the header-read timeout, and a
 /// bounded read buffer, which bounds the headers one request may send (a
 /// 1 MB token is 431).
@@ -481,6 +372,7 @@ pub fn log_panics() {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// Reads one response (headers and a `Content-Length` body) off `sock`.
     async fn read_response(sock: &mut TcpStream) -> (String, String) {
