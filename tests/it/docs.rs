@@ -665,23 +665,28 @@ async fn schema_sql_is_the_migrated_schema() {
     }
 }
 
-/// Whether the test `module::name` exists: `fn name` in `tests/it/<module>.rs`,
-/// or in a `src/` file named `<module>.rs` (or `<module>/mod.rs`).
-/// Whether `fn name(` stands in the file of `module`, a path such as
-/// `attacks` or `attacks::transport` (an inline module of attacks.rs) or
-/// `server::tests`: the file is that of its first segment, or of the whole
-/// path taken as folders.
+/// Whether the test `module::name` exists: `fn name(` stands in the file
+/// of `module`, a path such as `attacks`, `attacks::transport` (an inline
+/// module of attacks.rs), `server::tests` or `batch::parse::tests`: the
+/// file is that of one of the path's leading segments taken as folders
+/// (`x/y.rs` or `x/y/mod.rs`), under `tests/it`, `src` or one of its
+/// folders.
 fn test_exists(module: &str, name: &str) -> bool {
     let needle = format!("fn {name}(");
-    let first = module.split("::").next().unwrap_or(module);
-    let nested = module.replace("::", "/");
+    let segments: Vec<&str> = module.split("::").collect();
     let mut files = Vec::new();
-    for m in [first, nested.as_str()] {
-        files.push(repo().join(format!("tests/it/{m}.rs")));
-        files.push(repo().join(format!("src/{m}.rs")));
-        files.push(repo().join(format!("src/{m}/mod.rs")));
-        for dir in ["src/http", "src/auth", "src/db", "src/relay"] {
+    for k in 1..=segments.len() {
+        let m = segments[..k].join("/");
+        for dir in [
+            "tests/it",
+            "src",
+            "src/http",
+            "src/auth",
+            "src/db",
+            "src/relay",
+        ] {
             files.push(repo().join(format!("{dir}/{m}.rs")));
+            files.push(repo().join(format!("{dir}/{m}/mod.rs")));
         }
     }
     files
