@@ -70,7 +70,9 @@ impl Auth {
     ) -> Result<T, AuthError> {
         match (check(), &self.remote) {
             (Err(AuthError::UnknownKid), Some(remote)) => {
-                remote.refresh_for_unknown_kid().await;
+                // Boxed: the fetch's future is large and rare; inline, it
+                // would size every request's future.
+                Box::pin(remote.refresh_for_unknown_kid()).await;
                 check()
             }
             (outcome, _) => outcome,

@@ -3,6 +3,7 @@
 //! `request.headers` and `request.cookies`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use hyper::header::{HeaderMap, COOKIE};
 
@@ -106,20 +107,30 @@ pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> 
 
 /// `s` as a JSON string literal (RFC 8259 §7 escapes).
 fn push_json_string(out: &mut String, s: &str) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                out.push_str(&format!("\\u{:04x}", u32::from(c)));
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole; every byte that
+    // does is ASCII, so each run ends on a character boundary.
+    let mut run = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escaped);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -128,6 +139,25 @@ mod tests {
     use super::*;
     use hyper::header::HeaderValue;
     use serde_json::Value;
+
+    #[test]
+    fn json_strings_read_back_as_the_text_they_encode() {
+        let mut every_ascii: String = (0u8..0x80).map(char::from).collect();
+        every_ascii.push_str("é✓𝄞\u{7f}\u{80}");
+        for text in [
+            every_ascii.as_str(),
+            "",
+            "plain",
+            "\"\\",
+            "a\u{1}b\u{1f}",
+            "ünïcode\"",
+        ] {
+            let mut out = String::new();
+            push_json_string(&mut out, text);
+            let back: String = serde_json::from_str(&out).expect("a JSON string");
+            assert_eq!(back, text, "{out}");
+        }
+    }
 
     #[test]
     fn headers_become_a_json_object_with_the_last_value_of_each() {
