@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::db::quote_ident;
 use crate::db::schema::{Naming, Routine, Shape};
+pub use crate::db::stream::StreamFormat;
 use crate::negotiate::{Handler, Negotiated};
 use crate::query::{self, QueryError, QueryOps};
 use crate::response_settings;
@@ -290,19 +291,6 @@ pub fn media_sql(r: &Routine, mask: u64, media: &Negotiated, tail: &str) -> Opti
             )
         }
     })
-}
-
-/// How a streamed statement's rows become the body (`db::stream`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamFormat {
-    /// A JSON array: `[`, the rows' JSON separated as `json_agg`
-    /// separates them (`sep_newline`: `, \n ` between rows and arrays,
-    /// `, ` between other values), `]`.
-    Json { sep_newline: bool },
-    /// Each row's JSON, then a newline.
-    Ndjson,
-    /// The header line from the first row, then one line per row.
-    Csv,
 }
 
 /// The statement of a streamed call: one row per element of the answer,

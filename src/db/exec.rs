@@ -14,8 +14,6 @@
 //! ROLLBACK itself failed) is detached from the pool and closed, so nothing
 //! ever rides on another request's COMMIT.
 
-use std::borrow::Cow;
-
 use crate::error::ApiError;
 
 use deadpool::managed::{Object, PoolError, TimeoutType};
@@ -26,22 +24,9 @@ pub use super::call::{
     CallJob, CallResult, Check, ExecError, Executed, IdempotentCall, RequestSettings, Shaper, Step,
     StoredResponse,
 };
-use super::lsn::Lsn;
 use super::pool::{Conn, PgConn, Pool};
 use super::schema::{SchemaCache, TIMEZONES_SQL};
-use super::steps::{self, Op};
-
-/// The end of a transaction, then the WAL position it reached (see
-/// `lsn::wal_position`), in one message. On a node in recovery (a write
-/// that wrote nothing, on a standby) the replayed position stands in, so
-/// that the answer never fails after its COMMIT.
-macro_rules! then_lsn {
-    ($end:literal) => {
-        concat!($end, "; ", super::lsn::wal_position!())
-    };
-}
-const COMMIT_LSN_SQL: &str = then_lsn!("COMMIT");
-const ROLLBACK_LSN_SQL: &str = then_lsn!("ROLLBACK");
+use super::steps::{self, end_reading_lsn, Op};
 
 /// Runs the call in its own task and waits for it. The task always ends
 /// the transaction, even when the waiting request is dropped.
@@ -142,32 +127,6 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> 
     })
 }
 
-/// COMMIT or ROLLBACK, and the WAL position after it when `lsn` is asked
-/// and the pool reports positions.
-pub(super) async fn end_reading_lsn(
-    conn: &PgConn,
-    commit: bool,
-    lsn: bool,
-) -> Result<Option<Lsn>, tokio_postgres::Error> {
-    let lsn = lsn && conn.reports_lsn;
-    let sql = match (commit, lsn) {
-        (true, false) => "COMMIT",
-        (false, false) => "ROLLBACK",
-        (true, true) => COMMIT_LSN_SQL,
-        (false, true) => ROLLBACK_LSN_SQL,
-    };
-    if !lsn {
-        return conn.client.batch_execute(sql).await.map(|()| None);
-    }
-    let messages = conn.client.simple_query(sql).await?;
-    Ok(messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => {
-            Lsn::from_position_row(row, conn.wal).map(|(lsn, _)| lsn)
-        }
-        _ => None,
-    }))
-}
-
 async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let conn = checkout(pool).await?;
     crate::trace::transaction(run_on(conn, job)).await
@@ -259,18 +218,6 @@ fn replicated(conn: &PgConn) -> Result<(), ExecError> {
         Err(ExecError::Unreplicated)
     } else {
         Ok(())
-    }
-}
-
-/// How the transaction starts: with the isolation level the function
-/// asks for, if any, and READ ONLY for a read-only call (which never
-/// carries an `Idempotency-Key`: a call that cannot write stores nothing).
-pub(super) fn begin_sql(job: &CallJob) -> Cow<'static, str> {
-    match (job.isolation, job.read_only) {
-        (None, true) => Cow::Borrowed("BEGIN READ ONLY"),
-        (None, false) => Cow::Borrowed("BEGIN"),
-        (Some(level), true) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level} READ ONLY")),
-        (Some(level), false) => Cow::Owned(format!("BEGIN ISOLATION LEVEL {level}")),
     }
 }
 

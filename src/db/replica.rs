@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_postgres::SimpleQueryMessage;
 use tracing::{info, warn};
 
-use super::exec::ExecError;
+use super::call::ExecError;
 use super::lsn::{Lsn, WalLayout};
 use super::pool::{build_pool, Conn, Pool, PoolOptions};
 use super::DbError;

@@ -17,16 +17,7 @@ use http_body_util::Full;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
-/// What a stream's task sends after the first chunk.
-#[derive(Debug)]
-pub enum Piece {
-    Data(Bytes),
-    /// The result is complete and its transaction ended.
-    End,
-    /// The stream failed after its headers were sent (the reason is
-    /// logged): the response is cut short.
-    Abort(&'static str),
-}
+pub use crate::db::stream::Piece;
 
 pub enum Body {
     Full(Full<Bytes>),

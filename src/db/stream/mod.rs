@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use deadpool::managed::Object;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,17 +31,18 @@ use futures_util::future::{maybe_done, MaybeDone};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{NoTls, Row, RowStream};
 use tracing::warn;
 
 use super::call::{CallJob, CallResult, ExecError};
 use super::exec::checkout;
-use super::pool::{Conn, PgConn, Pool, Prepared};
+use super::pool::{Conn, Pool};
 use super::steps;
+
+mod encode;
+
 use crate::error::ApiError;
-use crate::http::body::Piece;
-use crate::statement::StreamFormat;
+use encode::Encoder;
 
 /// The size of the chunks a stream sends.
 pub const CHUNK_BYTES: usize = 64 * 1024;
@@ -50,6 +51,30 @@ pub const CHANNEL_CHUNKS: usize = 2;
 /// How long ending an abandoned or finished stream's transaction may take
 /// before its connection is closed instead.
 const END_WAIT: Duration = Duration::from_secs(5);
+
+/// What a stream's task sends after the first chunk.
+#[derive(Debug)]
+pub enum Piece {
+    Data(Bytes),
+    /// The result is complete and its transaction ended.
+    End,
+    /// The stream failed after its headers were sent (the reason is
+    /// logged): the response is cut short.
+    Abort(&'static str),
+}
+
+/// How a streamed statement's rows become the body (`db::stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// A JSON array: `[`, the rows' JSON separated as `json_agg`
+    /// separates them (`sep_newline`: `, \n ` between rows and arrays,
+    /// `, ` between other values), `]`.
+    Json { sep_newline: bool },
+    /// Each row's JSON, then a newline.
+    Ndjson,
+    /// The header line from the first row, then one line per row.
+    Csv,
+}
 
 /// A call to stream: the call (its statement is the streaming one), how
 /// its rows become the body, and its bounds.
@@ -342,23 +367,6 @@ async fn next(
     }
 }
 
-/// Starts the streaming statement.
-pub(super) async fn rows(
-    conn: &PgConn,
-    call: &Prepared,
-    job: &CallJob,
-) -> Result<RowStream, tokio_postgres::Error> {
-    let binds: Vec<&(dyn ToSql + Sync)> = job.binds();
-    let sql = match call {
-        Prepared::Named(statement) => return conn.client.query_raw(statement, binds).await,
-        Prepared::Unnamed(sql) => &**sql,
-        Prepared::UnnamedStatic(sql) => *sql,
-    };
-    conn.client
-        .query_typed_raw(sql, binds.into_iter().map(|b| (b, Type::TEXT)))
-        .await
-}
-
 /// The response settings and the total, from a row of the streaming
 /// statement.
 fn read_head(row: &Row) -> StreamHead {
@@ -419,81 +427,4 @@ fn abandon(conn: Conn, rows: std::pin::Pin<Box<RowStream>>) {
     tokio::spawn(async move {
         let _ = timeout(END_WAIT, token.cancel_query(NoTls)).await;
     });
-}
-
-/// A text column's bytes as PostgreSQL sent them (UTF-8, the connection's
-/// client encoding): copied into the body as they are, without the UTF-8
-/// check of `&str` on every row.
-struct Text<'a>(&'a [u8]);
-
-impl<'a> FromSql<'a> for Text<'a> {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> Result<Text<'a>, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Text(raw))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT
-    }
-}
-
-/// The body of a streamed answer, as the buffered statement builds it:
-/// `json_agg`'s array, NDJSON lines, or PostgREST's CSV.
-struct Encoder {
-    format: StreamFormat,
-    buf: BytesMut,
-    rows: i64,
-}
-
-impl Encoder {
-    fn new(format: StreamFormat) -> Encoder {
-        Encoder {
-            format,
-            buf: BytesMut::with_capacity(CHUNK_BYTES + 4096),
-            rows: 0,
-        }
-    }
-
-    fn push(&mut self, row: &Row) {
-        let text: &[u8] = row
-            .try_get::<_, Option<Text>>(0)
-            .ok()
-            .flatten()
-            .map_or(b"null", |t| t.0);
-        match self.format {
-            StreamFormat::Json { sep_newline } => {
-                match (self.rows, sep_newline) {
-                    (0, _) => self.buf.put_u8(b'['),
-                    (_, true) => self.buf.put_slice(b", \n "),
-                    (_, false) => self.buf.put_slice(b", "),
-                }
-                self.buf.put_slice(text);
-            }
-            StreamFormat::Ndjson => {
-                self.buf.put_slice(text);
-                self.buf.put_u8(b'\n');
-            }
-            StreamFormat::Csv => {
-                if self.rows == 0 {
-                    let header: Option<&str> = row.try_get(1).ok().flatten();
-                    self.buf.put_slice(header.unwrap_or("").as_bytes());
-                }
-                self.buf.put_u8(b'\n');
-                self.buf.put_slice(text);
-            }
-        }
-        self.rows += 1;
-    }
-
-    fn finish(&mut self) {
-        match self.format {
-            StreamFormat::Json { .. } if self.rows == 0 => self.buf.put_slice(b"[]"),
-            StreamFormat::Json { .. } => self.buf.put_u8(b']'),
-            StreamFormat::Ndjson => {}
-            StreamFormat::Csv if self.rows == 0 => self.buf.put_u8(b'\n'),
-            StreamFormat::Csv => {}
-        }
-    }
 }
