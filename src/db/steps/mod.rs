@@ -223,8 +223,31 @@ pub(super) fn call_sql(job: &CallJob, i: usize) -> (&Arc<str>, bool) {
     }
 }
 
+/// Where the segment that starts at `start` ends (exclusive): at the first
+/// step that must wait for the answers of the steps before it.
+pub(super) fn segment_end(job: &CallJob, st: &State, ops: &[Op], start: usize) -> usize {
+    let checked = |i: usize| !checks(job, i).is_empty();
+    segment_end_by(ops, start, checked, st.stores_errors)
+}
+
+/// `segment_end`, with which calls are checked (`checked`) and whether a
+/// final error goes back to the savepoint (`stores_errors`) as plain
+/// values.
+fn segment_end_by(
+    ops: &[Op],
+    start: usize,
+    checked: impl Fn(usize) -> bool,
+    stores_errors: bool,
+) -> usize {
+    let mut end = start + 1;
+    while end < ops.len() && !waits(ops[end - 1], ops[end], &checked, stores_errors) {
+        end += 1;
+    }
+    end
+}
+
 /// Whether `next` must wait for the answers of the steps up to `prev`.
-pub(super) fn waits(job: &CallJob, st: &State, prev: Op, next: Op) -> bool {
+fn waits(prev: Op, next: Op, checked: impl Fn(usize) -> bool, stores_errors: bool) -> bool {
     match (prev, next) {
         // Prepared together, used after.
         (Op::Prepare(_), Op::Prepare(_)) => false,
@@ -233,7 +256,7 @@ pub(super) fn waits(job: &CallJob, st: &State, prev: Op, next: Op) -> bool {
         // The checks of a call decide whether anything follows; a stored
         // response needs every result; a final error goes back to the
         // savepoint.
-        (Op::Call(i), _) if !checks(job, i).is_empty() || st.stores_errors => true,
+        (Op::Call(i), _) if checked(i) || stores_errors => true,
         (_, Op::Store) => true,
         _ => false,
     }
@@ -243,5 +266,108 @@ pub(super) fn checks(job: &CallJob, i: usize) -> &[super::call::Check] {
     match i.checked_sub(1).and_then(|j| job.batch.as_ref()?.get(j)) {
         Some(step) => &step.checks,
         None => &job.checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The segments of `ops`, as the interpreter sends them.
+    fn segments(ops: &[Op], checked: impl Fn(usize) -> bool, stores_errors: bool) -> Vec<Vec<Op>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < ops.len() {
+            let end = segment_end_by(ops, start, &checked, stores_errors);
+            out.push(ops[start..end].to_vec());
+            start = end;
+        }
+        out
+    }
+
+    const COMMIT: Op = Op::End {
+        commit: true,
+        lsn: true,
+    };
+
+    #[test]
+    fn a_prepared_call_is_one_round_trip() {
+        let ops = [Op::Begin, Op::Settings, Op::PreRequest, Op::Call(0), COMMIT];
+        assert_eq!(segments(&ops, |_| false, false), vec![ops.to_vec()]);
+    }
+
+    #[test]
+    fn statements_are_prepared_together_and_used_after() {
+        let ops = [
+            Op::Begin,
+            Op::Settings,
+            Op::Prepare(Stmt::PreRequest),
+            Op::Prepare(Stmt::Call(0)),
+            Op::PreRequest,
+            Op::Call(0),
+            COMMIT,
+        ];
+        assert_eq!(
+            segments(&ops, |_| false, false),
+            vec![ops[..4].to_vec(), ops[4..].to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_checked_call_waits_before_its_end() {
+        let ops = [Op::Begin, Op::Settings, Op::Call(0), COMMIT];
+        assert_eq!(
+            segments(&ops, |i| i == 0, false),
+            vec![ops[..3].to_vec(), ops[3..].to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_call_under_a_key_is_claim_then_call_then_store_and_end() {
+        let ops = [
+            Op::Begin,
+            Op::Settings,
+            Op::Claim,
+            Op::Savepoint,
+            Op::Call(0),
+            Op::Store,
+            COMMIT,
+        ];
+        assert_eq!(
+            segments(&ops, |_| false, true),
+            vec![ops[..3].to_vec(), ops[3..5].to_vec(), ops[5..].to_vec()]
+        );
+        // Without a savepoint (an anonymous caller) the store still waits
+        // for the call's result.
+        let ops = [
+            Op::Begin,
+            Op::Settings,
+            Op::Claim,
+            Op::Call(0),
+            Op::Store,
+            COMMIT,
+        ];
+        assert_eq!(
+            segments(&ops, |_| false, false),
+            vec![ops[..3].to_vec(), ops[3..4].to_vec(), ops[4..].to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_batch_waits_only_after_its_checked_calls() {
+        let ops = [
+            Op::Begin,
+            Op::Settings,
+            Op::Call(0),
+            Op::Call(1),
+            Op::Prepare(Stmt::Call(2)),
+            Op::Call(2),
+            Op::Call(3),
+            COMMIT,
+        ];
+        assert_eq!(
+            segments(&ops, |i| i == 3, false),
+            vec![ops[..5].to_vec(), ops[5..7].to_vec(), ops[7..].to_vec()]
+        );
     }
 }

@@ -12,7 +12,7 @@ use super::sql::{
     begin_sql, end_reading_lsn, rows, CLAIM_SQL, CLAIM_TYPES, ROLLBACK_TO_SAVEPOINT_SQL,
     SAVEPOINT_SQL, STORE_SQL, STORE_TYPES,
 };
-use super::{call_sql, checks, waits, Failure, Op, State, Stmt};
+use super::{call_sql, checks, segment_end, Failure, Op, State, Stmt};
 
 /// What a step answered.
 enum Out {
@@ -35,10 +35,7 @@ pub(in crate::db) async fn run(
 ) -> Result<(), Failure> {
     let mut start = 0;
     while start < ops.len() {
-        let mut end = start + 1;
-        while end < ops.len() && !waits(job, st, ops[end - 1], ops[end]) {
-            end += 1;
-        }
+        let end = segment_end(job, st, ops, start);
         let segment = &ops[start..end];
         if segment[0] == Op::Store && st.stored.is_none() {
             let shape = st.shape.take().ok_or(Failure {
