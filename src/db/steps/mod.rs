@@ -227,37 +227,45 @@ pub(super) fn call_sql(job: &CallJob, i: usize) -> (&Arc<str>, bool) {
 /// step that must wait for the answers of the steps before it.
 pub(super) fn segment_end(job: &CallJob, st: &State, ops: &[Op], start: usize) -> usize {
     let checked = |i: usize| !checks(job, i).is_empty();
-    segment_end_by(ops, start, checked, st.stores_errors)
+    segment_end_by(ops, start, checked, st.stores_errors, st.stored.is_some())
 }
 
 /// `segment_end`, with which calls are checked (`checked`) and whether a
-/// final error goes back to the savepoint (`stores_errors`) as plain
-/// values.
+/// final error goes back to the savepoint (`stores_errors`) and whether
+/// the response to store is known already (`shaped`: a final error's) as
+/// plain values.
 fn segment_end_by(
     ops: &[Op],
     start: usize,
     checked: impl Fn(usize) -> bool,
     stores_errors: bool,
+    shaped: bool,
 ) -> usize {
     let mut end = start + 1;
-    while end < ops.len() && !waits(ops[end - 1], ops[end], &checked, stores_errors) {
+    while end < ops.len() && !waits(ops[end - 1], ops[end], &checked, stores_errors, shaped) {
         end += 1;
     }
     end
 }
 
 /// Whether `next` must wait for the answers of the steps up to `prev`.
-fn waits(prev: Op, next: Op, checked: impl Fn(usize) -> bool, stores_errors: bool) -> bool {
+fn waits(
+    prev: Op,
+    next: Op,
+    checked: impl Fn(usize) -> bool,
+    stores_errors: bool,
+    shaped: bool,
+) -> bool {
     match (prev, next) {
         // Prepared together, used after.
         (Op::Prepare(_), Op::Prepare(_)) => false,
         (Op::Prepare(_), _) => true,
         (Op::Claim, _) => true,
         // The checks of a call decide whether anything follows; a stored
-        // response needs every result; a final error goes back to the
-        // savepoint.
+        // response needs every result (unless it is a final error, known
+        // already); a final error goes back to the savepoint.
         (Op::Call(i), _) if checked(i) || stores_errors => true,
-        (_, Op::Store) => true,
+        (_, Op::Store) => !shaped,
         _ => false,
     }
 }
@@ -274,11 +282,16 @@ mod tests {
     use super::*;
 
     /// The segments of `ops`, as the interpreter sends them.
-    fn segments(ops: &[Op], checked: impl Fn(usize) -> bool, stores_errors: bool) -> Vec<Vec<Op>> {
+    fn segments(
+        ops: &[Op],
+        checked: impl Fn(usize) -> bool,
+        stores_errors: bool,
+        shaped: bool,
+    ) -> Vec<Vec<Op>> {
         let mut out = Vec::new();
         let mut start = 0;
         while start < ops.len() {
-            let end = segment_end_by(ops, start, &checked, stores_errors);
+            let end = segment_end_by(ops, start, &checked, stores_errors, shaped);
             out.push(ops[start..end].to_vec());
             start = end;
         }
@@ -293,7 +306,7 @@ mod tests {
     #[test]
     fn a_prepared_call_is_one_round_trip() {
         let ops = [Op::Begin, Op::Settings, Op::PreRequest, Op::Call(0), COMMIT];
-        assert_eq!(segments(&ops, |_| false, false), vec![ops.to_vec()]);
+        assert_eq!(segments(&ops, |_| false, false, false), vec![ops.to_vec()]);
     }
 
     #[test]
@@ -308,7 +321,7 @@ mod tests {
             COMMIT,
         ];
         assert_eq!(
-            segments(&ops, |_| false, false),
+            segments(&ops, |_| false, false, false),
             vec![ops[..4].to_vec(), ops[4..].to_vec()]
         );
     }
@@ -317,7 +330,7 @@ mod tests {
     fn a_checked_call_waits_before_its_end() {
         let ops = [Op::Begin, Op::Settings, Op::Call(0), COMMIT];
         assert_eq!(
-            segments(&ops, |i| i == 0, false),
+            segments(&ops, |i| i == 0, false, false),
             vec![ops[..3].to_vec(), ops[3..].to_vec()]
         );
     }
@@ -334,7 +347,7 @@ mod tests {
             COMMIT,
         ];
         assert_eq!(
-            segments(&ops, |_| false, true),
+            segments(&ops, |_| false, true, false),
             vec![ops[..3].to_vec(), ops[3..5].to_vec(), ops[5..].to_vec()]
         );
         // Without a savepoint (an anonymous caller) the store still waits
@@ -348,7 +361,7 @@ mod tests {
             COMMIT,
         ];
         assert_eq!(
-            segments(&ops, |_| false, false),
+            segments(&ops, |_| false, false, false),
             vec![ops[..3].to_vec(), ops[3..4].to_vec(), ops[4..].to_vec()]
         );
     }
@@ -366,8 +379,14 @@ mod tests {
             COMMIT,
         ];
         assert_eq!(
-            segments(&ops, |i| i == 3, false),
+            segments(&ops, |i| i == 3, false, false),
             vec![ops[..5].to_vec(), ops[5..7].to_vec(), ops[7..].to_vec()]
         );
+    }
+
+    #[test]
+    fn a_final_error_is_stored_in_one_round_trip_after_the_savepoint() {
+        let ops = RECOVER;
+        assert_eq!(segments(&ops, |_| false, true, true), vec![ops.to_vec()]);
     }
 }
