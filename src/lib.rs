@@ -54,7 +54,8 @@
 //!   `db::call`, one call as plain values (`CallJob` in, `Executed` or
 //!   `ExecError` out); `db::steps`, a call's transaction as one list of
 //!   steps and the one interpreter that runs it, pipelining what needs no
-//!   answer first; `db::exec`, the executor that owns every call's
+//!   answer first (a plain call whose statements are prepared: one
+//!   implicit transaction, its statements before one Sync); `db::exec`, the executor that owns every call's
 //!   transaction, runs its list and the post-call checks `plan` gives it as
 //!   data (`Check`).
 //! - [`media`]: media types as plain values: the Accept header, the body's

@@ -109,6 +109,11 @@ pub fn settings_types(n: usize) -> &'static [Type] {
     }
 }
 
+/// READ ONLY for a call's implicit transaction, which has no `BEGIN` to
+/// carry it (`steps::implicit`). Setting it on is allowed at any point of
+/// a transaction; the write it refuses fails as under `BEGIN READ ONLY`.
+pub const READ_ONLY_SQL: &str = "SELECT set_config('transaction_read_only', 'on', true)";
+
 /// A statement as a connection runs it: prepared by name on this
 /// connection, or sent as the unnamed statement with its SQL each time.
 #[derive(Clone)]
@@ -132,6 +137,8 @@ pub struct PgConn {
     /// `unnest` form), prepared when the pool prepares statements; empty
     /// otherwise.
     settings: Vec<Statement>,
+    /// [`READ_ONLY_SQL`], prepared with the settings statements.
+    read_only: Option<Statement>,
     /// Whether this connection prepares statements by name.
     prepares: bool,
     /// Whether a call that may write reads the WAL position its COMMIT
@@ -174,6 +181,11 @@ impl PgConn {
     /// read after the COMMIT returned.
     pub fn unreplicated(&self) -> bool {
         self.unreplicated.load(Ordering::Acquire)
+    }
+
+    /// [`READ_ONLY_SQL`], when this connection prepares statements.
+    pub fn read_only_statement(&self) -> Option<&Statement> {
+        self.read_only.as_ref()
     }
 
     /// Whether statements are prepared by name on this connection.
@@ -323,13 +335,19 @@ impl PgManager {
         } else {
             0
         };
-        let prepares = (0..wanted).map(|n| client.prepare(settings_sql(n)));
+        let prepares = (0..wanted)
+            .map(settings_sql)
+            .chain(self.prepared.then_some(READ_ONLY_SQL))
+            .map(|sql| client.prepare(sql));
         let (settings, wal) = futures_util::join!(
             futures_util::future::try_join_all(prepares),
             super::lsn::WalLayout::read(&client)
         );
-        let settings = match settings {
-            Ok(s) => s,
+        let (settings, read_only) = match settings {
+            Ok(mut s) => {
+                let read_only = if self.prepared { s.pop() } else { None };
+                (s, read_only)
+            }
             Err(e) => {
                 driver.abort();
                 return Err(e);
@@ -338,6 +356,7 @@ impl PgManager {
         Ok(PgConn {
             client,
             settings,
+            read_only,
             prepares: self.prepared,
             reports_lsn: self.reports_lsn,
             wal: wal.ok(),

@@ -16,6 +16,7 @@ mod cors;
 mod docs;
 mod embedded;
 mod feed;
+mod framing;
 mod gen_types;
 mod hostile;
 mod http_headers;

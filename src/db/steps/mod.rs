@@ -11,7 +11,9 @@
 //! or to store). Pipelining is thus a property of the list, not a second
 //! copy of the executor: a call whose statements are prepared and that
 //! decides nothing after the call is one segment, `BEGIN; settings;
-//! [pre-request;] call; COMMIT`.
+//! [pre-request;] call; COMMIT`, and that list goes without `BEGIN` and
+//! `COMMIT` as one implicit transaction when the connection has every
+//! statement of it prepared (`implicit`).
 //!
 //! An error anywhere aborts the transaction; the steps already sent behind
 //! it fail with it (a COMMIT sent behind it rolls it back), and the answer
@@ -25,6 +27,7 @@ use super::call::{CallJob, CallResult, ExecError, Shaper, StoredResponse};
 use super::lsn::Lsn;
 use super::pool::{PgConn, Prepared};
 
+mod implicit;
 mod run;
 mod sql;
 

@@ -12,7 +12,7 @@ use super::sql::{
     begin_sql, end_reading_lsn, rows, CLAIM_SQL, CLAIM_TYPES, ROLLBACK_TO_SAVEPOINT_SQL,
     SAVEPOINT_SQL, STORE_SQL, STORE_TYPES,
 };
-use super::{call_sql, checks, segment_end, Failure, Op, State, Stmt};
+use super::{call_sql, checks, implicit, segment_end, Failure, Op, State, Stmt};
 
 /// What a step answered.
 enum Out {
@@ -33,6 +33,9 @@ pub(in crate::db) async fn run(
     ops: &[Op],
     st: &mut State,
 ) -> Result<(), Failure> {
+    if implicit::fits(conn, job, ops, st) {
+        return implicit::run(conn, job, ops, st).await;
+    }
     let mut start = 0;
     while start < ops.len() {
         let end = segment_end(job, st, ops, start);

@@ -206,6 +206,11 @@ impl TestDb {
         }
     }
 
+    /// The server's `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     /// Superuser URL of this database.
     pub fn url(&self) -> String {
         superuser_url(&self.host, self.port, &self.name)

@@ -1,0 +1,363 @@
+//! How a call's transaction goes to PostgreSQL (issue 20, item 2). Once
+//! its statements are prepared on the connection, a plain call is one
+//! implicit transaction: its statements before a single Sync, no `BEGIN`
+//! or `COMMIT`. The call that prepares them, and every call that needs an
+//! explicit transaction, keep `BEGIN … COMMIT`. Both must answer alike:
+//! same role, READ ONLY, settings, pre-request function, errors (also one
+//! found at COMMIT), and nothing committed by a call that failed.
+//!
+//! A relay in front of the database counts the server's ReadyForQuery
+//! messages (one per Sync or simple query the proxy sent), so each test
+//! also shows which framing ran.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::support::db::query_value;
+use crate::support::{send, token, Resp, TestDb, TestServer};
+
+fn fixture(s: &str, db: &str) -> String {
+    format!(
+        r#"
+CREATE SCHEMA frm;
+CREATE ROLE frm_anon_{s} NOLOGIN;
+CREATE ROLE frm_user_{s} NOLOGIN;
+CREATE ROLE frm_auth_{s} NOINHERIT LOGIN PASSWORD 'framing';
+GRANT frm_anon_{s}, frm_user_{s} TO frm_auth_{s};
+GRANT USAGE ON SCHEMA frm TO frm_anon_{s}, frm_user_{s};
+ALTER ROLE frm_user_{s} IN DATABASE {db} SET timezone = 'Asia/Tokyo';
+
+CREATE TABLE frm.parents (id int PRIMARY KEY);
+INSERT INTO frm.parents VALUES (1);
+-- Checked at COMMIT: a dangling parent fails there, not in the call.
+CREATE TABLE frm.items (
+  id serial PRIMARY KEY,
+  parent int REFERENCES frm.parents DEFERRABLE INITIALLY DEFERRED,
+  note text NOT NULL);
+GRANT SELECT, INSERT ON frm.items TO frm_user_{s};
+GRANT USAGE ON SEQUENCE frm.items_id_seq TO frm_user_{s};
+
+CREATE FUNCTION frm.seen() RETURNS json LANGUAGE sql STABLE AS $$
+  SELECT json_build_object(
+    'user', current_user,
+    'read_only', current_setting('transaction_read_only'),
+    'method', current_setting('request.method'),
+    'path', current_setting('request.path'),
+    'search_path', current_setting('search_path'),
+    'sub', current_setting('request.jwt.claims', true)::json->>'sub',
+    'timezone', current_setting('TimeZone'))
+$$;
+CREATE FUNCTION frm.add(parent int, note text) RETURNS int LANGUAGE sql VOLATILE AS
+  $$ INSERT INTO frm.items (parent, note) VALUES (parent, note) RETURNING id $$;
+CREATE FUNCTION frm.fail(note text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  INSERT INTO frm.items (parent, note) VALUES (1, note);
+  RAISE SQLSTATE 'PT418' USING MESSAGE = 'teapot';
+END $$;
+CREATE FUNCTION frm.pre() RETURNS void LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  IF current_setting('request.headers', true)::json->>'x-block' = 'yes' THEN
+    RAISE SQLSTATE 'PT403' USING MESSAGE = 'blocked';
+  END IF;
+END $$;
+"#
+    )
+}
+
+/// A TCP relay in front of the database that counts the ReadyForQuery
+/// messages the server sends.
+struct Relay {
+    port: u16,
+    ready: Arc<AtomicUsize>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(db: &TestDb) -> Relay {
+        let target = db.address();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let port = listener.local_addr().expect("relay addr").port();
+        let ready = Arc::new(AtomicUsize::new(0));
+        let count = ready.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut server_read, mut server_write) = outbound.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let count = count.clone();
+                tokio::spawn(async move {
+                    // The server's messages: a type byte, then a length
+                    // that counts itself (no SSL: the proxy asks for none).
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut chunk = vec![0u8; 16 * 1024];
+                    while let Ok(n) = server_read.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        pending.extend_from_slice(&chunk[..n]);
+                        let mut at = 0;
+                        while pending.len() >= at + 5 {
+                            let len = u32::from_be_bytes([
+                                pending[at + 1],
+                                pending[at + 2],
+                                pending[at + 3],
+                                pending[at + 4],
+                            ]) as usize;
+                            if pending.len() < at + 1 + len {
+                                break;
+                            }
+                            if pending[at] == b'Z' {
+                                count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            at += 1 + len;
+                        }
+                        // Counted before forwarded: once the proxy has an
+                        // answer, its ReadyForQuery is counted.
+                        pending.drain(..at);
+                        if client_write.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            ready,
+            accept,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// One call, and how many ReadyForQuery messages it took.
+async fn counted(relay: &Relay, req: reqwest::RequestBuilder) -> (Resp, usize) {
+    let before = relay.count();
+    let r = send(req).await;
+    (r, relay.count() - before)
+}
+
+/// The same call twice on the one pooled connection: the first may have
+/// to prepare its statement (an explicit transaction); the second is one
+/// implicit transaction, a single ReadyForQuery, and answers exactly as
+/// the first.
+async fn twice(relay: &Relay, req: impl Fn() -> reqwest::RequestBuilder) -> Resp {
+    let (first, _) = counted(relay, req()).await;
+    let (second, second_syncs) = counted(relay, req()).await;
+    assert_eq!(
+        second_syncs, 1,
+        "the warm call is one implicit transaction ({})",
+        second.text
+    );
+    assert_eq!(
+        (second.status, &second.body),
+        (first.status, &first.body),
+        "the implicit transaction answers as the explicit one did: {} / {}",
+        first.text,
+        second.text
+    );
+    second
+}
+
+async fn items(db: &TestDb, note: &str) -> i64 {
+    let su = db.superuser().await;
+    query_value(
+        &su,
+        "SELECT count(*) FROM frm.items WHERE note = $1",
+        &[&note],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_one() {
+    let db = TestDb::new().await;
+    let s = db.name.clone();
+    db.superuser()
+        .await
+        .batch_execute(&fixture(&s, &s))
+        .await
+        .expect("fixture");
+    let relay = Relay::start(&db).await;
+    let url = format!(
+        "postgresql://frm_auth_{s}:framing@127.0.0.1:{}/{}",
+        relay.port, db.name
+    );
+    let anon = format!("frm_anon_{s}");
+    let server = TestServer::start_on_url(db, url, |c| {
+        c.schemas = vec!["frm".to_string()];
+        c.anon_role = anon;
+        c.pool_size = 1;
+        c.pre_request = Some("frm.pre".into());
+    })
+    .await;
+    let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+
+    // The first call prepares its statement, as the request role, inside
+    // BEGIN … COMMIT.
+    let (r, syncs) = counted(&relay, server.http.get(server.url("/rpc/seen"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        syncs >= 3,
+        "prepare, then BEGIN … COMMIT: {syncs} ReadyForQuery"
+    );
+
+    // An anonymous read: the request role, READ ONLY, the request's
+    // settings, the profile's search_path.
+    let r = twice(&relay, || server.http.get(server.url("/rpc/seen"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["user"], json!(format!("frm_anon_{s}")));
+    assert_eq!(r.body["read_only"], json!("on"));
+    assert_eq!(r.body["method"], json!("GET"));
+    assert_eq!(r.body["path"], json!("/rpc/seen"));
+    assert!(
+        r.body["search_path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("\"frm\"")),
+        "{}",
+        r.text
+    );
+
+    // A STABLE function by POST, with a token: still READ ONLY, the
+    // claims, and the role's own setting.
+    let r = twice(&relay, || {
+        server
+            .http
+            .post(server.url("/rpc/seen"))
+            .bearer_auth(&user)
+            .json(&json!({}))
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["user"], json!(format!("frm_user_{s}")));
+    assert_eq!(r.body["read_only"], json!("on"));
+    assert_eq!(r.body["sub"], json!("u1"));
+    assert_eq!(r.body["timezone"], json!("Asia/Tokyo"));
+
+    // A VOLATILE function by GET is refused as a write in READ ONLY.
+    let r = twice(&relay, || {
+        server
+            .http
+            .get(server.url("/rpc/add?parent=1&note=by-get"))
+            .bearer_auth(&user)
+    })
+    .await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (405, &json!("25006")),
+        "{}",
+        r.text
+    );
+    assert_eq!(items(&server.db, "by-get").await, 0);
+
+    // A write commits (each call its own row).
+    let add = || {
+        server
+            .http
+            .post(server.url("/rpc/add"))
+            .bearer_auth(&user)
+            .json(&json!({"parent": 1, "note": "kept"}))
+    };
+    let (first, _) = counted(&relay, add()).await;
+    let (second, syncs) = counted(&relay, add()).await;
+    assert_eq!(
+        (first.status, second.status, syncs),
+        (200, 200, 1),
+        "{}",
+        second.text
+    );
+    assert_eq!(
+        second.body.as_i64(),
+        first.body.as_i64().map(|id| id + 1),
+        "{} / {}",
+        first.text,
+        second.text
+    );
+    assert_eq!(items(&server.db, "kept").await, 2);
+
+    // An error found at COMMIT (a deferred foreign key) is the answer, and
+    // nothing is kept.
+    let r = twice(&relay, || {
+        server
+            .http
+            .post(server.url("/rpc/add"))
+            .bearer_auth(&user)
+            .json(&json!({"parent": 99, "note": "dangling"}))
+    })
+    .await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (409, &json!("23503")),
+        "{}",
+        r.text
+    );
+    assert_eq!(items(&server.db, "dangling").await, 0);
+
+    // The function's own error rolls back what it wrote.
+    let r = twice(&relay, || {
+        server
+            .http
+            .post(server.url("/rpc/fail"))
+            .bearer_auth(&user)
+            .json(&json!({"note": "raised"}))
+    })
+    .await;
+    assert_eq!(
+        (r.status, &r.body["message"]),
+        (418, &json!("teapot")),
+        "{}",
+        r.text
+    );
+    assert_eq!(items(&server.db, "raised").await, 0);
+
+    // The pre-request function runs before the call, and can refuse it.
+    let r = twice(&relay, || {
+        server
+            .http
+            .get(server.url("/rpc/seen"))
+            .header("X-Block", "yes")
+    })
+    .await;
+    assert_eq!(
+        (r.status, &r.body["message"]),
+        (403, &json!("blocked")),
+        "{}",
+        r.text
+    );
+
+    // After all of it the connection is idle, not in a transaction, and
+    // serves the next call.
+    let su = server.db.superuser().await;
+    let states: Vec<String> = query_value(
+        &su,
+        "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_type = 'client backend'",
+        &[&format!("frm_auth_{s}")],
+    )
+    .await;
+    assert!(
+        !states.is_empty() && states.iter().all(|st| st == "idle"),
+        "{states:?}"
+    );
+    let (r, syncs) = counted(&relay, server.http.get(server.url("/rpc/seen"))).await;
+    assert_eq!((r.status, syncs), (200, 1), "{}", r.text);
+}
