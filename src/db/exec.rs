@@ -7,12 +7,13 @@
 //! the list, ends a transaction the list left open, stores a final error
 //! under its key, and reads what the node says about a read-only refusal.
 //!
-//! Each call runs in a task of its own. When a client disconnects, hyper
-//! drops the request's future, but not this task: the transaction still ends
-//! here, with COMMIT or ROLLBACK, before the connection goes back to the
-//! pool. A connection whose transaction state is in doubt (COMMIT or
-//! ROLLBACK itself failed) is detached from the pool and closed, so nothing
-//! ever rides on another request's COMMIT.
+//! Each call runs in the request's task until the request is dropped (its
+//! client disconnected): what is left of the call then moves to a task of
+//! its own (`Detached`), so the transaction still ends here, with COMMIT or
+//! ROLLBACK, before the connection goes back to the pool. A connection
+//! whose transaction state is in doubt (COMMIT or ROLLBACK itself failed)
+//! is detached from the pool and closed, so nothing ever rides on another
+//! request's COMMIT.
 
 use crate::error::ApiError;
 
@@ -28,31 +29,78 @@ use super::pool::{Conn, PgConn, Pool};
 use super::schema::{SchemaCache, TIMEZONES_SQL};
 use super::steps::{self, end_reading_lsn, Op};
 
-/// Runs the call in its own task and waits for it. The task always ends
-/// the transaction, even when the waiting request is dropped.
+/// Runs the call. It always ends the transaction, even when the waiting
+/// request is dropped (see `Detached`).
 pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let pool = pool.clone();
-    // Boxed, so that spawning moves a pointer, not the whole call's state.
-    spawned(Box::pin(async move { run(&pool, job).await })).await
+    // Boxed, so that detaching moves a pointer, not the whole call's state.
+    Detached::new(Box::pin(async move { run(&pool, job).await })).await
 }
 
 /// Runs a read on a connection already checked out (of the replica pool,
-/// by `replica::Replica::checkout`), in its own task as `execute` does.
+/// by `replica::Replica::checkout`), as `execute` does.
 pub async fn execute_on(conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
-    spawned(Box::pin(async move {
+    Detached::new(Box::pin(async move {
         crate::trace::transaction(run_on(conn, job)).await
     }))
     .await
 }
 
-async fn spawned(
-    call: std::pin::Pin<Box<dyn std::future::Future<Output = Result<Executed, ExecError>> + Send>>,
-) -> Result<Executed, ExecError> {
-    match tokio::spawn(crate::trace::carry(call)).await {
-        Ok(result) => result,
-        Err(e) => {
-            error!(cause = %e, "call task failed");
-            Err(ExecError::TaskFailed)
+type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Executed, ExecError>> + Send>>;
+
+/// A call run in the request's own task, which moves to a task of its own
+/// if the request is dropped before the call ends (its client went away):
+/// that task still ends the transaction, with COMMIT or ROLLBACK, before
+/// the connection goes back to the pool. Running it in place spares every
+/// call a spawned task, and the wake-up of the request when that task
+/// ends. A panic in the call is caught and answered as a failed call, as
+/// a panicking task's would be.
+struct Detached {
+    call: Option<CallFuture>,
+}
+
+impl Detached {
+    fn new(call: CallFuture) -> Detached {
+        Detached { call: Some(call) }
+    }
+}
+
+impl std::future::Future for Detached {
+    type Output = Result<Executed, ExecError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Ready(Err(ExecError::TaskFailed));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(out)) => {
+                self.call = None;
+                std::task::Poll::Ready(out)
+            }
+            Err(_) => {
+                self.call = None;
+                error!("call panicked");
+                std::task::Poll::Ready(Err(ExecError::TaskFailed))
+            }
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            // The request went away mid-call: the rest of the call runs in
+            // a task of its own, in the request's trace scope.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(crate::trace::carry(call)));
+            }
         }
     }
 }
