@@ -87,14 +87,19 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// The tables of labels, looked up on every request: keyed by names from
+/// the function cache and the router only (never by what a client sends),
+/// so a fast, seeded hash serves them.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(Arc<str>, u16), u64>>,
-    labels: Mutex<HashMap<String, Arc<str>>>,
+    requests: Mutex<Map<(Arc<str>, u16), u64>>,
+    labels: Mutex<Map<String, Arc<str>>>,
     /// Request latency by function and status class.
-    durations: Mutex<HashMap<(Arc<str>, &'static str), Histogram>>,
+    durations: Mutex<Map<(Arc<str>, &'static str), Histogram>>,
     /// Transaction time (BEGIN to COMMIT or ROLLBACK) by function.
-    transactions: Mutex<HashMap<Arc<str>, Histogram>>,
+    transactions: Mutex<Map<Arc<str>, Histogram>>,
     /// Time spent waiting for a connection of the primary's pool.
     pool_wait: Mutex<Histogram>,
     /// Reads by route, in `ReadRoute::ALL`'s order.

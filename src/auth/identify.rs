@@ -37,6 +37,7 @@ impl Auth {
             leeway: i64::try_from(config.jwt_leeway_secs).unwrap_or(i64::MAX),
             cache: TokenCache::new(config.jwt_cache_max_entries),
             anon_role: config.anon_role.clone(),
+            anon_claims: format!("{{\"role\":{}}}", Value::String(config.anon_role.clone())),
             api_keys: api_keys::ApiKeys::from_setting(config.api_keys.as_deref())?,
         })
     }
@@ -130,7 +131,7 @@ impl Auth {
     fn anonymous(&self) -> Identity {
         Identity {
             role: self.anon_role.clone(),
-            claims: format!("{{\"role\":{}}}", Value::String(self.anon_role.clone())),
+            claims: self.anon_claims.clone(),
             anon: true,
         }
     }

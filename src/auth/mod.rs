@@ -136,6 +136,8 @@ pub struct Auth {
     leeway: i64,
     cache: TokenCache,
     anon_role: String,
+    /// `{"role":<anon_role>}`: an anonymous request's claims, written once.
+    anon_claims: String,
     /// `PGRPC_API_KEYS`: opaque keys of the `apikey` header (`api_keys`).
     api_keys: api_keys::ApiKeys,
 }

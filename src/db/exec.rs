@@ -33,15 +33,22 @@ use super::steps::{self, end_reading_lsn, Op};
 /// request is dropped (see `Detached`).
 pub async fn execute(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
     let pool = pool.clone();
-    // Boxed, so that detaching moves a pointer, not the whole call's state.
+    // The job boxed, so that each layer of the call's future holds a
+    // pointer, not the job; the call boxed, so that detaching moves a
+    // pointer, not the whole call's state.
+    let job = Box::new(job);
     Detached::new(Box::pin(async move { run(&pool, job).await })).await
 }
 
 /// Runs a read on a connection already checked out (of the replica pool,
 /// by `replica::Replica::checkout`), as `execute` does.
 pub async fn execute_on(conn: Conn, job: CallJob) -> Result<Executed, ExecError> {
+    let job = Box::new(job);
     Detached::new(Box::pin(async move {
-        crate::trace::transaction(run_on(conn, job)).await
+        let timer = crate::trace::TransactionTimer::start();
+        let out = run_on(conn, job).await;
+        timer.end();
+        out
     }))
     .await
 }
@@ -105,15 +112,16 @@ impl Drop for Detached {
     }
 }
 
-async fn run(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
+async fn run(pool: &Pool, job: Box<CallJob>) -> Result<Executed, ExecError> {
     let read_only = job.read_only;
     match run_call(pool, job).await {
         // A batch's failed call is judged as that call alone would be.
         Err(ExecError::InBatch { index, error }) => Err(ExecError::InBatch {
             index,
-            error: Box::new(judged(pool, read_only, *error).await),
+            error: Box::new(Box::pin(judged(pool, read_only, *error)).await),
         }),
-        Err(e) => Err(judged(pool, read_only, e).await),
+        // Boxed: a rare path, whose future would otherwise size every call's.
+        Err(e) => Err(Box::pin(judged(pool, read_only, e)).await),
         ok => ok,
     }
 }
@@ -175,12 +183,15 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<&str> 
     })
 }
 
-async fn run_call(pool: &Pool, job: CallJob) -> Result<Executed, ExecError> {
+async fn run_call(pool: &Pool, job: Box<CallJob>) -> Result<Executed, ExecError> {
     let conn = checkout(pool).await?;
-    crate::trace::transaction(run_on(conn, job)).await
+    let timer = crate::trace::TransactionTimer::start();
+    let out = run_on(conn, job).await;
+    timer.end();
+    out
 }
 
-async fn run_on(mut conn: Conn, mut job: CallJob) -> Result<Executed, ExecError> {
+async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecError> {
     conn.clear_unreplicated();
     let batched = job.batch.is_some();
     let (ops, mut st) = steps::program(&conn, &mut job, false);

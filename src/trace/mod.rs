@@ -13,7 +13,7 @@
 pub mod otlp;
 pub mod scope;
 
-pub use scope::{carry, pool_wait, transaction, Scope};
+pub use scope::{carry, pool_wait, Scope, TransactionTimer};
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -215,12 +215,30 @@ impl RequestTrace {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+    /// The trace id as 32 lowercase hex digits, written only where it is
+    /// shown (an enabled span field or log line).
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
     }
 
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
+    }
+}
+
+/// A trace id, displayed as 32 lowercase hex digits.
+#[derive(Clone, Copy)]
+pub struct TraceIdHex([u8; 16]);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut digits = [0u8; 32];
+        for (i, b) in self.0.iter().enumerate() {
+            digits[2 * i] = HEX[usize::from(b >> 4)];
+            digits[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        f.write_str(std::str::from_utf8(&digits).map_err(|_| std::fmt::Error)?)
     }
 }
 
@@ -274,6 +292,19 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_trace_id_shows_as_its_hex_digits() {
+        let id: [u8; 16] = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        assert_eq!(
+            TraceIdHex(id).to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(TraceIdHex(id).to_string(), hex::encode(id));
+    }
 
     #[test]
     fn a_valid_traceparent_round_trips() {

@@ -99,17 +99,25 @@ pub fn transaction_so_far(wall: SystemTime, started: Instant) {
     });
 }
 
-/// Awaits a transaction (from BEGIN to COMMIT or ROLLBACK, on a connection
-/// in hand) and records when it started and how long it took.
-pub async fn transaction<F: Future>(tx: F) -> F::Output {
-    let wall = SystemTime::now();
-    let started = Instant::now();
-    let out = tx.await;
-    let took = started.elapsed();
-    let _ = SCOPE.try_with(|s| {
-        if let Ok(mut t) = s.transaction.lock() {
-            *t = Some((wall, took));
+/// A transaction's start (from BEGIN to COMMIT or ROLLBACK, on a
+/// connection in hand); `end` records when it started and how long it
+/// took. A timer, not a wrapping future: wrapping the transaction's future
+/// would hold it twice (the argument and the awaited value), which doubled
+/// every call's future.
+pub struct TransactionTimer {
+    wall: SystemTime,
+    started: Instant,
+}
+
+impl TransactionTimer {
+    pub fn start() -> TransactionTimer {
+        TransactionTimer {
+            wall: SystemTime::now(),
+            started: Instant::now(),
         }
-    });
-    out
+    }
+
+    pub fn end(self) {
+        transaction_so_far(self.wall, self.started);
+    }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, RwLock};
 use tokio_postgres::GenericClient;
 
 use super::{
-    Column, MediaAggregate, MediaDomain, Naming, Param, RoleSettings, Routine, SchemaCache, Shape,
-    Volatility,
+    Column, MediaAggregate, MediaDomain, NameMap, Naming, Param, RoleSettings, Routine,
+    SchemaCache, Shape, Volatility,
 };
 
 impl SchemaCache {
@@ -19,7 +19,7 @@ impl SchemaCache {
         schemas: &[String],
     ) -> Result<Self, tokio_postgres::Error> {
         let rows = client.query(CATALOG_SQL, &[&schemas]).await?;
-        let mut routines: HashMap<String, HashMap<String, Vec<Arc<Routine>>>> = HashMap::new();
+        let mut routines: NameMap<NameMap<Vec<Arc<Routine>>>> = NameMap::default();
         for row in rows {
             let oid: u32 = row.get("oid");
             let schema: String = row.get("schema");

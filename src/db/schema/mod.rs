@@ -13,6 +13,11 @@ pub use load::TIMEZONES_SQL;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+/// The routines by schema and by name, looked up on every call: filled
+/// from the catalog only (a request's name is looked up, never inserted),
+/// so a fast, seeded hash serves them.
+pub(super) type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// How a routine's result becomes JSON (SPEC §2.2 item 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -175,7 +180,7 @@ pub struct MediaAggregate {
 #[derive(Debug, Default)]
 pub struct SchemaCache {
     /// Schema, then function name: looked up without allocating.
-    routines: HashMap<String, HashMap<String, Vec<Arc<Routine>>>>,
+    routines: NameMap<NameMap<Vec<Arc<Routine>>>>,
     /// Roles the authenticator may SET ROLE to: members, not superusers,
     /// not BYPASSRLS.
     pub roles: HashSet<String>,

@@ -19,16 +19,30 @@
 //! prepared by name (`PGRPC_PREPARED_STATEMENTS=false`).
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Pipeline, Statement};
+use tokio_postgres::Pipeline;
 
 use super::super::call::{CallJob, CallResult, ExecError};
 use super::super::pool::{PgConn, Prepared};
 use super::{checks, Failure, Op, State};
 
-/// The statements of a list that can run as one implicit transaction, in
-/// order: READ ONLY (for a read), the settings, the pre-request function,
-/// the call. None when the list needs its explicit transaction.
-fn statements(conn: &PgConn, job: &CallJob, ops: &[Op], st: &State) -> Option<Vec<Statement>> {
+/// A list ready to go as one implicit transaction: its statements encoded
+/// before one Sync.
+pub(super) struct Implicit {
+    pipeline: Pipeline,
+    /// How many statements: the call is the last.
+    count: usize,
+}
+
+/// The list as one implicit transaction, encoded: READ ONLY (for a read),
+/// the settings, the pre-request function, the call. None when the list
+/// needs its explicit transaction; an error when a value cannot be
+/// encoded.
+pub(super) fn plan(
+    conn: &PgConn,
+    job: &CallJob,
+    ops: &[Op],
+    st: &State,
+) -> Option<Result<Implicit, tokio_postgres::Error>> {
     if !conn.prepares() || job.isolation.is_some() || !checks(job, 0).is_empty() {
         return None;
     }
@@ -48,44 +62,45 @@ fn statements(conn: &PgConn, job: &CallJob, ops: &[Op], st: &State) -> Option<Ve
     let Some(Some(Prepared::Named(call))) = st.calls.first() else {
         return None;
     };
-    let (Prepared::Named(settings), _, _) = job.settings.statement(conn) else {
+    let (Prepared::Named(settings), params, _) = job.settings.statement(conn) else {
         return None;
     };
-    let mut statements = Vec::with_capacity(4);
-    if job.read_only {
-        statements.push(conn.read_only_statement()?.clone());
-    }
-    statements.push(settings);
-    statements.extend(pre.cloned());
-    statements.push(call.clone());
-    Some(statements)
+    let read_only = if job.read_only {
+        Some(conn.read_only_statement()?)
+    } else {
+        None
+    };
+    let none = std::iter::empty::<&(dyn ToSql + Sync)>;
+    let mut pipeline = Pipeline::with_capacity(512);
+    let encoded = (|| {
+        if let Some(read_only) = read_only {
+            pipeline.execute(read_only, none())?;
+        }
+        pipeline.execute(&settings, params)?;
+        if let Some(pre) = pre {
+            pipeline.execute(pre, none())?;
+        }
+        pipeline.execute(call, job.binds())
+    })();
+    Some(encoded.map(|()| Implicit {
+        count: pipeline.len(),
+        pipeline,
+    }))
 }
 
-/// Whether `ops` runs as one implicit transaction on `conn`.
-pub(super) fn fits(conn: &PgConn, job: &CallJob, ops: &[Op], st: &State) -> bool {
-    statements(conn, job, ops, st).is_some()
-}
-
-/// Runs `ops` (which `fits`) as one implicit transaction, and takes the
+/// Runs a list `plan` encoded as one implicit transaction, and takes the
 /// call's result into `st` as the explicit list would.
 pub(super) async fn run(
     conn: &PgConn,
     job: &CallJob,
-    ops: &[Op],
+    implicit: Implicit,
     st: &mut State,
 ) -> Result<(), Failure> {
     let fail = |error: tokio_postgres::Error, call: Option<usize>| Failure {
         error: ExecError::from_pg(error, job.anon),
         call,
     };
-    let Some(statements) = statements(conn, job, ops, st) else {
-        return Err(Failure {
-            error: ExecError::TaskFailed,
-            call: None,
-        });
-    };
-    let count = statements.len();
-    let pipeline = encode(job, conn, &statements).map_err(|e| fail(e, None))?;
+    let Implicit { pipeline, count } = implicit;
     let mut answers = conn.client.pipeline(pipeline).map_err(|e| {
         // Nothing was sent: the connection is gone.
         st.end_failed = true;
@@ -118,27 +133,4 @@ pub(super) async fn run(
     }
     st.results.push(CallResult::from_row(row.as_ref()));
     Ok(())
-}
-
-/// The pipeline of `statements`: READ ONLY and the pre-request function
-/// take no parameter, the settings theirs, the call its binds.
-fn encode(
-    job: &CallJob,
-    conn: &PgConn,
-    statements: &[Statement],
-) -> Result<Pipeline, tokio_postgres::Error> {
-    let (_, settings, _) = job.settings.statement(conn);
-    let mut pipeline = Pipeline::new();
-    let last = statements.len() - 1;
-    let read_only = usize::from(job.read_only);
-    for (i, statement) in statements.iter().enumerate() {
-        if i == last {
-            pipeline.execute(statement, job.binds())?;
-        } else if i == read_only {
-            pipeline.execute(statement, settings.iter().copied())?;
-        } else {
-            pipeline.execute(statement, std::iter::empty::<&(dyn ToSql + Sync)>())?;
-        }
-    }
-    Ok(pipeline)
 }

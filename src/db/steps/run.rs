@@ -33,8 +33,15 @@ pub(in crate::db) async fn run(
     ops: &[Op],
     st: &mut State,
 ) -> Result<(), Failure> {
-    if implicit::fits(conn, job, ops, st) {
-        return implicit::run(conn, job, ops, st).await;
+    match implicit::plan(conn, job, ops, st) {
+        Some(Ok(implicit)) => return implicit::run(conn, job, implicit, st).await,
+        Some(Err(error)) => {
+            return Err(Failure {
+                error: ExecError::from_pg(error, job.anon),
+                call: None,
+            })
+        }
+        None => {}
     }
     let mut start = 0;
     while start < ops.len() {

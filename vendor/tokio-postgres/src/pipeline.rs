@@ -31,6 +31,15 @@ impl Pipeline {
         Pipeline::default()
     }
 
+    /// An empty pipeline whose buffer holds `capacity` bytes before it
+    /// grows.
+    pub fn with_capacity(capacity: usize) -> Pipeline {
+        Pipeline {
+            buf: BytesMut::with_capacity(capacity),
+            statements: Vec::with_capacity(4),
+        }
+    }
+
     /// Appends a Bind of `statement` with `params` and an Execute of it.
     pub fn execute<P, I>(&mut self, statement: &Statement, params: I) -> Result<(), Error>
     where
