@@ -1,0 +1,125 @@
+//! The floor of an HTTP front for PostgreSQL on pgrpc's stack, for
+//! `scripts/bench --floor`: hyper and tokio-postgres as pgrpc uses them,
+//! with none of pgrpc's work. No JWT, no role or request settings, no
+//! transaction framing, no function cache, no routing, no JSON but the
+//! value itself: every request runs the statements it was given, prepared
+//! once per connection, on the next of a fixed set of connections, and
+//! answers the last one's first column as text.
+//!
+//! Given several statements, it sends them all before one Sync (one
+//! implicit transaction, as pgrpc sends a warm call) and answers the last
+//! one's: with pgrpc's READ ONLY, settings and call statements, that is the
+//! most any proxy keeping PostgREST's transaction can serve.
+//!
+//! What it serves per second on a machine, beside pgbench running the same
+//! statements, is the most any such proxy can reach there; the gap between
+//! it and pgrpc is what pgrpc's own work costs.
+//!
+//! Usage: `floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Pipeline, Statement};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Conn {
+    client: Client,
+    statements: Vec<Statement>,
+}
+
+struct Floor {
+    conns: Vec<Mutex<Conn>>,
+    next: AtomicUsize,
+}
+
+impl Floor {
+    async fn answer(&self) -> Response<Full<Bytes>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let conn = self.conns[i].lock().await;
+        match run(&conn).await {
+            Ok(text) => Response::new(Full::new(Bytes::from(text))),
+            Err(e) => failed(e),
+        }
+    }
+}
+
+/// The statements before one Sync; the last one's first column.
+async fn run(conn: &Conn) -> Result<String, tokio_postgres::Error> {
+    let mut pipeline = Pipeline::with_capacity(256);
+    for statement in &conn.statements {
+        pipeline.execute(statement, std::iter::empty::<&(dyn ToSql + Sync)>())?;
+    }
+    let mut answers = conn.client.pipeline(pipeline)?;
+    let mut last = None;
+    while let Some(answer) = answers.next().await {
+        last = answer?;
+    }
+    answers.finish().await?;
+    match last {
+        Some(row) => row.try_get(0),
+        None => Ok(String::new()),
+    }
+}
+
+fn failed(e: tokio_postgres::Error) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(e.to_string())));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, url, listen, connections, sqls @ ..] = args.as_slice() else {
+        return Err("usage: floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]".into());
+    };
+    if sqls.is_empty() {
+        return Err("no SQL given".into());
+    }
+    let connections: usize = connections.parse()?;
+    if connections == 0 {
+        return Err("CONNECTIONS must be at least 1".into());
+    }
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(connection);
+        let mut statements = Vec::with_capacity(sqls.len());
+        for sql in sqls {
+            statements.push(client.prepare(sql).await?);
+        }
+        conns.push(Mutex::new(Conn { client, statements }));
+    }
+    let floor = Arc::new(Floor {
+        conns,
+        next: AtomicUsize::new(0),
+    });
+    let listener = TcpListener::bind(listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let floor = floor.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |_: Request<Incoming>| {
+                let floor = floor.clone();
+                async move { Ok::<_, Infallible>(floor.answer().await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
