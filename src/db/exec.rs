@@ -355,3 +355,41 @@ pub(super) async fn checkout(pool: &Pool) -> Result<Conn, ExecError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call whose request is dropped mid-call still runs to its end, in
+    /// a task of its own.
+    #[tokio::test]
+    async fn a_call_dropped_mid_way_runs_to_its_end() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (ended, end) = tokio::sync::oneshot::channel::<()>();
+        let mut call = Detached::new(Box::pin(async move {
+            let _ = wait.await;
+            let _ = ended.send(());
+            Err(ExecError::TaskFailed)
+        }));
+        let polled = futures_util::poll!(&mut call);
+        assert!(polled.is_pending());
+        drop(call);
+        let _ = go.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(5), end)
+            .await
+            .expect("the detached call ended")
+            .expect("the call signalled its end");
+    }
+
+    /// A panicking call is answered as a failed call, not a dead request.
+    #[tokio::test]
+    async fn a_panicking_call_is_a_failed_call() {
+        let call = Detached::new(Box::pin(async {
+            if std::hint::black_box(true) {
+                panic!("the call panicked");
+            }
+            Err(ExecError::TaskFailed)
+        }));
+        assert!(matches!(call.await, Err(ExecError::TaskFailed)));
+    }
+}
