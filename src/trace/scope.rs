@@ -87,21 +87,10 @@ pub async fn pool_wait<F: Future>(checkout: F) -> F::Output {
     out
 }
 
-/// Records a transaction that started at `wall` (`started`) as lasting
-/// until now: a streamed call's, when its answer's head is handed over
-/// (its end comes after the request's metrics are taken).
-pub fn transaction_so_far(wall: SystemTime, started: Instant) {
-    let took = started.elapsed();
-    let _ = SCOPE.try_with(|s| {
-        if let Ok(mut t) = s.transaction.lock() {
-            *t = Some((wall, took));
-        }
-    });
-}
-
 /// A transaction's start (from BEGIN to COMMIT or ROLLBACK, on a
 /// connection in hand); `end` records when it started and how long it
-/// took. A timer, not a wrapping future: wrapping the transaction's future
+/// took (a streamed call's ends when its answer's head is handed over:
+/// its COMMIT comes after the request's metrics are taken). A timer, not a wrapping future: wrapping the transaction's future
 /// would hold it twice (the argument and the awaited value), which doubled
 /// every call's future.
 pub struct TransactionTimer {
@@ -118,6 +107,11 @@ impl TransactionTimer {
     }
 
     pub fn end(self) {
-        transaction_so_far(self.wall, self.started);
+        let took = self.started.elapsed();
+        let _ = SCOPE.try_with(|s| {
+            if let Ok(mut t) = s.transaction.lock() {
+                *t = Some((self.wall, took));
+            }
+        });
     }
 }

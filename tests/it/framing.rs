@@ -211,6 +211,14 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     })
     .await;
     let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+    // POST /rpc/<function> as the user.
+    let post = |function: &str, body: serde_json::Value| {
+        server
+            .http
+            .post(server.url(&format!("/rpc/{function}")))
+            .bearer_auth(&user)
+            .json(&body)
+    };
 
     // The first call prepares its statement, as the request role, inside
     // BEGIN … COMMIT.
@@ -239,14 +247,7 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
 
     // A STABLE function by POST, with a token: still READ ONLY, the
     // claims, and the role's own setting.
-    let r = twice(&relay, || {
-        server
-            .http
-            .post(server.url("/rpc/seen"))
-            .bearer_auth(&user)
-            .json(&json!({}))
-    })
-    .await;
+    let r = twice(&relay, || post("seen", json!({}))).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["user"], json!(format!("frm_user_{s}")));
     assert_eq!(r.body["read_only"], json!("on"));
@@ -270,13 +271,7 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     assert_eq!(items(&server.db, "by-get").await, 0);
 
     // A write commits (each call its own row).
-    let add = || {
-        server
-            .http
-            .post(server.url("/rpc/add"))
-            .bearer_auth(&user)
-            .json(&json!({"parent": 1, "note": "kept"}))
-    };
+    let add = || post("add", json!({"parent": 1, "note": "kept"}));
     let (first, _) = counted(&relay, add()).await;
     let (second, syncs) = counted(&relay, add()).await;
     assert_eq!(
@@ -297,11 +292,7 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     // An error found at COMMIT (a deferred foreign key) is the answer, and
     // nothing is kept.
     let r = twice(&relay, || {
-        server
-            .http
-            .post(server.url("/rpc/add"))
-            .bearer_auth(&user)
-            .json(&json!({"parent": 99, "note": "dangling"}))
+        post("add", json!({"parent": 99, "note": "dangling"}))
     })
     .await;
     assert_eq!(
@@ -313,14 +304,7 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     assert_eq!(items(&server.db, "dangling").await, 0);
 
     // The function's own error rolls back what it wrote.
-    let r = twice(&relay, || {
-        server
-            .http
-            .post(server.url("/rpc/fail"))
-            .bearer_auth(&user)
-            .json(&json!({"note": "raised"}))
-    })
-    .await;
+    let r = twice(&relay, || post("fail", json!({"note": "raised"}))).await;
     assert_eq!(
         (r.status, &r.body["message"]),
         (418, &json!("teapot")),

@@ -125,13 +125,13 @@ pub async fn stream(pool: &Pool, job: StreamJob) -> Result<Streamed, ExecError> 
 /// transaction time is its time until the head is handed over.
 struct Head {
     sender: oneshot::Sender<Result<Streamed, ExecError>>,
-    since: Option<(std::time::SystemTime, std::time::Instant)>,
+    since: Option<crate::trace::TransactionTimer>,
 }
 
 impl Head {
     fn send(self, head: Result<Streamed, ExecError>) -> Result<(), ()> {
-        if let Some((wall, started)) = self.since {
-            crate::trace::scope::transaction_so_far(wall, started);
+        if let Some(timer) = self.since {
+            timer.end();
         }
         self.sender.send(head).map_err(|_| ())
     }
@@ -163,7 +163,7 @@ async fn run(
             return;
         }
     };
-    head.since = Some((std::time::SystemTime::now(), std::time::Instant::now()));
+    head.since = Some(crate::trace::TransactionTimer::start());
     // BEGIN, the settings, the statements this connection has not
     // prepared yet, the pre-request function and the streaming statement,
     // as one list of steps (`steps`): one round trip to the first rows when
