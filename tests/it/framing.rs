@@ -6,6 +6,10 @@
 //! same role, READ ONLY, settings, pre-request function, errors (also one
 //! found at COMMIT), and nothing committed by a call that failed.
 //!
+//! A streamed call (a SETOF read) opens the same way: once warm, its
+//! statements go before one Sync and its rows end at that Sync, which
+//! commits; `Prefer: tx=rollback` keeps its explicit ROLLBACK.
+//!
 //! A relay in front of the database counts the server's ReadyForQuery
 //! messages (one per Sync or simple query the proxy sent), so each test
 //! also shows which framing ran.
@@ -59,6 +63,14 @@ BEGIN
   INSERT INTO frm.items (parent, note) VALUES (1, note);
   RAISE SQLSTATE 'PT418' USING MESSAGE = 'teapot';
 END $$;
+CREATE FUNCTION frm.seen_rows(n int)
+  RETURNS TABLE(i int, usr text, read_only text, timezone text, pad text)
+  LANGUAGE sql STABLE AS $$
+  SELECT i, current_user, current_setting('transaction_read_only'),
+         current_setting('TimeZone'), repeat('x', 40)
+  FROM generate_series(1, n) AS i $$;
+CREATE FUNCTION frm.rows_fail(n int, at int) RETURNS TABLE(i int, q int)
+  LANGUAGE sql STABLE AS $$ SELECT i, 1 / (at - i) FROM generate_series(1, n) AS i $$;
 CREATE FUNCTION frm.pre() RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
   IF current_setting('request.headers', true)::json->>'x-block' = 'yes' THEN
@@ -344,4 +356,191 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     );
     let (r, syncs) = counted(&relay, server.http.get(server.url("/rpc/seen"))).await;
     assert_eq!((r.status, syncs), (200, 1), "{}", r.text);
+}
+
+/// A GET over a raw HTTP/1.1 connection, read until the server ends or
+/// cuts it: the head, the de-chunked body, and whether the final chunk
+/// came.
+async fn raw_get(server: &TestServer, target: &str, header: &str) -> (String, Vec<u8>, bool) {
+    let addr = server.base_url.trim_start_matches("http://").to_string();
+    let mut sock = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n{header}\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.expect("write");
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), sock.read(&mut buf));
+        match read
+            .await
+            .expect("the response neither ended nor was cut off")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                all.extend_from_slice(&buf[..n]);
+                if all.ends_with(b"\r\n0\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..end]).to_string();
+    let (body, complete) = crate::streaming::dechunk(&all[end + 4..]);
+    (head, body, complete)
+}
+
+/// The states of the test role's sessions in `pg_stat_activity`.
+async fn sessions(db: &TestDb, s: &str) -> Vec<String> {
+    let su = db.superuser().await;
+    query_value(
+        &su,
+        "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_type = 'client backend'",
+        &[&format!("frm_auth_{s}")],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_warm_streamed_call_is_one_implicit_transaction_that_answers_as_the_explicit_one() {
+    let db = TestDb::new().await;
+    let s = db.name.clone();
+    db.superuser()
+        .await
+        .batch_execute(&fixture(&s, &s))
+        .await
+        .expect("fixture");
+    let relay = Relay::start(&db).await;
+    let url = format!(
+        "postgresql://frm_auth_{s}:framing@127.0.0.1:{}/{}",
+        relay.port, db.name
+    );
+    let anon = format!("frm_anon_{s}");
+    let server = TestServer::start_on_url(db, url, |c| {
+        c.schemas = vec!["frm".to_string()];
+        c.anon_role = anon;
+        c.pool_size = 1;
+        c.pre_request = Some("frm.pre".into());
+        c.stream_threshold_bytes = 1024;
+        c.tx_end = pgrpc::prefer::TxEnd::CommitAllowOverride;
+    })
+    .await;
+    let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+    let get = |target: &str| {
+        server
+            .http
+            .get(server.url(&format!("/rpc/{target}")))
+            .bearer_auth(&user)
+    };
+
+    // Cold: the streaming statement is prepared first, then BEGIN …
+    // COMMIT around its rows.
+    let (r, syncs) = counted(&relay, get("seen_rows?n=3")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        syncs >= 3,
+        "prepare, then BEGIN … COMMIT: {syncs} ReadyForQuery"
+    );
+
+    // A result that fits under the threshold, answered whole: the
+    // request role, READ ONLY, the role's own setting.
+    let r = twice(&relay, || get("seen_rows?n=3")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(3), "{}", r.text);
+    assert_eq!(r.body[2]["usr"], json!(format!("frm_user_{s}")));
+    assert_eq!(r.body[2]["read_only"], json!("on"));
+    assert_eq!(r.body[2]["timezone"], json!("Asia/Tokyo"));
+
+    // A result past the threshold streams (chunked), every row there.
+    let r = twice(&relay, || get("seen_rows?n=2000")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.header("content-length").is_none(),
+        "streamed: {:?}",
+        r.headers
+    );
+    assert_eq!(r.body.as_array().map(Vec::len), Some(2000));
+    assert_eq!(r.body[1999]["i"], json!(2000));
+
+    // The pre-request function refuses a stream before its first row.
+    let r = twice(&relay, || get("seen_rows?n=3").header("X-Block", "yes")).await;
+    assert_eq!(
+        (r.status, &r.body["message"]),
+        (403, &json!("blocked")),
+        "{}",
+        r.text
+    );
+
+    // An error before the first row is the answer.
+    let r = twice(&relay, || get("rows_fail?n=10&at=1")).await;
+    assert_eq!(
+        (r.status, &r.body["code"]),
+        (400, &json!("22012")),
+        "{}",
+        r.text
+    );
+
+    // An error after the headers cuts the NDJSON stream (no final chunk)
+    // after its error line, and the connection is idle afterwards (the
+    // Sync ended it). Anonymous, over a raw connection: a client library
+    // takes the cut for an error.
+    let cut = || {
+        raw_get(
+            &server,
+            "/rpc/rows_fail?n=5000&at=4000",
+            "Accept: application/x-ndjson",
+        )
+    };
+    // The NDJSON statement is a new one: prepared by this first call.
+    let (cold, cold_body, _) = cut().await;
+    let before = relay.count();
+    let (head, body, complete) = cut().await;
+    assert_eq!(relay.count() - before, 1, "{head}");
+    assert_eq!(
+        (&cold[..15], &cold_body),
+        (&head[..15], &body),
+        "the implicit stream is cut as the explicit one"
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(!complete, "the cut stream has no final chunk");
+    let text = String::from_utf8_lossy(&body);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("\"$error\"") && last.contains("22012"),
+        "{last}"
+    );
+    assert_eq!(text.lines().count(), 3999 + 1);
+    let states = sessions(&server.db, &s).await;
+    assert!(
+        !states.is_empty() && states.iter().all(|st| st == "idle"),
+        "{states:?}"
+    );
+
+    // Prefer: tx=rollback keeps BEGIN … ROLLBACK (two ReadyForQuery at
+    // least), with the same rows.
+    let (r, syncs) = counted(&relay, get("seen_rows?n=3").header("Prefer", "tx=rollback")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(3), "{}", r.text);
+    assert!(syncs >= 2, "BEGIN … ROLLBACK: {syncs} ReadyForQuery");
+    // That answer went out before its ROLLBACK ended (a read commits
+    // nothing): the next count starts once the ROLLBACK is through.
+    for _ in 0..50 {
+        if sessions(&server.db, &s).await.iter().all(|st| st == "idle") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    // And the next warm stream is one implicit transaction again.
+    let (r, syncs) = counted(&relay, get("seen_rows?n=3")).await;
+    assert_eq!((r.status, syncs), (200, 1), "{}", r.text);
+    let states = sessions(&server.db, &s).await;
+    assert!(
+        !states.is_empty() && states.iter().all(|st| st == "idle"),
+        "{states:?}"
+    );
 }

@@ -15,8 +15,11 @@
 //! transaction: a hoisted isolation level (only `BEGIN` can carry it), a
 //! check of the call's result before COMMIT, a WAL position to read after
 //! COMMIT, a ROLLBACK the client asked for, an `Idempotency-Key`, a batch,
-//! a stream, a statement still to prepare, and every call when nothing is
-//! prepared by name (`PGRPC_PREPARED_STATEMENTS=false`).
+//! a statement still to prepare, and every call when nothing is prepared
+//! by name (`PGRPC_PREPARED_STATEMENTS=false`).
+//!
+//! A streamed call's opening goes the same way (`plan_rows`): its rows
+//! are the last statement's, and they end at the Sync, which commits.
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Pipeline;
@@ -43,22 +46,65 @@ pub(super) fn plan(
     ops: &[Op],
     st: &State,
 ) -> Option<Result<Implicit, tokio_postgres::Error>> {
-    if !conn.prepares() || job.isolation.is_some() || !checks(job, 0).is_empty() {
-        return None;
-    }
     let (pre, lsn) = match ops {
-        [Op::Begin, Op::Settings, Op::Call(0), Op::End { commit: true, lsn }] => (None, *lsn),
+        [Op::Begin, Op::Settings, Op::Call(0), Op::End { commit: true, lsn }] => (false, *lsn),
         [Op::Begin, Op::Settings, Op::PreRequest, Op::Call(0), Op::End { commit: true, lsn }] => {
-            match &st.pre {
-                Some(Prepared::Named(pre)) => (Some(pre), *lsn),
-                _ => return None,
-            }
+            (true, *lsn)
         }
         _ => return None,
     };
     if lsn && conn.reports_lsn {
         return None;
     }
+    encode(conn, job, st, pre).map(|encoded| {
+        encoded.map(|pipeline| Implicit {
+            count: pipeline.len(),
+            pipeline,
+        })
+    })
+}
+
+/// The opening of a streamed call as one implicit transaction: READ ONLY,
+/// the settings, the pre-request function and the streaming statement
+/// before one Sync, for a list `[BEGIN, settings, (pre-request,) rows]`
+/// whose statements are prepared. The stream's rows then end at that
+/// Sync, which commits (`tokio_postgres::PipelineRows`): no COMMIT
+/// follows them. None when the stream needs its explicit transaction (a
+/// hoisted isolation level, `tx=rollback`, a statement still to prepare).
+pub(in crate::db) fn plan_rows(
+    conn: &PgConn,
+    job: &CallJob,
+    ops: &[Op],
+    st: &State,
+) -> Option<Result<Pipeline, tokio_postgres::Error>> {
+    let pre = match ops {
+        [Op::Begin, Op::Settings, Op::Rows] => false,
+        [Op::Begin, Op::Settings, Op::PreRequest, Op::Rows] => true,
+        _ => return None,
+    };
+    if job.rollback {
+        return None;
+    }
+    encode(conn, job, st, pre)
+}
+
+/// READ ONLY (for a read), the settings, the pre-request function (`pre`)
+/// and the call, encoded before one Sync; None unless each is prepared by
+/// name on the connection and the call needs no explicit transaction.
+fn encode(
+    conn: &PgConn,
+    job: &CallJob,
+    st: &State,
+    pre: bool,
+) -> Option<Result<Pipeline, tokio_postgres::Error>> {
+    if !conn.prepares() || job.isolation.is_some() || !checks(job, 0).is_empty() {
+        return None;
+    }
+    let pre = match (pre, &st.pre) {
+        (false, _) => None,
+        (true, Some(Prepared::Named(pre))) => Some(pre),
+        (true, _) => return None,
+    };
     let Some(Some(Prepared::Named(call))) = st.calls.first() else {
         return None;
     };
@@ -82,10 +128,7 @@ pub(super) fn plan(
         }
         pipeline.execute(call, job.binds())
     })();
-    Some(encoded.map(|()| Implicit {
-        count: pipeline.len(),
-        pipeline,
-    }))
+    Some(encoded.map(|()| pipeline))
 }
 
 /// Runs a list `plan` encoded as one implicit transaction, and takes the

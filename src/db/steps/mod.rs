@@ -31,6 +31,7 @@ mod implicit;
 mod run;
 mod sql;
 
+pub(super) use implicit::plan_rows;
 pub(super) use run::run;
 pub(super) use sql::end_reading_lsn;
 use sql::{CLAIM_SQL, STORE_SQL};

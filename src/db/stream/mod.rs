@@ -12,9 +12,11 @@
 //! rest follows in chunks of `CHUNK_BYTES` through a channel of
 //! `CHANNEL_CHUNKS`.
 //!
-//! The transaction never outlives the task, which is the request's: it
-//! ends with COMMIT (ROLLBACK under `Prefer: tx=rollback`) when the rows
-//! are all sent, with ROLLBACK on an error. A stream that cannot go on
+//! The transaction never outlives the task, which is the request's. Once
+//! the streaming statement is prepared, it is one implicit transaction
+//! (`steps::plan_rows`): the rows end at its Sync, which commits, or rolls
+//! back after an error. Otherwise it ends with COMMIT (ROLLBACK under
+//! `Prefer: tx=rollback`) sent behind the call. A stream that cannot go on
 //! (the client went away or stopped reading past the write deadline,
 //! `PGRPC_STREAM_MAX_MS` passed, the server is stopping) is abandoned: its
 //! statement is cancelled and its connection closed, never returned to the
@@ -28,10 +30,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::future::{maybe_done, MaybeDone};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
-use tokio_postgres::{NoTls, Row, RowStream};
+use tokio_postgres::{NoTls, PipelineRows, Row, RowStream};
 use tracing::warn;
 
 use super::call::{CallJob, CallResult, ExecError};
@@ -167,31 +170,52 @@ async fn run(
     // BEGIN, the settings, the statements this connection has not
     // prepared yet, the pre-request function and the streaming statement,
     // as one list of steps (`steps`): one round trip to the first rows when
-    // the statements are prepared.
+    // the statements are prepared, and then one implicit transaction
+    // (`steps::plan_rows`) whose rows end at its Sync, which commits.
     let (ops, mut st) = steps::program(&conn, &mut job.call, true);
-    let started = steps::run(&mut conn, &job.call, &ops, &mut st).await;
-    let rows = match (started, st.rows.take()) {
-        (Ok(()), Some(rows)) => rows,
-        (started, _) => {
-            end(conn, false).await;
-            let error = started.err().map_or(ExecError::TaskFailed, |f| f.error);
-            let _ = head.send(Err(error));
+    let mut ending = None;
+    let mut rows = match steps::plan_rows(&conn, &job.call, &ops, &st) {
+        Some(Ok(pipeline)) => match conn.client.pipeline(pipeline) {
+            Ok(answers) => Rows::Implicit(answers.into_rows()),
+            Err(e) => {
+                // Nothing was sent: the connection is gone.
+                let _ = Object::take(conn);
+                let _ = head.send(Err(fail(e)));
+                return;
+            }
+        },
+        Some(Err(e)) => {
+            let _ = head.send(Err(fail(e)));
             return;
         }
+        None => {
+            let started = steps::run(&mut conn, &job.call, &ops, &mut st).await;
+            let rows = match (started, st.rows.take()) {
+                (Ok(()), Some(rows)) => rows,
+                (started, _) => {
+                    end(conn, false).await;
+                    let error = started.err().map_or(ExecError::TaskFailed, |f| f.error);
+                    let _ = head.send(Err(error));
+                    return;
+                }
+            };
+            // The transaction's end goes out right behind the call:
+            // PostgreSQL runs it once the statement has sent its last row
+            // (or failed: the COMMIT of an aborted transaction rolls it
+            // back), so no round trip follows the rows. The call is READ
+            // ONLY: ending it early makes nothing durable that the client
+            // has not seen.
+            let end_sql = if job.call.rollback {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            let mut commit = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
+            let _ = futures_util::poll!(commit.as_mut());
+            ending = Some(commit);
+            Rows::Explicit(Box::pin(rows))
+        }
     };
-    // The transaction's end goes out right behind the call: PostgreSQL
-    // runs it once the statement has sent its last row (or failed: the
-    // COMMIT of an aborted transaction rolls it back), so no round trip
-    // follows the rows. The call is READ ONLY: ending it early makes
-    // nothing durable that the client has not seen.
-    let end_sql = if job.call.rollback {
-        "ROLLBACK"
-    } else {
-        "COMMIT"
-    };
-    let mut ending = Box::pin(maybe_done(conn.client.batch_execute(end_sql)));
-    let _ = futures_util::poll!(ending.as_mut());
-    let mut rows = Box::pin(rows);
     let mut out = Encoder::new(job.format);
     let mut first_head: Option<StreamHead> = None;
     let mut last: Option<Row> = None;
@@ -211,7 +235,8 @@ async fn run(
                 drop(rows);
                 // READ ONLY: the transaction wrote nothing, so the answer
                 // need not wait for its end (which still comes before the
-                // connection goes back to the pool).
+                // connection goes back to the pool; an implicit one has
+                // ended with its rows).
                 let _ = head.send(Ok(Streamed::Whole(CallResult {
                     body: Some(out.buf.freeze()),
                     rows: out.rows,
@@ -220,14 +245,14 @@ async fn run(
                     total,
                     commit_lsn: None,
                 })));
-                let ended = ended(ending.as_mut()).await;
+                let ended = ended(ending.as_mut(), true).await;
                 drop(ending);
                 keep_if(conn, ended);
                 return;
             }
             Ok(Some(Err(e))) => {
                 drop(rows);
-                let ended = ended(ending.as_mut()).await;
+                let ended = ended(ending.as_mut(), e.as_db_error().is_some()).await;
                 drop(ending);
                 keep_if(conn, ended);
                 let _ = head.send(Err(fail(e)));
@@ -291,9 +316,10 @@ async fn run(
             }
             Ok(Some(Err(e))) => {
                 drop(rows);
+                let clean = e.as_db_error().is_some();
                 let error = ApiError::from(fail(e));
                 warn!(code = %error.code, message = %error.message, "a streamed answer failed after its headers");
-                let ended = ended(ending.as_mut()).await;
+                let ended = ended(ending.as_mut(), clean).await;
                 drop(ending);
                 keep_if(conn, ended);
                 if job.format == StreamFormat::Ndjson {
@@ -315,7 +341,7 @@ async fn run(
             Ok(None) => {
                 drop(rows);
                 out.finish();
-                let ended = ended(ending.as_mut()).await;
+                let ended = ended(ending.as_mut(), true).await;
                 drop(ending);
                 keep_if(conn, ended);
                 if !out.buf.is_empty() {
@@ -346,9 +372,28 @@ fn stopped_message(why: Stopped) -> &'static str {
     }
 }
 
+/// A streamed call's rows: from the row stream of an explicit
+/// transaction, whose COMMIT follows them, or from the pipeline of an
+/// implicit one, which ends with them.
+enum Rows {
+    Explicit(Pin<Box<RowStream>>),
+    Implicit(PipelineRows),
+}
+
+impl Stream for Rows {
+    type Item = Result<Row, tokio_postgres::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Rows::Explicit(rows) => rows.as_mut().poll_next(cx),
+            Rows::Implicit(rows) => Pin::new(rows).poll_next(cx),
+        }
+    }
+}
+
 /// The next row, unless the deadline passes or the server stops first.
 async fn next(
-    rows: &mut std::pin::Pin<Box<RowStream>>,
+    rows: &mut Rows,
     deadline: Instant,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Result<Row, tokio_postgres::Error>>, Stopped> {
@@ -397,13 +442,17 @@ async fn end(conn: Conn, commit: bool) {
     }
 }
 
-/// Whether the transaction's end, sent behind the call, succeeded within
-/// `END_WAIT`.
-async fn ended<F>(ending: Pin<&mut MaybeDone<F>>) -> bool
+/// Whether the transaction ended, once the rows have: the end sent behind
+/// the call of an explicit transaction succeeded within `END_WAIT`; an
+/// implicit one ended with its rows, at its Sync, unless they stopped on a
+/// lost connection (`clean` false).
+async fn ended<F>(ending: Option<&mut Pin<Box<MaybeDone<F>>>>, clean: bool) -> bool
 where
     F: Future<Output = Result<(), tokio_postgres::Error>>,
 {
-    let mut ending = ending;
+    let Some(ending) = ending else {
+        return clean;
+    };
     timeout(END_WAIT, ending.as_mut()).await.is_ok()
         && matches!(ending.as_mut().take_output(), Some(Ok(())))
 }
@@ -420,7 +469,7 @@ fn keep_if(conn: Conn, ended: bool) {
 /// computing rows nobody reads), and its connection closed, which rolls
 /// the transaction back. Run in a task of its own, so the cancel's
 /// round trip holds nothing.
-fn abandon(conn: Conn, rows: std::pin::Pin<Box<RowStream>>) {
+fn abandon(conn: Conn, rows: Rows) {
     let token = conn.client.cancel_token();
     drop(rows);
     let _ = Object::take(conn);

@@ -14,8 +14,11 @@ use crate::query::encode_bind;
 use crate::types::BorrowToSql;
 use crate::{Error, Row, Statement};
 use bytes::BytesMut;
+use futures_util::{ready, Stream};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Statements to send before one Sync, each bound to the unnamed portal
 /// and executed to completion.
@@ -120,6 +123,23 @@ impl PipelineResponses {
         }
     }
 
+    /// The rows of the last statement, one by one as they arrive, once the
+    /// statements before it have answered (their rows are dropped). See
+    /// [`PipelineRows`].
+    pub fn into_rows(self) -> PipelineRows {
+        let before = self.statements.len().saturating_sub(1);
+        let mut statements = self.statements;
+        let last = statements.next_back();
+        PipelineRows {
+            responses: self.responses,
+            before,
+            last,
+            binds: 0,
+            error: None,
+            done: self.done,
+        }
+    }
+
     /// Waits for the Sync's ReadyForQuery, after every statement has
     /// answered (or one failed), whatever came before it. An error here
     /// came at the implicit transaction's COMMIT (a deferred constraint, a
@@ -142,6 +162,72 @@ impl PipelineResponses {
                     error.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The rows of a pipeline's last statement as a stream (added for pgrpc).
+///
+/// The stream ends at the Sync's ReadyForQuery: when it ends without an
+/// error, the implicit transaction has committed and the connection is
+/// idle. A statement's error (or the COMMIT's) is yielded once the server
+/// has reached that ReadyForQuery too, so the connection is idle then as
+/// well; any other error (a lost connection, an unexpected message) leaves
+/// it in doubt. Rows are read as they come: while the stream is not
+/// polled, the connection stops reading its socket.
+pub struct PipelineRows {
+    responses: Responses,
+    /// Statements before the last one.
+    before: usize,
+    last: Option<Statement>,
+    /// BindCompletes seen: the last statement's rows follow the
+    /// `before + 1`-th.
+    binds: usize,
+    /// A statement's error, yielded at the ReadyForQuery.
+    error: Option<Error>,
+    done: bool,
+}
+
+impl Stream for PipelineRows {
+    type Item = Result<Row, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(this.responses.poll_next(cx)) {
+                Ok(Message::ReadyForQuery(_)) => {
+                    this.done = true;
+                    return Poll::Ready(this.error.take().map(Err));
+                }
+                Ok(_) if this.error.is_some() => {}
+                Ok(Message::BindComplete) => this.binds += 1,
+                Ok(Message::DataRow(body)) if this.binds > this.before => {
+                    let Some(last) = &this.last else {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Error::unexpected_message())));
+                    };
+                    return Poll::Ready(Some(Row::new(last.clone(), body)));
+                }
+                Ok(
+                    Message::DataRow(_)
+                    | Message::CommandComplete(_)
+                    | Message::EmptyQueryResponse,
+                ) => {}
+                Ok(_) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Error::unexpected_message())));
+                }
+                Err(e) if e.as_db_error().is_some() => {
+                    this.error.get_or_insert(e);
+                }
+                Err(e) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
     }
