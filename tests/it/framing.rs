@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use pgrpc::config::ServeConfig;
+
+use crate::streaming::raw_get_with;
 use crate::support::db::query_value;
 use crate::support::{send, token, Resp, TestDb, TestServer};
 
@@ -200,8 +203,10 @@ async fn items(db: &TestDb, note: &str) -> i64 {
     .await
 }
 
-#[tokio::test]
-async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_one() {
+/// A database with the fixture, a relay in front of it, and a proxy with
+/// one pooled connection through the relay (`tune` adds to its
+/// configuration); the database's name suffixes the test roles.
+async fn start(tune: impl FnOnce(&mut ServeConfig)) -> (Relay, TestServer, String) {
     let db = TestDb::new().await;
     let s = db.name.clone();
     db.superuser()
@@ -220,8 +225,27 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
         c.anon_role = anon;
         c.pool_size = 1;
         c.pre_request = Some("frm.pre".into());
+        tune(c);
     })
     .await;
+    (relay, server, s)
+}
+
+/// The states of the test role's sessions in `pg_stat_activity`.
+async fn sessions(db: &TestDb, s: &str) -> Vec<String> {
+    let su = db.superuser().await;
+    query_value(
+        &su,
+        "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_type = 'client backend'",
+        &[&format!("frm_auth_{s}")],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_one() {
+    let (relay, server, s) = start(|_| {}).await;
     let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
     // POST /rpc/<function> as the user.
     let post = |function: &str, body: serde_json::Value| {
@@ -342,14 +366,7 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
 
     // After all of it the connection is idle, not in a transaction, and
     // serves the next call.
-    let su = server.db.superuser().await;
-    let states: Vec<String> = query_value(
-        &su,
-        "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_activity \
-         WHERE usename = $1 AND backend_type = 'client backend'",
-        &[&format!("frm_auth_{s}")],
-    )
-    .await;
+    let states = sessions(&server.db, &s).await;
     assert!(
         !states.is_empty() && states.iter().all(|st| st == "idle"),
         "{states:?}"
@@ -358,72 +375,9 @@ async fn a_warm_call_is_one_implicit_transaction_that_answers_as_the_explicit_on
     assert_eq!((r.status, syncs), (200, 1), "{}", r.text);
 }
 
-/// A GET over a raw HTTP/1.1 connection, read until the server ends or
-/// cuts it: the head, the de-chunked body, and whether the final chunk
-/// came.
-async fn raw_get(server: &TestServer, target: &str, header: &str) -> (String, Vec<u8>, bool) {
-    let addr = server.base_url.trim_start_matches("http://").to_string();
-    let mut sock = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n{header}\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.expect("write");
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let read = tokio::time::timeout(std::time::Duration::from_secs(30), sock.read(&mut buf));
-        match read
-            .await
-            .expect("the response neither ended nor was cut off")
-        {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                all.extend_from_slice(&buf[..n]);
-                if all.ends_with(b"\r\n0\r\n\r\n") {
-                    break;
-                }
-            }
-        }
-    }
-    let end = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&all[..end]).to_string();
-    let (body, complete) = crate::streaming::dechunk(&all[end + 4..]);
-    (head, body, complete)
-}
-
-/// The states of the test role's sessions in `pg_stat_activity`.
-async fn sessions(db: &TestDb, s: &str) -> Vec<String> {
-    let su = db.superuser().await;
-    query_value(
-        &su,
-        "SELECT coalesce(array_agg(state), '{}') FROM pg_stat_activity \
-         WHERE usename = $1 AND backend_type = 'client backend'",
-        &[&format!("frm_auth_{s}")],
-    )
-    .await
-}
-
 #[tokio::test]
 async fn a_warm_streamed_call_is_one_implicit_transaction_that_answers_as_the_explicit_one() {
-    let db = TestDb::new().await;
-    let s = db.name.clone();
-    db.superuser()
-        .await
-        .batch_execute(&fixture(&s, &s))
-        .await
-        .expect("fixture");
-    let relay = Relay::start(&db).await;
-    let url = format!(
-        "postgresql://frm_auth_{s}:framing@127.0.0.1:{}/{}",
-        relay.port, db.name
-    );
-    let anon = format!("frm_anon_{s}");
-    let server = TestServer::start_on_url(db, url, |c| {
-        c.schemas = vec!["frm".to_string()];
-        c.anon_role = anon;
-        c.pool_size = 1;
-        c.pre_request = Some("frm.pre".into());
+    let (relay, server, s) = start(|c| {
         c.stream_threshold_bytes = 1024;
         c.tx_end = pgrpc::prefer::TxEnd::CommitAllowOverride;
     })
@@ -488,25 +442,25 @@ async fn a_warm_streamed_call_is_one_implicit_transaction_that_answers_as_the_ex
     // Sync ended it). Anonymous, over a raw connection: a client library
     // takes the cut for an error.
     let cut = || {
-        raw_get(
+        raw_get_with(
             &server,
             "/rpc/rows_fail?n=5000&at=4000",
-            "Accept: application/x-ndjson",
+            &[("Accept", "application/x-ndjson")],
         )
     };
     // The NDJSON statement is a new one: prepared by this first call.
-    let (cold, cold_body, _) = cut().await;
+    let cold = cut().await;
     let before = relay.count();
-    let (head, body, complete) = cut().await;
-    assert_eq!(relay.count() - before, 1, "{head}");
+    let r = cut().await;
+    assert_eq!(relay.count() - before, 1, "{}", r.head);
     assert_eq!(
-        (&cold[..15], &cold_body),
-        (&head[..15], &body),
+        (&cold.head[..15], &cold.body),
+        (&r.head[..15], &r.body),
         "the implicit stream is cut as the explicit one"
     );
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(!complete, "the cut stream has no final chunk");
-    let text = String::from_utf8_lossy(&body);
+    assert!(r.head.starts_with("HTTP/1.1 200"), "{}", r.head);
+    assert!(!r.complete, "the cut stream has no final chunk");
+    let text = String::from_utf8_lossy(&r.body);
     let last = text.lines().last().unwrap_or_default();
     assert!(
         last.contains("\"$error\"") && last.contains("22012"),

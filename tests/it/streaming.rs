@@ -268,12 +268,17 @@ pub struct Raw {
 }
 
 pub async fn raw_get(server: &TestServer, target: &str, headers: &[(&str, &str)]) -> Raw {
+    let auth = format!("Bearer {}", service_token());
+    let mut all = vec![("Authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    raw_get_with(server, target, &all).await
+}
+
+/// `raw_get` with these headers only (no token of its own).
+pub async fn raw_get_with(server: &TestServer, target: &str, headers: &[(&str, &str)]) -> Raw {
     let addr = server.base_url.trim_start_matches("http://").to_string();
     let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!(
-        "GET {target} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n",
-        service_token()
-    );
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
