@@ -30,7 +30,10 @@ fn api_keys_auth() -> &'static crate::auth::Auth {
         let mut config = crate::config::ServeConfig::new("postgres://fuzz@localhost/fuzz");
         config.jwt_secret = Some(JWT_SECRET.to_string());
         config.api_keys = Some(dir.to_string_lossy().into_owned());
-        crate::auth::Auth::new(&config).unwrap_or_else(|e| panic!("test auth: {e}"))
+        let auth = crate::auth::Auth::new(&config).unwrap_or_else(|e| panic!("test auth: {e}"));
+        // Read once, by Auth::new.
+        let _ = std::fs::remove_file(&dir);
+        auth
     })
 }
 

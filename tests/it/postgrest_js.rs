@@ -406,11 +406,14 @@ async fn supabase_server(tune: impl FnOnce(&mut pgrpc::config::ServeConfig)) -> 
     )
     .expect("write the API keys file");
     let file = path.to_string_lossy().into_owned();
-    TestServer::start_with_sql(&supabase_fixtures(), move |c| {
+    let server = TestServer::start_with_sql(&supabase_fixtures(), move |c| {
         c.api_keys = Some(file);
         tune(c);
     })
-    .await
+    .await;
+    // The proxy read the file at its start.
+    let _ = std::fs::remove_file(&path);
+    server
 }
 
 /// `supabase.rpc('whoami', {}, {get: true})` with the headers supabase-js
