@@ -3,7 +3,7 @@
 //! with none of pgrpc's work. No JWT, no role or request settings, no
 //! transaction framing, no function cache, no routing, no JSON but the
 //! value itself: every request runs the statements it was given, prepared
-//! once per connection, on the next of a fixed set of connections, and
+//! once per connection, on any idle one of a fixed set of connections, and
 //! answers the last one's first column as text.
 //!
 //! Given several statements, it sends them all before one Sync (one
@@ -18,8 +18,7 @@
 //! Usage: `floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -28,7 +27,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
+use tokio::sync::Semaphore;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Pipeline, Statement};
 
@@ -40,18 +39,29 @@ struct Conn {
     statements: Vec<Statement>,
 }
 
+/// A pool at its simplest: a permit per idle connection, and the idle
+/// connections in a stack, so that a request takes any free one.
 struct Floor {
-    conns: Vec<Mutex<Conn>>,
-    next: AtomicUsize,
+    idle: Mutex<Vec<Conn>>,
+    permits: Semaphore,
 }
 
 impl Floor {
     async fn answer(&self) -> Response<Full<Bytes>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let conn = self.conns[i].lock().await;
-        match run(&conn).await {
+        let Ok(permit) = self.permits.acquire().await else {
+            return failed("the pool is closed".into());
+        };
+        let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) else {
+            return failed("no idle connection behind a permit".into());
+        };
+        let answer = run(&conn).await;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        drop(permit);
+        match answer {
             Ok(text) => Response::new(Full::new(Bytes::from(text))),
-            Err(e) => failed(e),
+            Err(e) => failed(e.to_string()),
         }
     }
 }
@@ -74,8 +84,8 @@ async fn run(conn: &Conn) -> Result<String, tokio_postgres::Error> {
     }
 }
 
-fn failed(e: tokio_postgres::Error) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(e.to_string())));
+fn failed(e: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(e)));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }
@@ -101,11 +111,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for sql in sqls {
             statements.push(client.prepare(sql).await?);
         }
-        conns.push(Mutex::new(Conn { client, statements }));
+        conns.push(Conn { client, statements });
     }
     let floor = Arc::new(Floor {
-        conns,
-        next: AtomicUsize::new(0),
+        idle: Mutex::new(conns),
+        permits: Semaphore::new(connections),
     });
     let listener = TcpListener::bind(listen).await?;
     loop {

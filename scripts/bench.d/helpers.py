@@ -19,6 +19,9 @@
                                          are equal (MODE equal) or have the same keys and
                                          value types (MODE shape: values that change per call);
                                          B as [A] or [{"name": A}] passes too, with a note
+    helpers.py floor-sql SCRIPT -D NAME=VALUE ...
+                                         a pgbench pipeline script's statements with its
+                                         variables as literals, NUL-separated (the floor's SQL)
 """
 import base64
 import glob
@@ -249,6 +252,38 @@ def unwrapped(value):
     return value
 
 
+def floor_sql(script, *defines):
+    """The statements of a pgbench pipeline script with its -D variables as
+    literals, NUL-separated, for examples/floor.rs (which binds nothing)."""
+    values = {}
+    pairs = iter(defines)
+    for flag in pairs:
+        if flag != "-D":
+            raise SystemExit(f"floor-sql: expected -D, got {flag!r}")
+        name, _, value = next(pairs).partition("=")
+        values[name] = value
+    names = sorted(values, key=len, reverse=True)
+    pattern = re.compile(r"(?<![:\w]):(" + "|".join(map(re.escape, names)) + r")\b") if names else None
+
+    def literal(m):
+        return "'" + values[m.group(1)].replace("'", "''") + "'"
+
+    out = []
+    with open(script) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("\\"):
+                continue
+            statement = line[:-1] if line.endswith(";") else line
+            for name in re.findall(r"(?<![:\w]):([A-Za-z_]\w*)", statement):
+                if name not in values:
+                    raise SystemExit(f"floor-sql: :{name} has no -D value in {statement[:200]!r}")
+            if pattern:
+                statement = pattern.sub(literal, statement)
+            out.append(statement)
+    sys.stdout.write("\0".join(out))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "free-port":
@@ -267,6 +302,8 @@ def main():
         cpu_per_transaction(*args)
     elif cmd == "same-response":
         same_response(*args)
+    elif cmd == "floor-sql":
+        floor_sql(*args)
     else:
         raise SystemExit(__doc__)
 

@@ -74,6 +74,23 @@ proptest! {
         }
     }
 
+    // The pairs of a query string or form body, any bytes: exactly what
+    // form_urlencoded decodes (its fast path borrows a plain pair).
+    #[test]
+    fn query_pairs_decode_as_form_urlencoded_does(
+        text in prop_oneof![
+            4 => text_of(&["a", "=", "&", "+", "%", "%2", "%41", "%zz", "%C3%A9", "é", "\u{0}", " ", "=="][..], 40),
+            2 => syntax_text(),
+        ],
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        for bytes in [text.as_bytes(), &raw[..]] {
+            let ours: Vec<_> = request::pairs(bytes).collect();
+            let theirs: Vec<_> = form_urlencoded::parse(bytes).collect();
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+
     // Logic trees of any shape: never deeper than the bound, never a
     // panic, and compiling one stays within the same bound.
     #[test]

@@ -3,12 +3,12 @@
 //! bounded in count and nesting before the database sees them.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
+use super::headers::push_json_string;
 use super::{too_many, RequestError};
 use crate::api_request::Args;
 use crate::media::BodyKind;
@@ -134,6 +134,25 @@ pub(crate) fn object_keys(json: &str) -> Result<Vec<String>, RequestError> {
     Ok(map.into_keys().collect())
 }
 
+/// The `&`-separated pairs of a query string or form body, decoded as
+/// `form_urlencoded::parse` decodes them (`+` as a space, percent escapes,
+/// invalid UTF-8 replaced); a pair with neither `%` nor `+` in valid UTF-8
+/// (the common case) is borrowed as it is, without the decoder's passes.
+pub fn pairs(query: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query
+        .split(|&b| b == b'&')
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| {
+            if !piece.iter().any(|&b| b == b'%' || b == b'+') {
+                if let Ok(text) = std::str::from_utf8(piece) {
+                    let (k, v) = text.split_once('=').unwrap_or((text, ""));
+                    return (Cow::Borrowed(k), Cow::Borrowed(v));
+                }
+            }
+            form_urlencoded::parse(piece).next().unwrap_or_default()
+        })
+}
+
 /// The pairs of a query string or form body, each checked as it comes: at
 /// most [`MAX_QUERY_PARAMS`] of them (`what` names the source), no NUL
 /// (PostgreSQL text cannot hold one; spliced into a statement, a select
@@ -144,35 +163,49 @@ fn bounded_pairs<'q>(
     what: &'static str,
     nul: fn() -> RequestError,
 ) -> impl Iterator<Item = Result<(Cow<'q, str>, Cow<'q, str>), RequestError>> + 'q {
-    form_urlencoded::parse(query)
-        .enumerate()
-        .map(move |(i, (k, v))| {
-            if i == MAX_QUERY_PARAMS {
-                return Err(too_many(what, MAX_QUERY_PARAMS, "parameters"));
-            }
-            if k.contains('\0') || v.contains('\0') {
-                return Err(nul());
-            }
-            check_nesting(&v, false)?;
-            Ok((k, v))
-        })
+    pairs(query).enumerate().map(move |(i, (k, v))| {
+        if i == MAX_QUERY_PARAMS {
+            return Err(too_many(what, MAX_QUERY_PARAMS, "parameters"));
+        }
+        if k.contains('\0') || v.contains('\0') {
+            return Err(nul());
+        }
+        check_nesting(&v, false)?;
+        Ok((k, v))
+    })
 }
 
 /// `a=1&b=x`: every value is a JSON string; a repeated key keeps its last value.
 pub fn parse_pairs(query: &[u8]) -> Result<Args, RequestError> {
-    let mut map = Map::new();
+    let mut map = BTreeMap::new();
     for pair in bounded_pairs(query, "A form body", || {
         RequestError::NotText("a form body")
     }) {
         let (k, v) = pair?;
-        map.insert(k.into_owned(), Value::String(v.into_owned()));
+        map.insert(k.into_owned(), v.into_owned());
     }
     Ok(args_of(map))
 }
 
-fn args_of(map: Map<String, Value>) -> Args {
-    let keys = map.keys().cloned().collect();
-    Args::from_object(keys, Value::Object(map).to_string())
+/// String arguments as a JSON object, keys in order, written directly.
+fn args_of(map: BTreeMap<String, String>) -> Args {
+    let mut json = String::with_capacity(
+        2 + map
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>(),
+    );
+    json.push('{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        push_json_string(&mut json, k);
+        json.push(':');
+        push_json_string(&mut json, v);
+    }
+    json.push('}');
+    Args::from_object(map.into_keys().collect(), json)
 }
 
 /// The query string as function arguments and operations, by PostgREST's
@@ -181,7 +214,7 @@ fn args_of(map: Map<String, Value>) -> Args {
 /// value starts with an operator (`eq.`, `not.in.`, …); otherwise (POST)
 /// every parameter is an operation.
 pub fn parse_query(query: &[u8], args: bool) -> Result<(Args, QueryOps), RequestError> {
-    let mut map = Map::new();
+    let mut map = BTreeMap::new();
     let mut ops = QueryOps::default();
     for pair in bounded_pairs(query, "The query string", || QueryError::Nul.into()) {
         let (k, v) = pair?;
@@ -193,7 +226,7 @@ pub fn parse_query(query: &[u8], args: bool) -> Result<(Args, QueryOps), Request
             "offset" => ops.offset = Some(query::parse_count("offset", &v)?),
             "or" | "and" | "not.or" | "not.and" => ops.filters.push(query::parse_tree(key, &v)?),
             _ if args && !query::has_operator(&v) => {
-                map.insert(k.into_owned(), Value::String(v.into_owned()));
+                map.insert(k.into_owned(), v.into_owned());
             }
             _ => ops.filters.push(query::parse_filter(key, &v)?),
         }
@@ -260,7 +293,7 @@ mod tests {
     fn repeated_query_parameter_keeps_the_last_value() {
         let a = parse_pairs(b"a=1&a=2&b=x%20y").expect("pairs");
         let (_, json) = a.object.expect("object");
-        let v: Value = serde_json::from_str(&json).expect("json");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
         assert_eq!(v["a"], "2");
         assert_eq!(v["b"], "x y");
     }

@@ -111,33 +111,67 @@ pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> 
     Ok(out)
 }
 
-/// `s` as a JSON string literal (RFC 8259 §7 escapes).
-fn push_json_string(out: &mut String, s: &str) {
+/// `s` as a JSON string literal (RFC 8259 §7 escapes), byte for byte as
+/// serde_json writes it.
+pub(super) fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
+    let bytes = s.as_bytes();
     // Runs of bytes that need no escape are copied whole; every byte that
     // does is ASCII, so each run ends on a character boundary.
     let mut run = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
+    loop {
+        let i = run + clean_prefix(&bytes[run..]);
         out.push_str(&s[run..i]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escaped);
+        let Some(&b) = bytes.get(i) else { break };
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
         }
         run = i + 1;
     }
-    out.push_str(&s[run..]);
     out.push('"');
+}
+
+/// How many leading bytes of `bytes` need no escape: eight at a time,
+/// then one by one.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        if needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        n += 8;
+    }
+    n + bytes[n..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .unwrap_or(bytes.len() - n)
+}
+
+/// Whether any of the eight bytes of `word` is below 0x20, `"` or `\`
+/// (the classic exact tests for a zero byte and a byte below n ≤ 128; a
+/// byte of 0x80 or above never matches).
+const fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let q = word ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = word ^ (ONES * b'\\' as u64);
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (below_space | quote | backslash) & HIGHS != 0
 }
 
 #[cfg(test)]
@@ -162,6 +196,39 @@ mod tests {
             push_json_string(&mut out, text);
             let back: String = serde_json::from_str(&out).expect("a JSON string");
             assert_eq!(back, text, "{out}");
+        }
+    }
+
+    #[test]
+    fn json_strings_escape_at_every_offset_of_the_eight_byte_scan() {
+        // Each byte that needs an escape, and a few that do not (DEL, the
+        // first bytes past ASCII), at every position of strings longer than
+        // two words, alone and beside a second one.
+        let specials: Vec<char> = (0u8..0x20)
+            .map(char::from)
+            .chain(['"', '\\', '\u{7f}', '\u{80}', 'é', '✓', '𝄞'])
+            .collect();
+        for len in [7, 8, 9, 16, 17, 23] {
+            for at in 0..len {
+                for &c in &specials {
+                    let mut chars: Vec<char> =
+                        "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
+                    chars[at] = c;
+                    let text: String = chars.into_iter().collect();
+                    let twice = format!("{text}{c}");
+                    for t in [&text, &twice] {
+                        let mut out = String::new();
+                        push_json_string(&mut out, t);
+                        let back: String = serde_json::from_str(&out).expect("a JSON string");
+                        assert_eq!(&back, t, "{out}");
+                        assert_eq!(
+                            out,
+                            serde_json::to_string(t).expect("json"),
+                            "as serde_json writes it"
+                        );
+                    }
+                }
+            }
         }
     }
 

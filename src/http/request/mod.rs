@@ -10,7 +10,7 @@ mod headers;
 
 pub(crate) use args::object_keys;
 pub use args::{
-    parse_json_body, parse_pairs, parse_query, raw_body, MAX_NESTING, MAX_QUERY_PARAMS,
+    pairs, parse_json_body, parse_pairs, parse_query, raw_body, MAX_NESTING, MAX_QUERY_PARAMS,
 };
 pub(crate) use headers::{check_header_lists, cookies_json};
 pub use headers::{cookie_pairs, MAX_ACCEPT_RANGES, MAX_COOKIE_PAIRS, MAX_PREFER_ITEMS};
