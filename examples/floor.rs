@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Pipeline, Statement};
 
@@ -46,20 +46,46 @@ struct Floor {
     permits: Semaphore,
 }
 
-impl Floor {
-    async fn answer(&self) -> Response<Full<Bytes>> {
-        let Ok(permit) = self.permits.acquire().await else {
-            return failed("the pool is closed".into());
-        };
-        let Some(conn) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) else {
-            return failed("no idle connection behind a permit".into());
-        };
-        let answer = run(&conn).await;
-        if let Ok(mut idle) = self.idle.lock() {
+/// A connection taken from the pool, put back when dropped: also when the
+/// request is given up mid-call (a client gone), since tokio-postgres drops
+/// the answers nobody waits for.
+struct Lease<'a> {
+    floor: &'a Floor,
+    conn: Option<Conn>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.floor.idle.lock()) {
             idle.push(conn);
         }
-        drop(permit);
-        match answer {
+    }
+}
+
+impl Floor {
+    async fn lease(&self) -> Result<Lease<'_>, String> {
+        let permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        let conn = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match conn {
+            Some(conn) => Ok(Lease {
+                floor: self,
+                conn: Some(conn),
+                _permit: permit,
+            }),
+            None => Err("no idle connection behind a permit".into()),
+        }
+    }
+
+    async fn answer(&self) -> Response<Full<Bytes>> {
+        let lease = match self.lease().await {
+            Ok(lease) => lease,
+            Err(e) => return failed(e),
+        };
+        let Some(conn) = lease.conn.as_ref() else {
+            return failed("a lease without its connection".into());
+        };
+        match run(conn).await {
             Ok(text) => Response::new(Full::new(Bytes::from(text))),
             Err(e) => failed(e.to_string()),
         }
