@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::headers::push_json_string;
+use super::headers::push_json_object;
 use super::{too_many, RequestError};
 use crate::api_request::Args;
 use crate::media::BodyKind;
@@ -195,16 +195,7 @@ fn args_of(map: BTreeMap<String, String>) -> Args {
             .map(|(k, v)| k.len() + v.len() + 6)
             .sum::<usize>(),
     );
-    json.push('{');
-    for (i, (k, v)) in map.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        push_json_string(&mut json, k);
-        json.push(':');
-        push_json_string(&mut json, v);
-    }
-    json.push('}');
+    push_json_object(&mut json, map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     Args::from_object(map.into_keys().collect(), json)
 }
 

@@ -98,22 +98,31 @@ pub(crate) fn cookies_json(headers: &HeaderMap) -> Result<String, RequestError> 
         }
         cookies.push(Some((name, value)));
     }
-    let mut out = String::from("{");
-    for (i, (name, value)) in cookies.iter().flatten().enumerate() {
+    let mut out = String::new();
+    push_json_object(&mut out, cookies.iter().flatten().copied());
+    Ok(out)
+}
+
+/// Name → string pairs as a JSON object, in the order given.
+pub(super) fn push_json_object<'a>(
+    out: &mut String,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) {
+    out.push('{');
+    for (i, (name, value)) in pairs.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        push_json_string(&mut out, name);
+        push_json_string(out, name);
         out.push(':');
-        push_json_string(&mut out, value);
+        push_json_string(out, value);
     }
     out.push('}');
-    Ok(out)
 }
 
 /// `s` as a JSON string literal (RFC 8259 §7 escapes), byte for byte as
 /// serde_json writes it.
-pub(super) fn push_json_string(out: &mut String, s: &str) {
+fn push_json_string(out: &mut String, s: &str) {
     out.reserve(s.len() + 2);
     out.push('"');
     let bytes = s.as_bytes();
