@@ -193,6 +193,9 @@ async fn run_call(pool: &Pool, job: Box<CallJob>) -> Result<Executed, ExecError>
 
 async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecError> {
     conn.clear_unreplicated();
+    // Until the list below has ended the transaction: a panic on the way
+    // drops the connection with it open, and the pool then closes it.
+    conn.begin_use();
     let batched = job.batch.is_some();
     let (ops, mut st) = steps::program(&conn, &mut job, false);
     let outcome = match steps::run(&mut conn, &job, &ops, &mut st).await {
@@ -223,6 +226,7 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
     };
     let failure = match outcome {
         Ok(outcome) => {
+            conn.settle();
             replicated(&conn)?;
             return Ok(executed(outcome, st, batched));
         }
@@ -234,6 +238,8 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
         let _ = Object::take(conn);
     } else if !st.ended && end_reading_lsn(&conn, false, false).await.is_err() {
         let _ = Object::take(conn);
+    } else {
+        conn.settle();
     }
     Err(match failure.call {
         Some(index) if batched => ExecError::InBatch {

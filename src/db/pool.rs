@@ -166,9 +166,27 @@ pub struct PgConn {
     /// stopped waiting for synchronous replication: the COMMIT then
     /// reports success although no standby may have the transaction.
     unreplicated: Arc<AtomicBool>,
+    /// Set while a request's statements may be in flight or its
+    /// transaction open (`begin_use` … `settle`). A connection dropped in
+    /// that state (its call panicked, or left by a path that did not end
+    /// it) is closed at its next checkout, never handed to another
+    /// request, whose COMMIT would otherwise commit this one's work.
+    busy: bool,
 }
 
 impl PgConn {
+    /// Marks the connection as carrying a request's transaction, until
+    /// `settle`.
+    pub fn begin_use(&mut self) {
+        self.busy = true;
+    }
+
+    /// Marks the connection's session as idle again: its transaction has
+    /// ended and every answer has arrived, so it may serve another request.
+    pub fn settle(&mut self) {
+        self.busy = false;
+    }
+
     /// Forgets any earlier warning about synchronous replication, before
     /// a transaction starts on this connection.
     pub fn clear_unreplicated(&mut self) {
@@ -367,6 +385,7 @@ impl PgManager {
             epoch: self.epoch.load(Ordering::Relaxed),
             driver,
             unreplicated,
+            busy: false,
         })
     }
 
@@ -374,6 +393,13 @@ impl PgManager {
     fn reuse(&self, conn: &mut PgConn) -> RecycleResult<tokio_postgres::Error> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
+        }
+        if conn.busy {
+            // Only a call that panicked half-way leaves one so.
+            tracing::warn!("a connection came back with its transaction open; closed");
+            return Err(RecycleError::message(
+                "connection left with its transaction open",
+            ));
         }
         if conn.epoch != self.epoch.load(Ordering::Relaxed) {
             return Err(RecycleError::message("connection to a read-only node"));

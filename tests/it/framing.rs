@@ -498,3 +498,74 @@ async fn a_warm_streamed_call_is_one_implicit_transaction_that_answers_as_the_ex
         "{states:?}"
     );
 }
+
+/// A connection dropped while its transaction is open (its call panicked
+/// half-way, and the panic was answered as a failed call) is closed at the
+/// next checkout: the next request gets a new session, and the dropped
+/// transaction's write is rolled back, never committed by that request.
+/// A connection settled after its transaction ended is reused as before.
+#[tokio::test]
+async fn a_connection_dropped_mid_transaction_is_never_reused() {
+    use pgrpc::db::{build_pool, PoolOptions};
+
+    let db = TestDb::new().await;
+    db.superuser()
+        .await
+        .batch_execute("CREATE TABLE left_open (n int)")
+        .await
+        .expect("table");
+    let options = PoolOptions::primary(1, std::time::Duration::from_secs(5), true, false);
+    let pool = build_pool(&db.url(), &options).expect("pool");
+    async fn pid(c: &pgrpc::db::pool::Conn) -> i32 {
+        c.client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0)
+    }
+
+    // Settled: the one pooled session serves the next checkout.
+    let mut conn = pool.get().await.expect("checkout");
+    let first = pid(&conn).await;
+    conn.begin_use();
+    conn.client
+        .batch_execute("BEGIN; INSERT INTO left_open VALUES (1); COMMIT")
+        .await
+        .expect("write");
+    conn.settle();
+    drop(conn);
+    let mut conn = pool.get().await.expect("checkout");
+    assert_eq!(pid(&conn).await, first, "a settled session is reused");
+
+    // Left with its transaction open: closed, and its write undone.
+    conn.begin_use();
+    conn.client
+        .batch_execute("BEGIN; INSERT INTO left_open VALUES (2)")
+        .await
+        .expect("write");
+    drop(conn);
+    let conn = pool.get().await.expect("checkout");
+    assert_ne!(pid(&conn).await, first, "a new session");
+    let seen: Vec<i32> = conn
+        .client
+        .query("SELECT n FROM left_open ORDER BY n", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, [1], "the open transaction's row is not visible");
+    // The next request's own transaction commits only its own work.
+    conn.client
+        .batch_execute("BEGIN; INSERT INTO left_open VALUES (3); COMMIT")
+        .await
+        .expect("write");
+    let committed: i64 = db
+        .superuser()
+        .await
+        .query_one("SELECT count(*) FROM left_open WHERE n = 2", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(committed, 0, "the dropped transaction was rolled back");
+}

@@ -166,6 +166,9 @@ async fn run(
             return;
         }
     };
+    // Until the transaction ends: a panic on the way drops the connection
+    // with it open, and the pool then closes it.
+    conn.begin_use();
     head.since = Some(crate::trace::TransactionTimer::start());
     // BEGIN, the settings, the statements this connection has not
     // prepared yet, the pre-request function and the streaming statement,
@@ -185,6 +188,8 @@ async fn run(
             }
         },
         Some(Err(e)) => {
+            // Nothing was sent: the session is still idle.
+            conn.settle();
             let _ = head.send(Err(fail(e)));
             return;
         }
@@ -432,10 +437,10 @@ fn read_head(row: &Row) -> StreamHead {
 
 /// Ends the transaction; a connection whose end fails or takes longer
 /// than `END_WAIT` is closed, never returned to the pool.
-async fn end(conn: Conn, commit: bool) {
+async fn end(mut conn: Conn, commit: bool) {
     let sql = if commit { "COMMIT" } else { "ROLLBACK" };
     match timeout(END_WAIT, conn.client.batch_execute(sql)).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => conn.settle(),
         _ => {
             let _ = Object::take(conn);
         }
@@ -459,8 +464,10 @@ where
 
 /// Returns a connection whose transaction ended to the pool (on drop);
 /// closes one whose end failed.
-fn keep_if(conn: Conn, ended: bool) {
-    if !ended {
+fn keep_if(mut conn: Conn, ended: bool) {
+    if ended {
+        conn.settle();
+    } else {
         let _ = Object::take(conn);
     }
 }
