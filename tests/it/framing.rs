@@ -34,8 +34,10 @@ fn fixture(s: &str, db: &str) -> String {
 CREATE SCHEMA frm;
 CREATE ROLE frm_anon_{s} NOLOGIN;
 CREATE ROLE frm_user_{s} NOLOGIN;
+-- A request role without USAGE on the schema.
+CREATE ROLE frm_outsider_{s} NOLOGIN;
 CREATE ROLE frm_auth_{s} NOINHERIT LOGIN PASSWORD 'framing';
-GRANT frm_anon_{s}, frm_user_{s} TO frm_auth_{s};
+GRANT frm_anon_{s}, frm_user_{s}, frm_outsider_{s} TO frm_auth_{s};
 GRANT USAGE ON SCHEMA frm TO frm_anon_{s}, frm_user_{s};
 ALTER ROLE frm_user_{s} IN DATABASE {db} SET timezone = 'Asia/Tokyo';
 
@@ -568,4 +570,38 @@ async fn a_connection_dropped_mid_transaction_is_never_reused() {
         .expect("count")
         .get(0);
     assert_eq!(committed, 0, "the dropped transaction was rolled back");
+}
+
+/// A role without USAGE on the exposed schema is refused as PostgreSQL
+/// refuses it ("permission denied for schema", 42501), also when another
+/// role's call has already prepared the same statement on the connection.
+/// PostgreSQL checks schema USAGE when it parses a statement, not when it
+/// runs a prepared one; what re-checks it is the call's search_path,
+/// which starts with the exposed schema: a schema without USAGE drops out
+/// of the effective path, the path then differs from the one the
+/// statement was parsed under, and PostgreSQL parses it again as the
+/// caller.
+#[tokio::test]
+async fn a_role_without_schema_usage_is_refused_on_a_warm_connection() {
+    let (_relay, server, s) = start(|_| {}).await;
+    let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+    let outsider = token(json!({"role": format!("frm_outsider_{s}"), "sub": "u2"}));
+    let get = |t: &str| server.http.get(server.url("/rpc/seen")).bearer_auth(t);
+    // Cold: the outsider's own call parses the statement, and is refused.
+    let cold = send(get(&outsider)).await;
+    assert_eq!(cold.status, 403, "{}", cold.text);
+    assert_eq!(cold.error_code(), "42501", "{}", cold.text);
+    // The user's calls prepare the statement on the one pooled connection.
+    for _ in 0..2 {
+        let r = send(get(&user)).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // Warm: the outsider is refused as before.
+    let warm = send(get(&outsider)).await;
+    assert_eq!(
+        (warm.status, warm.error_code()),
+        (cold.status, cold.error_code()),
+        "{}",
+        warm.text
+    );
 }
