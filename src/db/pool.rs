@@ -395,7 +395,8 @@ impl PgManager {
             return Err(RecycleError::message("connection closed"));
         }
         if conn.busy {
-            // Only a call that panicked half-way leaves one so.
+            // A call that panicked half-way leaves one so (or a path that
+            // forgot to settle it: then this warning shows it).
             tracing::warn!("a connection came back with its transaction open; closed");
             return Err(RecycleError::message(
                 "connection left with its transaction open",

@@ -501,11 +501,15 @@ async fn a_warm_streamed_call_is_one_implicit_transaction_that_answers_as_the_ex
     );
 }
 
-/// A connection dropped while its transaction is open (its call panicked
-/// half-way, and the panic was answered as a failed call) is closed at the
-/// next checkout: the next request gets a new session, and the dropped
-/// transaction's write is rolled back, never committed by that request.
-/// A connection settled after its transaction ended is reused as before.
+/// The pool's rule for a connection marked busy (as every call and stream
+/// marks it until its transaction has ended) and dropped with its
+/// transaction open, as a call that panicked half-way drops it: closed at
+/// the next checkout, so the next request gets a new session and the
+/// dropped transaction's write is rolled back, never committed by that
+/// request. A connection settled after its transaction ended is reused.
+/// (That calls settle on every ordinary end is what the warm-call tests
+/// above show: a connection not settled is replaced, and the next call
+/// has to prepare its statements again.)
 #[tokio::test]
 async fn a_connection_dropped_mid_transaction_is_never_reused() {
     use pgrpc::db::{build_pool, PoolOptions};
@@ -562,13 +566,8 @@ async fn a_connection_dropped_mid_transaction_is_never_reused() {
         .batch_execute("BEGIN; INSERT INTO left_open VALUES (3); COMMIT")
         .await
         .expect("write");
-    let committed: i64 = db
-        .superuser()
-        .await
-        .query_one("SELECT count(*) FROM left_open WHERE n = 2", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let su = db.superuser().await;
+    let committed: i64 = query_value(&su, "SELECT count(*) FROM left_open WHERE n = 2", &[]).await;
     assert_eq!(committed, 0, "the dropped transaction was rolled back");
 }
 
@@ -583,7 +582,7 @@ async fn a_connection_dropped_mid_transaction_is_never_reused() {
 /// caller.
 #[tokio::test]
 async fn a_role_without_schema_usage_is_refused_on_a_warm_connection() {
-    let (_relay, server, s) = start(|_| {}).await;
+    let (relay, server, s) = start(|_| {}).await;
     let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
     let outsider = token(json!({"role": format!("frm_outsider_{s}"), "sub": "u2"}));
     let get = |t: &str| server.http.get(server.url("/rpc/seen")).bearer_auth(t);
@@ -591,13 +590,17 @@ async fn a_role_without_schema_usage_is_refused_on_a_warm_connection() {
     let cold = send(get(&outsider)).await;
     assert_eq!(cold.status, 403, "{}", cold.text);
     assert_eq!(cold.error_code(), "42501", "{}", cold.text);
-    // The user's calls prepare the statement on the one pooled connection.
+    // The user's calls prepare the statement on the one pooled connection;
+    // the second runs it as one implicit transaction.
     for _ in 0..2 {
         let r = send(get(&user)).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    // Warm: the outsider is refused as before.
-    let warm = send(get(&outsider)).await;
+    // Warm: the outsider's call runs that prepared statement (one
+    // implicit transaction, one ReadyForQuery, nothing prepared again by
+    // the proxy), and is refused as before.
+    let (warm, syncs) = counted(&relay, get(&outsider)).await;
+    assert_eq!(syncs, 1, "the prepared statement ran: {}", warm.text);
     assert_eq!(
         (warm.status, warm.error_code()),
         (cold.status, cold.error_code()),
