@@ -25,7 +25,7 @@ pub struct AppState {
     pub otlp: Option<crate::trace::otlp::Exporter>,
     /// Each exposed schema's `search_path`: the schema, then
     /// `PGRPC_EXTRA_SEARCH_PATH`, quoted.
-    search_paths: HashMap<String, String>,
+    search_paths: HashMap<String, String, foldhash::fast::RandomState>,
     /// `SELECT "schema"."function"()` for `PGRPC_PRE_REQUEST`.
     pub pre_request: Option<Arc<str>>,
     request_seq: AtomicU64,

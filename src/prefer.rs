@@ -3,7 +3,10 @@
 //! to one call ([`Applied`], decided by `plan` with the function cache and
 //! `PGRPC_TX_END`), and the `Preference-Applied` header that lists it.
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// `Prefer`, parsed once: a lookup by `&str` parses the name each time.
+pub const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// `PGRPC_TX_END`, as PostgREST's `db-tx-end`: how transactions end, and
 /// whether `Prefer: tx=commit|rollback` may change that.
@@ -71,7 +74,7 @@ pub struct Preferences {
 impl Preferences {
     pub fn from_headers(headers: &HeaderMap) -> Preferences {
         let items = headers
-            .get_all("prefer")
+            .get_all(PREFER)
             .iter()
             .flat_map(|v| {
                 String::from_utf8_lossy(v.as_bytes())

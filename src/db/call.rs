@@ -253,6 +253,43 @@ impl RequestSettings {
     }
 }
 
+/// The most values the settings statement takes as text: the seven
+/// request settings and up to `pool::MAX_DIRECT_SETTINGS` role settings as
+/// name and value.
+const MAX_TEXT_SETTINGS: usize = 7 + 2 * pool_::MAX_DIRECT_SETTINGS;
+
+impl RequestSettings {
+    /// The settings statement's values as text, in `statement`'s order,
+    /// for the statement of up to `pool::MAX_DIRECT_SETTINGS` role
+    /// settings (every parameter of it is `text`); None with more, whose
+    /// statement takes two arrays. The implicit transaction writes them
+    /// without a `ToSql` call each (`tokio_postgres::Pipeline::execute_text`).
+    pub(super) fn texts(&self) -> Option<([&str; MAX_TEXT_SETTINGS], usize)> {
+        let role = &self.role_settings;
+        if role.names.len() > pool_::MAX_DIRECT_SETTINGS {
+            return None;
+        }
+        let mut texts = [""; MAX_TEXT_SETTINGS];
+        let base = [
+            self.role.as_str(),
+            &self.claims,
+            &self.method,
+            &self.path,
+            &self.headers,
+            &self.search_path,
+            &self.cookies,
+        ];
+        texts[..base.len()].copy_from_slice(&base);
+        let mut len = base.len();
+        for (name, value) in role.names.iter().zip(&role.values) {
+            texts[len] = name;
+            texts[len + 1] = value;
+            len += 2;
+        }
+        Some((texts, len))
+    }
+}
+
 /// What the caller's HTTP layer stores for an `Idempotency-Key`, and what a
 /// replay gives back.
 #[derive(Debug, Clone)]
@@ -401,6 +438,14 @@ impl CallJob {
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)),
         );
+        binds
+    }
+
+    /// The same values as text (`tokio_postgres::Pipeline::execute_text`).
+    pub(super) fn bind_texts(&self) -> Vec<&str> {
+        let mut binds = Vec::with_capacity(1 + self.params.len());
+        binds.push(self.args.as_str());
+        binds.extend(self.params.iter().map(String::as_str));
         binds
     }
 }

@@ -156,7 +156,7 @@ pub struct PgConn {
     /// Call statements prepared on this connection, by the address of
     /// their SQL, which each entry keeps alive (so the address cannot be
     /// reused for another SQL while the entry exists).
-    statements: HashMap<usize, (Arc<str>, Statement)>,
+    statements: HashMap<usize, (Arc<str>, Statement), foldhash::fast::RandomState>,
     /// The proxy's own statements (`&'static` SQL), by address.
     own: HashMap<usize, Statement>,
     generation: u64,
@@ -379,7 +379,7 @@ impl PgManager {
             reports_lsn: self.reports_lsn,
             wal: wal.ok(),
             replayed: 0,
-            statements: HashMap::new(),
+            statements: HashMap::default(),
             own: HashMap::new(),
             generation: self.generation.load(Ordering::Relaxed),
             epoch: self.epoch.load(Ordering::Relaxed),

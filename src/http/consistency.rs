@@ -10,7 +10,7 @@ use crate::db::pool::Pool;
 use crate::db::replica::Replica;
 use crate::error::{Fault, Pgrst};
 
-pub const LSN_HEADER: &str = "x-pgrpc-lsn";
+pub const LSN_HEADER: HeaderName = HeaderName::from_static("x-pgrpc-lsn");
 pub const LSN_COOKIE: &str = "pgrpc_lsn";
 
 /// A WAL position the client sent that is not one, or one further ahead
@@ -129,7 +129,7 @@ pub async fn checked_lsn(
 pub fn lsn_header(lsn: Lsn) -> (HeaderName, HeaderValue) {
     let value =
         HeaderValue::from_str(&lsn.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0/0"));
-    (HeaderName::from_static(LSN_HEADER), value)
+    (LSN_HEADER, value)
 }
 
 /// The `pgrpc_lsn` cookie for a write's WAL position (`PGRPC_LSN_COOKIE`):

@@ -35,6 +35,9 @@ use request::RequestError;
 
 pub use body::Body;
 
+/// `X-Request-Id`, parsed once.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Entry point for every request: routes, answers, records metrics and logs.
 pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
@@ -73,8 +76,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
         headers::vary_rpc(resp.headers_mut(), echoed);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
@@ -194,7 +196,7 @@ impl crate::error::Fault for HeadersTooLarge {
 fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
     if let Some(v) = req
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
     {
         if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -289,7 +291,7 @@ async fn openapi(
 ) -> Result<Response<Body>, ApiError> {
     let schema = request::profile(req.headers(), false, &state.config.schemas)?;
     let authorization = req.headers().get(hyper::header::AUTHORIZATION);
-    let apikey = req.headers().get("apikey").map(|v| v.as_bytes());
+    let apikey = req.headers().get(request::APIKEY).map(|v| v.as_bytes());
     let identity = state
         .auth
         .identify_fresh(authorization.map(|v| v.as_bytes()), apikey, &cache.roles)

@@ -84,14 +84,23 @@ fn content_range(r: &CallResult, page: Page) -> Result<(StatusCode, HeaderValue)
             status = StatusCode::PARTIAL_CONTENT;
         }
     }
-    let range = if r.rows > 0 && total != Some(0) {
-        format!("{first}-{last}")
+    // `first-last/total`, each part `*` when unknown; written with itoa,
+    // which every answer takes (no formatting machinery).
+    let mut numbers = itoa::Buffer::new();
+    let mut value = String::with_capacity(48);
+    if r.rows > 0 && total != Some(0) {
+        value.push_str(numbers.format(first));
+        value.push('-');
+        value.push_str(numbers.format(last));
     } else {
-        "*".to_string()
-    };
-    let total = total.map_or_else(|| "*".to_string(), |t| t.to_string());
-    let value = HeaderValue::from_str(&format!("{range}/{total}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("*/*"));
+        value.push('*');
+    }
+    value.push('/');
+    match total {
+        Some(total) => value.push_str(numbers.format(total)),
+        None => value.push('*'),
+    }
+    let value = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("*/*"));
     Ok((status, value))
 }
 

@@ -62,14 +62,17 @@ impl TraceParent {
 
     /// The header value.
     pub fn header(&self) -> String {
-        let mut s = String::with_capacity(TRACEPARENT_LEN);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.parent_id);
-        s.push('-');
-        push_hex(&mut s, &[self.flags]);
-        s
+        String::from_utf8_lossy(&self.encode()).into_owned()
+    }
+
+    /// The header value as bytes: `00-`, the ids and the flags in
+    /// lowercase hex, dash-separated (every request writes one).
+    pub fn encode(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.parent_id);
+        write_hex(&mut out[53..55], &[self.flags]);
+        out
     }
 
     pub fn sampled(&self) -> bool {
@@ -179,14 +182,24 @@ impl RequestTrace {
                     headers.get_all(TRACESTATE).iter().map(|v| v.as_bytes()),
                 ),
             },
-            None => RequestTrace {
-                trace_id: new_trace_id(),
-                remote_parent: None,
-                request_span: new_span_id(),
-                transaction_span: new_span_id(),
-                flags: 1,
-                tracestate: None,
-            },
+            None => {
+                // The three ids from one draw of the thread's generator.
+                let random: [u8; 32] = rand::random();
+                let mut trace_id = [0; 16];
+                let mut request_span = [0; 8];
+                let mut transaction_span = [0; 8];
+                trace_id.copy_from_slice(&random[..16]);
+                request_span.copy_from_slice(&random[16..24]);
+                transaction_span.copy_from_slice(&random[24..]);
+                RequestTrace {
+                    trace_id: nonzero(trace_id, new_trace_id),
+                    remote_parent: None,
+                    request_span: nonzero(request_span, new_span_id),
+                    transaction_span: nonzero(transaction_span, new_span_id),
+                    flags: 1,
+                    tracestate: None,
+                }
+            }
         }
     }
 
@@ -203,7 +216,7 @@ impl RequestTrace {
     /// effective ones, so `request.headers` carries them.
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(TRACESTATE);
-        if let Ok(v) = HeaderValue::from_str(&self.sql_traceparent().header()) {
+        if let Ok(v) = HeaderValue::from_bytes(&self.sql_traceparent().encode()) {
             headers.insert(TRACEPARENT, v);
         }
         if let Some(v) = self
@@ -252,6 +265,15 @@ pub fn new_trace_id() -> [u8; 16] {
     }
 }
 
+/// `id`, or a new one from `new` when it is all zeros (which W3C forbids).
+fn nonzero<const N: usize>(id: [u8; N], new: fn() -> [u8; N]) -> [u8; N] {
+    if id == [0; N] {
+        new()
+    } else {
+        id
+    }
+}
+
 /// A random span id, never all zeros.
 pub fn new_span_id() -> [u8; 8] {
     loop {
@@ -279,11 +301,12 @@ fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// `bytes` in lowercase hex into `out`, which is twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 

@@ -187,7 +187,7 @@ pub struct SchemaCache {
     /// Per-role settings (`ALTER ROLE … SET`, this database's over the
     /// cluster-wide ones). `SET ROLE` does not apply them, so every
     /// transaction applies its role's, as PostgREST does.
-    pub role_settings: HashMap<String, Arc<RoleSettings>>,
+    pub role_settings: NameMap<Arc<RoleSettings>>,
     /// `pg_timezone_names`, what `Prefer: timezone=` may name. Read the
     /// first time a request names a time zone (the view reads every zone
     /// file, a second or so of a backend's time), then kept with this

@@ -108,9 +108,10 @@ fn encode(
     let Some(Some(Prepared::Named(call))) = st.calls.first() else {
         return None;
     };
-    let (Prepared::Named(settings), params, _) = job.settings.statement(conn) else {
+    let Prepared::Named(settings) = conn.settings(job.settings.role_settings.names.len()) else {
         return None;
     };
+    let texts = job.settings.texts();
     let read_only = if job.read_only {
         Some(conn.read_only_statement()?)
     } else {
@@ -122,11 +123,14 @@ fn encode(
         if let Some(read_only) = read_only {
             pipeline.execute(read_only, none())?;
         }
-        pipeline.execute(&settings, params)?;
+        match &texts {
+            Some((texts, len)) => pipeline.execute_text(&settings, &texts[..*len])?,
+            None => pipeline.execute(&settings, job.settings.statement(conn).1)?,
+        }
         if let Some(pre) = pre {
             pipeline.execute(pre, none())?;
         }
-        pipeline.execute(call, job.binds())
+        pipeline.execute_text(call, &job.bind_texts())
     })();
     Some(encoded.map(|()| pipeline))
 }
@@ -151,7 +155,13 @@ pub(super) async fn run(
     })?;
     let mut row = None;
     for index in 0..count {
-        match answers.next().await {
+        // Only the call's row is read; the others are the settings'.
+        let answer = if index + 1 < count {
+            answers.skip().await.map(|r| r.map(|()| None))
+        } else {
+            answers.next().await
+        };
+        match answer {
             Some(Ok(answer)) => row = answer,
             Some(Err(error)) => {
                 // The server stopped here and rolled back. A lost

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use hyper::header::{HeaderMap, COOKIE};
+use hyper::header::{HeaderMap, HeaderName, ACCEPT, COOKIE};
 
 use super::{too_many, RequestError};
 
@@ -52,17 +52,17 @@ pub const MAX_ACCEPT_RANGES: usize = 64;
 /// Refuses `Prefer` and `Accept` lists longer than their bounds, counting
 /// commas in one pass without building anything.
 pub(crate) fn check_header_lists(headers: &HeaderMap) -> Result<(), RequestError> {
-    let items = |name: &str| -> usize {
+    let items = |name: HeaderName| -> usize {
         headers
             .get_all(name)
             .iter()
             .map(|v| v.as_bytes().split(|b| *b == b',').count())
             .sum()
     };
-    if items("prefer") > MAX_PREFER_ITEMS {
+    if items(crate::prefer::PREFER) > MAX_PREFER_ITEMS {
         return Err(too_many("Prefer", MAX_PREFER_ITEMS, "preferences"));
     }
-    if items("accept") > MAX_ACCEPT_RANGES {
+    if items(ACCEPT) > MAX_ACCEPT_RANGES {
         return Err(too_many("Accept", MAX_ACCEPT_RANGES, "media ranges"));
     }
     Ok(())

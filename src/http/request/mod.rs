@@ -17,7 +17,7 @@ pub use headers::{cookie_pairs, MAX_ACCEPT_RANGES, MAX_COOKIE_PAIRS, MAX_PREFER_
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request};
 
 use crate::api_request::{ApiRequest, Args};
@@ -26,6 +26,13 @@ use crate::media::{self, BodyKind};
 use crate::prefer::Preferences;
 use crate::query::QueryError;
 use headers::headers_json;
+
+/// Header names read on every call, parsed once: a lookup by `&str`
+/// parses the name each time.
+pub const APIKEY: HeaderName = HeaderName::from_static("apikey");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const CONTENT_PROFILE: HeaderName = HeaderName::from_static("content-profile");
+const ACCEPT_PROFILE: HeaderName = HeaderName::from_static("accept-profile");
 
 /// Why a request cannot even be planned: its body, headers or form.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +157,7 @@ where
         .headers()
         .get(AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let apikey = req.headers().get("apikey").map(|v| v.as_bytes().to_vec());
+    let apikey = req.headers().get(APIKEY).map(|v| v.as_bytes().to_vec());
     let idempotency_key = idempotency_key(req.headers(), write)?;
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -215,7 +222,7 @@ pub fn idempotency_key(headers: &HeaderMap, write: bool) -> Result<Option<String
     if !write {
         return Ok(None);
     }
-    let mut values = headers.get_all("idempotency-key").iter();
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
@@ -295,9 +302,9 @@ pub fn profile<'a>(
     schemas: &'a [String],
 ) -> Result<&'a str, RequestError> {
     let name = if write {
-        "content-profile"
+        CONTENT_PROFILE
     } else {
-        "accept-profile"
+        ACCEPT_PROFILE
     };
     let Some(value) = headers.get(name) else {
         return Ok(schemas[0].as_str());

@@ -11,9 +11,9 @@ use crate::client::{InnerClient, Responses};
 use crate::codec::FrontendMessage;
 use crate::connection::RequestMessages;
 use crate::query::encode_bind;
-use crate::types::BorrowToSql;
+use crate::types::{BorrowToSql, Type};
 use crate::{Error, Row, Statement};
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use futures_util::{ready, Stream};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -51,6 +51,50 @@ impl Pipeline {
         I::IntoIter: ExactSizeIterator,
     {
         encode_bind(statement, params, "", &mut self.buf)?;
+        frontend::execute("", 0, &mut self.buf).map_err(Error::encode)?;
+        self.statements.push(statement.clone());
+        Ok(())
+    }
+
+    /// Appends a Bind of `statement` with text `params` and an Execute of
+    /// it. When every parameter of the statement is of a string type
+    /// (`text`, `varchar`, `bpchar`, `name`, `unknown`), each value is
+    /// written as its UTF-8 bytes, which is what `ToSql` writes for a
+    /// `&str` of those types, without a `ToSql` call per value; otherwise
+    /// this is [`Pipeline::execute`].
+    pub fn execute_text(&mut self, statement: &Statement, params: &[&str]) -> Result<(), Error> {
+        let types = statement.params();
+        if params.len() != types.len() {
+            return Err(Error::parameters(params.len(), types.len()));
+        }
+        let all_text = types.iter().all(|t| {
+            matches!(
+                *t,
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+            )
+        });
+        if !all_text {
+            return self.execute(statement, params.iter());
+        }
+        // One format code (binary) for every parameter, or none for none.
+        let formats = (!params.is_empty()).then_some(1);
+        let r = frontend::bind(
+            "",
+            statement.name(),
+            formats,
+            params.iter(),
+            |value, buf| {
+                buf.put_slice(value.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            Some(1),
+            &mut self.buf,
+        );
+        match r {
+            Ok(()) => {}
+            Err(frontend::BindError::Conversion(e)) => return Err(Error::to_sql(e, 0)),
+            Err(frontend::BindError::Serialization(e)) => return Err(Error::encode(e)),
+        }
         frontend::execute("", 0, &mut self.buf).map_err(Error::encode)?;
         self.statements.push(statement.clone());
         Ok(())
@@ -98,23 +142,43 @@ impl PipelineResponses {
             return None;
         }
         let statement = self.statements.next()?;
-        let answer = self.answer(statement).await;
+        let answer = self.answer(statement, true).await;
         if answer.is_err() {
             self.done = true;
         }
         Some(answer)
     }
 
-    async fn answer(&mut self, statement: Statement) -> Result<Option<Row>, Error> {
+    /// The next statement's answer, as [`PipelineResponses::next`], with
+    /// its row (if any) dropped unread: for a statement run for its
+    /// effect, such as a `SELECT set_config(…)`.
+    pub async fn skip(&mut self) -> Option<Result<(), Error>> {
+        if self.done {
+            return None;
+        }
+        let statement = self.statements.next()?;
+        let answer = self.answer(statement, false).await;
+        if answer.is_err() {
+            self.done = true;
+        }
+        Some(answer.map(|_| ()))
+    }
+
+    /// A statement's answer; its row is read only when `keep`.
+    async fn answer(&mut self, statement: Statement, keep: bool) -> Result<Option<Row>, Error> {
         match self.responses.next().await? {
             Message::BindComplete => {}
             _ => return Err(Error::unexpected_message()),
         }
         let mut row = None;
+        let mut rows = 0;
         loop {
             match self.responses.next().await? {
-                Message::DataRow(body) if row.is_none() => {
-                    row = Some(Row::new(statement.clone(), body)?);
+                Message::DataRow(body) if rows == 0 => {
+                    rows = 1;
+                    if keep {
+                        row = Some(Row::new(statement.clone(), body)?);
+                    }
                 }
                 Message::DataRow(_) => return Err(Error::row_count()),
                 Message::CommandComplete(_) | Message::EmptyQueryResponse => return Ok(row),
