@@ -41,7 +41,9 @@ pub struct ReadDeadline<B> {
     started: Instant,
     last: Instant,
     received: u64,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first wait: a body that is there at once (or a GET's
+    /// empty one) never needs it.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> ReadDeadline<B> {
@@ -53,7 +55,7 @@ impl<B> ReadDeadline<B> {
             started: now,
             last: now,
             received: 0,
-            timer: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+            timer: None,
         }
     }
 
@@ -107,8 +109,11 @@ where
         if Instant::now() >= at {
             return Poll::Ready(Some(Err(Box::new(why))));
         }
-        this.timer.as_mut().reset(at);
-        if this.timer.as_mut().poll(cx).is_ready() {
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer.as_mut().reset(at);
+        if timer.as_mut().poll(cx).is_ready() {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
