@@ -222,7 +222,10 @@ pub struct RequestSettings {
 
 impl RequestSettings {
     /// The settings statement for these settings (`pool::settings_sql`),
-    /// as `conn` runs it, its parameters and their types.
+    /// as `conn` runs it, its parameters and their types. `texts` gives
+    /// the same values in the same order for the implicit transaction:
+    /// change both together (every warm call's settings come from
+    /// `texts`, every cold one's from here).
     pub(super) fn statement(
         &self,
         conn: &PgConn,
