@@ -608,3 +608,116 @@ async fn a_role_without_schema_usage_is_refused_on_a_warm_connection() {
         warm.text
     );
 }
+
+/// The vendored driver's text binding (`Pipeline::execute_text`, how a
+/// warm call binds its settings and its values) sends what `ToSql` sends
+/// for a `&str`: the same answers for `text` and `varchar` parameters,
+/// multi-byte and long values included, and the same refusal of a NUL. A
+/// parameter of another type takes `ToSql`'s path, which refuses a `&str`
+/// for an `int4` before anything is sent, and leaves nothing of it in the
+/// pipeline. `PipelineResponses::skip` reads a statement's answer without
+/// its row, and still refuses a second row.
+#[tokio::test]
+async fn text_binding_sends_what_tosql_sends_and_skip_keeps_the_one_row_rule() {
+    let db = TestDb::new().await;
+    let c = db.superuser().await;
+    let joined = c
+        .prepare("SELECT $1::text || '|' || $2::varchar || '|' || octet_length($1::text)")
+        .await
+        .expect("prepare");
+    // `pipeline` sent, its last statement's answer read (the ones before
+    // it skipped), then its Sync.
+    async fn last_answer(
+        c: &tokio_postgres::Client,
+        pipeline: tokio_postgres::Pipeline,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let before = pipeline.len() - 1;
+        let mut answers = c.pipeline(pipeline).expect("send");
+        for _ in 0..before {
+            if let Err(e) = answers.skip().await.expect("an answer") {
+                let _ = answers.finish().await;
+                return Err(e);
+            }
+        }
+        let answer = answers.next().await.expect("an answer");
+        let end = answers.finish().await;
+        let row = answer?;
+        end.map(|()| row)
+    }
+    let text_of = |row: Option<tokio_postgres::Row>| row.expect("one row").get::<_, String>(0);
+
+    let long = "ü€😀x".repeat(25_000);
+    let cases: [[&str; 2]; 4] = [
+        ["", ""],
+        ["plain", "ascii"],
+        ["ü€😀", "O'Brien \"quoted\" \\ back"],
+        [long.as_str(), "end"],
+    ];
+    for [a, b] in cases {
+        let by_tosql: String = c.query_one(&joined, &[&a, &b]).await.expect("ToSql").get(0);
+        let mut pipeline = tokio_postgres::Pipeline::new();
+        pipeline.execute_text(&joined, &[a, b]).expect("encode");
+        let by_text = text_of(last_answer(&c, pipeline).await.expect("no error"));
+        assert_eq!(by_text, by_tosql, "values of {} bytes", a.len());
+    }
+
+    // A NUL is refused by the server the same way on both paths.
+    let nul = "a\0b";
+    let by_tosql = c.query_one(&joined, &[&nul, &"x"]).await.expect_err("NUL");
+    let mut pipeline = tokio_postgres::Pipeline::new();
+    pipeline.execute_text(&joined, &[nul, "x"]).expect("encode");
+    let by_text = last_answer(&c, pipeline).await.expect_err("NUL");
+    assert!(by_text.code().is_some(), "a server error: {by_text}");
+    assert_eq!(by_text.code(), by_tosql.code(), "{by_text} / {by_tosql}");
+
+    // Another type: ToSql's check refuses a &str for int4, and the wrong
+    // number of values is refused, both before anything is sent.
+    let plus = c.prepare("SELECT $1::int4 + 1").await.expect("prepare");
+    let mut pipeline = tokio_postgres::Pipeline::new();
+    let refused = pipeline.execute_text(&plus, &["41"]).expect_err("int4");
+    let why = std::error::Error::source(&refused).map(ToString::to_string);
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("int4")),
+        "{refused}: {why:?}"
+    );
+    let refused = pipeline
+        .execute_text(&joined, &["only one"])
+        .expect_err("count");
+    assert!(refused.to_string().contains("expected 2"), "{refused}");
+    assert!(pipeline.is_empty());
+    // Nothing of the refused values was left behind: the same pipeline
+    // still sends a well-formed statement.
+    pipeline
+        .execute_text(&joined, &["still", "whole"])
+        .expect("encode");
+    let row = last_answer(&c, pipeline).await.expect("no error");
+    assert_eq!(text_of(row), "still|whole|5");
+
+    // skip: a one-row statement's answer without its row, then the last
+    // statement's row; a second row is still an error.
+    let one = c
+        .prepare("SELECT set_config('application_name', $1, true)")
+        .await
+        .expect("prepare");
+    let mut pipeline = tokio_postgres::Pipeline::new();
+    pipeline.execute_text(&one, &["skipped"]).expect("encode");
+    pipeline
+        .execute_text(&joined, &["after", "skip"])
+        .expect("encode");
+    let row = last_answer(&c, pipeline).await.expect("no error");
+    assert_eq!(text_of(row), "after|skip|5");
+
+    let two = c
+        .prepare("SELECT generate_series(1, 2)")
+        .await
+        .expect("prepare");
+    let mut pipeline = tokio_postgres::Pipeline::new();
+    pipeline.execute_text(&two, &[]).expect("encode");
+    pipeline
+        .execute_text(&joined, &["never", "run"])
+        .expect("encode");
+    let refused = last_answer(&c, pipeline).await.expect_err("two rows");
+    assert!(refused.code().is_none(), "the driver's refusal: {refused}");
+    // The connection still answers.
+    assert_eq!(query_value::<i32>(&c, "SELECT 1", &[]).await, 1);
+}

@@ -44,14 +44,21 @@ impl Pipeline {
     }
 
     /// Appends a Bind of `statement` with `params` and an Execute of it.
+    /// On an error nothing is appended: the pipeline is as it was.
     pub fn execute<P, I>(&mut self, statement: &Statement, params: I) -> Result<(), Error>
     where
         P: BorrowToSql,
         I: IntoIterator<Item = P>,
         I::IntoIter: ExactSizeIterator,
     {
-        encode_bind(statement, params, "", &mut self.buf)?;
-        frontend::execute("", 0, &mut self.buf).map_err(Error::encode)?;
+        let mark = self.buf.len();
+        let encoded = encode_bind(statement, params, "", &mut self.buf)
+            .and_then(|()| frontend::execute("", 0, &mut self.buf).map_err(Error::encode));
+        if let Err(e) = encoded {
+            // A value that failed half-way leaves part of a Bind behind.
+            self.buf.truncate(mark);
+            return Err(e);
+        }
         self.statements.push(statement.clone());
         Ok(())
     }
@@ -61,7 +68,7 @@ impl Pipeline {
     /// (`text`, `varchar`, `bpchar`, `name`, `unknown`), each value is
     /// written as its UTF-8 bytes, which is what `ToSql` writes for a
     /// `&str` of those types, without a `ToSql` call per value; otherwise
-    /// this is [`Pipeline::execute`].
+    /// this is [`Pipeline::execute`]. On an error nothing is appended.
     pub fn execute_text(&mut self, statement: &Statement, params: &[&str]) -> Result<(), Error> {
         let types = statement.params();
         if params.len() != types.len() {
@@ -78,6 +85,7 @@ impl Pipeline {
         }
         // One format code (binary) for every parameter, or none for none.
         let formats = (!params.is_empty()).then_some(1);
+        let mark = self.buf.len();
         let r = frontend::bind(
             "",
             statement.name(),
@@ -90,12 +98,15 @@ impl Pipeline {
             Some(1),
             &mut self.buf,
         );
-        match r {
-            Ok(()) => {}
-            Err(frontend::BindError::Conversion(e)) => return Err(Error::to_sql(e, 0)),
-            Err(frontend::BindError::Serialization(e)) => return Err(Error::encode(e)),
+        let encoded = match r {
+            Ok(()) => frontend::execute("", 0, &mut self.buf).map_err(Error::encode),
+            Err(frontend::BindError::Conversion(e)) => Err(Error::to_sql(e, 0)),
+            Err(frontend::BindError::Serialization(e)) => Err(Error::encode(e)),
+        };
+        if let Err(e) = encoded {
+            self.buf.truncate(mark);
+            return Err(e);
         }
-        frontend::execute("", 0, &mut self.buf).map_err(Error::encode)?;
         self.statements.push(statement.clone());
         Ok(())
     }
