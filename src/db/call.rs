@@ -221,11 +221,22 @@ pub struct RequestSettings {
 }
 
 impl RequestSettings {
+    /// The seven request settings, `$1` to `$7` of every settings
+    /// statement (`pool::settings_sql`), in that order.
+    fn head(&self) -> [&String; 7] {
+        [
+            &self.role,
+            &self.claims,
+            &self.method,
+            &self.path,
+            &self.headers,
+            &self.search_path,
+            &self.cookies,
+        ]
+    }
+
     /// The settings statement for these settings (`pool::settings_sql`),
-    /// as `conn` runs it, its parameters and their types. `texts` gives
-    /// the same values in the same order for the implicit transaction:
-    /// change both together (every warm call's settings come from
-    /// `texts`, every cold one's from here).
+    /// as `conn` runs it, its parameters and their types.
     pub(super) fn statement(
         &self,
         conn: &PgConn,
@@ -234,15 +245,7 @@ impl RequestSettings {
         let n = role.names.len();
         let mut params: Vec<&(dyn ToSql + Sync)> =
             Vec::with_capacity(7 + 2 * n.min(pool_::MAX_DIRECT_SETTINGS + 1));
-        params.extend([
-            &self.role as &(dyn ToSql + Sync),
-            &self.claims,
-            &self.method,
-            &self.path,
-            &self.headers,
-            &self.search_path,
-            &self.cookies,
-        ]);
+        params.extend(self.head().map(|s| s as &(dyn ToSql + Sync)));
         if n > pool_::MAX_DIRECT_SETTINGS {
             params.push(&role.names);
             params.push(&role.values);
@@ -273,17 +276,9 @@ impl RequestSettings {
             return None;
         }
         let mut texts = [""; MAX_TEXT_SETTINGS];
-        let base = [
-            self.role.as_str(),
-            &self.claims,
-            &self.method,
-            &self.path,
-            &self.headers,
-            &self.search_path,
-            &self.cookies,
-        ];
-        texts[..base.len()].copy_from_slice(&base);
-        let mut len = base.len();
+        let head = self.head().map(String::as_str);
+        texts[..head.len()].copy_from_slice(&head);
+        let mut len = head.len();
         for (name, value) in role.names.iter().zip(&role.values) {
             texts[len] = name;
             texts[len + 1] = value;
