@@ -149,30 +149,27 @@ impl PipelineResponses {
     /// and the transaction was rolled back. A statement that returns more
     /// than one row is an error too, and so is a lost connection.
     pub async fn next(&mut self) -> Option<Result<Option<Row>, Error>> {
-        if self.done {
-            return None;
-        }
-        let statement = self.statements.next()?;
-        let answer = self.answer(statement, true).await;
-        if answer.is_err() {
-            self.done = true;
-        }
-        Some(answer)
+        self.step(true).await
     }
 
     /// The next statement's answer, as [`PipelineResponses::next`], with
     /// its row (if any) dropped unread: for a statement run for its
     /// effect, such as a `SELECT set_config(…)`.
     pub async fn skip(&mut self) -> Option<Result<(), Error>> {
+        Some(self.step(false).await?.map(|_| ()))
+    }
+
+    /// The next statement's answer, its row read only when `keep`.
+    async fn step(&mut self, keep: bool) -> Option<Result<Option<Row>, Error>> {
         if self.done {
             return None;
         }
         let statement = self.statements.next()?;
-        let answer = self.answer(statement, false).await;
+        let answer = self.answer(statement, keep).await;
         if answer.is_err() {
             self.done = true;
         }
-        Some(answer.map(|_| ()))
+        Some(answer)
     }
 
     /// A statement's answer; its row is read only when `keep`.
@@ -182,11 +179,11 @@ impl PipelineResponses {
             _ => return Err(Error::unexpected_message()),
         }
         let mut row = None;
-        let mut rows = 0;
+        let mut seen = false;
         loop {
             match self.responses.next().await? {
-                Message::DataRow(body) if rows == 0 => {
-                    rows = 1;
+                Message::DataRow(body) if !seen => {
+                    seen = true;
                     if keep {
                         row = Some(Row::new(statement.clone(), body)?);
                     }
