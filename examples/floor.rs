@@ -15,9 +15,15 @@
 //! statements, is the most any such proxy can reach there; the gap between
 //! it and pgrpc is what pgrpc's own work costs.
 //!
-//! Usage: `floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
+//! With `FLOOR_SHARED` set, the connections are shared instead: each
+//! request's statements go out on the next connection in turn, behind
+//! whatever is still in flight on it (tokio-postgres pipelines them), as
+//! pgrpc's reads with `PGRPC_POOL_PIPELINE` above 1, without its bound.
+//!
+//! Usage: `[FLOOR_SHARED=1] floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -44,6 +50,9 @@ struct Conn {
 struct Floor {
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
+    /// `FLOOR_SHARED`: every connection, used in turn by any request.
+    shared: Option<Vec<Conn>>,
+    next: AtomicUsize,
 }
 
 /// A connection taken from the pool, put back when dropped: also when the
@@ -78,6 +87,13 @@ impl Floor {
     }
 
     async fn answer(&self) -> Response<Full<Bytes>> {
+        if let Some(shared) = &self.shared {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % shared.len();
+            return match run(&shared[i]).await {
+                Ok(text) => Response::new(Full::new(Bytes::from(text))),
+                Err(e) => failed(e.to_string()),
+            };
+        }
         let lease = match self.lease().await {
             Ok(lease) => lease,
             Err(e) => return failed(e),
@@ -139,9 +155,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         conns.push(Conn { client, statements });
     }
-    let floor = Arc::new(Floor {
-        idle: Mutex::new(conns),
-        permits: Semaphore::new(connections),
+    let shared = std::env::var_os("FLOOR_SHARED").is_some();
+    let floor = Arc::new(if shared {
+        Floor {
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(0),
+            shared: Some(conns),
+            next: Default::default(),
+        }
+    } else {
+        Floor {
+            idle: Mutex::new(conns),
+            permits: Semaphore::new(connections),
+            shared: None,
+            next: Default::default(),
+        }
     });
     let listener = TcpListener::bind(listen).await?;
     loop {

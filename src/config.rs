@@ -114,6 +114,13 @@ pub struct ServeConfig {
     /// Pooled database connections.
     #[arg(long, env = "PGRPC_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+    /// How many plain reads one pooled connection may carry at once: above
+    /// 1, a read sent as one implicit transaction gives its connection
+    /// back as soon as its statements are queued, and the next request's
+    /// follow them on it, each ending at its own Sync (docs/benchmarks.md).
+    /// 1: one request per connection at a time, as PostgREST.
+    #[arg(long, env = "PGRPC_POOL_PIPELINE", default_value_t = 1)]
+    pub pool_pipeline: usize,
     /// How long a request waits for a pooled connection before 504, in ms.
     #[arg(long = "pool-timeout-ms", env = "PGRPC_POOL_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub pool_timeout: Duration,
@@ -255,6 +262,11 @@ pub fn from_args<T: Args + FromArgMatches>(args: &[&str]) -> Result<T, clap::Err
     T::from_arg_matches(&matches)
 }
 
+/// The most plain reads one connection may carry at once
+/// (`PGRPC_POOL_PIPELINE`): past a few, a slow read holds up more requests
+/// queued behind it than the saved wake-ups are worth.
+pub const MAX_POOL_PIPELINE: usize = 8;
+
 impl ServeConfig {
     /// The schema listener's URL: `PGRPC_LISTENER_DATABASE_URL`, or the
     /// pool's.
@@ -287,6 +299,11 @@ impl ServeConfig {
         }
         if self.pool_size == 0 {
             return Err("PGRPC_POOL_SIZE must be at least 1".into());
+        }
+        if !(1..=MAX_POOL_PIPELINE).contains(&self.pool_pipeline) {
+            return Err(format!(
+                "PGRPC_POOL_PIPELINE must be from 1 to {MAX_POOL_PIPELINE}"
+            ));
         }
         if self.max_body_bytes == 0 {
             return Err("PGRPC_MAX_BODY_BYTES must be at least 1".into());
@@ -360,6 +377,7 @@ mod tests {
         let c = ServeConfig::new("postgres://x");
         assert_eq!(c.schemas, vec!["api".to_string()]);
         assert_eq!(c.pool_size, 16);
+        assert_eq!(c.pool_pipeline, 1);
         assert_eq!(c.pool_timeout, Duration::from_secs(10));
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1000);

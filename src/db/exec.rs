@@ -198,6 +198,14 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
     conn.begin_use();
     let batched = job.batch.is_some();
     let (ops, mut st) = steps::program(&conn, &mut job, false);
+    if conn.pipeline > 1 {
+        if let Some(sent) = steps::send_read(&conn, &job, &ops, &mut st) {
+            return lent(conn, &job, sent, st).await;
+        }
+        // Anything else has the session to itself: the reads lent this
+        // connection end first.
+        conn.inflight.quiet().await;
+    }
     let outcome = match steps::run(&mut conn, &job, &ops, &mut st).await {
         Ok(()) if st.replay.is_some() => {
             // A replay wrote nothing now, but its WAL position is at or
@@ -248,6 +256,58 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
         },
         _ => failure.error,
     })
+}
+
+/// A plain read sent as one implicit transaction on a pool that lets
+/// connections carry several (`db::inflight`): the connection goes back
+/// to the pool as soon as the statements are queued, unless this read
+/// fills its last place; then it is kept until the answers are in, so no
+/// more queue behind. A read commits nothing, so there is no synchronous
+/// commit to check, and the transaction ends at its Sync whatever the
+/// request does meanwhile.
+async fn lent(
+    mut conn: Conn,
+    job: &CallJob,
+    sent: Result<steps::Sent, steps::Failure>,
+    mut st: steps::State,
+) -> Result<Executed, ExecError> {
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(failure) => {
+            // Nothing was sent, or the connection is gone.
+            if st.end_failed || conn.client.is_closed() {
+                let _ = Object::take(conn);
+            } else {
+                conn.settle();
+            }
+            return Err(failure.error);
+        }
+    };
+    let (ticket, inflight) = conn.inflight.enter();
+    let kept = if inflight < conn.pipeline {
+        conn.settle();
+        drop(conn);
+        None
+    } else {
+        Some(conn)
+    };
+    let out = match &kept {
+        Some(conn) => steps::read_sent(sent, job, &mut st, || conn.client.is_closed()).await,
+        None => steps::read_sent(sent, job, &mut st, || false).await,
+    };
+    if st.end_failed {
+        ticket.doubt();
+    }
+    drop(ticket);
+    if let Some(mut conn) = kept {
+        if st.end_failed || conn.client.is_closed() {
+            let _ = Object::take(conn);
+        } else {
+            conn.settle();
+        }
+    }
+    out.map(|()| executed(Outcome::Done, st, false))
+        .map_err(|failure| failure.error)
 }
 
 /// How a call's list ended.

@@ -4,6 +4,7 @@
 
 pub mod call;
 pub mod exec;
+mod inflight;
 pub mod lsn;
 pub mod pool;
 pub mod replica;

@@ -172,6 +172,10 @@ pub struct PgConn {
     /// it) is closed at its next checkout, never handed to another
     /// request, whose COMMIT would otherwise commit this one's work.
     busy: bool,
+    /// Plain reads still in flight on this connection after it went back
+    /// to the pool (`db::inflight`), and how many may be.
+    pub(super) inflight: Arc<super::inflight::Inflight>,
+    pub(super) pipeline: usize,
 }
 
 impl PgConn {
@@ -270,7 +274,12 @@ impl PgConn {
 
 impl Drop for PgConn {
     fn drop(&mut self) {
-        self.driver.abort();
+        // With reads still in flight on it (`db::inflight`), the driver
+        // delivers their answers first, then ends by itself: the client
+        // is dropped with this connection.
+        if !self.inflight.busy() {
+            self.driver.abort();
+        }
     }
 }
 
@@ -279,6 +288,7 @@ pub struct PgManager {
     /// `PGRPC_PREPARED_STATEMENTS`.
     prepared: bool,
     reports_lsn: bool,
+    pipeline: usize,
     generation: AtomicU64,
     /// Bumped when the database turned out to be read-only: every
     /// connection made before is closed at its next checkout, so that the
@@ -386,6 +396,8 @@ impl PgManager {
             driver,
             unreplicated,
             busy: false,
+            inflight: Arc::default(),
+            pipeline: self.pipeline,
         })
     }
 
@@ -393,6 +405,9 @@ impl PgManager {
     fn reuse(&self, conn: &mut PgConn) -> RecycleResult<tokio_postgres::Error> {
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
+        }
+        if conn.inflight.in_doubt() {
+            return Err(RecycleError::message("a lent read's answers were lost"));
         }
         if conn.busy {
             // A call that panicked half-way leaves one so (or a path that
@@ -437,6 +452,9 @@ pub struct PoolOptions {
     pub prepared: bool,
     /// Writes report the WAL position of their COMMIT.
     pub reports_lsn: bool,
+    /// `PGRPC_POOL_PIPELINE`: how many plain reads one connection may
+    /// carry at once (`db::inflight`); 1, one request at a time.
+    pub pipeline: usize,
 }
 
 impl PoolOptions {
@@ -449,6 +467,7 @@ impl PoolOptions {
             connect: wait.max(Duration::from_secs(15)),
             prepared,
             reports_lsn,
+            pipeline: 1,
         }
     }
 }
@@ -467,6 +486,7 @@ pub fn build_pool(url: &str, options: &PoolOptions) -> Result<Pool, DbError> {
         config: pg,
         prepared: options.prepared,
         reports_lsn: options.reports_lsn,
+        pipeline: options.pipeline.max(1),
         generation: AtomicU64::new(0),
         epoch: AtomicU64::new(0),
     };

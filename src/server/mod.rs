@@ -138,12 +138,15 @@ where
         .map_err(ServeError::Config)?;
     let pool = db::build_pool(
         &config.database_url,
-        &PoolOptions::primary(
-            config.pool_size,
-            config.pool_timeout,
-            config.prepared_statements,
-            config.read_database_url.is_some(),
-        ),
+        &PoolOptions {
+            pipeline: config.pool_pipeline,
+            ..PoolOptions::primary(
+                config.pool_size,
+                config.pool_timeout,
+                config.prepared_statements,
+                config.read_database_url.is_some(),
+            )
+        },
     )?;
     let replica = match &config.read_database_url {
         Some(url) => Some(Arc::new(Replica::new(
@@ -156,6 +159,7 @@ where
                 connect: Duration::from_secs(2),
                 prepared: config.prepared_statements,
                 reports_lsn: false,
+                pipeline: config.pool_pipeline,
             },
             config.read_wait,
             config.read_max_lag,

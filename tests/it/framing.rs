@@ -61,6 +61,12 @@ CREATE FUNCTION frm.seen() RETURNS json LANGUAGE sql STABLE AS $$
     'sub', current_setting('request.jwt.claims', true)::json->>'sub',
     'timezone', current_setting('TimeZone'))
 $$;
+-- A read that takes its time, then says who it ran as.
+CREATE FUNCTION frm.nap(ms int) RETURNS json LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  PERFORM pg_sleep(ms / 1000.0);
+  RETURN frm.seen();
+END $$;
 CREATE FUNCTION frm.add(parent int, note text) RETURNS int LANGUAGE sql VOLATILE AS
   $$ INSERT INTO frm.items (parent, note) VALUES (parent, note) RETURNING id $$;
 CREATE FUNCTION frm.fail(note text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
@@ -88,7 +94,7 @@ END $$;
 
 /// A TCP relay in front of the database that counts the ReadyForQuery
 /// messages the server sends.
-struct Relay {
+pub(crate) struct Relay {
     port: u16,
     ready: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
@@ -167,7 +173,7 @@ impl Drop for Relay {
 }
 
 /// One call, and how many ReadyForQuery messages it took.
-async fn counted(relay: &Relay, req: reqwest::RequestBuilder) -> (Resp, usize) {
+pub(crate) async fn counted(relay: &Relay, req: reqwest::RequestBuilder) -> (Resp, usize) {
     let before = relay.count();
     let r = send(req).await;
     (r, relay.count() - before)
@@ -208,7 +214,7 @@ async fn items(db: &TestDb, note: &str) -> i64 {
 /// A database with the fixture, a relay in front of it, and a proxy with
 /// one pooled connection through the relay (`tune` adds to its
 /// configuration); the database's name suffixes the test roles.
-async fn start(tune: impl FnOnce(&mut ServeConfig)) -> (Relay, TestServer, String) {
+pub(crate) async fn start(tune: impl FnOnce(&mut ServeConfig)) -> (Relay, TestServer, String) {
     let db = TestDb::new().await;
     let s = db.name.clone();
     db.superuser()
@@ -234,7 +240,7 @@ async fn start(tune: impl FnOnce(&mut ServeConfig)) -> (Relay, TestServer, Strin
 }
 
 /// The states of the test role's sessions in `pg_stat_activity`.
-async fn sessions(db: &TestDb, s: &str) -> Vec<String> {
+pub(crate) async fn sessions(db: &TestDb, s: &str) -> Vec<String> {
     let su = db.superuser().await;
     query_value(
         &su,

@@ -29,6 +29,7 @@ mod nonces;
 mod observability;
 mod outbox;
 mod pgbouncer;
+mod pipelined;
 mod postgrest_db;
 mod postgrest_js;
 mod preferences;

@@ -22,7 +22,7 @@
 //! are the last statement's, and they end at the Sync, which commits.
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Pipeline;
+use tokio_postgres::{Pipeline, PipelineResponses};
 
 use super::super::call::{CallJob, CallResult, ExecError};
 use super::super::pool::{PgConn, Prepared};
@@ -135,6 +135,15 @@ fn encode(
     Some(encoded.map(|()| pipeline))
 }
 
+/// A list sent as one implicit transaction, its answers still to come.
+/// It needs nothing of the connection to read them, so a plain read may
+/// hand its connection back before they are in (`db::inflight`).
+pub(in crate::db) struct Sent {
+    answers: PipelineResponses,
+    /// How many statements: the call is the last.
+    count: usize,
+}
+
 /// Runs a list `plan` encoded as one implicit transaction, and takes the
 /// call's result into `st` as the explicit list would.
 pub(super) async fn run(
@@ -143,16 +152,44 @@ pub(super) async fn run(
     implicit: Implicit,
     st: &mut State,
 ) -> Result<(), Failure> {
+    let sent = send(conn, job, implicit, st)?;
+    read(sent, job, st, || conn.client.is_closed()).await
+}
+
+/// Queues the statements on the connection (its driver writes them).
+pub(super) fn send(
+    conn: &PgConn,
+    job: &CallJob,
+    implicit: Implicit,
+    st: &mut State,
+) -> Result<Sent, Failure> {
+    let Implicit { pipeline, count } = implicit;
+    match conn.client.pipeline(pipeline) {
+        Ok(answers) => Ok(Sent { answers, count }),
+        Err(error) => {
+            // Nothing was sent: the connection is gone.
+            st.end_failed = true;
+            Err(Failure {
+                error: ExecError::from_pg(error, job.anon),
+                call: None,
+            })
+        }
+    }
+}
+
+/// Reads the answers of a sent list into `st`: the call's row, or the
+/// first error. `closed` tells whether the connection was lost.
+pub(in crate::db) async fn read(
+    sent: Sent,
+    job: &CallJob,
+    st: &mut State,
+    closed: impl Fn() -> bool,
+) -> Result<(), Failure> {
     let fail = |error: tokio_postgres::Error, call: Option<usize>| Failure {
         error: ExecError::from_pg(error, job.anon),
         call,
     };
-    let Implicit { pipeline, count } = implicit;
-    let mut answers = conn.client.pipeline(pipeline).map_err(|e| {
-        // Nothing was sent: the connection is gone.
-        st.end_failed = true;
-        fail(e, None)
-    })?;
+    let Sent { mut answers, count } = sent;
     let mut row = None;
     for index in 0..count {
         // Only the call's row is read; the others are the settings'.
@@ -168,7 +205,7 @@ pub(super) async fn run(
                 // connection, or an answer the driver could not read,
                 // leaves the connection in doubt.
                 st.ended = true;
-                st.end_failed |= error.as_db_error().is_none() || conn.client.is_closed();
+                st.end_failed |= error.as_db_error().is_none() || closed();
                 let call = (index + 1 == count).then_some(0);
                 let failure = fail(error, call);
                 let _ = answers.finish().await;
@@ -181,7 +218,7 @@ pub(super) async fn run(
     let end = answers.finish().await;
     st.ended = true;
     if let Err(error) = end {
-        st.end_failed |= error.as_db_error().is_none() || conn.client.is_closed();
+        st.end_failed |= error.as_db_error().is_none() || closed();
         return Err(fail(error, None));
     }
     st.results.push(CallResult::from_row(row.as_ref()));

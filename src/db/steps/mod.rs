@@ -31,7 +31,7 @@ mod implicit;
 mod run;
 mod sql;
 
-pub(super) use implicit::plan_rows;
+pub(super) use implicit::{plan_rows, read as read_sent, Sent};
 pub(super) use run::run;
 pub(super) use sql::end_reading_lsn;
 use sql::{CLAIM_SQL, STORE_SQL};
@@ -115,6 +115,28 @@ pub(super) struct State {
     pub end_failed: bool,
     pub lsn: Option<Lsn>,
     pub rows: Option<RowStream>,
+}
+
+/// A plain read's list sent as one implicit transaction (settings,
+/// pre-request, call before one Sync), its answers to read with
+/// `read_sent`; None when the list needs its explicit transaction or is
+/// not a read.
+pub(super) fn send_read(
+    conn: &PgConn,
+    job: &CallJob,
+    ops: &[Op],
+    st: &mut State,
+) -> Option<Result<Sent, Failure>> {
+    if !job.read_only || job.batch.is_some() {
+        return None;
+    }
+    Some(match implicit::plan(conn, job, ops, st)? {
+        Ok(planned) => implicit::send(conn, job, planned, st),
+        Err(error) => Err(Failure {
+            error: ExecError::from_pg(error, job.anon),
+            call: None,
+        }),
+    })
 }
 
 /// The steps of `job`'s transaction on `conn`, from BEGIN to its end (or

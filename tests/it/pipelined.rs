@@ -1,0 +1,200 @@
+//! `PGRPC_POOL_PIPELINE`: plain reads lent a connection (`db::inflight`).
+//! With one pooled connection, a warm read gives the connection back as
+//! soon as its statements are queued, and the next request's go out
+//! behind them. Each read still runs in its own implicit transaction, as
+//! its own role, with its own settings; at most `PGRPC_POOL_PIPELINE` are
+//! in flight on a connection; anything else (a write, an explicit
+//! transaction) waits until none is.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::framing::{counted, sessions, start, Relay};
+use crate::support::{send, token, Resp, TestServer};
+
+/// Warms `/rpc/<function>` for the anonymous role and the user (prepares
+/// its statements on the one connection), and checks that the next call
+/// is one implicit transaction.
+async fn warm(relay: &Relay, server: &TestServer, user: &str, path: &str) {
+    for bearer in [None, Some(user)] {
+        for _ in 0..2 {
+            let mut req = server.http.get(server.url(path));
+            if let Some(bearer) = bearer {
+                req = req.bearer_auth(bearer);
+            }
+            let r = send(req).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text);
+        }
+    }
+    let (r, syncs) = counted(relay, server.http.get(server.url(path))).await;
+    assert_eq!((r.status, syncs), (200, 1), "{path} is warm: {}", r.text);
+}
+
+#[tokio::test]
+async fn reads_share_one_connection_each_as_its_own_role_and_settings() {
+    let (relay, server, s) = start(|c| {
+        c.pool_pipeline = 4;
+        c.pool_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let user =
+        |sub: usize| token(json!({"role": format!("frm_user_{s}"), "sub": format!("u{sub}")}));
+    warm(&relay, &server, &user(0), "/rpc/seen").await;
+    warm(&relay, &server, &user(0), "/rpc/nap?ms=1").await;
+
+    // 60 reads at once on the one connection, anonymous and as users with
+    // their own `sub`, by GET and by POST.
+    let calls = (0..60).map(|i| {
+        let server = &server;
+        let bearer = (i % 3 != 0).then(|| user(i));
+        async move {
+            let mut req = if i % 2 == 0 {
+                server.http.get(server.url("/rpc/seen"))
+            } else {
+                server.http.post(server.url("/rpc/seen")).json(&json!({}))
+            };
+            if let Some(bearer) = &bearer {
+                req = req.bearer_auth(bearer);
+            }
+            (i, send(req).await)
+        }
+    });
+    for (i, r) in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "call {i}: {}", r.text);
+        let (role, sub) = if i % 3 != 0 {
+            (format!("frm_user_{s}"), json!(format!("u{i}")))
+        } else {
+            (format!("frm_anon_{s}"), json!(null))
+        };
+        assert_eq!(r.body["user"], json!(role), "call {i}: {}", r.text);
+        assert_eq!(r.body["sub"], sub, "call {i}: {}", r.text);
+        assert_eq!(r.body["read_only"], json!("on"), "call {i}: {}", r.text);
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        assert_eq!(r.body["method"], json!(method), "call {i}: {}", r.text);
+        // The user's own `ALTER ROLE … SET timezone`, never the other's.
+        let tokyo = r.body["timezone"] == json!("Asia/Tokyo");
+        assert_eq!(tokyo, i % 3 != 0, "call {i}: {}", r.text);
+    }
+
+    // A read that fails ends its own transaction only: the reads queued
+    // behind it on the connection answer as usual.
+    let failing = send(
+        server
+            .http
+            .get(server.url("/rpc/nap?ms=not-a-number"))
+            .bearer_auth(user(1)),
+    );
+    let after = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        send(server.http.get(server.url("/rpc/seen"))).await
+    };
+    let (failing, after) = tokio::join!(failing, after);
+    assert_eq!(failing.status, 400, "{}", failing.text);
+    assert_eq!(after.status, 200, "{}", after.text);
+
+    // No transaction was left open.
+    all_idle(&server, &s).await;
+}
+
+/// The proxy's sessions (the pooled one and the reload listener's) are
+/// idle: no transaction left open.
+async fn all_idle(server: &TestServer, s: &str) {
+    let states = sessions(&server.db, s).await;
+    assert!(
+        !states.is_empty() && states.iter().all(|st| st == "idle"),
+        "{states:?}"
+    );
+}
+
+/// Starts a slow read (`/rpc/nap`) as `bearer`, and returns its answer
+/// with when it came.
+async fn nap(server: &TestServer, ms: u32, bearer: &str) -> (Resp, Instant) {
+    let r = send(
+        server
+            .http
+            .get(server.url(&format!("/rpc/nap?ms={ms}")))
+            .bearer_auth(bearer),
+    )
+    .await;
+    (r, Instant::now())
+}
+
+#[tokio::test]
+async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
+    // Two places on the one connection, and a short pool wait: a request
+    // that finds no place waits for the connection and gives up.
+    let (relay, server, s) = start(|c| {
+        c.pool_pipeline = 2;
+        c.pool_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+    warm(&relay, &server, &user, "/rpc/seen").await;
+    warm(&relay, &server, &user, "/rpc/nap?ms=1").await;
+
+    // A slow read lends the connection on: a second read goes out behind
+    // it at once (it does not wait for the pool, which would give up
+    // before the first read ends), and answers after it, as its own role.
+    let slow = nap(&server, 1500, &user);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = send(server.http.get(server.url("/rpc/seen"))).await;
+        (r, Instant::now())
+    };
+    // The second read filled the last place and keeps the connection: a
+    // third finds no connection within the pool's wait.
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send(server.http.get(server.url("/rpc/seen"))).await
+    };
+    let ((slow, slow_at), (second, second_at), third) = tokio::join!(slow, second, third);
+    assert_eq!(slow.status, 200, "{}", slow.text);
+    assert_eq!(slow.body["user"], json!(format!("frm_user_{s}")));
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.body["user"], json!(format!("frm_anon_{s}")));
+    assert!(second_at >= slow_at, "answers come in the order sent");
+    assert_eq!(third.status, 504, "no third read in flight: {}", third.text);
+
+    // A write behind a lent read waits until the read's answer is in, then
+    // runs in its own transaction and commits.
+    let slow = nap(&server, 800, &user);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = send(
+            server
+                .http
+                .post(server.url("/rpc/add"))
+                .bearer_auth(&user)
+                .json(&json!({"parent": 1, "note": "behind-a-read"})),
+        )
+        .await;
+        (r, Instant::now())
+    };
+    let ((slow, slow_at), (write, write_at)) = tokio::join!(slow, write);
+    assert_eq!(slow.status, 200, "{}", slow.text);
+    assert_eq!(write.status, 200, "{}", write.text);
+    assert!(write_at >= slow_at);
+    let su = server.db.superuser().await;
+    let n: i64 = crate::support::db::query_value(
+        &su,
+        "SELECT count(*) FROM frm.items WHERE note = 'behind-a-read'",
+        &[],
+    )
+    .await;
+    assert_eq!(n, 1);
+
+    // A client that gives up mid-read: its read still ends at its Sync,
+    // and the connection serves the next request.
+    let gone = server
+        .http
+        .get(server.url("/rpc/nap?ms=600"))
+        .bearer_auth(&user)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    let r = send(server.http.get(server.url("/rpc/seen"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    all_idle(&server, &s).await;
+}
