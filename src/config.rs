@@ -405,6 +405,22 @@ mod tests {
         assert!(!c.prepared_statements);
     }
 
+    // A connection carries 1 to MAX_POOL_PIPELINE reads at once.
+    #[test]
+    fn the_pool_pipeline_is_bounded() {
+        for n in [0, MAX_POOL_PIPELINE + 1] {
+            let mut c = ServeConfig::new("postgres://x");
+            c.pool_pipeline = n;
+            let err = c.validate().expect_err("out of range");
+            assert!(err.starts_with("PGRPC_POOL_PIPELINE"), "{n}: {err}");
+        }
+        for n in [1, MAX_POOL_PIPELINE] {
+            let mut c = ServeConfig::new("postgres://x");
+            c.pool_pipeline = n;
+            assert_eq!(c.validate(), Ok(()), "{n}");
+        }
+    }
+
     // An empty replica URL or a zero lag bound stops startup naming the setting.
     #[test]
     fn bad_replica_settings_name_the_setting() {

@@ -57,7 +57,9 @@
 //!   answer first (a plain call whose statements are prepared: one
 //!   implicit transaction, its statements before one Sync); `db::exec`, the executor that owns every call's
 //!   transaction, runs its list and the post-call checks `plan` gives it as
-//!   data (`Check`).
+//!   data (`Check`), and, with `PGRPC_POOL_PIPELINE` above 1, gives a
+//!   plain read's connection back once its statements are queued
+//!   (`db::inflight`: the reads in flight on a connection).
 //! - [`media`]: media types as plain values: the Accept header, the body's
 //!   Content-Type (it reads nothing of the function cache).
 //! - [`negotiate`]: content negotiation of an Accept list against a

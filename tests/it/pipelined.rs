@@ -3,8 +3,8 @@
 //! soon as its statements are queued, and the next request's go out
 //! behind them. Each read still runs in its own implicit transaction, as
 //! its own role, with its own settings; at most `PGRPC_POOL_PIPELINE` are
-//! in flight on a connection; anything else (a write, an explicit
-//! transaction) waits until none is.
+//! in flight on a connection; a stream, which may cancel its statement,
+//! waits until none is, so its cancel never reaches a lent read.
 
 use std::time::{Duration, Instant};
 
@@ -156,8 +156,8 @@ async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
     assert!(second_at >= slow_at, "answers come in the order sent");
     assert_eq!(third.status, 504, "no third read in flight: {}", third.text);
 
-    // A write behind a lent read waits until the read's answer is in, then
-    // runs in its own transaction and commits.
+    // A write behind a lent read answers after it, in its own transaction,
+    // and commits.
     let slow = nap(&server, 800, &user);
     let write = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -197,4 +197,42 @@ async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
     let r = send(server.http.get(server.url("/rpc/seen"))).await;
     assert_eq!(r.status, 200, "{}", r.text);
     all_idle(&server, &s).await;
+}
+
+#[tokio::test]
+async fn a_stream_given_up_cancels_only_its_own_statement() {
+    // A stream past its longest duration cancels its statement. It waits
+    // until the read lent its connection has answered, so the cancel can
+    // only reach its own statement, never the read's.
+    let (relay, server, s) = start(|c| {
+        c.pool_pipeline = 2;
+        c.stream_threshold_bytes = 64;
+        c.stream_max_duration = Duration::from_millis(300);
+    })
+    .await;
+    let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
+    warm(&relay, &server, &user, "/rpc/nap?ms=1").await;
+    // The stream's statements prepared: its rows would come at once.
+    warm(&relay, &server, &user, "/rpc/seen_rows?n=1").await;
+
+    let slow = nap(&server, 1200, &user);
+    let stream = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        send(
+            server
+                .http
+                .get(server.url("/rpc/seen_rows?n=200000"))
+                .bearer_auth(&user),
+        )
+        .await
+    };
+    let ((slow, _), _) = tokio::join!(slow, stream);
+    assert_eq!(
+        slow.status, 200,
+        "the read was not cancelled: {}",
+        slow.text
+    );
+    assert_eq!(slow.body["user"], json!(format!("frm_user_{s}")));
+    let r = send(server.http.get(server.url("/rpc/seen"))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
 }

@@ -166,6 +166,10 @@ async fn run(
             return;
         }
     };
+    // A stream may cancel its statement: it waits until no read lent this
+    // connection (`db::inflight`) is in flight, so the cancel can only
+    // reach its own.
+    conn.inflight.quiet().await;
     // Until the transaction ends: a panic on the way drops the connection
     // with it open, and the pool then closes it.
     conn.begin_use();
