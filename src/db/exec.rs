@@ -192,7 +192,6 @@ async fn run_call(pool: &Pool, job: Box<CallJob>) -> Result<Executed, ExecError>
 }
 
 async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecError> {
-    conn.clear_unreplicated();
     // Until the list below has ended the transaction: a panic on the way
     // drops the connection with it open, and the pool then closes it.
     conn.begin_use();
@@ -206,6 +205,9 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
         // connection end first.
         conn.inflight.quiet().await;
     }
+    // After the lent reads' answers: a warning of theirs is not this
+    // call's.
+    conn.clear_unreplicated();
     let outcome = match steps::run(&mut conn, &job, &ops, &mut st).await {
         Ok(()) if st.replay.is_some() => {
             // A replay wrote nothing now, but its WAL position is at or

@@ -161,6 +161,7 @@ impl Replica {
         let Ok(conn) = primary.timeout_get(&timeouts).await else {
             return Ok(());
         };
+        conn.inflight.quiet().await;
         match position(&conn.client, conn.wal).await {
             Ok((at, false)) => {
                 self.saw_primary(at);
@@ -218,6 +219,14 @@ impl Replica {
             return Ok((conn, ReadRoute::Replica));
         };
         let deadline = started + self.wait;
+        // Reads lent this connection (`db::inflight`) answer first: the
+        // wait for them counts against the read's.
+        if tokio::time::timeout_at(deadline.into(), conn.inflight.quiet())
+            .await
+            .is_err()
+        {
+            return Err(ReadRoute::LsnWaitTimeout);
+        }
         let mut pause = Duration::from_millis(2);
         loop {
             if conn.replayed >= lsn.0 {
@@ -338,6 +347,10 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
     let answer = Duration::from_secs(2);
     loop {
         if let Ok(conn) = primary.timeout_get(&timeouts).await {
+            // The probe's clock starts once the reads lent this connection
+            // (`db::inflight`) have answered: a slow read is not a silent
+            // server.
+            conn.inflight.quiet().await;
             match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
                 Ok(Ok((lsn, _))) => {
                     history.push(Instant::now(), lsn, keep);
@@ -349,6 +362,7 @@ pub async fn probe(replica: Arc<Replica>, primary: Pool, mut stop: watch::Receiv
         }
         let seen = match replica.pool.timeout_get(&timeouts).await {
             Ok(conn) => {
+                conn.inflight.quiet().await;
                 match tokio::time::timeout(answer, position(&conn.client, conn.wal)).await {
                     Ok(Ok(seen)) => Some(seen),
                     _ => {

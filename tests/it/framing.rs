@@ -67,6 +67,12 @@ BEGIN
   PERFORM pg_sleep(ms / 1000.0);
   RETURN frm.seen();
 END $$;
+-- A read that takes its time, then fails.
+CREATE FUNCTION frm.nap_fail(ms int) RETURNS json LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  PERFORM pg_sleep(ms / 1000.0);
+  RAISE SQLSTATE 'PT418' USING MESSAGE = 'teapot';
+END $$;
 CREATE FUNCTION frm.add(parent int, note text) RETURNS int LANGUAGE sql VOLATILE AS
   $$ INSERT INTO frm.items (parent, note) VALUES (parent, note) RETURNING id $$;
 CREATE FUNCTION frm.fail(note text) RETURNS int LANGUAGE plpgsql VOLATILE AS $$
