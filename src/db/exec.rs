@@ -202,8 +202,11 @@ async fn run_on(mut conn: Conn, mut job: Box<CallJob>) -> Result<Executed, ExecE
             return lent(conn, &job, sent, st).await;
         }
         // Anything else has the session to itself: the reads lent this
-        // connection end first.
-        conn.inflight.quiet().await;
+        // connection end first, within the pool's wait.
+        if !conn.quiet().await {
+            conn.settle();
+            return Err(ExecError::PoolTimeout);
+        }
     }
     // After the lent reads' answers: a warning of theirs is not this
     // call's.

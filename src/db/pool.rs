@@ -176,6 +176,9 @@ pub struct PgConn {
     /// to the pool (`db::inflight`), and how many may be.
     pub(super) inflight: Arc<super::inflight::Inflight>,
     pub(super) pipeline: usize,
+    /// How long a checkout may wait (`PGRPC_POOL_TIMEOUT_MS`): also the
+    /// longest wait for the reads lent this connection (`quiet`).
+    quiet_wait: Duration,
 }
 
 impl PgConn {
@@ -189,6 +192,15 @@ impl PgConn {
     /// ended and every answer has arrived, so it may serve another request.
     pub fn settle(&mut self) {
         self.busy = false;
+    }
+
+    /// Waits until no read lent this connection (`db::inflight`) is in
+    /// flight, at most as long as a checkout may wait; false past that,
+    /// which the caller answers as a pool timeout (504).
+    pub(super) async fn quiet(&self) -> bool {
+        tokio::time::timeout(self.quiet_wait, self.inflight.quiet())
+            .await
+            .is_ok()
     }
 
     /// Forgets any earlier warning about synchronous replication, before
@@ -289,6 +301,7 @@ pub struct PgManager {
     prepared: bool,
     reports_lsn: bool,
     pipeline: usize,
+    wait: Duration,
     generation: AtomicU64,
     /// Bumped when the database turned out to be read-only: every
     /// connection made before is closed at its next checkout, so that the
@@ -398,6 +411,7 @@ impl PgManager {
             busy: false,
             inflight: Arc::default(),
             pipeline: self.pipeline,
+            quiet_wait: self.wait,
         })
     }
 
@@ -487,6 +501,7 @@ pub fn build_pool(url: &str, options: &PoolOptions) -> Result<Pool, DbError> {
         prepared: options.prepared,
         reports_lsn: options.reports_lsn,
         pipeline: options.pipeline.max(1),
+        wait: options.wait,
         generation: AtomicU64::new(0),
         epoch: AtomicU64::new(0),
     };

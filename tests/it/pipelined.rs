@@ -3,8 +3,8 @@
 //! soon as its statements are queued, and the next request's go out
 //! behind them. Each read still runs in its own implicit transaction, as
 //! its own role, with its own settings; at most `PGRPC_POOL_PIPELINE` are
-//! in flight on a connection; a stream, which may cancel its statement,
-//! waits until none is, so its cancel never reaches a lent read.
+//! in flight on a connection; a write or a stream (which may cancel its
+//! statement) waits until none is, no longer than for a connection.
 
 use std::time::Duration;
 
@@ -128,11 +128,11 @@ async fn nap(server: &TestServer, ms: u32, bearer: &str) -> Resp {
 
 #[tokio::test]
 async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
-    // Two places on the one connection, and a short pool wait: a request
+    // Two places on the one connection, and a short pool wait (700 ms): a request
     // that finds no place waits for the connection and gives up.
     let (relay, server, s) = start(|c| {
         c.pool_pipeline = 2;
-        c.pool_timeout = Duration::from_millis(400);
+        c.pool_timeout = Duration::from_millis(700);
     })
     .await;
     let user = token(json!({"role": format!("frm_user_{s}"), "sub": "u1"}));
@@ -162,7 +162,7 @@ async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
 
     // A write behind a lent read answers after it, in its own transaction,
     // and commits.
-    let slow = nap(&server, 800, &user);
+    let slow = nap(&server, 500, &user);
     let write = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
         send(
@@ -185,6 +185,32 @@ async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
     )
     .await;
     assert_eq!(n, 1);
+
+    // A write waits for a lent read no longer than for a connection: past
+    // the pool's wait it is 504, and the read answers as usual.
+    let slow = nap(&server, 2000, &user);
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        send(
+            server
+                .http
+                .post(server.url("/rpc/add"))
+                .bearer_auth(&user)
+                .json(&json!({"parent": 1, "note": "too-long-behind-a-read"})),
+        )
+        .await
+    };
+    let (slow, write) = tokio::join!(slow, write);
+    assert_eq!(slow.status, 200, "{}", slow.text);
+    assert_eq!(write.status, 504, "{}", write.text);
+    assert_eq!(write.body["code"], json!("PGRST003"), "{}", write.text);
+    let n: i64 = crate::support::db::query_value(
+        &su,
+        "SELECT count(*) FROM frm.items WHERE note = 'too-long-behind-a-read'",
+        &[],
+    )
+    .await;
+    assert_eq!(n, 0);
 
     // A client that gives up mid-read: the connection serves the next
     // request, and no transaction is left open.

@@ -168,8 +168,11 @@ async fn run(
     };
     // A stream may cancel its statement: it waits until no read lent this
     // connection (`db::inflight`) is in flight, so the cancel can only
-    // reach its own.
-    conn.inflight.quiet().await;
+    // reach its own; within the pool's wait.
+    if !conn.quiet().await {
+        let _ = head.send(Err(ExecError::PoolTimeout));
+        return;
+    }
     // Until the transaction ends: a panic on the way drops the connection
     // with it open, and the pool then closes it.
     conn.begin_use();
