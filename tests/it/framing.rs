@@ -207,7 +207,7 @@ async fn twice(relay: &Relay, req: impl Fn() -> reqwest::RequestBuilder) -> Resp
     second
 }
 
-async fn items(db: &TestDb, note: &str) -> i64 {
+pub(crate) async fn items(db: &TestDb, note: &str) -> i64 {
     let su = db.superuser().await;
     query_value(
         &su,

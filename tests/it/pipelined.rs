@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::framing::{counted, sessions, start, Relay};
+use crate::framing::{counted, items, sessions, start, Relay};
 use crate::support::{send, token, Resp, TestServer};
 
 /// Warms `/rpc/<function>` for the anonymous role and the user (prepares
@@ -115,6 +115,28 @@ async fn all_idle(server: &TestServer, s: &str) {
     );
 }
 
+/// A slow read of `ms` as `bearer`, and 150 ms into it a write (an item
+/// with `note`): both answers.
+async fn write_behind_a_read(
+    server: &TestServer,
+    bearer: &str,
+    ms: u32,
+    note: &str,
+) -> (Resp, Resp) {
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        send(
+            server
+                .http
+                .post(server.url("/rpc/add"))
+                .bearer_auth(bearer)
+                .json(&json!({"parent": 1, "note": note})),
+        )
+        .await
+    };
+    tokio::join!(nap(server, ms, bearer), write)
+}
+
 /// A slow read (`/rpc/nap`) as `bearer`.
 async fn nap(server: &TestServer, ms: u32, bearer: &str) -> Resp {
     send(
@@ -162,55 +184,18 @@ async fn at_most_the_pipeline_is_in_flight_and_writes_wait_for_the_reads() {
 
     // A write behind a lent read answers after it, in its own transaction,
     // and commits.
-    let slow = nap(&server, 500, &user);
-    let write = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        send(
-            server
-                .http
-                .post(server.url("/rpc/add"))
-                .bearer_auth(&user)
-                .json(&json!({"parent": 1, "note": "behind-a-read"})),
-        )
-        .await
-    };
-    let (slow, write) = tokio::join!(slow, write);
+    let (slow, write) = write_behind_a_read(&server, &user, 500, "behind-a-read").await;
     assert_eq!(slow.status, 200, "{}", slow.text);
     assert_eq!(write.status, 200, "{}", write.text);
-    let su = server.db.superuser().await;
-    let n: i64 = crate::support::db::query_value(
-        &su,
-        "SELECT count(*) FROM frm.items WHERE note = 'behind-a-read'",
-        &[],
-    )
-    .await;
-    assert_eq!(n, 1);
+    assert_eq!(items(&server.db, "behind-a-read").await, 1);
 
     // A write waits for a lent read no longer than for a connection: past
     // the pool's wait it is 504, and the read answers as usual.
-    let slow = nap(&server, 2000, &user);
-    let write = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        send(
-            server
-                .http
-                .post(server.url("/rpc/add"))
-                .bearer_auth(&user)
-                .json(&json!({"parent": 1, "note": "too-long-behind-a-read"})),
-        )
-        .await
-    };
-    let (slow, write) = tokio::join!(slow, write);
+    let (slow, write) = write_behind_a_read(&server, &user, 2000, "too-long").await;
     assert_eq!(slow.status, 200, "{}", slow.text);
     assert_eq!(write.status, 504, "{}", write.text);
     assert_eq!(write.body["code"], json!("PGRST003"), "{}", write.text);
-    let n: i64 = crate::support::db::query_value(
-        &su,
-        "SELECT count(*) FROM frm.items WHERE note = 'too-long-behind-a-read'",
-        &[],
-    )
-    .await;
-    assert_eq!(n, 0);
+    assert_eq!(items(&server.db, "too-long").await, 0);
 
     // A client that gives up mid-read: the connection serves the next
     // request, and no transaction is left open.
