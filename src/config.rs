@@ -267,6 +267,22 @@ pub fn from_args<T: Args + FromArgMatches>(args: &[&str]) -> Result<T, clap::Err
 /// queued behind it than the saved wake-ups are worth.
 pub const MAX_POOL_PIPELINE: usize = 8;
 
+/// The most worker threads `PGRPC_WORKER_THREADS` may ask for: more
+/// than any machine this runs on has cores, and each thread reserves a
+/// stack.
+pub const MAX_WORKER_THREADS: usize = 256;
+
+/// Checks `PGRPC_WORKER_THREADS`, naming the setting.
+pub fn check_worker_threads(n: usize) -> Result<(), String> {
+    if (1..=MAX_WORKER_THREADS).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "PGRPC_WORKER_THREADS must be from 1 to {MAX_WORKER_THREADS}; unset it for one per core"
+        ))
+    }
+}
+
 impl ServeConfig {
     /// The schema listener's URL: `PGRPC_LISTENER_DATABASE_URL`, or the
     /// pool's.
@@ -418,6 +434,18 @@ mod tests {
             let mut c = ServeConfig::new("postgres://x");
             c.pool_pipeline = n;
             assert_eq!(c.validate(), Ok(()), "{n}");
+        }
+    }
+
+    // The runtime's worker threads: 1 to MAX_WORKER_THREADS.
+    #[test]
+    fn the_worker_threads_are_bounded() {
+        for n in [0, MAX_WORKER_THREADS + 1] {
+            let err = check_worker_threads(n).expect_err("out of range");
+            assert!(err.starts_with("PGRPC_WORKER_THREADS"), "{n}: {err}");
+        }
+        for n in [1, MAX_WORKER_THREADS] {
+            assert_eq!(check_worker_threads(n), Ok(()), "{n}");
         }
     }
 

@@ -108,6 +108,10 @@ struct ServeArgs {
     /// Embedded mode: directory of initdb and postgres (found automatically otherwise).
     #[arg(long, env = "PGRPC_PG_BIN_DIR")]
     pg_bin_dir: Option<PathBuf>,
+    /// The runtime's worker threads (1 to 256); unset, one per core
+    /// (docs/configuration.md).
+    #[arg(long, env = "PGRPC_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(flatten)]
     config: ServeConfig,
 }
@@ -150,9 +154,29 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Serve(args) = &cli.command {
+        if let Some(n) = args.worker_threads {
+            if let Err(message) = pgrpc::config::check_worker_threads(n) {
+                eprintln!("pgrpc: invalid configuration: {message}");
+                return ExitCode::FAILURE;
+            }
+            runtime.worker_threads(n);
+        }
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("pgrpc: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log_format, matches!(cli.command, Command::Gen(_)));
     pgrpc::server::log_panics();
     let result = match cli.command {

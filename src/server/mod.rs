@@ -190,7 +190,8 @@ where
         stop_rx.clone(),
     ));
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, schemas = ?state.config.schemas, "pgrpc serving");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        info!(%addr, schemas = ?state.config.schemas, workers, "pgrpc serving");
     }
 
     let admin_task =

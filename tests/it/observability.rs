@@ -748,3 +748,75 @@ async fn the_request_log_line_carries_the_trace_id() {
     assert_ne!(traced[1], CALLER_TRACE);
     let _ = child.kill().await;
 }
+
+/// The `workers` field of `pgrpc serve`'s "pgrpc serving" log line (JSON
+/// format, a real process) started with these extra arguments.
+async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrpc"))
+        .args(["serve", "--database-url", &db.authenticator_url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("PGRPC_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("TOKIO_WORKER_THREADS")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pgrpc serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let workers = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a log line in time")
+            .expect("read")
+            .expect("a line before the process ends");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if v["fields"]["message"] == "pgrpc serving" {
+            break v["fields"]["workers"].as_u64().expect("workers: a number");
+        }
+    };
+    // It serves with them, once its function cache is loaded.
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        match reqwest::get(format!("{base}/ready")).await {
+            Ok(r) if r.status() == 200 => break,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let r = reqwest::get(format!("{base}/rpc/version"))
+        .await
+        .expect("call");
+    assert_eq!(r.status(), 200);
+    let _ = child.kill().await;
+    workers
+}
+
+// PGRPC_WORKER_THREADS (or --worker-threads) sets the runtime's worker
+// threads; out of its bounds, `pgrpc serve` refuses to start and names it.
+#[tokio::test]
+async fn the_worker_threads_follow_the_setting() {
+    let db = crate::support::TestDb::new().await;
+    assert_eq!(serving_workers(&db, &["--worker-threads", "1"]).await, 1);
+    assert_eq!(serving_workers(&db, &["--worker-threads", "3"]).await, 3);
+    for bad in ["0", "257"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrpc"))
+            .args(["serve", "--database-url", &db.authenticator_url()])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("PGRPC_WORKER_THREADS", bad)
+            .output()
+            .await
+            .expect("pgrpc serve");
+        assert!(!out.status.success(), "{bad}: started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("PGRPC_WORKER_THREADS must be from 1 to 256"),
+            "{bad}: {stderr}"
+        );
+    }
+}
