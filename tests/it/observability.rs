@@ -684,33 +684,9 @@ async fn the_dashboard_queries_only_metrics_the_server_exports() {
 #[tokio::test]
 async fn the_request_log_line_carries_the_trace_id() {
     let db = crate::support::TestDb::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgrpc"))
-        .args(["serve", "--database-url", &db.authenticator_url()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("PGRPC_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("pgrpc serve");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, base, mut lines) = json_serve(&db, &[]);
+    wait_ready(&base).await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "pgrpc serve never became ready");
     let r = http
         .get(format!("{base}/rpc/version"))
         .header("traceparent", CALLER)
@@ -749,9 +725,14 @@ async fn the_request_log_line_carries_the_trace_id() {
     let _ = child.kill().await;
 }
 
-/// The `workers` field of `pgrpc serve`'s "pgrpc serving" log line (JSON
-/// format, a real process) started with these extra arguments.
-async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
+type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// `pgrpc serve` as a real process on a free port, with these extra
+/// arguments, logging JSON to the lines returned; and its base URL.
+fn json_serve(
+    db: &crate::support::TestDb,
+    extra: &[&str],
+) -> (tokio::process::Child, String, LogLines) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -767,7 +748,26 @@ async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
         .kill_on_drop(true)
         .spawn()
         .expect("pgrpc serve");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, format!("http://127.0.0.1:{port}"), lines)
+}
+
+/// Waits until `base` answers `/ready` with 200 (its function cache is
+/// loaded), or fails.
+async fn wait_ready(base: &str) {
+    for _ in 0..200 {
+        match reqwest::get(format!("{base}/ready")).await {
+            Ok(r) if r.status() == 200 => return,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("pgrpc serve never became ready");
+}
+
+/// The `workers` field of `pgrpc serve`'s "pgrpc serving" log line (JSON
+/// format, a real process) started with these extra arguments.
+async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
+    let (mut child, base, mut lines) = json_serve(db, extra);
     let workers = loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
@@ -781,14 +781,8 @@ async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
             break v["fields"]["workers"].as_u64().expect("workers: a number");
         }
     };
-    // It serves with them, once its function cache is loaded.
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        match reqwest::get(format!("{base}/ready")).await {
-            Ok(r) if r.status() == 200 => break,
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    // It serves with them.
+    wait_ready(&base).await;
     let r = reqwest::get(format!("{base}/rpc/version"))
         .await
         .expect("call");
