@@ -702,14 +702,7 @@ async fn the_request_log_line_carries_the_trace_id() {
     assert_eq!(r.status(), 200);
     let mut traced = Vec::new();
     while traced.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("a log line in time")
-            .expect("read")
-            .expect("a line");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
+        let v = next_json(&mut lines).await;
         if v["fields"]["message"] == "request" && v["fields"]["path"] == "/rpc/version" {
             traced.push(
                 v["fields"]["trace_id"]
@@ -752,6 +745,20 @@ fn json_serve(
     (child, format!("http://127.0.0.1:{port}"), lines)
 }
 
+/// The next log line that is JSON, within 30 s, or fails.
+async fn next_json(lines: &mut LogLines) -> Value {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a log line in time")
+            .expect("read")
+            .expect("a line before the process ends");
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            return v;
+        }
+    }
+}
+
 /// Waits until `base` answers `/ready` with 200 (its function cache is
 /// loaded), or fails.
 async fn wait_ready(base: &str) {
@@ -769,14 +776,7 @@ async fn wait_ready(base: &str) {
 async fn serving_workers(db: &crate::support::TestDb, extra: &[&str]) -> u64 {
     let (mut child, base, mut lines) = json_serve(db, extra);
     let workers = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a log line in time")
-            .expect("read")
-            .expect("a line before the process ends");
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
+        let v = next_json(&mut lines).await;
         if v["fields"]["message"] == "pgrpc serving" {
             break v["fields"]["workers"].as_u64().expect("workers: a number");
         }
