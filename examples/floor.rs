@@ -20,7 +20,11 @@
 //! whatever is still in flight on it (tokio-postgres pipelines them), as
 //! pgrpc's reads with `PGRPC_POOL_PIPELINE` above 1, without its bound.
 //!
-//! Usage: `[FLOOR_SHARED=1] floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
+//! With `FLOOR_SHARDS=N`, as pgrpc's `PGRPC_SHARDS`: N threads, each with a
+//! single-threaded runtime, its own listener on the address (`SO_REUSEPORT`)
+//! and its share of the connections.
+//!
+//! Usage: `[FLOOR_SHARED=1] [FLOOR_SHARDS=N] floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]`
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,8 +136,7 @@ fn failed(e: String) -> Response<Full<Bytes>> {
     response
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, url, listen, connections, sqls @ ..] = args.as_slice() else {
         return Err("usage: floor DATABASE_URL LISTEN_ADDRESS CONNECTIONS SQL [SQL ...]".into());
@@ -145,6 +148,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if connections == 0 {
         return Err("CONNECTIONS must be at least 1".into());
     }
+    let shards: usize = match std::env::var("FLOOR_SHARDS") {
+        Ok(n) => n.parse()?,
+        Err(_) => 0,
+    };
+    if shards == 0 {
+        return tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(shard(url, listen, connections, sqls, false));
+    }
+    // FLOOR_SHARDS=N: N threads, each with a runtime of its own, its own
+    // listener on the same address (SO_REUSEPORT) and its share of the
+    // connections, so a request never leaves the thread that accepted it.
+    let mut threads = Vec::new();
+    for i in 0..shards {
+        let (url, listen, sqls) = (url.clone(), listen.clone(), sqls.to_vec());
+        let share = connections / shards + usize::from(i < connections % shards);
+        threads.push(std::thread::spawn(move || -> Result<(), String> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(shard(&url, &listen, share.max(1), &sqls, true))
+                .map_err(|e| e.to_string())
+        }));
+    }
+    for thread in threads {
+        thread.join().map_err(|_| "a shard panicked")??;
+    }
+    Ok(())
+}
+
+async fn shard(
+    url: &str,
+    listen: &str,
+    connections: usize,
+    sqls: &[String],
+    reuseport: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -171,7 +213,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             next: Default::default(),
         }
     });
-    let listener = TcpListener::bind(listen).await?;
+    let address: std::net::SocketAddr = listen.parse()?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    let listener: TcpListener = socket.listen(1024)?;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;

@@ -1,5 +1,7 @@
 //! `AppState`: everything a request needs, built once by `server::serve`
-//! and shared by every connection.
+//! and shared by every connection. With `PGRPC_SHARDS`, each shard has a
+//! copy of its own ([`AppState::for_shard`]) that differs only in `pool`,
+//! the shard's share of the primary's pool; everything else is shared.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +17,17 @@ use crate::metrics::Metrics;
 
 pub struct AppState {
     pub config: ServeConfig,
+    /// The pool this state's requests run on: the primary's, or with
+    /// `PGRPC_SHARDS` the shard's share of it.
     pub pool: Pool,
+    /// Every pool of the primary: one, or one per shard (`/metrics` sums
+    /// them).
+    pub pools: Arc<[Pool]>,
     /// `PGRPC_READ_DATABASE_URL`'s pool and health, when set.
     pub replica: Option<Arc<Replica>>,
     pub catalog: Arc<Catalog>,
-    pub auth: Auth,
-    pub metrics: Metrics,
+    pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
     /// The span exporter, when `PGRPC_OTLP_ENDPOINT` is set.
     pub otlp: Option<crate::trace::otlp::Exporter>,
     /// Each exposed schema's `search_path`: the schema, then
@@ -28,7 +35,7 @@ pub struct AppState {
     search_paths: HashMap<String, String, foldhash::fast::RandomState>,
     /// `SELECT "schema"."function"()` for `PGRPC_PRE_REQUEST`.
     pub pre_request: Option<Arc<str>>,
-    request_seq: AtomicU64,
+    request_seq: Arc<AtomicU64>,
     instance: u32,
     /// True once the server's grace period is over: streams still going
     /// are cut short (`db::stream`).
@@ -39,6 +46,7 @@ impl AppState {
     pub fn new(
         config: ServeConfig,
         pool: Pool,
+        pools: Arc<[Pool]>,
         replica: Option<Arc<Replica>>,
         catalog: Arc<Catalog>,
         auth: Auth,
@@ -76,17 +84,38 @@ impl AppState {
         });
         AppState {
             stopping,
-            metrics: Metrics::with_otlp(otlp.as_ref().map(|e| e.stats())),
+            metrics: Arc::new(Metrics::with_otlp(otlp.as_ref().map(|e| e.stats()))),
             otlp,
             search_paths,
             pre_request,
-            auth,
+            auth: Arc::new(auth),
             pool,
+            pools,
             replica,
             catalog,
-            request_seq: AtomicU64::new(0),
+            request_seq: Arc::default(),
             instance: rand::random(),
             config,
+        }
+    }
+
+    /// This state for a shard whose requests run on `pool`: the same
+    /// settings, function cache, keys, metrics, exporter and request ids.
+    pub fn for_shard(&self, pool: Pool) -> AppState {
+        AppState {
+            config: self.config.clone(),
+            pool,
+            pools: self.pools.clone(),
+            replica: self.replica.clone(),
+            catalog: self.catalog.clone(),
+            auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
+            otlp: self.otlp.clone(),
+            search_paths: self.search_paths.clone(),
+            pre_request: self.pre_request.clone(),
+            request_seq: self.request_seq.clone(),
+            instance: self.instance,
+            stopping: self.stopping.clone(),
         }
     }
 

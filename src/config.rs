@@ -121,6 +121,15 @@ pub struct ServeConfig {
     /// 1: one request per connection at a time, as PostgREST.
     #[arg(long, env = "PGRPC_POOL_PIPELINE", default_value_t = 1)]
     pub pool_pipeline: usize,
+    /// Serve the address on this many threads (1 to 256), each with a
+    /// single-threaded runtime of its own, its own listener on the address
+    /// (`SO_REUSEPORT`: the kernel spreads new client connections over
+    /// them) and its share of `PGRPC_POOL_SIZE`, so that a request never
+    /// leaves the thread that accepted it; unset, one runtime of
+    /// `PGRPC_WORKER_THREADS` threads serves every connection
+    /// (docs/configuration.md).
+    #[arg(long, env = "PGRPC_SHARDS")]
+    pub shards: Option<usize>,
     /// How long a request waits for a pooled connection before 504, in ms.
     #[arg(long = "pool-timeout-ms", env = "PGRPC_POOL_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub pool_timeout: Duration,
@@ -283,6 +292,9 @@ pub fn check_worker_threads(n: usize) -> Result<(), String> {
     }
 }
 
+/// The most threads `PGRPC_SHARDS` may ask for, as `MAX_WORKER_THREADS`.
+pub const MAX_SHARDS: usize = 256;
+
 impl ServeConfig {
     /// The schema listener's URL: `PGRPC_LISTENER_DATABASE_URL`, or the
     /// pool's.
@@ -315,6 +327,25 @@ impl ServeConfig {
         }
         if self.pool_size == 0 {
             return Err("PGRPC_POOL_SIZE must be at least 1".into());
+        }
+        if let Some(shards) = self.shards {
+            if !(1..=MAX_SHARDS).contains(&shards) {
+                return Err(format!(
+                    "PGRPC_SHARDS must be from 1 to {MAX_SHARDS}; unset it for one runtime"
+                ));
+            }
+            if shards > self.pool_size {
+                return Err(format!(
+                    "PGRPC_SHARDS ({shards}) must not be above PGRPC_POOL_SIZE ({}): each shard has a share of the pool, at least one connection",
+                    self.pool_size
+                ));
+            }
+            if shards > self.max_connections {
+                return Err(format!(
+                    "PGRPC_SHARDS ({shards}) must not be above PGRPC_MAX_CONNECTIONS ({}): each shard serves a share of them, at least one",
+                    self.max_connections
+                ));
+            }
         }
         if !(1..=MAX_POOL_PIPELINE).contains(&self.pool_pipeline) {
             return Err(format!(
@@ -435,6 +466,41 @@ mod tests {
             c.pool_pipeline = n;
             assert_eq!(c.validate(), Ok(()), "{n}");
         }
+    }
+
+    // Shards: 1 to MAX_SHARDS, and no more than the pool has connections.
+    #[test]
+    fn the_shards_are_bounded_by_the_limit_and_the_pool() {
+        for (shards, pool, setting) in [
+            (0, 16, "PGRPC_SHARDS must be from"),
+            (MAX_SHARDS + 1, 1000, "PGRPC_SHARDS must be from"),
+            (
+                5,
+                4,
+                "PGRPC_SHARDS (5) must not be above PGRPC_POOL_SIZE (4)",
+            ),
+            (300, 300, "PGRPC_SHARDS must be from"),
+        ] {
+            let mut c = ServeConfig::new("postgres://x");
+            (c.shards, c.pool_size) = (Some(shards), pool);
+            let err = c.validate().expect_err("out of range");
+            assert!(err.starts_with(setting), "{shards}/{pool}: {err}");
+        }
+        for (shards, pool) in [(1, 1), (4, 4), (MAX_SHARDS, MAX_SHARDS)] {
+            let mut c = ServeConfig::new("postgres://x");
+            (c.shards, c.pool_size) = (Some(shards), pool);
+            assert_eq!(c.validate(), Ok(()), "{shards}/{pool}");
+        }
+        let mut c = ServeConfig::new("postgres://x");
+        (c.shards, c.max_connections) = (Some(3), 2);
+        let err = c.validate().expect_err("more shards than connections");
+        assert!(
+            err.starts_with("PGRPC_SHARDS (3) must not be above PGRPC_MAX_CONNECTIONS (2)"),
+            "{err}"
+        );
+        let c: ServeConfig = from_args(&["--shards", "2"]).expect("parses");
+        assert_eq!(c.shards, Some(2));
+        assert_eq!(ServeConfig::new("postgres://x").shards, None);
     }
 
     // The runtime's worker threads: 1 to MAX_WORKER_THREADS.

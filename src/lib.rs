@@ -13,10 +13,12 @@
 //! the PostgREST body in `error`.
 //!
 //! - [`config`]: `ServeConfig`, every setting and its default.
-//! - [`server`]: the accept loop, `serve(listener, config, shutdown)`,
+//! - [`server`]: the accept loop, `serve(listeners, config, shutdown)`,
 //!   connection limits, graceful drain; `server::io`, the client socket
-//!   and its write deadline.
-//! - [`app`]: `AppState`, shared by every request.
+//!   and its write deadline; `server::shards`, `PGRPC_SHARDS` (one
+//!   address served by a thread and runtime per shard, each with its share
+//!   of the pool).
+//! - [`app`]: `AppState`, shared by every request (a copy per shard).
 //! - [`http`] (frontend): routing, `/live`, `/ready`, `/metrics`, `/`;
 //!   `http::rpc`, `/rpc/<fn>` per PostgREST; `http::batch`, `/rpc`;
 //!   `http::request` parses the wire into an [`api_request::ApiRequest`]

@@ -165,6 +165,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             runtime.worker_threads(n);
+        } else if args.config.shards.is_some() {
+            // The shards serve the clients on threads of their own; this
+            // runtime keeps the admin address and the background tasks.
+            runtime.worker_threads(1);
         }
     }
     match runtime.build() {
@@ -236,9 +240,20 @@ async fn migrate(
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (PGRPC_LISTEN): {e}", args.listen))?;
+    let listeners: pgrpc::server::Listeners = match args.config.shards {
+        Some(n) => {
+            // Checked again, with the rest, by `server::serve`; here so
+            // that a refused setting binds nothing.
+            args.config
+                .validate()
+                .map_err(|e| format!("invalid configuration: {e}"))?;
+            pgrpc::server::bind_shards(&args.listen, n).await
+        }
+        None => tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map(Into::into),
+    }
+    .map_err(|e| format!("cannot listen on {} (PGRPC_LISTEN): {e}", args.listen))?;
     let mut config = args.config;
     let embedded = match args.database_url {
         Some(url) => {
@@ -251,7 +266,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
         ),
     };
-    let result = pgrpc::server::serve(listener, config, shutdown_signal()).await;
+    let result = pgrpc::server::serve(listeners, config, shutdown_signal()).await;
     if let Some(pg) = embedded {
         pg.stop().await;
     }

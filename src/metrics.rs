@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::db::replica::{ReadRoute, Replica};
 use crate::db::{Catalog, Pool};
+use deadpool::Status as PoolStatus;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -106,6 +107,9 @@ pub struct Metrics {
     reads: [AtomicU64; ReadRoute::ALL.len()],
     /// The OTLP exporter's counters, when it runs.
     otlp: Option<Arc<crate::trace::otlp::Stats>>,
+    /// Client connections accepted by each shard (`PGRPC_SHARDS`), set once
+    /// by `server::serve`: empty without shards.
+    shard_connections: std::sync::OnceLock<Box<[AtomicU64]>>,
 }
 
 impl Metrics {
@@ -186,7 +190,22 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, pool: &Pool, replica: Option<&Replica>, catalog: &Catalog) -> String {
+    /// Starts counting the client connections of `shards` shards.
+    pub fn set_shards(&self, shards: usize) {
+        let _ = self
+            .shard_connections
+            .set((0..shards).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    /// A client connection accepted by `shard`.
+    pub fn count_shard_connection(&self, shard: usize) {
+        if let Some(n) = self.shard_connections.get().and_then(|c| c.get(shard)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `pools`: every pool of the primary (one per shard), summed.
+    pub fn render(&self, pools: &[Pool], replica: Option<&Replica>, catalog: &Catalog) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(
             "# HELP pgrpc_requests_total HTTP requests by function (or path) and status.\n",
@@ -240,7 +259,20 @@ impl Metrics {
             h.render(&mut out, "pgrpc_pool_wait_seconds", "");
         }
         self.render_otlp(&mut out);
-        let status = pool.status();
+        let status = pools.iter().map(Pool::status).fold(
+            PoolStatus {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+            |sum, s| PoolStatus {
+                size: sum.size + s.size,
+                available: sum.available + s.available,
+                max_size: sum.max_size + s.max_size,
+                waiting: sum.waiting + s.waiting,
+            },
+        );
         out.push_str("# HELP pgrpc_pool_connections Pooled database connections.\n");
         out.push_str("# TYPE pgrpc_pool_connections gauge\n");
         let _ = writeln!(
@@ -267,6 +299,19 @@ impl Metrics {
         out.push_str("# TYPE pgrpc_schema_reloads_total counter\n");
         let _ = writeln!(out, "pgrpc_schema_reloads_total {}", catalog.reloads());
         self.render_reads(&mut out, replica);
+        if let Some(shards) = self.shard_connections.get() {
+            out.push_str(
+                "# HELP pgrpc_shard_connections_total Client connections accepted by each shard (PGRPC_SHARDS).\n",
+            );
+            out.push_str("# TYPE pgrpc_shard_connections_total counter\n");
+            for (shard, n) in shards.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "pgrpc_shard_connections_total{{shard=\"{shard}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
         out
     }
 

@@ -251,7 +251,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         }
         "/metrics" if read => {
             let mut r = Response::new(Body::from(Bytes::from(state.metrics.render(
-                &state.pool,
+                &state.pools,
                 state.replica.as_deref(),
                 &state.catalog,
             ))));

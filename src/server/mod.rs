@@ -1,12 +1,17 @@
-//! The accept loop: `serve(listener, config, shutdown)` takes a bound
-//! listener, so tests bind 127.0.0.1:0 and run a real server in-process.
-//! On shutdown it stops accepting, lets in-flight requests finish (up to the
-//! grace period), then stops the schema listener.
+//! The accept loop: `serve(listeners, config, shutdown)` takes bound
+//! listeners (one `TcpListener`, or the shards' from `bind_shards`), so
+//! tests bind 127.0.0.1:0 and run a real server in-process. On shutdown it
+//! stops accepting, lets in-flight requests finish (up to the grace
+//! period), then stops the schema listener.
 //!
 //! This file holds the accept loops, the connection settings and the panic
-//! guard of every request; [`io`] the client socket and its write deadline.
+//! guard of every request; [`io`] the client socket and its write deadline;
+//! [`shards`] `PGRPC_SHARDS`.
 
 mod io;
+mod shards;
+
+pub use shards::{bind_shards, share_out, Listeners};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,6 +46,8 @@ pub enum ServeError {
     Db(#[from] db::DbError),
     #[error("accept failed: {0}")]
     Accept(#[from] std::io::Error),
+    #[error("cannot start a shard (PGRPC_SHARDS): {0}")]
+    Shard(std::io::Error),
 }
 
 /// Fails fast when `PGRPC_PRE_REQUEST` names a function the database does
@@ -103,7 +110,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 
 pub async fn serve<F>(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: ServeConfig,
     shutdown: F,
 ) -> Result<(), ServeError>
@@ -116,13 +123,18 @@ where
         })?),
         None => None,
     };
-    serve_with_admin(listener, admin, config, shutdown).await
+    serve_with_admin(listeners, admin, config, shutdown).await
 }
 
 /// `serve`, with the admin address's listener already bound (tests bind
 /// 127.0.0.1:0); `PGRPC_ADMIN_LISTEN` is not read.
+///
+/// One listener is served on the current runtime; shards (`bind_shards`)
+/// each on a thread and runtime of their own, with their share of the
+/// pool (`shards.rs`). The admin address, the schema listener, the key
+/// refresh and the replica's probe run on the current runtime either way.
 pub async fn serve_with_admin<F>(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     admin: Option<TcpListener>,
     config: ServeConfig,
     shutdown: F,
@@ -131,23 +143,39 @@ where
     F: Future<Output = ()> + Send,
 {
     config.validate().map_err(ServeError::Config)?;
+    let listeners = listeners.into();
+    let shares = share_out(config.pool_size, listeners.len()).ok_or_else(|| {
+        ServeError::Config(format!(
+            "{} shards cannot share a pool of {} (PGRPC_POOL_SIZE)",
+            listeners.len(),
+            config.pool_size
+        ))
+    })?;
     let auth = Auth::new(&config).map_err(ServeError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     auth.start_key_refresh(stop_rx.clone())
         .await
         .map_err(ServeError::Config)?;
-    let pool = db::build_pool(
-        &config.database_url,
-        &PoolOptions {
-            pipeline: config.pool_pipeline,
-            ..PoolOptions::primary(
-                config.pool_size,
-                config.pool_timeout,
-                config.prepared_statements,
-                config.read_database_url.is_some(),
+    let pools = shares
+        .into_iter()
+        .map(|size| {
+            db::build_pool(
+                &config.database_url,
+                &PoolOptions {
+                    pipeline: config.pool_pipeline,
+                    ..PoolOptions::primary(
+                        size,
+                        config.pool_timeout,
+                        config.prepared_statements,
+                        config.read_database_url.is_some(),
+                    )
+                },
             )
-        },
-    )?;
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(pool) = pools.first().cloned() else {
+        return Err(ServeError::Config("no listener to serve".into()));
+    };
     let replica = match &config.read_database_url {
         Some(url) => Some(Arc::new(Replica::new(
             url,
@@ -168,14 +196,16 @@ where
     };
     check_pre_request(&config).await?;
     let catalog = Arc::new(Catalog::default());
-    let pools = std::iter::once(pool.clone())
+    let maintained = pools
+        .iter()
+        .cloned()
         .chain(replica.as_ref().map(|r| r.pool().clone()))
         .collect();
     let listener_task = tokio::spawn(db::maintain_catalog(
         config.listener_url().to_string(),
         config.schemas.clone(),
         catalog.clone(),
-        pools,
+        maintained,
         stop_rx.clone(),
     ));
     let probe_task = replica
@@ -184,20 +214,63 @@ where
     let state = Arc::new(AppState::new(
         config,
         pool,
+        pools.into(),
         replica,
         catalog,
         auth,
         stop_rx.clone(),
     ));
-    if let Ok(addr) = listener.local_addr() {
+    if let Some(addr) = listeners.local_addr() {
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        info!(%addr, schemas = ?state.config.schemas, workers, "pgrpc serving");
+        let shards = listeners.len();
+        info!(%addr, schemas = ?state.config.schemas, workers, shards, "pgrpc serving");
     }
 
+    if let Listeners::Shards(shards) = &listeners {
+        state.metrics.set_shards(shards.len());
+    }
     let admin_task =
         admin.map(|admin| tokio::spawn(serve_admin(admin, state.clone(), stop_rx.clone())));
+    let threads = match listeners {
+        Listeners::One(listener) => {
+            let slots = Arc::new(Semaphore::new(state.config.max_connections));
+            accept_loop(listener, state.clone(), slots, None, shutdown).await;
+            Vec::new()
+        }
+        Listeners::Shards(listeners) => shards::run(listeners, &state, shutdown).await?,
+    };
+    let _ = stop_tx.send(true);
+    let _ = listener_task.await;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = probe_task {
+        let _ = task.await;
+    }
+    shards::join(threads).await;
+    for pool in state.pools.iter() {
+        pool.close();
+    }
+    if let Some(replica) = &state.replica {
+        replica.pool().close();
+    }
+    Ok(())
+}
+
+/// Accepts clients on `listener` until `shutdown`, each connection a task
+/// of the current runtime holding one of `slots`; then lets in-flight
+/// requests finish, up to the grace period. `shard` counts each accepted
+/// connection in `/metrics` (`pgrpc_shard_connections_total`).
+async fn accept_loop<F>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    slots: Arc<Semaphore>,
+    shard: Option<usize>,
+    shutdown: F,
+) where
+    F: Future<Output = ()>,
+{
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // At the cap, stop accepting: further clients wait in the kernel's
@@ -212,6 +285,9 @@ where
         tokio::select! {
             accepted = listener.accept() => {
                 let Some(stream) = accepted_stream(accepted).await else { continue };
+                if let Some(shard) = shard {
+                    state.metrics.count_shard_connection(shard);
+                }
                 let timeout = state.config.header_read_timeout;
                 let stream = WriteDeadline::new(stream, state.config.response_write_timeout);
                 let state = state.clone();
@@ -233,19 +309,6 @@ where
         _ = graceful.shutdown() => info!("all connections closed"),
         _ = tokio::time::sleep(state.config.shutdown_grace) => warn!("grace period over; closing"),
     }
-    let _ = stop_tx.send(true);
-    let _ = listener_task.await;
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    if let Some(task) = probe_task {
-        let _ = task.await;
-    }
-    state.pool.close();
-    if let Some(replica) = &state.replica {
-        replica.pool().close();
-    }
-    Ok(())
 }
 
 /// Connections the admin address keeps open at once: probes and a scraper

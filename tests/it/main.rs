@@ -37,6 +37,7 @@ mod proxy;
 mod query_ops;
 mod relay;
 mod replicas;
+mod shards;
 mod sql_modules;
 mod streaming;
 mod sync_commit;

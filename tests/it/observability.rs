@@ -718,11 +718,11 @@ async fn the_request_log_line_carries_the_trace_id() {
     let _ = child.kill().await;
 }
 
-type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+pub(crate) type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
 
 /// `pgrpc serve` as a real process on a free port, with these extra
 /// arguments, logging JSON to the lines returned; and its base URL.
-fn json_serve(
+pub(crate) fn json_serve(
     db: &crate::support::TestDb,
     extra: &[&str],
 ) -> (tokio::process::Child, String, LogLines) {
@@ -746,7 +746,7 @@ fn json_serve(
 }
 
 /// The next log line that is JSON, within 30 s, or fails.
-async fn next_json(lines: &mut LogLines) -> Value {
+pub(crate) async fn next_json(lines: &mut LogLines) -> Value {
     loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
@@ -761,7 +761,7 @@ async fn next_json(lines: &mut LogLines) -> Value {
 
 /// Waits until `base` answers `/ready` with 200 (its function cache is
 /// loaded), or fails.
-async fn wait_ready(base: &str) {
+pub(crate) async fn wait_ready(base: &str) {
     for _ in 0..200 {
         match reqwest::get(format!("{base}/ready")).await {
             Ok(r) if r.status() == 200 => return,
