@@ -205,8 +205,8 @@ async fn a_shard_ends_the_transaction_of_a_dropped_request_and_drains() {
         .get(0);
     assert_eq!(stuck, 0, "a transaction outlived its request");
 
-    // In flight at SIGTERM: a stream of 300 rows, 3 ms each (about a
-    // second before its head, as the total is counted first), and a call,
+    // In flight at SIGTERM: a stream of 300 rows, 3 ms each (its head
+    // comes about a second after the call), and a call,
     // both answered whole, then a clean exit.
     let streamed = tokio::spawn({
         let (client, base) = (client.clone(), base.clone());
