@@ -276,3 +276,52 @@ async fn shards_out_of_bounds_are_refused() {
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
     }
 }
+
+// PGRPC_MAX_CONNECTIONS still bounds the clients served at once with
+// shards (each shard serves its share): 20 clients that connect and send
+// nothing fill both shards' single slots (the rest wait in the backlogs),
+// so a call gets no answer; once they leave, calls are answered again.
+#[tokio::test]
+async fn shards_keep_the_connection_cap_against_idle_clients() {
+    let db = TestDb::new().await;
+    let (child, base, _lines) = json_serve(
+        &db,
+        &[
+            "--shards",
+            "2",
+            "--pool-size",
+            "2",
+            "--max-connections",
+            "2",
+        ],
+    );
+    wait_ready(&base).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The chance that all 20 reach one shard is 2^-19.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = fresh_connections();
+    let refused = client
+        .get(format!("{base}/rpc/version"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(refused.is_err(), "answered past the cap: {refused:?}");
+    drop(idle);
+    let r = client
+        .get(format!("{base}/rpc/version"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("answered once the idle clients left");
+    assert_eq!(r.status(), 200);
+    let status = terminate(child).await;
+    assert!(status.success(), "{status}");
+}
