@@ -1,7 +1,8 @@
 //! `AppState`: everything a request needs, built once by `server::serve`
 //! and shared by every connection. With `PGRPC_SHARDS`, each shard has a
-//! copy of its own ([`AppState::for_shard`]) that differs only in `pool`,
-//! the shard's share of the primary's pool; everything else is shared.
+//! copy of its own ([`AppState::for_shard`]) that differs in `pool` (the
+//! shard's share of the primary's pool), in its metrics recorder and in
+//! its request ids; everything else is shared.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use crate::auth::Auth;
 use crate::config::ServeConfig;
 use crate::db::replica::Replica;
 use crate::db::{quote_ident, Catalog};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Recorder};
 
 pub struct AppState {
     pub config: ServeConfig,
@@ -28,6 +29,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
+    /// What this runtime's requests record into `metrics`.
+    pub recorder: Arc<Recorder>,
     /// The span exporter, when `PGRPC_OTLP_ENDPOINT` is set.
     pub otlp: Option<crate::trace::otlp::Exporter>,
     /// Each exposed schema's `search_path`: the schema, then
@@ -82,9 +85,11 @@ impl AppState {
                 .map_err(|e| tracing::error!(cause = %e, "OTLP export is off"))
                 .ok()
         });
+        let metrics = Arc::new(Metrics::with_otlp(otlp.as_ref().map(|e| e.stats())));
         AppState {
             stopping,
-            metrics: Arc::new(Metrics::with_otlp(otlp.as_ref().map(|e| e.stats()))),
+            recorder: metrics.recorder(),
+            metrics,
             otlp,
             search_paths,
             pre_request,
@@ -99,9 +104,12 @@ impl AppState {
         }
     }
 
-    /// This state for a shard whose requests run on `pool`: the same
-    /// settings, function cache, keys, metrics, exporter and request ids.
-    pub fn for_shard(&self, pool: Pool) -> AppState {
+    /// This state for shard `shard`, whose requests run on `pool`: the same
+    /// settings, function cache, keys, metrics and exporter. Its requests
+    /// record into a recorder of their own, and number their ids from an
+    /// instance of their own (this one's plus `shard + 1`), so that no two
+    /// shards write the same memory on every request.
+    pub fn for_shard(&self, shard: usize, pool: Pool) -> AppState {
         AppState {
             config: self.config.clone(),
             pool,
@@ -110,11 +118,12 @@ impl AppState {
             catalog: self.catalog.clone(),
             auth: self.auth.clone(),
             metrics: self.metrics.clone(),
+            recorder: self.metrics.recorder(),
             otlp: self.otlp.clone(),
             search_paths: self.search_paths.clone(),
             pre_request: self.pre_request.clone(),
-            request_seq: self.request_seq.clone(),
-            instance: self.instance,
+            request_seq: Arc::default(),
+            instance: self.instance.wrapping_add(shard as u32).wrapping_add(1),
             stopping: self.stopping.clone(),
         }
     }
@@ -123,7 +132,8 @@ impl AppState {
         self.search_paths.get(schema).cloned().unwrap_or_default()
     }
 
-    /// A request id unique to this process: instance, then sequence.
+    /// A request id unique to this process: instance (one per shard), then
+    /// sequence.
     pub fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         let mut id = String::with_capacity(21);

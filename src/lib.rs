@@ -74,7 +74,8 @@
 //!   supabase-js and postgrest-js, from the same function cache (and
 //!   `db::types`, the catalog's enums, domains and composites).
 //! - [`metrics`]: `GET /metrics`, Prometheus text: latency by function and
-//!   status class, transaction time, pool wait, replica routing.
+//!   status class, transaction time, pool wait, replica routing; one
+//!   recorder per runtime (per shard), summed at the scrape.
 //! - [`trace`]: W3C Trace Context (`traceparent`, `tracestate`), the
 //!   request's timing scope, and the OTLP/HTTP span exporter.
 //! - [`migrate`]: `pgrpc migrate`, the embedded refinery migrations

@@ -62,7 +62,7 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
     let (mut resp, label) = match head_bytes(&req) {
         n if n > crate::server::MAX_HEADER_BYTES => (
             ApiError::from(HeadersTooLarge(n)).into_response(),
-            state.metrics.label_for(None),
+            state.recorder.label_for(None),
         ),
         _ => {
             // SQL sees the effective trace context in request.headers.
@@ -81,10 +81,13 @@ pub async fn handle(state: Arc<AppState>, mut req: Request<Incoming>) -> Respons
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     let transaction = scope.transaction();
-    state.metrics.observe(&label, status, elapsed);
-    state
-        .metrics
-        .observe_database(&label, transaction.map(|t| t.1), scope.pool_wait());
+    state.recorder.observe(
+        &label,
+        status,
+        elapsed,
+        transaction.map(|t| t.1),
+        scope.pool_wait(),
+    );
     if let Some(exporter) = &state.otlp {
         export_spans(exporter, &scope, &method, &label, status, transaction);
     }
@@ -209,7 +212,7 @@ fn request_id(state: &AppState, req: &Request<Incoming>) -> String {
 async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>, Arc<str>) {
     let path = req.uri().path();
     if path == "/rpc" {
-        let label = state.metrics.label_for(Some("/rpc"));
+        let label = state.recorder.label_for(Some("/rpc"));
         return match Box::pin(batch::batch(state, req)).await {
             Ok(resp) => (resp, label),
             Err(e) => (e.into_response(), label),
@@ -223,7 +226,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
             .catalog
             .get()
             .is_some_and(|cache| cache.has_function(&name));
-        let label = state.metrics.label_for(known.then_some(name.as_str()));
+        let label = state.recorder.label_for(known.then_some(name.as_str()));
         // Boxed: the call's future is large, and this one is moved by
         // hyper (into its dispatcher, the panic guard…); a pointer is
         // cheaper to move than the whole state (callgrind: memcpy was a
@@ -234,7 +237,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (Response<Body>
         };
     }
     let fixed = matches!(path, "/live" | "/ready" | "/metrics" | "/");
-    let label = state.metrics.label_for(fixed.then_some(path));
+    let label = state.recorder.label_for(fixed.then_some(path));
     let method = req.method();
     let read = method == Method::GET || method == Method::HEAD;
     let resp = match path {

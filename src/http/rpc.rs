@@ -266,7 +266,7 @@ async fn execute(
     };
     match routed {
         Ok((conn, route)) => {
-            state.metrics.count_read(route);
+            state.recorder.count_read(route);
             let again = job.read_copy();
             match (exec::execute_on(conn, job).await, again, &state.replica) {
                 // The replica connection broke during the read: it runs
@@ -276,14 +276,14 @@ async fn execute(
                 {
                     tracing::warn!(cause = %e, "a read broke on the replica; running it on the primary");
                     replica.read_failed();
-                    state.metrics.count_read(ReadRoute::ReplicaFailed);
+                    state.recorder.count_read(ReadRoute::ReplicaFailed);
                     exec::execute(&state.pool, again).await
                 }
                 (result, _, _) => result,
             }
         }
         Err(route) => {
-            state.metrics.count_read(route);
+            state.recorder.count_read(route);
             exec::execute(&state.pool, job).await
         }
     }

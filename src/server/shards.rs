@@ -144,7 +144,7 @@ where
             .enable_all()
             .build()
             .map_err(ServeError::Shard)?;
-        let state = Arc::new(state.for_shard(pool.clone()));
+        let state = Arc::new(state.for_shard(shard, pool.clone()));
         let slots = Arc::new(Semaphore::new(slots));
         let mut drain = drain_rx.clone();
         let mut stopping = state.stopping.clone();

@@ -46,7 +46,8 @@ async fn terminate(mut child: tokio::process::Child) -> std::process::ExitStatus
 
 // Two shards serve one address: the log line says so, the kernel gives
 // each shard some of 48 new connections (each answered 200, concurrently
-// too), `/metrics` counts every connection once per shard and sums the
+// too), `/metrics` counts every connection once per shard, sums the
+// shards' request counts (each shard records its own) and the
 // two shares of the pool, PostgreSQL never sees more connections from the
 // pool than PGRPC_POOL_SIZE (beside the schema listener's), and SIGTERM
 // ends the process cleanly.
@@ -112,11 +113,22 @@ async fn shards_share_the_address_the_pool_and_the_metrics() {
         sample(&metrics, "pgrpc_pool_connections{state=\"max\"}"),
         4.0
     );
-    assert!(
+    // Each shard records its own requests; the scrape sums them: every
+    // call once, whichever shard served it.
+    assert_eq!(
         sample(
             &metrics,
             "pgrpc_requests_total{function=\"version\",status=\"200\"}"
-        ) >= 48.0,
+        ),
+        48.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "pgrpc_request_duration_seconds_count{function=\"version\",status_class=\"2xx\"}"
+        ),
+        48.0,
         "{metrics}"
     );
     let su = db.superuser().await;
