@@ -94,7 +94,7 @@ impl Histogram {
 /// so a fast, seeded hash serves them.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The status classes, in `status_class`'s order.
+/// The status classes, indexed by `class_index`.
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// `2xx`, `4xx`, ...: the index of the status class in `CLASSES`.
@@ -111,7 +111,9 @@ fn class_index(status: u16) -> usize {
 /// One label's counts.
 #[derive(Clone, Default)]
 struct Calls {
-    /// Requests by status (a handful per label, so a list).
+    /// Requests by status: a list, scanned on each request. Its length is
+    /// bounded by the statuses the server answers (a function's
+    /// `response.status` must lie in 200..=599), in practice a handful.
     statuses: Vec<(u16, u64)>,
     /// Request latency by status class (`CLASSES`).
     durations: [Histogram; CLASSES.len()],

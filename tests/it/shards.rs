@@ -67,6 +67,8 @@ async fn shards_share_the_address_the_pool_and_the_metrics() {
     wait_ready(&base).await;
 
     let client = fresh_connections();
+    // Request ids: each shard numbers its own, from an instance of its own.
+    let mut ids = std::collections::HashSet::new();
     for _ in 0..16 {
         let r = client
             .get(format!("{base}/rpc/version"))
@@ -74,6 +76,8 @@ async fn shards_share_the_address_the_pool_and_the_metrics() {
             .await
             .expect("call");
         assert_eq!(r.status(), 200);
+        let id = r.headers()["x-request-id"].to_str().expect("ascii");
+        assert!(ids.insert(id.to_string()), "request id {id} given twice");
     }
     let answers = join_all((0..32).map(|_| {
         let (client, base) = (client.clone(), base.clone());
@@ -83,14 +87,27 @@ async fn shards_share_the_address_the_pool_and_the_metrics() {
                 .send()
                 .await
                 .expect("call");
-            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+            let id = r.headers()["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_string();
+            (
+                r.status().as_u16(),
+                id,
+                r.json::<Value>().await.expect("json"),
+            )
         }
     }))
     .await;
-    for (status, body) in &answers {
+    for (status, id, body) in &answers {
         assert_eq!(*status, 200, "{body}");
         assert!(body.as_str().is_some_and(|v| !v.is_empty()), "{body}");
+        assert!(ids.insert(id.clone()), "request id {id} given twice");
     }
+    // Both shards answered (below): two instances among the ids.
+    let instances: std::collections::HashSet<&str> =
+        ids.iter().filter_map(|id| id.split('-').next()).collect();
+    assert_eq!(instances.len(), 2, "{ids:?}");
 
     let metrics = client
         .get(format!("{base}/metrics"))
